@@ -1,0 +1,159 @@
+"""The Finding record: where a secret sits in the training data, never what it is.
+
+A Finding keeps the secret's SHA-256 and a redacted preview (a public provider prefix
+and the length, e.g. ``AKIA…(20)``). The plaintext is re-read from the corpus at
+``[start, end)`` only when a measurement needs it and is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audit.io import atomic_write_jsonl, read_jsonl
+from gate.errors import InputError
+
+# Prefixes that providers publish as part of the key format: showing them tells a
+# reviewer what kind of key it is and reveals nothing secret.
+_PUBLIC_PREFIXES = re.compile(
+    r"^(?:AKIA|ASIA|AGPA|AIDA|AROA|ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|glpat-|xox[abposr]-|"
+    r"sk_live_|sk_test_|rk_live_|pk_live_|sk-ant-|sk-proj-|sk-|hf_|AIza|SG\.|npm_|pypi-|"
+    r"dop_v1_|shpat_|shpss_|shpca_|AC|SK|eyJ|-----BEGIN [A-Z ]*PRIVATE KEY-----)"
+)
+
+
+def sha256_hex(value: str) -> str:
+    """SHA-256 of the UTF-8 encoding of a secret value."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def make_preview(value: str) -> str:
+    """A redacted preview: a public provider prefix (if any) and the length in characters."""
+    match = _PUBLIC_PREFIXES.match(value)
+    prefix = match.group(0) if match and match.end() < len(value) else ""
+    return f"{prefix}…({len(value)})"
+
+
+def make_finding_id(sample_id: str, start: int, end: int, secret_type: str) -> str:
+    """A stable id for one occurrence: same sample, span and type give the same id."""
+    key = f"{sample_id}\0{start}\0{end}\0{secret_type}".encode()
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Context:
+    """The syntactic role of a secret's span in the code around it."""
+
+    kind: str = "other"  # string | comment | docstring | config_value | other
+    name: str | None = None  # the variable, keyword argument or config key it is assigned to
+    node: str | None = None  # the tree-sitter node type (or config format) it was found in
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One occurrence of a secret in one training sample."""
+
+    id: str
+    sample_id: str
+    origin: str  # file path relative to the data root, or "<dataset>:<row>"
+    secret_type: str
+    start: int  # character offset of the secret in the sample text
+    end: int  # exclusive
+    line: int  # 1-based
+    column: int  # 1-based, in characters
+    secret_sha256: str
+    preview: str
+    detector: str
+    context: Context = field(default_factory=Context)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        sample_id: str,
+        origin: str,
+        text: str,
+        start: int,
+        end: int,
+        secret_type: str,
+        detector: str,
+        context: Context | None = None,
+    ) -> Finding:
+        """Build a Finding from a span of `text`, computing hash, preview and position."""
+        value = text[start:end]
+        line = text.count("\n", 0, start) + 1
+        column = start - (text.rfind("\n", 0, start) + 1) + 1
+        return cls(
+            id=make_finding_id(sample_id, start, end, secret_type),
+            sample_id=sample_id,
+            origin=origin,
+            secret_type=secret_type,
+            start=start,
+            end=end,
+            line=line,
+            column=column,
+            secret_sha256=sha256_hex(value),
+            preview=make_preview(value),
+            detector=detector,
+            context=context or Context(),
+        )
+
+    def matches(self, text: str) -> bool:
+        """True when `text` holds this finding's secret at its span."""
+        return (
+            self.end <= len(text) and sha256_hex(text[self.start : self.end]) == self.secret_sha256
+        )
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Finding:
+        data = dict(obj)
+        data["context"] = Context(**data.get("context") or {})
+        return cls(**data)
+
+
+_REQUIRED = {f for f in Finding.__dataclass_fields__ if f != "context"}
+
+
+def write_findings(path: Path, findings: Iterable[Finding]) -> int:
+    """Write findings as JSONL atomically; return how many were written."""
+    return atomic_write_jsonl(path, (f.to_dict() for f in findings))
+
+
+def iter_findings(path: Path) -> Iterator[Finding]:
+    """Read a findings JSONL file; a malformed line is an InputError naming file and line."""
+    for lineno, obj in read_jsonl(path, what="finding"):
+        missing = sorted(_REQUIRED - obj.keys())
+        if missing:
+            raise InputError(f"{path}:{lineno}: not a finding (missing {', '.join(missing)})")
+        try:
+            yield Finding.from_dict(obj)
+        except TypeError:
+            raise InputError(f"{path}:{lineno}: not a finding (unexpected fields)") from None
+
+
+def read_findings(path: Path) -> list[Finding]:
+    return list(iter_findings(path))
+
+
+def baseline_key(finding: Finding) -> tuple[str, str]:
+    """Findings are accepted in a baseline by secret hash and type, not by position."""
+    return (finding.secret_sha256, finding.secret_type)
+
+
+def subtract_baseline(
+    findings: Iterable[Finding], baseline: Iterable[Finding]
+) -> Iterator[Finding]:
+    """new = current − baseline: drop findings whose (hash, type) the baseline accepts."""
+    accepted = {baseline_key(f) for f in baseline}
+    return (f for f in findings if baseline_key(f) not in accepted)

@@ -1,0 +1,56 @@
+"""Terminal output: one stderr console, progress bars, and the log level.
+
+Everything human-readable goes to stderr so that stdout stays free for machine output
+(paths, JSON). Progress bars are drawn only on a terminal; in CI they print nothing.
+Never pass a secret value to anything here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True, highlight=False)
+
+_state = {"quiet": False}
+
+
+def configure(verbosity: int = 0, quiet: bool = False) -> None:
+    """Set the log level from -v/-q: warnings by default, -v info, -vv debug."""
+    _state["quiet"] = quiet
+    level = (
+        logging.ERROR
+        if quiet
+        else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
+    )
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def progress(*extra_columns: TextColumn) -> Progress:
+    """A progress bar for long work: description, bar, n/total, elapsed, remaining."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra_columns,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=_state["quiet"] or not console.is_terminal,
+    )

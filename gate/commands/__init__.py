@@ -1,0 +1,1 @@
+"""One module per CLI command; registered by name in gate.cli.COMMANDS."""
