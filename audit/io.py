@@ -48,39 +48,43 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return len(lines)
 
 
-def _open_text(path: Path) -> Any:
+def _open_binary(path: Path) -> Any:
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open("r", encoding="utf-8")
+        return gzip.open(path, "rb")
+    return path.open("rb")
+
+
+def iter_lines(path: Path, what: str = "record") -> Iterator[tuple[int, bytes]]:
+    """Yield (line number, raw line) for each non-blank line of a file, .gz included."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (expected a JSONL file of {what}s)")
+    try:
+        with _open_binary(path) as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield lineno, line
+    except (OSError, EOFError) as exc:
+        reason = type(exc).__name__
+        raise InputError(f"{path}: cannot be read ({reason}); is it truncated?") from None
+
+
+def parse_jsonl_line(path: Path, lineno: int, raw: bytes, what: str = "record") -> dict[str, Any]:
+    """One JSON object from one line; errors name the file and line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}:{lineno}: not valid UTF-8") from None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}:{lineno}: not a JSON object (expected one {what} per line)")
+    return obj
 
 
 def read_jsonl(path: Path, what: str = "record") -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; errors name file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file (expected a JSONL file of {what}s)")
-    lineno = 0
-    try:
-        with _open_text(path) as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                yield lineno, _parse_line(path, lineno, line, what)
-    except UnicodeDecodeError:
-        raise InputError(f"{path}:{lineno + 1}: not valid UTF-8") from None
-    except (OSError, EOFError) as exc:
-        raise InputError(
-            f"{path}: cannot be read ({type(exc).__name__}); is it truncated?"
-        ) from None
-
-
-def _parse_line(path: Path, lineno: int, line: str, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        raise InputError(
-            f"{path}:{lineno}: not a JSON object (expected one {what} per line)"
-        ) from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{path}:{lineno}: not a JSON object (expected one {what} per line)")
-    return obj
+    for lineno, raw in iter_lines(path, what):
+        yield lineno, parse_jsonl_line(path, lineno, raw, what)

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from audit.corpus import (
+    CorpusSpec,
+    ReadStats,
+    detect_format,
+    iter_samples,
+    language_for,
+    load_texts,
+)
+from gate.errors import InputError
+
+RECORDS = [
+    {"id": "a", "path": "repo/app.py", "content": "x = 1\n"},
+    {"id": "b", "path": "repo/conf.yaml", "content": "key: value\n"},
+]
+
+
+def _jsonl(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_folder_ids_are_relative_paths_and_binaries_are_skipped(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("print(1)\n")
+    (tmp_path / ".env").write_text("TOKEN=abc\n")
+    (tmp_path / "blob.bin").write_bytes(b"\0\1\2")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
+    stats = ReadStats()
+    samples = list(iter_samples(CorpusSpec(tmp_path), stats))
+    assert [(s.id, s.language) for s in samples] == [(".env", "dotenv"), ("pkg/mod.py", "python")]
+    assert stats.skipped == {"binary": 1, "not UTF-8": 1}
+    assert stats.samples == 2
+
+
+def test_jsonl_and_gz_use_id_and_path_fields(tmp_path: Path) -> None:
+    plain = _jsonl(tmp_path / "d.jsonl", RECORDS)
+    packed = tmp_path / "d.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    for path in (plain, packed):
+        samples = list(iter_samples(CorpusSpec(path)))
+        assert [(s.id, s.origin, s.language) for s in samples] == [
+            ("a", "repo/app.py", "python"),
+            ("b", "repo/conf.yaml", "yaml"),
+        ]
+
+
+def test_jsonl_without_id_uses_file_and_line(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "d.jsonl", [{"content": "one"}, {"content": "two"}])
+    assert [s.id for s in iter_samples(CorpusSpec(path))] == ["d.jsonl:1", "d.jsonl:2"]
+
+
+def test_bad_records_fail_or_are_skipped_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"id": "a", "content": "ok"}\nnot json\n{"id": "c", "content": 3}\n')
+    with pytest.raises(InputError, match=r"d.jsonl:2: not a JSON object"):
+        list(iter_samples(CorpusSpec(path)))
+    stats = ReadStats()
+    spec = CorpusSpec(path, on_bad_record="skip")
+    assert [s.id for s in iter_samples(spec, stats)] == ["a"]
+    assert stats.skipped == {"bad JSON line": 1, "text field not a string": 1}
+
+
+def test_missing_text_field_names_the_field(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "d.jsonl", [{"id": "a", "text": "x"}])
+    with pytest.raises(InputError, match=r"d.jsonl:1: text field 'content' is missing"):
+        list(iter_samples(CorpusSpec(path)))
+    assert [s.text for s in iter_samples(CorpusSpec(path, text_field="text"))] == ["x"]
+
+
+def test_parquet_streams_and_checks_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(RECORDS), path)
+    assert [s.id for s in iter_samples(CorpusSpec(path))] == ["a", "b"]
+    with pytest.raises(InputError, match="no column 'text'"):
+        list(iter_samples(CorpusSpec(path, text_field="text")))
+
+
+def test_saved_hf_dataset(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list(RECORDS).save_to_disk(str(tmp_path / "ds"))
+    spec = CorpusSpec(tmp_path / "ds")
+    assert detect_format(spec.path) == "hf"
+    assert [s.origin for s in iter_samples(spec)] == ["repo/app.py", "repo/conf.yaml"]
+
+
+def test_excludes_match_origin(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "d.jsonl", RECORDS)
+    stats = ReadStats()
+    samples = list(iter_samples(CorpusSpec(path, excludes=("*.yaml",)), stats))
+    assert [s.id for s in samples] == ["a"]
+    assert stats.skipped["excluded"] == 1
+
+
+def test_load_texts_by_id(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "d.jsonl", RECORDS)
+    assert load_texts(CorpusSpec(path), ["b", "zz"]) == {"b": "key: value\n"}
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "x.py").write_text("x\n")
+    assert load_texts(CorpusSpec(tmp_path / "f"), ["x.py", "../d.jsonl"]) == {"x.py": "x\n"}
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("missing", "no such file or folder"), ("data.csv", "unknown data format")],
+)
+def test_unusable_paths(tmp_path: Path, name: str, message: str) -> None:
+    if name.endswith(".csv"):
+        (tmp_path / name).write_text("a,b\n")
+    with pytest.raises(InputError, match=message):
+        list(iter_samples(CorpusSpec(tmp_path / name)))
+
+
+@pytest.mark.parametrize(
+    ("path", "language"),
+    [("a/b.py", "python"), (".env.production", "dotenv"), ("x.tsx", "tsx"), ("README", None)],
+)
+def test_language_for(path: str, language: str | None) -> None:
+    assert language_for(path) == language
