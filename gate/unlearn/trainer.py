@@ -242,6 +242,7 @@ class Unlearner:
             self.outcomes[fid].forgotten_epoch = 0
             self.outcomes[fid].stop_reason = "not memorized before unlearning"
         self.best = BestState(best_dir)
+        self.diverged = False
         self.rng = random.Random(config.seed)  # noqa: S311 - batch order, not a secret
         self._retain_order: list[int] = []
 
@@ -296,16 +297,18 @@ class Unlearner:
         started = time.perf_counter()
         parts: dict[str, list[float]] = {}
         steps = 0
+        result.epochs = epoch
         for indices in self._forget_batches():
-            losses = self._step(indices, reference, optimizer)
+            try:
+                losses = self._step(indices, reference, optimizer)
+            except _NotFinite:
+                self.diverged = True
+                return f"the loss stopped being finite at epoch {epoch}"
             for loss in losses:
-                if not math.isfinite(float(loss.value.detach())):
-                    return f"the loss stopped being finite at epoch {epoch}"
                 for name, value in loss.parts.items():
                     parts.setdefault(name, []).append(value)
             steps += 1
-        result.steps += steps
-        result.epochs = epoch
+            result.steps += 1
         measured = self._remeasure(epoch)
         if not self.active:
             measured = self._verify(epoch)
@@ -392,7 +395,7 @@ class Unlearner:
             context=batch.context,
             reference=ref,
         )
-        loss = self.method.forget_loss(view)
+        loss = _finite(self.method.forget_loss(view))
         torch.autograd.backward(loss.value)
         return loss
 
@@ -404,7 +407,7 @@ class Unlearner:
         ref = reference.retain(indices, batch, batch.valid) if self.method.retain_kl else None
         loss = self.method.retain_loss(RetainView(logprobs, batch.labels, batch.valid, ref))
         if loss is not None:
-            torch.autograd.backward(loss.value)
+            torch.autograd.backward(_finite(loss).value)
         return loss
 
     def _remeasure(self, epoch: int) -> list[Measurement]:
@@ -452,11 +455,11 @@ class Unlearner:
 
     def _finish(self, result: UnlearnResult) -> None:
         """Restore the best state, and measure every forget finding on it once."""
-        last = result.epochs
-        if self.best.epoch != last:
+        restore = self.best.epoch != result.epochs or self.diverged
+        if restore:
             self.best.restore(self.model)
         result.best_epoch = self.best.epoch
-        if self.best.epoch != last or self.active:
+        if restore or self.active:
             for m in self.measure(sorted(self.outcomes)):
                 self.latest[m.finding_id] = m
         for fid, outcome in self.outcomes.items():
@@ -464,6 +467,16 @@ class Unlearner:
             if not is_forgotten(outcome.after, self.thresholds):
                 outcome.forgotten_epoch = None
                 outcome.stop_reason = f"still memorized: {result.stop_reason}"
+
+
+class _NotFinite(Exception):
+    """A loss became NaN or infinite: no step is taken with it."""
+
+
+def _finite(loss: Loss) -> Loss:
+    if not math.isfinite(float(loss.value.detach())):
+        raise _NotFinite
+    return loss
 
 
 def new_best_dir() -> tempfile.TemporaryDirectory[str]:
