@@ -34,6 +34,7 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
 FALLBACK_CONTEXT = 2048  # used when neither the config nor the tokenizer names a context length
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
 _CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length", "max_seq_len")
 
 
@@ -63,13 +64,13 @@ def load_model(path: Path | str, device: str = "auto", dtype: str = "auto") -> L
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own progress and summary go to stderr
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # ours is on stderr
     try:
         loaded = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
         )
         model = cast("torch.nn.Module", loaded).to(dev)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+    except Exception as exc:  # any failure of a valid-looking model: corrupt, OOM, ...
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"{path}: the {model_type} model failed to load: {reason}") from None
     model.eval()
@@ -94,9 +95,14 @@ def check_model_dir(path: Path) -> str:
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if not isinstance(model_type, str):
         raise InputError(f"{config_file}: no model_type (not a Hugging Face model config)")
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    architectures = config.get("architectures") or []
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
+        architectures and not causal.intersection(architectures)
+    ):
+        kind = ", ".join(architectures) or f"a {model_type!r} model"
         raise InputError(
-            f"{path}: a {model_type!r} model is not a causal language model "
+            f"{path}: {kind} is not a causal language model "
             "(give a decoder-only model such as GPT-2, Llama, Qwen or StarCoder)"
         )
     if not any(path.glob("*.safetensors")):
@@ -111,6 +117,10 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     """The folder's fast tokenizer, set up for left padding."""
     from transformers import AutoTokenizer
 
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise InputError(
+            f"{path}: no tokenizer files (tokenizer.json); save one with tokenizer.save_pretrained"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:

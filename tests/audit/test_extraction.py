@@ -7,7 +7,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-import torch
 
 from audit import metrics
 from audit.extraction import (
@@ -21,27 +20,9 @@ from audit.measurements import Thresholds
 from audit.probes import Probe
 from gate.errors import InputError
 from tests.audit import tiny_lm
+from tests.audit.tiny_lm import slow_greedy, slow_ma_hits
 
 KINDS = ("gpt2", "llama")
-
-
-@torch.no_grad()
-def slow_ma_hits(model: Any, probe: Probe) -> list[bool]:
-    """One separate forward pass per secret position, no padding, no batching."""
-    hits = []
-    for t in range(probe.m):
-        ids = torch.tensor([probe.prefix_ids + probe.secret_ids[:t]])
-        hits.append(int(model(input_ids=ids).logits[0, -1].argmax()) == probe.secret_ids[t])
-    return hits
-
-
-@torch.no_grad()
-def slow_greedy(model: Any, prompt: tuple[int, ...], steps: int) -> list[int]:
-    """Greedy decoding without a cache: the whole sequence through the model every step."""
-    seq = list(prompt)
-    for _ in range(steps):
-        seq.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
-    return seq[len(prompt) :]
 
 
 def make_probes(model: Any) -> list[Probe]:

@@ -124,3 +124,25 @@ def llama(seed: int = 0) -> LlamaForCausalLM:
 
 def model(kind: str) -> Any:
     return gpt2() if kind == "gpt2" else llama()
+
+
+# Slow, obviously correct references the batched code is tested against.
+
+
+@torch.no_grad()
+def slow_ma_hits(model: Any, probe: Any) -> list[bool]:
+    """One separate forward pass per secret position, no padding, no batching."""
+    hits = []
+    for t in range(probe.m):
+        ids = torch.tensor([probe.prefix_ids + probe.secret_ids[:t]])
+        hits.append(int(model(input_ids=ids).logits[0, -1].argmax()) == probe.secret_ids[t])
+    return hits
+
+
+@torch.no_grad()
+def slow_greedy(model: Any, prompt: Sequence[int], steps: int) -> list[int]:
+    """Greedy decoding without a cache: the whole sequence through the model every step."""
+    seq = list(prompt)
+    for _ in range(steps):
+        seq.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq[len(prompt) :]
