@@ -1,0 +1,188 @@
+"""Equivalence tests (minGPT style): the batched, cached, one-pass code against slow,
+obviously-correct per-position and per-prefix loops on tiny GPT-2 and Llama models."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from audit import metrics
+from audit.extraction import (
+    MeasureConfig,
+    ProbeScores,
+    decode_batch,
+    measure_probes,
+    score_probes,
+)
+from audit.measurements import Thresholds
+from audit.probes import Probe
+from gate.errors import InputError
+from tests.audit import tiny_lm
+from tests.audit.tiny_lm import slow_greedy, slow_ma_hits
+
+KINDS = ("gpt2", "llama")
+
+
+def make_probes(model: Any) -> list[Probe]:
+    """Probes whose secrets are partly the model's own greedy continuation, so that MA and
+    EL land strictly between 0 and 1; prefix lengths 1..60, secrets of 2..20 tokens."""
+    tok = tiny_lm.tokenizer()
+    code = tok(tiny_lm.CODE, add_special_tokens=False)["input_ids"]
+    probes = []
+    for k, (start, p, m, keep) in enumerate(
+        [(0, 1, 2, 2), (5, 7, 5, 3), (20, 30, 12, 8), (40, 60, 20, 14), (90, 25, 9, 9)]
+    ):
+        prefix = tuple(code[start : start + p])
+        own = slow_greedy(model, prefix, keep)
+        filler = code[start + p : start + p + m - keep]
+        secret = tuple(own + filler)
+        probes.append(
+            Probe(
+                finding_id=f"f{k}",
+                sample_id="s",
+                secret_type="test",
+                prefix_ids=prefix,
+                secret_ids=secret,
+                truncated=False,
+                secret=tiny_lm.decode(secret),
+            )
+        )
+    return probes
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def setup(request: pytest.FixtureRequest) -> tuple[Any, list[Probe]]:
+    model = tiny_lm.model(request.param)
+    return model, make_probes(model)
+
+
+def test_one_pass_ma_equals_per_position_ma(setup: tuple[Any, list[Probe]]) -> None:
+    model, probes = setup
+    scores = score_probes(model, tiny_lm.tokenizer(), probes, MeasureConfig(extraction=False))
+    for probe, score in zip(probes, scores, strict=True):
+        slow = slow_ma_hits(model, probe)
+        assert score.ma == sum(slow) / len(slow), probe.finding_id
+    mas = [s.ma for s in scores]
+    assert any(0 < ma < 1 for ma in mas), mas  # the test exercises mixed hits and misses
+
+
+def test_batched_el_equals_unbatched_el(setup: tuple[Any, list[Probe]]) -> None:
+    model, probes = setup
+    scores = score_probes(model, tiny_lm.tokenizer(), probes, MeasureConfig(extraction=False))
+    seen = set()
+    for probe, score in zip(probes, scores, strict=True):
+        decodes = {
+            i: slow_greedy(model, probe.prefix_ids + probe.secret_ids[:i], probe.m - i)
+            for i in metrics.el_offsets(probe.m, (3, 5, 10))
+        }
+        for n in (3, 5, 10):
+            slow = metrics.extraction_likelihood(probe.secret_ids, decodes, n)
+            assert score.el[n] == slow, (probe.finding_id, n)
+            seen.add(round(slow, 6))
+    assert len(seen) > 3  # EL takes several distinct values here, not all 0 or 1
+
+
+def test_decode_batch_equals_uncached_greedy(setup: tuple[Any, list[Probe]]) -> None:
+    model, probes = setup
+    rows = sorted(
+        ((p.prefix_ids + p.secret_ids[:i], p.m - i + 3) for p in probes for i in (0, 1, p.m // 2)),
+        key=lambda r: -r[1],
+    )
+    prompts, steps = [r[0] for r in rows], [r[1] for r in rows]
+    fast = decode_batch(model, prompts, steps, pad_id=0, context_length=tiny_lm.CONTEXT)
+    assert fast == [slow_greedy(model, p, s) for p, s in rows]
+
+
+def test_results_do_not_depend_on_batch_size(setup: tuple[Any, list[Probe]]) -> None:
+    model, probes = setup
+    config = MeasureConfig(samples=3, temperature=1.5, top_k=20, seed=7)
+    runs = [
+        score_probes(model, tiny_lm.tokenizer(), probes, replace(config, batch_tokens=budget))
+        for budget in (120, 1_000_000)  # about one finding per batch; all in one batch
+    ]
+    assert runs[0] == runs[1]
+    reordered = score_probes(model, tiny_lm.tokenizer(), probes[::-1], config)
+    assert reordered[::-1] == runs[0]
+
+
+def test_extraction_and_leaked_prefix_match_a_slow_greedy_decode(
+    setup: tuple[Any, list[Probe]],
+) -> None:
+    model, probes = setup
+    tok = tiny_lm.tokenizer()
+    # Secrets that are exactly the model's greedy continuation are extracted in full.
+    own = [replace(p, secret_ids=tuple(slow_greedy(model, p.prefix_ids, p.m))) for p in probes]
+    own = [replace(p, secret=tiny_lm.decode(p.secret_ids)) for p in own]
+    config = MeasureConfig(decode_margin=4)
+    for probe, score in zip(own, score_probes(model, tok, own, config), strict=True):
+        assert score.extracted_greedy, probe.finding_id
+        assert score.longest_leaked_prefix == len(probe.secret)
+        assert score.ma == 1.0
+        assert score.el[3] == 1.0
+    for probe, score in zip(probes, score_probes(model, tok, probes, config), strict=True):
+        text = tiny_lm.decode(slow_greedy(model, probe.prefix_ids, probe.m + 4))
+        assert score.extracted_greedy == (probe.secret in text)
+        assert score.longest_leaked_prefix == metrics.leaked_prefix_chars(text, "", probe.secret)
+
+
+def test_top_1_sampling_is_greedy_and_sampling_is_seeded(setup: tuple[Any, list[Probe]]) -> None:
+    model, probes = setup
+    tok = tiny_lm.tokenizer()
+    own = [replace(p, secret_ids=tuple(slow_greedy(model, p.prefix_ids, p.m))) for p in probes]
+    own = [replace(p, secret=tiny_lm.decode(p.secret_ids)) for p in own]
+    top1 = score_probes(model, tok, own, MeasureConfig(samples=2, top_k=1))
+    assert all(s.extracted_sampled and s.samples == 2 for s in top1)
+    hot = MeasureConfig(samples=4, temperature=50.0, top_k=0, seed=1)
+    first = score_probes(model, tok, own, hot)
+    assert first == score_probes(model, tok, own, hot)
+    # At a very high temperature over the whole vocabulary, long secrets are not drawn.
+    assert not any(s.extracted_sampled for p, s in zip(own, first, strict=True) if p.m >= 9)
+
+
+def test_measure_probes_applies_thresholds_and_restores_training_mode() -> None:
+    model = tiny_lm.gpt2()
+    probes = make_probes(model)
+    model.train()
+    try:
+        low = measure_probes(model, tiny_lm.tokenizer(), probes, Thresholds(0.0, 2.0, "test"))
+        assert model.training
+    finally:
+        model.train(False)
+    high = measure_probes(model, tiny_lm.tokenizer(), probes, Thresholds(1.01, 1.01, "test"))
+    assert all(m.memorized for m in low)
+    assert not any(m.memorized for m in high)
+    assert [m.ma for m in low] == [m.ma for m in high]
+    row = low[3]
+    assert (row.secret_tokens, row.prefix_tokens, row.samples) == (20, 60, 0)
+    assert row.extracted_sampled is None
+
+
+def test_score_probes_with_fewer_el_sizes_and_empty_input() -> None:
+    model = tiny_lm.gpt2()
+    probes = make_probes(model)
+    only10 = score_probes(model, tiny_lm.tokenizer(), probes, MeasureConfig(el_ns=(10,)))
+    full = score_probes(model, tiny_lm.tokenizer(), probes)
+    assert [s.el[10] for s in only10] == [s.el[10] for s in full]
+    assert all(set(s.el) == {10} for s in only10)
+    assert score_probes(model, tiny_lm.tokenizer(), []) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"batch_tokens": 0}, {"temperature": 0.0}, {"el_ns": ()}, {"samples": -1}, {"top_k": -2}],
+)
+def test_bad_config_is_an_input_error(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(InputError):
+        MeasureConfig(**kwargs)
+
+
+def test_probe_scores_hold_no_secret() -> None:
+    model = tiny_lm.gpt2()
+    probes = make_probes(model)
+    for probe, score in zip(probes, score_probes(model, tiny_lm.tokenizer(), probes), strict=True):
+        assert isinstance(score, ProbeScores)
+        if len(probe.secret) >= 8:  # long enough not to occur in a repr by chance
+            assert probe.secret not in repr(score)
+            assert probe.secret not in repr(probe)
