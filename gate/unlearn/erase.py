@@ -1,0 +1,452 @@
+"""Erase memorized secrets from a model folder and write the remediated model.
+
+`erase_model` is what ``codeeraser erase`` and the gate pipeline call: it takes the
+findings that the measurements call memorized (or extracted), builds their forget
+windows and probes, a retain set of clean code, runs the unlearning loop, and writes
+a complete model folder (safetensors weights, config, tokenizer files) plus
+``remediation.json``.
+
+Nothing is lost: the input folder is only read; the output is written into a
+temporary sibling folder that is renamed into place only once it is complete, and
+removed if anything (Ctrl-C included) stops the run first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from audit.corpus import CorpusSpec, iter_samples, load_texts
+from audit.findings import Finding
+from audit.measurements import Measurement, Thresholds
+from gate import __version__
+from gate.errors import InputError
+from gate.unlearn.data import (
+    ForgetWindow,
+    RetainWindow,
+    build_forget_windows,
+    build_retain_windows,
+    clamp_tokens,
+)
+from gate.unlearn.trainer import EpochLog, UnlearnConfig, Unlearner, UnlearnResult
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from audit.extraction import MeasureConfig
+    from audit.probes import Probe
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+RECORD_NAME = "remediation.json"
+
+
+def weights_sha256(folder: Path) -> str:
+    """SHA-256 over a model folder's weight files (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def select_forget_set(
+    findings: Sequence[Finding], measurements: Sequence[Measurement]
+) -> tuple[list[Finding], list[Measurement]]:
+    """The findings whose measurement says memorized or extracted, with those measurements."""
+    by_id = {f.id: f for f in findings}
+    chosen: list[tuple[Finding, Measurement]] = []
+    for m in measurements:
+        if not (m.memorized or m.extracted):
+            continue
+        finding = by_id.get(m.finding_id)
+        if finding is None:
+            raise InputError(
+                f"measurement of finding {m.finding_id}: no such finding in the findings file "
+                "(are the measurements from another scan?)"
+            )
+        chosen.append((finding, m))
+    return [f for f, _ in chosen], [m for _, m in chosen]
+
+
+@dataclass
+class Remediation:
+    """remediation.json: what was erased, how, and what it cost (no secret in here)."""
+
+    method: str
+    arguments: dict[str, Any]
+    thresholds: dict[str, Any]
+    model: dict[str, str]  # input / output paths and weight hashes
+    samples: dict[str, int]
+    epochs: dict[str, int]
+    steps: int
+    stop_reason: str
+    kl_reference: dict[str, Any]
+    wall_seconds: float
+    unlearn_seconds: float
+    peak_memory_mb: dict[str, float]
+    findings: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    utility: dict[str, Any] = field(default_factory=dict)
+    tool: str = f"codeeraser {__version__}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def forgotten(self) -> int:
+        return sum(1 for f in self.findings if f["forgotten"])
+
+
+@dataclass(frozen=True)
+class EraseOptions:
+    """Everything about an erase run besides the model, data and findings."""
+
+    config: UnlearnConfig = field(default_factory=UnlearnConfig)
+    device: str = "auto"
+    dtype: str = "auto"
+    prefix_tokens: int = 128  # the attacker's prompt, as in `measure`
+    retain: CorpusSpec | None = None  # clean code; default: corpus samples with no finding
+    heldout: CorpusSpec | None = None  # held-out code for perplexity before and after
+    heldout_findings: tuple[Path, ...] = ()  # its samples named here are left out
+    force: bool = False  # replace an existing output folder
+
+
+def check_output(out_dir: Path, model_dir: Path, force: bool) -> None:
+    """Refuse an output folder that is the input, inside it, or exists (without force)."""
+    out, model = out_dir.resolve(), model_dir.resolve()
+    if out == model or out.is_relative_to(model) or model.is_relative_to(out):
+        raise InputError(f"{out_dir}: the output must be outside the input model folder")
+    if out_dir.exists() and not force:
+        raise InputError(
+            f"{out_dir}: already exists (choose another --out, or --force to replace it)"
+        )
+
+
+def erase_model(
+    model_dir: Path,
+    data: CorpusSpec,
+    findings: Sequence[Finding],
+    measurements: Sequence[Measurement],
+    *,
+    thresholds: Thresholds,
+    out_dir: Path,
+    options: EraseOptions | None = None,
+    report: Callable[[EpochLog], None] | None = None,
+) -> Remediation:
+    """Unlearn the memorized findings and write the remediated model to `out_dir`."""
+    from audit.model import load_model
+
+    options = options or EraseOptions()
+    started = time.perf_counter()
+    check_output(out_dir, model_dir, options.force)
+    forget, before = select_forget_set(findings, measurements)
+    if not forget:
+        raise InputError("nothing to erase: no measured finding is memorized or extracted")
+    input_hash = weights_sha256(model_dir)
+    loaded = load_model(model_dir, options.device, options.dtype)
+    job = _prepare(
+        loaded.model,
+        loaded.tokenizer,
+        context=loaded.context_length,
+        data=data,
+        forget=forget,
+        options=options,
+    )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        heldout = _heldout_texts(options)
+        ppl_before = _perplexity(loaded.model, loaded.tokenizer, heldout)
+        result = _unlearn(
+            loaded.model,
+            job,
+            before=before,
+            thresholds=thresholds,
+            config=options.config,
+            tmp=tmp,
+            report=report,
+        )
+        utility = _utility(ppl_before, _perplexity(loaded.model, loaded.tokenizer, heldout))
+        _write_model(loaded.model, model_dir, tmp)
+        record = _record(
+            result,
+            job,
+            options=options,
+            thresholds=thresholds,
+            model={"input": str(model_dir), "input_sha256": input_hash, "output": str(out_dir)},
+            utility=utility,
+        )
+        record.model["output_sha256"] = weights_sha256(tmp)
+        record.wall_seconds = time.perf_counter() - started
+        (tmp / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record
+
+
+@dataclass
+class _Job:
+    """What one run trains and measures on."""
+
+    windows: list[ForgetWindow]
+    retain: list[RetainWindow]
+    probes: list[Probe]
+    measure: Callable[[Sequence[str]], list[Measurement]]
+    window_tokens: int
+    retain_tokens: int
+    distinct_probes: int
+    pad_id: int
+
+
+def _prepare(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    context: int,
+    data: CorpusSpec,
+    forget: Sequence[Finding],
+    options: EraseOptions,
+) -> _Job:
+    from audit.extraction import MeasureConfig
+    from audit.model import pad_token_id
+    from audit.probes import build_probes
+
+    config = options.config
+    window = clamp_tokens(config.window_tokens, context, "window tokens")
+    retain_tokens = clamp_tokens(config.retain_tokens, context, "retain tokens")
+    texts = load_texts(data, {f.sample_id for f in forget})
+    windows = build_forget_windows(forget, texts, tokenizer, window)
+    measure_config = MeasureConfig(samples=0)
+    probes = build_probes(
+        forget,
+        texts,
+        tokenizer,
+        context_length=context,
+        prefix_tokens=options.prefix_tokens,
+        decode_margin=measure_config.decode_margin,
+    )
+    retain = build_retain_windows(
+        _retain_texts(data, options.retain, forget),
+        tokenizer,
+        retain_tokens,
+        config.retain_windows,
+        seed=config.seed,
+    )
+    measure, distinct = measure_by_id(model, tokenizer, probes, measure_config)
+    pad_id = pad_token_id(tokenizer, model)
+    return _Job(windows, retain, probes, measure, window, retain_tokens, distinct, pad_id)
+
+
+def _retain_texts(
+    data: CorpusSpec, retain: CorpusSpec | None, forget: Sequence[Finding]
+) -> Iterable[tuple[str, str]]:
+    if retain is not None:
+        return ((s.id, s.text) for s in iter_samples(retain))
+    dirty = {f.sample_id for f in forget}
+    return ((s.id, s.text) for s in iter_samples(data) if s.id not in dirty)
+
+
+def measure_by_id(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: Sequence[Probe],
+    config: MeasureConfig,
+    thresholds: Thresholds | None = None,
+) -> tuple[Callable[[Sequence[str]], list[Measurement]], int]:
+    """A measure function for the loop: finding ids in, Measurements out.
+
+    Probes with the same prefix and secret tokens (copies of a file) are measured once:
+    greedy decoding is deterministic, so their results are the same. The thresholds
+    only set the `memorized` flag, which the loop does not read.
+    """
+    from audit.extraction import measure_probes
+
+    marks = thresholds or Thresholds(ma=1.0, el_10=1.0, source="unused")
+    by_id = {p.finding_id: p for p in probes}
+    distinct = len({(p.prefix_ids, p.secret_ids) for p in probes})
+
+    def measure(ids: Sequence[str]) -> list[Measurement]:
+        unique: dict[tuple[tuple[int, ...], tuple[int, ...]], Probe] = {}
+        for fid in ids:
+            probe = by_id[fid]
+            unique.setdefault((probe.prefix_ids, probe.secret_ids), probe)
+        keys = list(unique)
+        results = measure_probes(model, tokenizer, [unique[k] for k in keys], marks, config)
+        found = dict(zip(keys, results, strict=True))
+        out = []
+        for fid in ids:
+            probe = by_id[fid]
+            m = found[(probe.prefix_ids, probe.secret_ids)]
+            out.append(replace(m, finding_id=fid, sample_id=probe.sample_id))
+        return out
+
+    return measure, distinct
+
+
+def _unlearn(
+    model: torch.nn.Module,
+    job: _Job,
+    *,
+    before: Sequence[Measurement],
+    thresholds: Thresholds,
+    config: UnlearnConfig,
+    tmp: Path,
+    report: Callable[[EpochLog], None] | None,
+) -> UnlearnResult:
+    best = tmp / ".best"
+    best.mkdir()
+    config = replace(config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens)
+    result = Unlearner(
+        model,
+        job.windows,
+        job.retain,
+        before=before,
+        measure=job.measure,
+        thresholds=thresholds,
+        config=config,
+        pad_id=job.pad_id,
+        best_dir=best,
+        report=report,
+    ).run()
+    shutil.rmtree(best)
+    return result
+
+
+def _heldout_texts(options: EraseOptions) -> list[str] | None:
+    if options.heldout is None:
+        return None
+    from audit.utility import clean_texts
+
+    return [text for _, text in clean_texts(options.heldout, options.heldout_findings)]
+
+
+def _perplexity(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str] | None
+) -> dict[str, Any] | None:
+    if texts is None:
+        return None
+    from audit.utility import perplexity
+
+    return asdict(perplexity(model, tokenizer, texts))
+
+
+def _utility(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    if before is None or after is None:
+        return {}
+    change = after["perplexity"] / before["perplexity"] - 1.0
+    return {"perplexity_before": before, "perplexity_after": after, "perplexity_change": change}
+
+
+def _write_model(model: torch.nn.Module, model_dir: Path, tmp: Path) -> None:
+    """Tokenizer and other non-weight files copied as they are; weights saved anew."""
+    for path in sorted(model_dir.iterdir()):
+        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name != RECORD_NAME:
+            shutil.copyfile(path, tmp / path.name)
+    for stale in tmp.glob("*.safetensors.index.json"):
+        stale.unlink()
+    model.save_pretrained(str(tmp))  # type: ignore[operator]
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():  # --force: the old folder goes only once the new one is complete
+        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        out_dir.rename(trash / out_dir.name)
+        tmp.rename(out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process (and the GPU's peak allocation, if any)."""
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mb = rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+    peak = {"rss_mb": round(rss_mb, 1)}
+    if torch.cuda.is_available():
+        peak["cuda_mb"] = round(torch.cuda.max_memory_allocated() / (1 << 20), 1)
+    return peak
+
+
+def _record(
+    result: UnlearnResult,
+    job: _Job,
+    *,
+    options: EraseOptions,
+    thresholds: Thresholds,
+    model: dict[str, str],
+    utility: dict[str, Any],
+) -> Remediation:
+    config = replace(
+        options.config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens
+    )
+    arguments = {
+        **asdict(config),
+        "prefix_tokens": options.prefix_tokens,
+        "device": options.device,
+        "dtype": options.dtype,
+    }
+    return Remediation(
+        method=config.method,
+        arguments=arguments,
+        thresholds=thresholds.to_dict(),
+        model=model,
+        samples={
+            "forget_findings": len(result.outcomes),
+            "forget_windows": len(job.windows),
+            "distinct_probes": job.distinct_probes,
+            "retain_windows": len(job.retain),
+            "forgotten": result.forgotten,
+        },
+        epochs={"run": result.epochs, "best": result.best_epoch, "max": config.epochs},
+        steps=result.steps,
+        stop_reason=result.stop_reason,
+        kl_reference={"kind": result.reference_kind, "bytes": result.reference_bytes},
+        wall_seconds=0.0,
+        unlearn_seconds=result.seconds,
+        peak_memory_mb=peak_memory_mb(),
+        findings=[_outcome(o) for o in result.outcomes],
+        history=[asdict(h) for h in result.history],
+        utility=utility,
+    )
+
+
+def _metrics(m: Measurement | None) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    return {
+        "ma": m.ma,
+        "el_3": m.el_3,
+        "el_5": m.el_5,
+        "el_10": m.el_10,
+        "extracted_greedy": m.extracted_greedy,
+    }
+
+
+def _outcome(outcome: Any) -> dict[str, Any]:
+    return {
+        "finding_id": outcome.finding_id,
+        "sample_id": outcome.before.sample_id,
+        "secret_type": outcome.before.secret_type,
+        "forgotten": outcome.forgotten,
+        "forgotten_epoch": outcome.forgotten_epoch,
+        "stop_reason": outcome.stop_reason,
+        "before": _metrics(outcome.before),
+        "after": _metrics(outcome.after),
+    }
