@@ -13,7 +13,9 @@ The paper's own figures are kept as named constants a policy can refer to.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec, iter_samples
@@ -41,6 +43,27 @@ PAPER_THRESHOLDS: dict[str, Thresholds] = {
 }
 # Used when neither a policy nor a calibration gives thresholds: the paper's smallest model.
 DEFAULT_THRESHOLDS = PAPER_THRESHOLDS["codeparrot-small"]
+
+
+def resolve_thresholds(spec: str | Path | None) -> Thresholds:
+    """Thresholds from ``paper:<model>``, a thresholds.json file, or the default (None)."""
+    if spec is None:
+        return DEFAULT_THRESHOLDS
+    text = str(spec)
+    if text.startswith("paper:"):
+        name = text.removeprefix("paper:")
+        if name not in PAPER_THRESHOLDS:
+            valid = ", ".join(f"paper:{n}" for n in PAPER_THRESHOLDS)
+            raise InputError(f"unknown paper thresholds {text!r} (use one of {valid})")
+        return PAPER_THRESHOLDS[name]
+    path = Path(text)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        return Thresholds.from_dict(obj)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such thresholds file (run codeeraser calibrate)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise InputError(f"{path}: not a thresholds file (expected ma, el_10, source)") from None
 
 
 @dataclass(frozen=True)
@@ -87,8 +110,8 @@ def unseen_sequences(
         raise InputError("calibration needs sequences of at least 2 tokens and at least one")
     probes: list[Probe] = []
     for sample in iter_samples(spec):
-        ids = tokenizer(sample.text, add_special_tokens=False)["input_ids"]
-        if len(ids) < tokens:
+        ids = _leading_tokens(tokenizer, sample.text, tokens)
+        if ids is None:
             continue
         probes.append(
             Probe(
@@ -108,6 +131,21 @@ def unseen_sequences(
             "lower --sequence-tokens)"
         )
     return probes
+
+
+def _leading_tokens(tokenizer: PreTrainedTokenizerBase, text: str, tokens: int) -> list[int] | None:
+    """The first `tokens` tokens of the text, tokenizing only its start when that suffices."""
+
+    def encode(part: str) -> list[int]:
+        return list(tokenizer(part, add_special_tokens=False)["input_ids"])
+
+    cut = tokens * 8
+    if len(text) > cut:
+        ids = encode(text[:cut])
+        if len(ids) > tokens:  # the token at the cut may differ; it is not kept
+            return ids[:tokens]
+    ids = encode(text)
+    return ids[:tokens] if len(ids) >= tokens else None
 
 
 def calibrate(

@@ -15,7 +15,10 @@ from gate import __version__
 from gate.errors import CodeEraserError, ExitCode
 
 # name -> "module:attribute"; each module defines one click command.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "measure": "gate.commands.measure:measure",
+    "calibrate": "gate.commands.calibrate:calibrate",
+}
 
 
 class _InputProblem(click.ClickException):

@@ -146,3 +146,10 @@ def slow_greedy(model: Any, prompt: Sequence[int], steps: int) -> list[int]:
     for _ in range(steps):
         seq.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
     return seq[len(prompt) :]
+
+
+def save(path: Any, kind: str = "gpt2") -> Any:
+    """Write the tiny model and the tokenizer as a model folder; return the path."""
+    model(kind).save_pretrained(path)
+    tokenizer().save_pretrained(path)
+    return path
