@@ -118,6 +118,7 @@ class EraseOptions:
     device: str = "auto"
     dtype: str = "auto"
     prefix_tokens: int = 128  # the attacker's prompt, as in `measure`
+    batch_tokens: int = 16384  # padded tokens per measuring batch
     retain: CorpusSpec | None = None  # clean code; default: corpus samples with no finding
     heldout: CorpusSpec | None = None  # held-out code for perplexity before and after
     heldout_findings: tuple[Path, ...] = ()  # its samples named here are left out
@@ -156,7 +157,10 @@ def erase_model(
     if not forget:
         raise InputError("nothing to erase: no measured finding is memorized or extracted")
     input_hash = weights_sha256(model_dir)
-    loaded = load_model(model_dir, options.device, options.dtype)
+    saved_dtype = _saved_dtype(model_dir)
+    # Training needs float32 weights: a bf16 weight does not move by a 3e-6 step.
+    dtype = "float32" if options.dtype == "auto" else options.dtype
+    loaded = load_model(model_dir, options.device, dtype)
     job = _prepare(
         loaded.model,
         loaded.tokenizer,
@@ -166,7 +170,7 @@ def erase_model(
         options=options,
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    tmp = _partial_dir(out_dir)
     try:
         heldout = _heldout_texts(options)
         ppl_before = _perplexity(loaded.model, loaded.tokenizer, heldout)
@@ -180,7 +184,7 @@ def erase_model(
             report=report,
         )
         utility = _utility(ppl_before, _perplexity(loaded.model, loaded.tokenizer, heldout))
-        _write_model(loaded.model, model_dir, tmp)
+        _write_model(loaded.model, model_dir, tmp, saved_dtype)
         record = _record(
             result,
             job,
@@ -231,7 +235,7 @@ def _prepare(
     retain_tokens = clamp_tokens(config.retain_tokens, context, "retain tokens")
     texts = load_texts(data, {f.sample_id for f in forget})
     windows = build_forget_windows(forget, texts, tokenizer, window)
-    measure_config = MeasureConfig(samples=0)
+    measure_config = MeasureConfig(batch_tokens=options.batch_tokens, samples=0)
     probes = build_probes(
         forget,
         texts,
@@ -352,14 +356,48 @@ def _utility(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dic
     return {"perplexity_before": before, "perplexity_after": after, "perplexity_change": change}
 
 
-def _write_model(model: torch.nn.Module, model_dir: Path, tmp: Path) -> None:
-    """Tokenizer and other non-weight files copied as they are; weights saved anew."""
+def _saved_dtype(model_dir: Path) -> str | None:
+    """The dtype the input's config declares (the output is saved in it), if any."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("dtype") or config.get("torch_dtype")
+    return value if value in ("float32", "bfloat16", "float16") else None
+
+
+def _write_model(model: torch.nn.Module, model_dir: Path, tmp: Path, dtype: str | None) -> None:
+    """Tokenizer and other non-weight files copied as they are; weights saved anew, in
+    the dtype the input was saved in."""
+    import torch
+
+    if dtype is not None:
+        model.to(getattr(torch, dtype))
     for path in sorted(model_dir.iterdir()):
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name != RECORD_NAME:
             shutil.copyfile(path, tmp / path.name)
     for stale in tmp.glob("*.safetensors.index.json"):
         stale.unlink()
-    model.save_pretrained(str(tmp))  # type: ignore[operator]
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no shard-writing bar
+    try:
+        model.save_pretrained(str(tmp))  # type: ignore[operator]
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _partial_dir(out_dir: Path) -> Path:
+    """An empty hidden sibling of `out_dir`, with the permissions a new folder gets."""
+    import os
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
