@@ -363,12 +363,12 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
 def _summary(record: Remediation) -> None:
     from audit import ui
 
-    before = [r["before"] for r in record.findings]
-    after = [r["after"] for r in record.findings if r["after"] is not None]
+    before = [o["before"] for o in record.outcomes]
+    after = [o["after"] for o in record.outcomes if o["after"] is not None]
     limits = record.thresholds
     ui.console.print(
         f"{record.method}: {record.forgotten} of {len(before)} findings forgotten in "
-        f"{record.epochs['run']} epochs ({record.stop_reason}; best epoch {record.epochs['best']})."
+        f"{record.epochs} epochs ({record.stop_reason}; best epoch {record.best_epoch})."
     )
     ui.console.print(
         f"Extracted greedily: {sum(b['extracted_greedy'] for b in before)} → "
@@ -384,7 +384,7 @@ def _summary(record: Remediation) -> None:
             f"{record.utility['perplexity_after']['perplexity']:.3f} ({change:+.1%})."
         )
     ui.console.print(
-        f"{record.wall_seconds:.1f} s, peak memory {record.peak_memory_mb['rss_mb']:.0f} MB; "
+        f"{record.wall_seconds:.1f} s, peak memory {record.peak_memory_bytes / 2**20:.0f} MB; "
         f"p0 for the KL terms: {record.kl_reference['kind']} "
         f"({record.kl_reference['bytes'] / 2**20:.1f} MB)."
     )

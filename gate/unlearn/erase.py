@@ -83,31 +83,48 @@ def select_forget_set(
 
 @dataclass
 class Remediation:
-    """remediation.json: what was erased, how, and what it cost (no secret in here)."""
+    """remediation.json: what was erased, how, and what it cost (no secret in here).
+
+    `to_dict` writes the fields the run record reads (`gate.record.RemediationInfo`) at
+    the top level and everything else under ``details``.
+    """
 
     method: str
-    arguments: dict[str, Any]
-    thresholds: dict[str, Any]
-    model: dict[str, str]  # input / output paths and weight hashes
-    samples: dict[str, int]
-    epochs: dict[str, int]
-    steps: int
+    args: dict[str, Any]  # the unlearning settings in force
+    forget_findings: list[str]  # ids of the findings erased
+    forget_samples: int  # training samples they are in
+    epochs: int  # epochs run
+    best_epoch: int  # the epoch whose weights were kept
+    steps: int  # forget batches trained on
     stop_reason: str
-    kl_reference: dict[str, Any]
-    wall_seconds: float
-    unlearn_seconds: float
-    peak_memory_mb: dict[str, float]
-    findings: list[dict[str, Any]]
-    history: list[dict[str, Any]]
-    utility: dict[str, Any] = field(default_factory=dict)
+    wall_seconds: float  # the whole erase, loading and writing included
+    unlearn_seconds: float  # the unlearning loop alone
+    peak_memory_bytes: int  # peak resident memory of the process
+    input_path: str
+    output_path: str
+    input_sha256: str  # `weights_sha256` of the input folder (unchanged by erase)
+    output_sha256: str
+    thresholds: dict[str, Any]
+    samples: dict[str, int]  # forget findings / windows, distinct probes, retain windows
+    kl_reference: dict[str, Any]  # how p0 was held for the KL terms, and its bytes
+    outcomes: list[dict[str, Any]]  # per finding: before / after metrics, stop reason
+    history: list[dict[str, Any]]  # per epoch: loss parts, MA, EL_10, extracted, seconds
+    utility: dict[str, Any] = field(default_factory=dict)  # held-out perplexity, if asked
     tool: str = f"codeeraser {__version__}"
 
+    _TOP = (
+        "method", "args", "forget_findings", "forget_samples", "epochs", "stop_reason",
+        "wall_seconds", "peak_memory_bytes", "output_path", "input_sha256", "output_sha256",
+    )  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        top = {key: data.pop(key) for key in self._TOP}
+        return {**top, "details": data}
 
     @property
     def forgotten(self) -> int:
-        return sum(1 for f in self.findings if f["forgotten"])
+        return sum(1 for o in self.outcomes if o["forgotten"])
 
 
 @dataclass(frozen=True)
@@ -185,15 +202,9 @@ def erase_model(
         )
         utility = _utility(ppl_before, _perplexity(loaded.model, loaded.tokenizer, heldout))
         _write_model(loaded.model, model_dir, tmp, saved_dtype)
-        record = _record(
-            result,
-            job,
-            options=options,
-            thresholds=thresholds,
-            model={"input": str(model_dir), "input_sha256": input_hash, "output": str(out_dir)},
-            utility=utility,
-        )
-        record.model["output_sha256"] = weights_sha256(tmp)
+        record = _record(result, job, options=options, thresholds=thresholds, utility=utility)
+        record.input_path, record.input_sha256 = str(model_dir), input_hash
+        record.output_path, record.output_sha256 = str(out_dir), weights_sha256(tmp)
         record.wall_seconds = time.perf_counter() - started
         (tmp / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
         _move_into_place(tmp, out_dir)
@@ -410,16 +421,10 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
         tmp.rename(out_dir)
 
 
-def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory of this process (and the GPU's peak allocation, if any)."""
-    import torch
-
+def peak_memory_bytes() -> int:
+    """Peak resident memory of this process so far (ru_maxrss)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_mb = rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
-    peak = {"rss_mb": round(rss_mb, 1)}
-    if torch.cuda.is_available():
-        peak["cuda_mb"] = round(torch.cuda.max_memory_allocated() / (1 << 20), 1)
-    return peak
+    return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
 def _record(
@@ -428,13 +433,12 @@ def _record(
     *,
     options: EraseOptions,
     thresholds: Thresholds,
-    model: dict[str, str],
     utility: dict[str, Any],
 ) -> Remediation:
     config = replace(
         options.config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens
     )
-    arguments = {
+    args = {
         **asdict(config),
         "prefix_tokens": options.prefix_tokens,
         "device": options.device,
@@ -442,9 +446,21 @@ def _record(
     }
     return Remediation(
         method=config.method,
-        arguments=arguments,
+        args=args,
+        forget_findings=[o.finding_id for o in result.outcomes],
+        forget_samples=len({o.before.sample_id for o in result.outcomes}),
+        epochs=result.epochs,
+        best_epoch=result.best_epoch,
+        steps=result.steps,
+        stop_reason=result.stop_reason,
+        wall_seconds=0.0,
+        unlearn_seconds=result.seconds,
+        peak_memory_bytes=peak_memory_bytes(),
+        input_path="",
+        output_path="",
+        input_sha256="",
+        output_sha256="",
         thresholds=thresholds.to_dict(),
-        model=model,
         samples={
             "forget_findings": len(result.outcomes),
             "forget_windows": len(job.windows),
@@ -452,14 +468,8 @@ def _record(
             "retain_windows": len(job.retain),
             "forgotten": result.forgotten,
         },
-        epochs={"run": result.epochs, "best": result.best_epoch, "max": config.epochs},
-        steps=result.steps,
-        stop_reason=result.stop_reason,
         kl_reference={"kind": result.reference_kind, "bytes": result.reference_bytes},
-        wall_seconds=0.0,
-        unlearn_seconds=result.seconds,
-        peak_memory_mb=peak_memory_mb(),
-        findings=[_outcome(o) for o in result.outcomes],
+        outcomes=[_outcome(o) for o in result.outcomes],
         history=[asdict(h) for h in result.history],
         utility=utility,
     )

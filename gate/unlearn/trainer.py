@@ -180,9 +180,10 @@ class BestState:
             return False
         self.score, self.epoch = score, epoch
         if self.folder is not None:
-            from safetensors.torch import save_model
+            import torch
 
-            save_model(model, str(self.folder / "best.safetensors"))
+            # torch.save streams each tensor to the file; no second copy in memory
+            torch.save(model.state_dict(), self.folder / "best.pt")
         else:
             self._memory = {
                 k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
@@ -191,9 +192,10 @@ class BestState:
 
     def restore(self, model: torch.nn.Module) -> None:
         if self.folder is not None:
-            from safetensors.torch import load_model
+            import torch
 
-            load_model(model, str(self.folder / "best.safetensors"))
+            state = torch.load(self.folder / "best.pt", map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
         elif self._memory is not None:
             model.load_state_dict(self._memory)
 
@@ -251,7 +253,7 @@ class Unlearner:
 
         start = time.perf_counter()
         result = UnlearnResult(list(self.outcomes.values()))
-        reference = self._reference()
+        reference = self.reference_source()
         result.reference_kind, result.reference_bytes = reference.kind, reference.nbytes
         optimizer = torch.optim.AdamW(
             self.model.parameters(),
@@ -271,7 +273,8 @@ class Unlearner:
         result.seconds = time.perf_counter() - start
         return result
 
-    def _reference(self) -> ReferenceSource:
+    def reference_source(self) -> ReferenceSource:
+        """p0 for the KL terms: the cache built now, or a frozen copy of the model."""
         if self.config.reference == "frozen":
             return FrozenReference(self.model)
         return build_cache(
@@ -300,7 +303,7 @@ class Unlearner:
         result.epochs = epoch
         for indices in self._forget_batches():
             try:
-                losses = self._step(indices, reference, optimizer)
+                losses = self.step(indices, reference, optimizer)
             except _NotFinite:
                 self.diverged = True
                 return f"the loss stopped being finite at epoch {epoch}"
@@ -345,9 +348,10 @@ class Unlearner:
         batch, self._retain_order = self._retain_order[:size], self._retain_order[size:]
         return batch
 
-    def _step(
+    def step(
         self, indices: list[int], reference: ReferenceSource, optimizer: torch.optim.Optimizer
     ) -> list[Loss]:
+        """One forget batch (forget windows `indices`) and the next retain batch."""
         joint = self.config.schedule == "joint"
         optimizer.zero_grad(set_to_none=True)
         losses = [self._backward_forget(indices, reference)]

@@ -1,0 +1,585 @@
+"""Benchmark: GA, CU and CodeEraser on the demo model; our loop against the reference's
+schedule; peak memory of cached p0 against a frozen model copy; top-k KL error.
+
+    python bench/erase.py                 # every part; tables on stdout
+    python bench/erase.py --part methods  # one part: methods | schedule | memory | topk
+
+Every unlearning run and every memory probe runs in a fresh subprocess, so each peak
+RSS (``ru_maxrss``) belongs to that run alone. Results also go to
+``bench/results/erase.json``. Torch uses one thread per process (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results" / "erase.json"
+# Settings for the demo model (2 layers, 128 wide, 128-token context): the reference's
+# lr 3e-6 is for billion-parameter models and barely moves a model this small.
+DEMO = {"lr": 1e-4, "epochs": 60, "batch_size": 32, "patience": 10}
+SAMPLES = 20  # sampled-attack draws per finding after unlearning
+
+
+# --- shared setup -------------------------------------------------------------------
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _demo() -> Any:
+    from gate.demo import build_demo
+
+    return build_demo("demo")
+
+
+def _thresholds(demo: Any) -> Any:
+    """Calibrated on the held-out split (cached next to the build)."""
+    from audit.calibrate import calibrate
+    from audit.corpus import CorpusSpec
+    from audit.measurements import Thresholds
+    from audit.model import load_model
+
+    cached = demo.root / "bench-thresholds.json"
+    if cached.is_file():
+        return Thresholds.from_dict(json.loads(cached.read_text()))
+    loaded = load_model(demo.model_dir, "cpu", "float32")
+    thresholds = calibrate(loaded.model, loaded.tokenizer, CorpusSpec(demo.heldout_dir)).thresholds
+    cached.write_text(json.dumps(thresholds.to_dict()))
+    return thresholds
+
+
+def _heldout(demo: Any) -> list[str]:
+    from audit.corpus import CorpusSpec
+    from audit.utility import clean_texts
+
+    return [text for _, text in clean_texts(CorpusSpec(demo.heldout_dir), [demo.controls])]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(args: list[str]) -> dict[str, Any]:
+    """Run this script with `args` in a fresh process; it prints one JSON line last."""
+    done = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{args}: exit {done.returncode}\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- one unlearning run (child process) ---------------------------------------------
+
+
+def _job(demo: Any, thresholds: Any) -> Any:
+    """Model, forget windows, retain windows and a measure function on the demo."""
+    from audit.corpus import CorpusSpec, iter_samples, load_texts
+    from audit.extraction import MeasureConfig
+    from audit.findings import read_findings
+    from audit.model import load_model, pad_token_id
+    from audit.probes import build_probes
+    from gate.unlearn.data import build_forget_windows, build_retain_windows
+    from gate.unlearn.erase import measure_by_id
+
+    loaded = load_model(demo.model_dir, "cpu", "float32")
+    findings = read_findings(demo.planted)
+    spec = CorpusSpec(demo.corpus_dir)
+    texts = load_texts(spec, {f.sample_id for f in findings})
+    windows = build_forget_windows(findings, texts, loaded.tokenizer, loaded.context_length)
+    dirty = {f.sample_id for f in findings}
+    clean = ((s.id, s.text) for s in iter_samples(spec) if s.id not in dirty)
+    retain = build_retain_windows(clean, loaded.tokenizer, loaded.context_length, 64)
+    probes = build_probes(findings, texts, loaded.tokenizer, context_length=loaded.context_length)
+    measure, _ = measure_by_id(
+        loaded.model, loaded.tokenizer, probes, MeasureConfig(samples=0), thresholds
+    )
+    sampled, _ = measure_by_id(
+        loaded.model, loaded.tokenizer, probes, MeasureConfig(samples=SAMPLES), thresholds
+    )
+    return {
+        "loaded": loaded,
+        "findings": findings,
+        "windows": windows,
+        "retain": retain,
+        "measure": measure,
+        "sampled": sampled,
+        "pad": pad_token_id(loaded.tokenizer, loaded.model),
+    }
+
+
+def _means(rows: list[Any]) -> dict[str, float]:
+    n = max(1, len(rows))
+    return {
+        "ma": sum(m.ma for m in rows) / n,
+        "el_3": sum(m.el_3 for m in rows) / n,
+        "el_5": sum(m.el_5 for m in rows) / n,
+        "el_10": sum(m.el_10 for m in rows) / n,
+        "extracted_greedy": sum(m.extracted_greedy for m in rows),
+        "extracted_sampled": sum(bool(m.extracted_sampled) for m in rows),
+        "findings": len(rows),
+    }
+
+
+def run_unlearning(method: str, variant: str, stop: str) -> dict[str, Any]:
+    """One run on the demo: `variant` ours | reference; `stop` full | extraction."""
+    _threads()
+    from audit.measurements import Thresholds
+    from audit.utility import perplexity
+    from gate.unlearn.trainer import UnlearnConfig, Unlearner
+
+    demo = _demo()
+    thresholds = _thresholds(demo)
+    if stop == "extraction":  # stop as soon as greedy decoding no longer gives the secret
+        thresholds = Thresholds(ma=1.01, el_10=1.01, source="extraction only")
+    job = _job(demo, thresholds)
+    model, tok = job["loaded"].model, job["loaded"].tokenizer
+    heldout = _heldout(demo)
+    ids = [f.id for f in job["findings"]]
+    before = job["sampled"](ids)
+    ppl_before = perplexity(model, tok, heldout)
+    reference = variant == "reference"
+    config = UnlearnConfig(
+        method=method,
+        schedule="alternating" if reference else "joint",
+        reference="frozen" if reference else "cached",
+        **DEMO,  # type: ignore[arg-type]
+    )
+    loop = _reference_loop() if reference else Unlearner
+    with tempfile.TemporaryDirectory() as best:
+        start = time.perf_counter()
+        result = loop(
+            model,
+            job["windows"],
+            job["retain"],
+            before=before,
+            measure=job["measure"],
+            thresholds=thresholds,
+            config=config,
+            pad_id=job["pad"],
+            best_dir=Path(best),
+        ).run()
+        seconds = time.perf_counter() - start
+    after = job["sampled"](ids)
+    calibrated = _thresholds(demo)
+    forgotten = sum(
+        m.ma < calibrated.ma and m.el_10 < calibrated.el_10 and not m.extracted_greedy
+        for m in after
+    )
+    ppl_after = perplexity(model, tok, heldout)
+    return {
+        "method": method,
+        "variant": variant,
+        "stop": stop,
+        "config": asdict(config),
+        "thresholds": calibrated.to_dict(),
+        "before": _means(before),
+        "after": _means(after),
+        "forgotten": forgotten,
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "steps": result.steps,
+        "stop_reason": result.stop_reason,
+        "seconds": seconds,
+        "seconds_per_forgotten": seconds / forgotten if forgotten else None,
+        "epoch_seconds": [h.seconds for h in result.history],
+        "perplexity_before": ppl_before.perplexity,
+        "perplexity_after": ppl_after.perplexity,
+        "reference": result.reference_kind,
+        "reference_bytes": result.reference_bytes,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _reference_loop() -> type:
+    from gate.unlearn.trainer import Unlearner, is_forgotten
+
+    class Reference(Unlearner):
+        """The reference implementation's loop around the same losses and measuring code.
+
+        Every epoch trains on every forget window (no finding leaves the forget set)
+        and measures the whole forget set; the run stops when the mean MA is under the
+        MA threshold and the mean EL_10 under the EL threshold (or 5 epochs pass
+        without a lower mean EL_10). Use with schedule="alternating", reference="frozen".
+        """
+
+        el_best = float("inf")
+        el_stale = 0
+
+        def _forget_batches(self) -> Any:
+            order = list(range(len(self.forget)))
+            self.rng.shuffle(order)
+            size = self.config.batch_size
+            for first in range(0, len(order), size):
+                yield order[first : first + size]
+
+        def _remeasure(self, epoch: int) -> list[Any]:
+            self.active = set(self.outcomes)  # every secret stays in the loss
+            measured = self.measure(sorted(self.outcomes))
+            for m in measured:
+                self.latest[m.finding_id] = m
+                outcome = self.outcomes[m.finding_id]
+                outcome.forgotten_epoch = epoch if is_forgotten(m, self.thresholds) else None
+            return measured
+
+        def _verify(self, epoch: int) -> list[Any]:
+            return list(self.latest.values())
+
+        def _stop_reason(self, epoch: int) -> str:
+            from gate.unlearn.trainer import leak_score
+
+            self.best.offer(
+                leak_score(list(self.latest.values()), self.thresholds), epoch, self.model
+            )
+            rows = list(self.latest.values())
+            ma = sum(m.ma for m in rows) / len(rows)
+            el = sum(m.el_10 for m in rows) / len(rows)
+            if el < self.el_best:
+                self.el_best, self.el_stale = el, 0
+            else:
+                self.el_stale += 1
+            if ma < self.thresholds.ma and (el < self.thresholds.el_10 or self.el_stale >= 5):
+                return "mean MA and EL_10 under the thresholds"
+            return ""
+
+    return Reference
+
+
+# --- peak memory of one training step (child process) -------------------------------
+
+
+def _synthetic(vocab: int, k: int, length: int, retain: int) -> tuple[list[Any], list[Any]]:
+    import random
+
+    from gate.unlearn.data import ForgetWindow, RetainWindow, SecretSpan
+
+    rng = random.Random(0)
+    forget = [
+        ForgetWindow(
+            f"f{i}",
+            tuple(rng.randrange(vocab) for _ in range(length)),
+            (SecretSpan(f"s{i}", length - 30, length - 10),),
+        )
+        for i in range(k)
+    ]
+    keep = [
+        RetainWindow(f"r{i}", tuple(rng.randrange(vocab) for _ in range(length)))
+        for i in range(retain)
+    ]
+    return forget, keep
+
+
+def _memory_model(size: str) -> tuple[Any, list[Any], list[Any], int]:
+    """(model, forget windows, retain windows, k) for `size` demo | 100m."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if size == "demo":
+        demo = _demo()
+        from audit.model import load_model
+
+        loaded = load_model(demo.model_dir, "cpu", "float32")
+        vocab = len(loaded.tokenizer)
+        forget, retain = _synthetic(vocab, 32, 128, 64)
+        return loaded.model, forget, retain, 32
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=512, vocab_size=50257)
+    model = GPT2LMHeadModel(config)
+    model.train(False)
+    forget, retain = _synthetic(config.vocab_size, 8, 128, 64)
+    return model, forget, retain, 8
+
+
+def run_memory(size: str, variant: str) -> dict[str, Any]:
+    """Peak RSS of two training steps: plain CE, ours (cached p0) or a frozen copy."""
+    _threads()
+    import torch
+
+    from gate.unlearn.trainer import UnlearnConfig, Unlearner
+
+    model, forget, retain, k = _memory_model(size)
+    params = sum(p.numel() for p in model.parameters())
+    loaded_rss = _peak_rss_mb()
+    config = UnlearnConfig(
+        method="codeeraser" if variant != "plain" else "ga",
+        lr=1e-5,
+        batch_size=k,
+        reference="frozen" if variant == "frozen" else "cached",
+        schedule="alternating" if variant == "frozen" else "joint",
+        kl_cache="full" if variant == "ours-full" else "auto",
+    )
+    loop = Unlearner(
+        model,
+        forget,
+        retain,
+        before=[],
+        measure=lambda ids: [],
+        thresholds=_no_thresholds(),
+        config=config,
+        pad_id=0,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    start = time.perf_counter()
+    if variant == "plain":
+        steps = [_plain_step(model, forget, retain, k, optimizer) for _ in range(2)]
+        nbytes = 0
+    else:
+        loop.active = {s.finding_id for w in forget for s in w.secrets}
+        source = loop.reference_source()
+        steps = [loop.step(list(range(k)), source, optimizer) for _ in range(2)]
+        nbytes = source.nbytes
+    return {
+        "size": size,
+        "variant": variant,
+        "parameters": params,
+        "k": k,
+        "steps": len(steps),
+        "seconds": time.perf_counter() - start,
+        "loaded_rss_mb": loaded_rss,
+        "peak_rss_mb": _peak_rss_mb(),
+        "reference_bytes": nbytes,
+    }
+
+
+def _no_thresholds() -> Any:
+    from audit.measurements import Thresholds
+
+    return Thresholds(ma=0.5, el_10=0.5, source="memory probe")
+
+
+def _plain_step(model: Any, forget: list[Any], retain: list[Any], k: int, optimizer: Any) -> float:
+    """A plain one-model step: CE on the forget batch and on the retain batch, one update."""
+    import torch
+
+    from gate.unlearn.data import collate
+    from gate.unlearn.losses import masked_ce
+    from gate.unlearn.reference import aligned_logprobs
+
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for windows in (forget[:k], retain[:k]):
+        batch = collate(windows, 0)
+        loss = masked_ce(aligned_logprobs(model, batch), batch.labels, batch.valid)
+        torch.autograd.backward(loss)
+        total += float(loss)
+    optimizer.step()
+    return total
+
+
+# --- top-k KL error (child process) --------------------------------------------------
+
+
+def run_topk() -> dict[str, Any]:
+    """KL(p0‖pθ) from a top-k cache against the exact one, after a CodeEraser run."""
+    _threads()
+    import torch
+
+    from gate.unlearn.data import collate
+    from gate.unlearn.losses import full_reference, kl_per_position, topk_reference
+    from gate.unlearn.reference import aligned_logprobs
+    from gate.unlearn.trainer import UnlearnConfig, Unlearner
+
+    demo = _demo()
+    thresholds = _thresholds(demo)
+    job = _job(demo, thresholds)
+    model = job["loaded"].model
+    batch = collate(job["retain"], job["pad"])
+    with torch.no_grad():
+        p0 = aligned_logprobs(model, batch)[batch.valid]
+    ids = [f.id for f in job["findings"]]
+    with tempfile.TemporaryDirectory() as best:
+        Unlearner(
+            model,
+            job["windows"],
+            job["retain"],
+            before=job["measure"](ids),
+            measure=job["measure"],
+            thresholds=thresholds,
+            config=UnlearnConfig(**DEMO),  # type: ignore[arg-type]
+            pad_id=job["pad"],
+            best_dir=Path(best),
+        ).run()
+    with torch.no_grad():
+        now = aligned_logprobs(model, batch)[batch.valid]
+        exact = kl_per_position(full_reference(p0), now)
+        rows = []
+        for k in (1, 8, 32, 64, 128):
+            approx = kl_per_position(topk_reference(p0, k), now)
+            mass = topk_reference(p0, k).logprobs.exp().sum(-1).mean()
+            rows.append(
+                {
+                    "k": k,
+                    "p0_mass_in_topk": float(mass),
+                    "kl_exact_mean": float(exact.mean()),
+                    "kl_topk_mean": float(approx.mean()),
+                    "relative_error": float((exact.mean() - approx.mean()) / exact.mean()),
+                    "bytes_per_position": 12 * k + 4,
+                }
+            )
+    return {"positions": int(batch.valid.sum()), "vocab": int(p0.shape[-1]), "rows": rows}
+
+
+# --- parts and tables (parent process) -----------------------------------------------
+
+
+def part_methods() -> list[dict[str, Any]]:
+    runs = [_child(["--run", m, "ours", "full"]) for m in ("ga", "cu", "codeeraser")]
+    runs.append(_child(["--run", "codeeraser", "ours", "extraction"]))
+    print(_methods_table(runs))
+    return runs
+
+
+def part_schedule() -> list[dict[str, Any]]:
+    runs = [_child(["--run", "codeeraser", v, "full"]) for v in ("ours", "reference")]
+    print(_schedule_table(runs))
+    return runs
+
+
+def part_memory() -> list[dict[str, Any]]:
+    rows = [
+        _child(["--memory", size, variant])
+        for size in ("demo", "100m")
+        for variant in ("plain", "ours", "ours-full", "frozen")
+    ]
+    print(_memory_table(rows))
+    return rows
+
+
+def part_topk() -> dict[str, Any]:
+    result = _child(["--topk"])
+    print(_topk_table(result))
+    return result
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _methods_table(runs: list[dict[str, Any]]) -> str:
+    head = (
+        "| method | stop rule | MA before → after | EL_3 | EL_5 | EL_10 | extracted greedy "
+        "after | sampled after | forgotten | held-out ppl before → after | epochs | "
+        "s / forgotten sample | peak RSS MB |\n|" + "---|" * 13
+    )
+    lines = [head]
+    for r in runs:
+        b, a = r["before"], r["after"]
+        per = r["seconds_per_forgotten"]
+        lines.append(
+            f"| {r['method']} | {r['stop']} | {_pct(b['ma'])} → {_pct(a['ma'])} | "
+            f"{_pct(b['el_3'])} → {_pct(a['el_3'])} | {_pct(b['el_5'])} → {_pct(a['el_5'])} | "
+            f"{_pct(b['el_10'])} → {_pct(a['el_10'])} | {a['extracted_greedy']}/{a['findings']} | "
+            f"{a['extracted_sampled']}/{a['findings']} | {r['forgotten']}/{a['findings']} | "
+            f"{r['perplexity_before']:.2f} → {r['perplexity_after']:.2f} "
+            f"({r['perplexity_after'] / r['perplexity_before'] - 1:+.1%}) | {r['epochs']} | "
+            f"{per:.3f} | {r['peak_rss_mb']:.0f} |"
+            if per
+            else f"| {r['method']} | {r['stop']} | ... nothing forgotten ({r['stop_reason']}) |"
+        )
+    return "\n".join(lines)
+
+
+def _schedule_table(runs: list[dict[str, Any]]) -> str:
+    lines = [
+        "| loop | schedule | p0 for KL | epochs | updates | forgotten | s total | "
+        "s / forgotten sample | peak RSS MB |",
+        "|" + "---|" * 9,
+    ]
+    for r in runs:
+        per = r["seconds_per_forgotten"]
+        lines.append(
+            f"| {r['variant']} | {r['config']['schedule']} | {r['reference']} | {r['epochs']} | "
+            f"{r['steps'] * (2 if r['config']['schedule'] == 'alternating' else 1)} | "
+            f"{r['forgotten']}/{r['after']['findings']} | {r['seconds']:.1f} | "
+            f"{per:.3f} | {r['peak_rss_mb']:.0f} |"
+            if per
+            else f"| {r['variant']} | nothing forgotten | {r['seconds']:.1f} |"
+        )
+    if all(r["seconds_per_forgotten"] for r in runs):
+        ours, ref = runs[0]["seconds_per_forgotten"], runs[1]["seconds_per_forgotten"]
+        lines.append(f"\nreference / ours, seconds per forgotten sample: {ref / ours:.2f}×")
+    return "\n".join(lines)
+
+
+def _memory_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | parameters | k | variant | p0 held | peak RSS MB | × plain step |",
+        "|" + "---|" * 7,
+    ]
+    plain = {r["size"]: r["peak_rss_mb"] for r in rows if r["variant"] == "plain"}
+    for r in rows:
+        held = f"{r['reference_bytes'] / 2**20:.1f} MB"
+        lines.append(
+            f"| {r['size']} | {r['parameters'] / 1e6:.1f} M | {r['k']} | {r['variant']} | {held} | "
+            f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / plain[r['size']]:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _topk_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['positions']} retain positions, vocabulary {result['vocab']}",
+        "| k | p0 mass in top-k | KL exact | KL top-k | relative error | bytes / position |",
+        "|" + "---|" * 6,
+    ]
+    lines += [
+        f"| {r['k']} | {r['p0_mass_in_topk']:.3f} | {r['kl_exact_mean']:.4f} | "
+        f"{r['kl_topk_mean']:.4f} | {r['relative_error']:.1%} | {r['bytes_per_position']} |"
+        for r in result["rows"]
+    ]
+    lines.append(f"| full | 1 | | | 0 | {4 * result['vocab']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("methods", "schedule", "memory", "topk"))
+    parser.add_argument("--run", nargs=3, metavar=("METHOD", "VARIANT", "STOP"))
+    parser.add_argument("--memory", nargs=2, metavar=("SIZE", "VARIANT"))
+    parser.add_argument("--topk", action="store_true")
+    args = parser.parse_args()
+    if args.run:
+        print(json.dumps(run_unlearning(*args.run)))
+        return 0
+    if args.memory:
+        print(json.dumps(run_memory(*args.memory)))
+        return 0
+    if args.topk:
+        print(json.dumps(run_topk()))
+        return 0
+    parts = {
+        "methods": part_methods,
+        "schedule": part_schedule,
+        "memory": part_memory,
+        "topk": part_topk,
+    }
+    chosen = [args.part] if args.part else list(parts)
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for name in chosen:
+        print(f"\n## {name}\n", flush=True)
+        results[name] = parts[name]()
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
