@@ -6,7 +6,25 @@ never a secret value, and not even the secret's hash (a hash of a short password
 be brute-forced, and the record is meant to be uploaded as a CI artifact).
 
 The pipeline fills a `RecordBuilder` stage by stage and calls `finish()`; the result
-round-trips through JSON (`write_record` / `read_record`).
+round-trips through JSON (`write_record` / `read_record`)::
+
+    b = RecordBuilder(model_path=model, corpus=CorpusInfo(path=str(data)), policy=policy,
+                      invocation=sys.argv, model_sha256=fingerprint_path(model))
+    with b.stage("scan"):
+        findings = ...
+    b.set_findings(findings)
+    b.set_thresholds(thresholds)
+    b.add_measurements(MeasurementSet(name=BEFORE, model="original", prefix_tokens=128), rows)
+    b.set_verdict("before", evaluate(rows, findings, policy))
+    b.set_remediation(RemediationInfo.from_stage(json.loads(remediation_json)))
+    b.add_measurements(MeasurementSet(name=AFTER, model="remediated", ...), after_rows)
+    b.add_measurements(MeasurementSet(name="after-prefix-64", model="remediated", ...), alt)
+    b.set_utility(UtilityFigures(ppl_before, ppl_after))
+    b.set_verdict("after", evaluate(worst_case(after_rows, alt), findings, policy, utility))
+    record = b.finish(0, "remediated", released_model=str(out / "model"))
+    gate.report.write_and_publish(record, out)
+
+An error after the builder exists still gets a record: ``finish(3, "error", error=msg)``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,19 @@ def write_reports(
         else:
             atomic_write_text(path, render_markdown(record, report_name=FILENAMES["html"]))
         written[fmt] = path
+    return written
+
+
+def write_and_publish(
+    record: RunRecord, out_dir: Path, env: Mapping[str, str] | None = None
+) -> dict[str, Path]:
+    """What the gate does at the end: record.json and the policy's reports, then, in
+    GitHub Actions, the job summary and the step outputs (see `gate.github`)."""
+    from gate import github
+
+    formats = dict.fromkeys(["json", *_policy_formats(record)])
+    written = write_reports(record, out_dir, formats)
+    github.publish(record, render_markdown(record), written.get("html"), env)
     return written
 
 

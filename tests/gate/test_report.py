@@ -23,6 +23,7 @@ from gate.report import (
     render_html,
     render_markdown,
     sarif_uri,
+    write_and_publish,
     write_reports,
 )
 from gate.verdict import UtilityFigures
@@ -210,6 +211,17 @@ def test_write_reports_writes_the_requested_formats(tmp_path: Path) -> None:
     assert set(only) == {"sarif", "md"}
     record.policy.resolved["report"]["formats"] = ["html"]
     assert list(write_reports(record, tmp_path / "policy")) == ["html"]
+
+
+def test_write_and_publish_always_writes_the_record(tmp_path: Path) -> None:
+    record = fakes.build_record()
+    record.policy.resolved["report"]["formats"] = ["html"]
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(tmp_path / "gh-output")}
+    written = write_and_publish(record, tmp_path / "out", env)
+    assert sorted(written) == ["html", "json"]
+    outputs = (tmp_path / "gh-output").read_text(encoding="utf-8")
+    assert f"report={written['html']}\n" in outputs
+    assert "verdict=passed\n" in outputs
 
 
 def test_utility_with_humaneval_is_shown() -> None:
