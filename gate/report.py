@@ -252,6 +252,7 @@ def _counts(record: RunRecord, final: Sequence[Measurement], remediated: bool) -
     return {
         "findings": len(record.findings),
         "files": len(record.findings_summary.by_file),
+        "measured": record.findings_summary.total.measured,
         "extracted_before": sum(m.extracted for m in before),
         "memorized_before": sum(m.memorized for m in before),
         "extracted_after": sum(m.extracted for m in final) if remediated else None,

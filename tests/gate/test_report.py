@@ -170,6 +170,14 @@ def test_script_in_origin_and_context_renders_as_text() -> None:
     assert "<script" not in summary
 
 
+def test_unmeasured_findings_are_flagged() -> None:
+    record = fakes.build_record(fakes.CLEAN)
+    record.findings[0].measurements.clear()
+    record.findings_summary.total.measured -= 1
+    assert "(3 measured: extraction.max_findings)" in render_html(record)
+    assert "measured:" not in render_html(fakes.build_record(fakes.CLEAN))
+
+
 def test_findings_table_is_capped_by_the_policy(tmp_path: Path) -> None:
     record = fakes.build_record(xss=True)
     record.policy.resolved["report"]["max_findings_listed"] = 2
