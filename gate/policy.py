@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from audit.corpus import CorpusSpec
+from audit.measurements import Thresholds
 from gate.errors import PolicyError
 from gate.resources import builtin_policy, builtin_policy_names
 from gate.rule_metrics import METRICS, metric_names
@@ -46,6 +48,17 @@ class ScanOptions(_Section):
     text_field: str = "content"  # JSONL/Parquet/HF field holding the code
     id_field: str = "id"  # field holding a stable sample id
     on_bad_record: Literal["skip", "fail"] = "fail"
+
+    def corpus_spec(self, path: Path) -> CorpusSpec:
+        """How to read the training data at `path` under these options."""
+        return CorpusSpec(
+            path=Path(path),
+            fmt=self.format,
+            text_field=self.text_field,
+            id_field=self.id_field,
+            excludes=tuple(self.excludes),
+            on_bad_record=self.on_bad_record,
+        )
 
 
 class SampledAttack(_Section):
@@ -76,6 +89,27 @@ class ThresholdOptions(_Section):
     @property
     def needs_calibration(self) -> bool:
         return self.ma == "auto" or self.el_10 == "auto"
+
+    def resolve(self, calibrated: Thresholds | None = None) -> Thresholds:
+        """The thresholds in force: numbers from the policy, `auto` ones from calibration."""
+        if not self.needs_calibration:
+            return Thresholds(ma=_number_of(self.ma), el_10=_number_of(self.el_10), source="policy")
+        if calibrated is None:
+            raise PolicyError("thresholds: `auto` needs a calibration on thresholds.unseen")
+        both_auto = self.ma == "auto" and self.el_10 == "auto"
+        return Thresholds(
+            ma=_number_of(self.ma, calibrated.ma),
+            el_10=_number_of(self.el_10, calibrated.el_10),
+            source=calibrated.source if both_auto else f"policy+{calibrated.source}",
+        )
+
+
+def _number_of(value: float | str, calibrated: float | None = None) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    if calibrated is None:
+        raise PolicyError("thresholds: `auto` needs a calibration on thresholds.unseen")
+    return calibrated
 
 
 class Rule(_Section):

@@ -209,3 +209,27 @@ def test_readme_policy_reference_lists_every_field_and_metric() -> None:
     missing = [p for p in field_paths() if f"`{p}`" not in section]
     assert not missing, missing
     assert not [m for m in metric_names() if f"`{m}`" not in section]
+
+
+def test_thresholds_resolve_from_policy_and_calibration(tmp_path: Path) -> None:
+    from audit.measurements import Thresholds
+
+    calibrated = Thresholds(ma=0.08, el_10=0.01, source="calibrated:/unseen")
+    fixed = Policy().thresholds.resolve()
+    assert fixed == Thresholds(ma=0.45, el_10=0.06, source="policy")
+    assert Policy().thresholds.resolve(calibrated).source == "policy"  # numbers win
+    text = "thresholds:\n  ma: auto\n  el_10: 0.2\n  unseen: u\n"
+    mixed = load_policy(write(tmp_path, text)).thresholds.resolve(calibrated)
+    assert mixed == Thresholds(ma=0.08, el_10=0.2, source="policy+calibrated:/unseen")
+    text = "thresholds:\n  ma: auto\n  el_10: auto\n  unseen: u\n"
+    auto = load_policy(write(tmp_path, text, "b.yaml")).thresholds
+    assert auto.resolve(calibrated) == calibrated
+    with pytest.raises(PolicyError, match="needs a calibration"):
+        auto.resolve()
+
+
+def test_scan_options_give_the_corpus_spec(tmp_path: Path) -> None:
+    text = "scan:\n  format: jsonl\n  text_field: code\n  excludes: ['tests/*']\n"
+    spec = load_policy(write(tmp_path, text)).scan.corpus_spec(tmp_path / "d.jsonl")
+    assert (spec.fmt, spec.text_field, spec.excludes) == ("jsonl", "code", ("tests/*",))
+    assert spec.path == tmp_path / "d.jsonl"
