@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "measure": "gate.commands.measure:measure",
     "calibrate": "gate.commands.calibrate:calibrate",
     "erase": "gate.commands.erase:erase",
+    "report": "gate.commands.report:report",
 }
 
 
