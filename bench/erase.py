@@ -338,20 +338,23 @@ def run_memory(size: str, variant: str) -> dict[str, Any]:
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     start = time.perf_counter()
+    steps = 2
     if variant == "plain":
-        steps = [_plain_step(model, forget, retain, k, optimizer) for _ in range(2)]
+        for _ in range(steps):
+            _plain_step(model, forget, retain, k, optimizer)
         nbytes = 0
     else:
         loop.active = {s.finding_id for w in forget for s in w.secrets}
         source = loop.reference_source()
-        steps = [loop.step(list(range(k)), source, optimizer) for _ in range(2)]
+        for _ in range(steps):
+            loop.step(list(range(k)), source, optimizer)
         nbytes = source.nbytes
     return {
         "size": size,
         "variant": variant,
         "parameters": params,
         "k": k,
-        "steps": len(steps),
+        "steps": steps,
         "seconds": time.perf_counter() - start,
         "loaded_rss_mb": loaded_rss,
         "peak_rss_mb": _peak_rss_mb(),

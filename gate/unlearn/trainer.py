@@ -24,14 +24,15 @@ MA) is kept and restored at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from audit.measurements import Measurement, Thresholds
 from gate.errors import InputError
@@ -106,6 +107,20 @@ class UnlearnConfig:
             raise InputError(f"unknown schedule {self.schedule!r} (joint or alternating)")
         if self.reference not in ("cached", "frozen"):
             raise InputError(f"unknown KL reference {self.reference!r} (cached or frozen)")
+
+    @classmethod
+    def from_args(cls, method: str, args: Mapping[str, Any]) -> UnlearnConfig:
+        """A config from a policy's ``remediation.args`` (``lambda``/``kl_weight`` for λ,
+        ``max_epochs`` for epochs); an unknown argument is an InputError naming it."""
+        renames = {"lambda": "lam", "kl_weight": "lam", "max_epochs": "epochs"}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {"method": method}
+        for key, value in args.items():
+            name = renames.get(key, key)
+            if name not in fields:
+                raise InputError(f"unknown unlearning argument {key!r}")
+            values[name] = value
+        return cls(**values)
 
     def hyper(self) -> Hyper:
         return Hyper(alpha=self.alpha, lam=self.lam, gamma=self.gamma)

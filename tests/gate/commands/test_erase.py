@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from gate.record import RemediationInfo
 
 from audit.calibrate import DEFAULT_THRESHOLDS
 from audit.corpus import CorpusSpec, load_texts
@@ -20,6 +19,7 @@ from audit.measurements import Measurement, read_measurements, write_measurement
 from audit.model import load_model
 from audit.probes import build_probes
 from gate.cli import cli
+from gate.record import RemediationInfo
 from gate.unlearn import trainer
 from gate.unlearn.erase import measure_by_id, weights_sha256
 

@@ -293,3 +293,13 @@ def test_bad_settings_are_input_errors(forget_and_retain: Data) -> None:
             config=UnlearnConfig(),
             pad_id=0,
         )
+
+
+def test_config_from_policy_arguments() -> None:
+    config = UnlearnConfig.from_args(
+        "cu", {"lr": 1e-4, "lambda": 0.2, "max_epochs": 7, "batch_size": 4, "seed": 3}
+    )
+    assert (config.method, config.lr, config.lam, config.epochs) == ("cu", 1e-4, 0.2, 7)
+    assert (config.batch_size, config.seed) == (4, 3)
+    with pytest.raises(InputError, match="unknown unlearning argument 'beta'"):
+        UnlearnConfig.from_args("ga", {"beta": 1.0})
