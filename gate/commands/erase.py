@@ -155,6 +155,14 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
     help="Findings in the held-out code; their samples are left out of the perplexity.",
 )
 @click.option(
+    "--humaneval",
+    type=click.IntRange(min=0, max=164),
+    default=0,
+    show_default=True,
+    help="HumanEval problems to score pass@1 on before and after (0: off; 164: all). "
+    "Generated code runs in a sandbox; tiny models score 0.",
+)
+@click.option(
     "--prefix-tokens",
     type=click.IntRange(min=0),
     default=128,
@@ -310,6 +318,7 @@ def _options(settings: dict[str, Any], **extra: Any) -> Any:
         prefix_tokens=settings["prefix_tokens"],
         batch_tokens=settings["batch_tokens"],
         force=settings["force"],
+        humaneval=settings["humaneval"],
         **extra,
     )
 
@@ -377,7 +386,13 @@ def _summary(record: Remediation) -> None:
         f"{_mean(before, 'el_10'):.3f} → {_mean(after, 'el_10'):.3f} "
         f"(threshold {limits['el_10']:.3f})."
     )
-    if record.utility:
+    if "humaneval_before" in record.utility:
+        ui.console.print(
+            f"HumanEval pass@1: {record.utility['humaneval_before']['pass_at_1']:.3f} → "
+            f"{record.utility['humaneval_after']['pass_at_1']:.3f} "
+            f"({record.utility['humaneval_after']['problems']} problems)."
+        )
+    if "perplexity_change" in record.utility:
         change = record.utility["perplexity_change"]
         ui.console.print(
             f"Held-out perplexity: {record.utility['perplexity_before']['perplexity']:.3f} → "

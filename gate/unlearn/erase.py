@@ -139,6 +139,7 @@ class EraseOptions:
     retain: CorpusSpec | None = None  # clean code; default: corpus samples with no finding
     heldout: CorpusSpec | None = None  # held-out code for perplexity before and after
     heldout_findings: tuple[Path, ...] = ()  # its samples named here are left out
+    humaneval: int = 0  # HumanEval problems for pass@1 before and after (0: off)
     force: bool = False  # replace an existing output folder
 
 
@@ -191,6 +192,7 @@ def erase_model(
     try:
         heldout = _heldout_texts(options)
         ppl_before = _perplexity(loaded.model, loaded.tokenizer, heldout)
+        he_before = _humaneval(loaded.model, loaded.tokenizer, options.humaneval)
         result = _unlearn(
             loaded.model,
             job,
@@ -201,6 +203,9 @@ def erase_model(
             report=report,
         )
         utility = _utility(ppl_before, _perplexity(loaded.model, loaded.tokenizer, heldout))
+        if he_before is not None:
+            he_after = _humaneval(loaded.model, loaded.tokenizer, options.humaneval)
+            utility |= {"humaneval_before": he_before, "humaneval_after": he_after}
         _write_model(loaded.model, model_dir, tmp, saved_dtype)
         record = _record(result, job, options=options, thresholds=thresholds, utility=utility)
         record.input_path, record.input_sha256 = str(model_dir), input_hash
@@ -358,6 +363,16 @@ def _perplexity(
     from audit.utility import perplexity
 
     return asdict(perplexity(model, tokenizer, texts))
+
+
+def _humaneval(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems: int
+) -> dict[str, Any] | None:
+    if problems <= 0:
+        return None
+    from audit.utility import humaneval
+
+    return asdict(humaneval(model, tokenizer, limit=problems))
 
 
 def _utility(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:

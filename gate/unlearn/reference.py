@@ -13,7 +13,7 @@ token of both):
 - ``full``: p0's log-probs over the whole vocabulary, float32: exact, 4·V bytes per
   position. About 0.5 KiB per position for V = 1k, 200 KiB for V = 50k.
 - ``topk``: the k likeliest tokens' ids and log-probs plus one tail bucket: an
-  approximation (see `gate.unlearn.losses`), 8·k + 4 bytes per position.
+  approximation (see `gate.unlearn.losses`), 12·k + 4 bytes per position.
 - ``auto`` (default): ``full`` when it fits ``budget_mb``, else ``topk``.
 
 Tables live on the CPU (pinned when training on a GPU) and move to the device one

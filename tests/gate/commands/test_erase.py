@@ -78,7 +78,7 @@ def erased(tiny_demo: Any, work: Path) -> tuple[Result, Path, str]:
         "--heldout-findings",
         str(tiny_demo.controls),
     ]
-    result = _erase(tiny_demo, work, out, *FAST, *heldout)
+    result = _erase(tiny_demo, work, out, *FAST, *heldout, "--humaneval", "2")
     return result, out, before
 
 
@@ -111,6 +111,7 @@ def test_erase_forgets_every_planted_secret(
     assert details["kl_reference"]["kind"] == "cached-full"
     assert details["history"][-1]["remaining"] == 0
     assert details["utility"]["perplexity_before"]["tokens"] > 0
+    assert details["utility"]["humaneval_after"]["problems"] == 2
     assert "forgotten" in result.stderr
 
 
