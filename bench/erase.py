@@ -19,13 +19,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from gate.unlearn.trainer import Unlearner, is_forgotten, leak_score  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "erase.json"
 # Settings for the demo model (2 layers, 128 wide, 128-token context): the reference's
@@ -98,7 +100,7 @@ def _job(demo: Any, thresholds: Any) -> Any:
     from audit.model import load_model, pad_token_id
     from audit.probes import build_probes
     from gate.unlearn.data import build_forget_windows, build_retain_windows
-    from gate.unlearn.erase import measure_by_id
+    from gate.unlearn.erase import measure_by_id, screen_by_id
 
     loaded = load_model(demo.model_dir, "cpu", "float32")
     findings = read_findings(demo.planted)
@@ -115,6 +117,7 @@ def _job(demo: Any, thresholds: Any) -> Any:
     sampled, _ = measure_by_id(
         loaded.model, loaded.tokenizer, probes, MeasureConfig(samples=SAMPLES), thresholds
     )
+    screen = screen_by_id(loaded.model, loaded.tokenizer, probes, MeasureConfig())
     return {
         "loaded": loaded,
         "findings": findings,
@@ -122,6 +125,7 @@ def _job(demo: Any, thresholds: Any) -> Any:
         "retain": retain,
         "measure": measure,
         "sampled": sampled,
+        "screen": screen,
         "pad": pad_token_id(loaded.tokenizer, loaded.model),
     }
 
@@ -139,12 +143,14 @@ def _means(rows: list[Any]) -> dict[str, float]:
     }
 
 
-def run_unlearning(method: str, variant: str, stop: str) -> dict[str, Any]:
+def run_unlearning(
+    method: str, variant: str, stop: str, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One run on the demo: `variant` ours | reference; `stop` full | extraction."""
     _threads()
     from audit.measurements import Thresholds
     from audit.utility import perplexity
-    from gate.unlearn.trainer import UnlearnConfig, Unlearner
+    from gate.unlearn.trainer import UnlearnConfig
 
     demo = _demo()
     thresholds = _thresholds(demo)
@@ -161,9 +167,9 @@ def run_unlearning(method: str, variant: str, stop: str) -> dict[str, Any]:
         method=method,
         schedule="alternating" if reference else "joint",
         reference="frozen" if reference else "cached",
-        **DEMO,  # type: ignore[arg-type]
+        **{**DEMO, **(overrides or {})},  # type: ignore[arg-type]
     )
-    loop = _reference_loop() if reference else Unlearner
+    loop = ReferenceLoop if reference else Unlearner
     with tempfile.TemporaryDirectory() as best:
         start = time.perf_counter()
         result = loop(
@@ -176,6 +182,7 @@ def run_unlearning(method: str, variant: str, stop: str) -> dict[str, Any]:
             config=config,
             pad_id=job["pad"],
             best_dir=Path(best),
+            screen=job["screen"],
         ).run()
         seconds = time.perf_counter() - start
     after = job["sampled"](ids)
@@ -209,58 +216,57 @@ def run_unlearning(method: str, variant: str, stop: str) -> dict[str, Any]:
     }
 
 
-def _reference_loop() -> type:
-    from gate.unlearn.trainer import Unlearner, is_forgotten
+class ReferenceLoop(Unlearner):
+    """The reference implementation's loop around the same losses and measuring code.
 
-    class Reference(Unlearner):
-        """The reference implementation's loop around the same losses and measuring code.
+    Every epoch trains on every forget window (no finding leaves the forget set) and
+    measures the whole forget set: MA always, EL_10 and extraction only once the mean
+    MA is under the MA threshold (the reference turns EL on at threshold + margin;
+    margin 0 here, which spares it the most decoding). It stops when the mean MA and
+    the mean EL_10 are under the thresholds (or 5 epochs pass without a lower mean
+    EL_10). Use with schedule="alternating", reference="frozen".
+    """
 
-        Every epoch trains on every forget window (no finding leaves the forget set)
-        and measures the whole forget set; the run stops when the mean MA is under the
-        MA threshold and the mean EL_10 under the EL threshold (or 5 epochs pass
-        without a lower mean EL_10). Use with schedule="alternating", reference="frozen".
-        """
+    el_best = float("inf")
+    el_stale = 0
 
-        el_best = float("inf")
-        el_stale = 0
+    def _forget_batches(self) -> Any:
+        order = list(range(len(self.forget)))
+        self.rng.shuffle(order)
+        size = self.config.batch_size
+        for first in range(0, len(order), size):
+            yield order[first : first + size]
 
-        def _forget_batches(self) -> Any:
-            order = list(range(len(self.forget)))
-            self.rng.shuffle(order)
-            size = self.config.batch_size
-            for first in range(0, len(order), size):
-                yield order[first : first + size]
+    def _remeasure(self, epoch: int) -> tuple[list[str], list[Any]]:
+        ids = sorted(self.outcomes)
+        self.active = set(ids)  # every secret stays in the loss
+        quick = self.screen(ids) if self.screen else {}
+        measured: list[Any] = []
+        if quick and sum(q[0] for q in quick.values()) / len(quick) >= self.thresholds.ma:
+            for fid, (ma, extracted) in quick.items():
+                self.latest[fid] = replace(self.latest[fid], ma=ma, extracted_greedy=extracted)
+        else:
+            measured = self.measure(ids)
+            self.latest.update((m.finding_id, m) for m in measured)
+        for fid in ids:
+            done = bool(measured) and is_forgotten(self.latest[fid], self.thresholds)
+            self.outcomes[fid].forgotten_epoch = epoch if done else None
+        return ids, measured
 
-        def _remeasure(self, epoch: int) -> list[Any]:
-            self.active = set(self.outcomes)  # every secret stays in the loss
-            measured = self.measure(sorted(self.outcomes))
-            for m in measured:
-                self.latest[m.finding_id] = m
-                outcome = self.outcomes[m.finding_id]
-                outcome.forgotten_epoch = epoch if is_forgotten(m, self.thresholds) else None
-            return measured
-
-        def _verify(self, epoch: int) -> list[Any]:
-            return list(self.latest.values())
-
-        def _stop_reason(self, epoch: int) -> str:
-            from gate.unlearn.trainer import leak_score
-
-            self.best.offer(
-                leak_score(list(self.latest.values()), self.thresholds), epoch, self.model
-            )
-            rows = list(self.latest.values())
-            ma = sum(m.ma for m in rows) / len(rows)
-            el = sum(m.el_10 for m in rows) / len(rows)
-            if el < self.el_best:
-                self.el_best, self.el_stale = el, 0
-            else:
-                self.el_stale += 1
-            if ma < self.thresholds.ma and (el < self.thresholds.el_10 or self.el_stale >= 5):
-                return "mean MA and EL_10 under the thresholds"
+    def _stop_reason(self, epoch: int) -> str:
+        self.best.offer(leak_score(list(self.latest.values()), self.thresholds), epoch, self.model)
+        rows = list(self.latest.values())
+        ma = sum(m.ma for m in rows) / len(rows)
+        el = sum(m.el_10 for m in rows) / len(rows)
+        if ma >= self.thresholds.ma:
             return ""
-
-    return Reference
+        if el < self.el_best:
+            self.el_best, self.el_stale = el, 0
+        else:
+            self.el_stale += 1
+        if el < self.thresholds.el_10 or self.el_stale >= 5:
+            return "mean MA and EL_10 under the thresholds (or EL_10 stalled)"
+        return ""
 
 
 # --- peak memory of one training step (child process) -------------------------------
@@ -398,7 +404,7 @@ def run_topk() -> dict[str, Any]:
     from gate.unlearn.data import collate
     from gate.unlearn.losses import full_reference, kl_per_position, topk_reference
     from gate.unlearn.reference import aligned_logprobs
-    from gate.unlearn.trainer import UnlearnConfig, Unlearner
+    from gate.unlearn.trainer import UnlearnConfig
 
     demo = _demo()
     thresholds = _thresholds(demo)
@@ -558,9 +564,13 @@ def main() -> int:
     parser.add_argument("--run", nargs=3, metavar=("METHOD", "VARIANT", "STOP"))
     parser.add_argument("--memory", nargs=2, metavar=("SIZE", "VARIANT"))
     parser.add_argument("--topk", action="store_true")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
+    )
     args = parser.parse_args()
     if args.run:
-        print(json.dumps(run_unlearning(*args.run)))
+        overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+        print(json.dumps(run_unlearning(*args.run, overrides)))
         return 0
     if args.memory:
         print(json.dumps(run_memory(*args.memory)))

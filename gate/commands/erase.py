@@ -356,8 +356,9 @@ def click_column() -> Any:
 def _reporter(progress: Progress, task: TaskID, total: int) -> Any:
     def report(log: EpochLog) -> None:
         parts = " ".join(f"{name} {value:.3f}" for name, value in sorted(log.loss.items()))
+        el = "-" if log.el_10_mean is None else f"{log.el_10_mean:.3f}"
         status = (
-            f"{parts} | MA {log.ma_mean:.3f} EL10 {log.el_10_mean:.3f} | "
+            f"{parts} | MA {log.ma_mean:.3f} EL10 {el} | "
             f"extracted {log.extracted}/{total} | left {log.remaining}"
         )
         progress.update(task, advance=1, description=f"epoch {log.epoch}", status=status)

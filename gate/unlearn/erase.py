@@ -227,6 +227,7 @@ class _Job:
     retain: list[RetainWindow]
     probes: list[Probe]
     measure: Callable[[Sequence[str]], list[Measurement]]
+    screen: Callable[[Sequence[str]], dict[str, tuple[float, bool]]]
     window_tokens: int
     retain_tokens: int
     distinct_probes: int
@@ -268,8 +269,9 @@ def _prepare(
         seed=config.seed,
     )
     measure, distinct = measure_by_id(model, tokenizer, probes, measure_config)
+    screen = screen_by_id(model, tokenizer, probes, measure_config)
     pad_id = pad_token_id(tokenizer, model)
-    return _Job(windows, retain, probes, measure, window, retain_tokens, distinct, pad_id)
+    return _Job(windows, retain, probes, measure, screen, window, retain_tokens, distinct, pad_id)
 
 
 def _retain_texts(
@@ -279,6 +281,20 @@ def _retain_texts(
         return ((s.id, s.text) for s in iter_samples(retain))
     dirty = {f.sample_id for f in forget}
     return ((s.id, s.text) for s in iter_samples(data) if s.id not in dirty)
+
+
+ProbeKey = tuple[tuple[int, ...], tuple[int, ...]]
+SCREEN_N = 1 << 30  # an EL n longer than any secret: one greedy decode per finding
+
+
+def _distinct(probes: Sequence[Probe], ids: Sequence[str]) -> tuple[list[ProbeKey], list[Probe]]:
+    """The distinct (prefix, secret) pairs among `ids`' probes, first probe of each."""
+    by_id = {p.finding_id: p for p in probes}
+    unique: dict[ProbeKey, Probe] = {}
+    for fid in ids:
+        probe = by_id[fid]
+        unique.setdefault((probe.prefix_ids, probe.secret_ids), probe)
+    return list(unique), list(unique.values())
 
 
 def measure_by_id(
@@ -298,16 +314,12 @@ def measure_by_id(
 
     marks = thresholds or Thresholds(ma=1.0, el_10=1.0, source="unused")
     by_id = {p.finding_id: p for p in probes}
-    distinct = len({(p.prefix_ids, p.secret_ids) for p in probes})
 
     def measure(ids: Sequence[str]) -> list[Measurement]:
-        unique: dict[tuple[tuple[int, ...], tuple[int, ...]], Probe] = {}
-        for fid in ids:
-            probe = by_id[fid]
-            unique.setdefault((probe.prefix_ids, probe.secret_ids), probe)
-        keys = list(unique)
-        results = measure_probes(model, tokenizer, [unique[k] for k in keys], marks, config)
-        found = dict(zip(keys, results, strict=True))
+        keys, unique = _distinct(probes, ids)
+        found = dict(
+            zip(keys, measure_probes(model, tokenizer, unique, marks, config), strict=True)
+        )
         out = []
         for fid in ids:
             probe = by_id[fid]
@@ -315,7 +327,37 @@ def measure_by_id(
             out.append(replace(m, finding_id=fid, sample_id=probe.sample_id))
         return out
 
-    return measure, distinct
+    return measure, len(_distinct(probes, list(by_id))[0])
+
+
+def screen_by_id(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: Sequence[Probe],
+    config: MeasureConfig,
+) -> Callable[[Sequence[str]], dict[str, tuple[float, bool]]]:
+    """MA and greedy extraction only (finding id -> (MA, extracted)), for the loop's screen.
+
+    `score_probes` with a single EL n longer than any secret decodes one row per probe
+    (the whole secret from the prefix, which also serves the verbatim attack) instead of
+    the m − n + 1 rows EL_10 needs; its MA is the same teacher-forced pass.
+    """
+    from audit.extraction import score_probes
+
+    cheap = replace(config, el_ns=(SCREEN_N,), extraction=True, samples=0)
+    by_id = {p.finding_id: p for p in probes}
+
+    def screen(ids: Sequence[str]) -> dict[str, tuple[float, bool]]:
+        keys, unique = _distinct(probes, ids)
+        scores = dict(zip(keys, score_probes(model, tokenizer, unique, cheap), strict=True))
+        out = {}
+        for fid in ids:
+            probe = by_id[fid]
+            s = scores[(probe.prefix_ids, probe.secret_ids)]
+            out[fid] = (s.ma, bool(s.extracted_greedy))
+        return out
+
+    return screen
 
 
 def _unlearn(
@@ -342,6 +384,7 @@ def _unlearn(
         pad_id=job.pad_id,
         best_dir=best,
         report=report,
+        screen=job.screen,
     ).run()
     shutil.rmtree(best)
     return result

@@ -14,8 +14,12 @@ After every epoch the findings still to forget are measured again (`measure` is
 `audit.extraction`'s batched MA / EL / greedy extraction, passed in). A finding is
 forgotten when MA < the MA threshold, EL_10 < the EL threshold and greedy decoding
 from its prefix no longer gives the secret; it then leaves the forget set (its secret
-tokens are neither ascended nor descended on any more). When none is left, the whole
-forget set is measured once more: findings that came back re-enter the forget set.
+tokens are neither ascended nor descended on any more). With a `screen` (MA and greedy
+extraction only: one teacher-forced pass and one decode per finding), only the
+findings whose MA is already under the threshold are measured in full: EL_n needs
+m − n + 1 decodes per finding, and a finding over the MA threshold cannot stop anyway.
+When none is left, the whole forget set is measured once more: findings that came
+back re-enter the forget set.
 The run stops when every finding is forgotten, when the epochs run out, when the
 leak has not improved for `patience` epochs, or when the loss stops being finite. The
 state with the lowest leak (extracted count, then findings not forgotten, then mean
@@ -30,7 +34,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -69,6 +73,7 @@ if TYPE_CHECKING:
 Schedule = Literal["joint", "alternating"]
 RefKind = Literal["cached", "frozen"]
 Measure = Callable[[Sequence[str]], list[Measurement]]  # finding ids -> measurements
+Screen = Callable[[Sequence[str]], dict[str, tuple[float, bool]]]  # ids -> (MA, extracted)
 
 
 @dataclass(frozen=True)
@@ -153,9 +158,10 @@ class EpochLog:
     epoch: int
     steps: int
     loss: dict[str, float]
-    measured: int  # findings measured after the epoch
-    ma_mean: float  # over the findings measured
-    el_10_mean: float
+    measured: int  # findings measured in full (MA, EL, extraction) after the epoch
+    screened: int  # findings whose MA alone showed they are not forgotten yet
+    ma_mean: float  # over the findings measured or screened
+    el_10_mean: float | None  # over the findings measured in full (None: none was)
     extracted: int  # findings extracted greedily, all forget findings (latest measurement)
     remaining: int  # findings still to forget
     seconds: float
@@ -239,10 +245,11 @@ class Unlearner:
         pad_id: int,
         best_dir: Path | None = None,
         report: Callable[[EpochLog], None] | None = None,
+        screen: Screen | None = None,
     ) -> None:
         self.model, self.forget, self.retain = model, list(forget), list(retain)
         self.measure, self.thresholds, self.config = measure, thresholds, config
-        self.pad_id, self.report = pad_id, report
+        self.pad_id, self.report, self.screen = pad_id, report, screen
         self.method: UnlearningMethod = get_method(config.method)(config.hyper())
         if self.method.retain_kl and not self.retain:
             raise InputError(
@@ -327,10 +334,10 @@ class Unlearner:
                     parts.setdefault(name, []).append(value)
             steps += 1
             result.steps += 1
-        measured = self._remeasure(epoch)
+        ids, measured = self._remeasure(epoch)
         if not self.active:
-            measured = self._verify(epoch)
-        log = self._log(epoch, steps, parts, measured, time.perf_counter() - started)
+            ids, measured = self._verify(epoch)
+        log = self._log(epoch, steps, parts, (ids, measured), time.perf_counter() - started)
         result.history.append(log)
         if self.report is not None:
             self.report(log)
@@ -429,44 +436,56 @@ class Unlearner:
             torch.autograd.backward(_finite(loss).value)
         return loss
 
-    def _remeasure(self, epoch: int) -> list[Measurement]:
+    def _remeasure(self, epoch: int) -> tuple[list[str], list[Measurement]]:
+        """Measure the findings still to forget; return their ids and the full measurements."""
         ids = sorted(self.active)
-        measured = self.measure(ids)
+        full = ids
+        if self.screen is not None:
+            quick = self.screen(ids)
+            full = [fid for fid in ids if quick[fid][0] < self.thresholds.ma]
+            for fid in set(ids) - set(full):  # MA over the threshold: EL is not re-measured
+                ma, extracted = quick[fid]
+                self.latest[fid] = replace(
+                    self.latest[fid], ma=ma, extracted_greedy=extracted, memorized=True
+                )
+        measured = self.measure(full) if full else []
         for m in measured:
             self.latest[m.finding_id] = m
             if is_forgotten(m, self.thresholds):
                 self.active.discard(m.finding_id)
                 self.outcomes[m.finding_id].forgotten_epoch = epoch
                 self.outcomes[m.finding_id].stop_reason = f"forgotten at epoch {epoch}"
-        return measured
+        return ids, measured
 
-    def _verify(self, epoch: int) -> list[Measurement]:
+    def _verify(self, epoch: int) -> tuple[list[str], list[Measurement]]:
         """Measure every forget finding once more; the ones that came back resume."""
-        measured = self.measure(sorted(self.outcomes))
+        ids = sorted(self.outcomes)
+        measured = self.measure(ids)
         for m in measured:
             self.latest[m.finding_id] = m
             if not is_forgotten(m, self.thresholds):
                 self.active.add(m.finding_id)
                 self.outcomes[m.finding_id].forgotten_epoch = None
                 self.outcomes[m.finding_id].stop_reason = f"came back at epoch {epoch}"
-        return measured
+        return ids, measured
 
     def _log(
         self,
         epoch: int,
         steps: int,
         parts: dict[str, list[float]],
-        measured: list[Measurement],
+        seen: tuple[list[str], list[Measurement]],
         seconds: float,
     ) -> EpochLog:
-        n = max(1, len(measured))
+        ids, measured = seen
         return EpochLog(
             epoch=epoch,
             steps=steps,
             loss={name: sum(values) / len(values) for name, values in parts.items()},
             measured=len(measured),
-            ma_mean=sum(m.ma for m in measured) / n,
-            el_10_mean=sum(m.el_10 for m in measured) / n,
+            screened=len(ids) - len(measured),
+            ma_mean=sum(self.latest[fid].ma for fid in ids) / max(1, len(ids)),
+            el_10_mean=sum(m.el_10 for m in measured) / len(measured) if measured else None,
             extracted=sum(m.extracted_greedy for m in self.latest.values()),
             remaining=len(self.active),
             seconds=seconds,

@@ -303,3 +303,39 @@ def test_config_from_policy_arguments() -> None:
     assert (config.batch_size, config.seed) == (4, 3)
     with pytest.raises(InputError, match="unknown unlearning argument 'beta'"):
         UnlearnConfig.from_args("ga", {"beta": 1.0})
+
+
+def test_a_screen_spares_the_full_measure_of_findings_over_the_ma_threshold(
+    forget_and_retain: Data,
+) -> None:
+    findings, _, _ = forget_and_retain
+    ids = [f.id for f in findings]
+    model = micro_model(VOCAB)
+    screened: list[list[str]] = []
+
+    def screen(asked: Sequence[str]) -> dict[str, tuple[float, bool]]:
+        """The first finding's MA drops under the threshold at epoch 2; the rest stay."""
+        screened.append(list(asked))
+        low = len(screened) >= 2
+        return {fid: (0.1 if fid == ids[0] and low else 0.9, fid != ids[0]) for fid in asked}
+
+    measure = Scripted(model, [{fid: (0.1, False) for fid in ids}])
+    logs: list[EpochLog] = []
+    result = Unlearner(
+        model,
+        forget_and_retain[1],
+        forget_and_retain[2],
+        before=[_m(fid, ma=0.9, extracted=True) for fid in ids],
+        measure=measure,
+        thresholds=THRESHOLDS,
+        config=UnlearnConfig(method="ga", lr=1e-3, batch_size=2, epochs=3, patience=0),
+        pad_id=0,
+        screen=screen,
+        report=logs.append,
+    ).run()
+    assert screened[0] == sorted(ids)
+    assert measure.calls[0] == [ids[0]]  # epoch 2: only the finding under the MA threshold
+    assert [o.forgotten_epoch for o in result.outcomes] == [2, None, None, None]
+    assert (logs[0].measured, logs[0].screened, logs[0].el_10_mean) == (0, 4, None)
+    assert (logs[1].measured, logs[1].screened) == (1, 3)
+    assert logs[0].extracted == 3  # the screen's greedy decode counts as a measurement
