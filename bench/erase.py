@@ -167,7 +167,7 @@ def run_unlearning(
         method=method,
         schedule="alternating" if reference else "joint",
         reference="frozen" if reference else "cached",
-        **{**DEMO, **(overrides or {})},  # type: ignore[arg-type]
+        **{**DEMO, **(overrides or {})},
     )
     loop = ReferenceLoop if reference else Unlearner
     with tempfile.TemporaryDirectory() as best:
@@ -449,6 +449,97 @@ def run_topk() -> dict[str, Any]:
 # --- parts and tables (parent process) -----------------------------------------------
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "gate", "-q", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"codeeraser {args[0]}: exit {done.returncode}\n{done.stderr}")
+    return done
+
+
+def part_acceptance() -> dict[str, Any]:
+    """The shipped commands end to end on the demo: calibrate, measure, erase, measure."""
+    from audit.measurements import read_measurements
+    from gate.unlearn.erase import weights_sha256
+
+    demo = _demo()
+    with tempfile.TemporaryDirectory(prefix="bench-erase-") as tmp:
+        work = Path(tmp)
+        input_hash = weights_sha256(demo.model_dir)
+        thresholds = work / "thresholds.json"
+        _cli("calibrate", "--model", str(demo.model_dir), "--unseen", str(demo.heldout_dir),
+             "--out", str(thresholds))  # fmt: skip
+        common = ["--data", str(demo.corpus_dir), "--findings", str(demo.planted),
+                  "--thresholds", str(thresholds)]  # fmt: skip
+        _cli("measure", "--model", str(demo.model_dir), *common, "--out", str(work / "m0.jsonl"))
+        settings = [f"--{k.replace('_', '-')}={v}" for k, v in DEMO.items()]
+        start = time.perf_counter()
+        heldout = ["--heldout", str(demo.heldout_dir), "--heldout-findings", str(demo.controls)]
+        out = ["--measurements", str(work / "m0.jsonl"), "--out", str(work / "erased")]
+        _cli("erase", "--model", str(demo.model_dir), *common, *out, *heldout, *settings)
+        seconds = time.perf_counter() - start
+        _cli("measure", "--model", str(work / "erased"), *common, "--samples", str(SAMPLES),
+             "--out", str(work / "m1.jsonl"))  # fmt: skip
+        record = json.loads((work / "erased" / "remediation.json").read_text())
+        limits = json.loads(thresholds.read_text())
+        before = read_measurements(work / "m0.jsonl")
+        memorized = {m.finding_id for m in before if m.memorized}
+        after = [m for m in read_measurements(work / "m1.jsonl") if m.finding_id in memorized]
+        utility = record["details"]["utility"]
+        result = {
+            "thresholds": {"ma": limits["ma"], "el_10": limits["el_10"]},
+            "findings": len(before),
+            "memorized_before": len(memorized),
+            "extracted_before": sum(m.extracted_greedy for m in before),
+            "extracted_greedy_after": sum(m.extracted_greedy for m in after),
+            "extracted_sampled_after": sum(bool(m.extracted_sampled) for m in after),
+            "mean_ma_before": sum(m.ma for m in before if m.finding_id in memorized)
+            / len(memorized),
+            "mean_ma_after": sum(m.ma for m in after) / len(after),
+            "mean_el_10_after": sum(m.el_10 for m in after) / len(after),
+            "perplexity_before": utility["perplexity_before"]["perplexity"],
+            "perplexity_after": utility["perplexity_after"]["perplexity"],
+            "perplexity_change": utility["perplexity_change"],
+            "input_sha256_before": input_hash,
+            "input_sha256_after": weights_sha256(demo.model_dir),
+            "epochs": record["epochs"],
+            "stop_reason": record["stop_reason"],
+            "erase_seconds": seconds,
+            "settings": DEMO,
+        }
+    print(_acceptance_table(result))
+    return result
+
+
+def _acceptance_table(r: dict[str, Any]) -> str:
+    same = r["input_sha256_before"] == r["input_sha256_after"]
+    return "\n".join(
+        [
+            "| check | target | measured |",
+            "|---|---|---|",
+            f"| memorized planted findings extracted greedily after | 0 | "
+            f"{r['extracted_greedy_after']} of {r['memorized_before']} (before: "
+            f"{r['extracted_before']}) |",
+            f"| ... extracted by the sampled attack ({SAMPLES} draws) after | - | "
+            f"{r['extracted_sampled_after']} |",
+            f"| their mean MA after | < {r['thresholds']['ma']:.4f} (calibrated) | "
+            f"{r['mean_ma_after']:.4f} (before {r['mean_ma_before']:.4f}) |",
+            f"| their mean EL_10 after | < {r['thresholds']['el_10']:.4f} | "
+            f"{r['mean_el_10_after']:.4f} |",
+            f"| held-out perplexity | ≤ +5% | {r['perplexity_before']:.3f} → "
+            f"{r['perplexity_after']:.3f} ({r['perplexity_change']:+.2%}) |",
+            f"| input weights SHA-256 before = after | equal | {'equal' if same else 'CHANGED'} |",
+            f"| epochs, stop reason, erase wall time | - | {r['epochs']}, {r['stop_reason']}, "
+            f"{r['erase_seconds']:.0f} s |",
+        ]
+    )
+
+
 def part_methods() -> list[dict[str, Any]]:
     runs = [_child(["--run", m, "ours", "full"]) for m in ("ga", "cu", "codeeraser")]
     runs.append(_child(["--run", "codeeraser", "ours", "extraction"]))
@@ -560,7 +651,7 @@ def _topk_table(result: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("methods", "schedule", "memory", "topk"))
+    parser.add_argument("--part", choices=("acceptance", "methods", "schedule", "memory", "topk"))
     parser.add_argument("--run", nargs=3, metavar=("METHOD", "VARIANT", "STOP"))
     parser.add_argument("--memory", nargs=2, metavar=("SIZE", "VARIANT"))
     parser.add_argument("--topk", action="store_true")
@@ -570,7 +661,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.run:
         overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-        print(json.dumps(run_unlearning(*args.run, overrides)))
+        method, variant, stop = args.run
+        print(json.dumps(run_unlearning(method, variant, stop, overrides)))
         return 0
     if args.memory:
         print(json.dumps(run_memory(*args.memory)))
@@ -579,6 +671,7 @@ def main() -> int:
         print(json.dumps(run_topk()))
         return 0
     parts = {
+        "acceptance": part_acceptance,
         "methods": part_methods,
         "schedule": part_schedule,
         "memory": part_memory,
