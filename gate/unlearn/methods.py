@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
 from gate.errors import InputError
-from gate.unlearn.losses import Reference, kl_mean, masked_ce
+from gate.unlearn.losses import Reference, kl_mean, masked_ce, rows
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -140,7 +140,7 @@ class _KLConstrained(UnlearningMethod):
     retain_kl = True
 
     def retain_loss(self, view: RetainView) -> Loss | None:
-        kl = kl_mean(_require(view.reference, self.name), view.logprobs[view.valid])
+        kl = kl_mean(_require(view.reference, self.name), rows(view.logprobs, view.valid))
         return Loss(self.hyper.lam * self.hyper.alpha * kl, _parts(kl_retain=kl))
 
 
@@ -153,7 +153,7 @@ class ConstraintUnlearning(_KLConstrained):
 
     def forget_loss(self, view: ForgetView) -> Loss:
         ce = masked_ce(view.logprobs, view.labels, view.valid)
-        kl = kl_mean(_require(view.reference, self.name), view.logprobs[view.valid])
+        kl = kl_mean(_require(view.reference, self.name), rows(view.logprobs, view.valid))
         return Loss(-ce - self.hyper.lam * kl, _parts(ce_all=ce, kl_all=kl))
 
 

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     import torch
 
 Schedule = Literal["joint", "alternating"]
+AscendOn = Literal["all", "predicted"]
 RefKind = Literal["cached", "frozen"]
 Measure = Callable[[Sequence[str]], list[Measurement]]  # finding ids -> measurements
 Screen = Callable[[Sequence[str]], dict[str, tuple[float, bool]]]  # ids -> (MA, extracted)
@@ -99,6 +100,10 @@ class UnlearnConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0: off)
     weight_decay: float = 0.0  # AdamW weight decay (reference: 0)
     seed: int = 0  # batch order
+    # S, the secret tokens ascended on (codeeraser): every token of the secrets still to
+    # forget ("all", the paper), or only those the model still predicts greedily
+    # ("predicted"): a token it no longer predicts stops soaking up the unbounded ascent.
+    ascend_on: AscendOn = "predicted"
 
     def __post_init__(self) -> None:
         get_method(self.method)  # an unknown name lists the valid ones
@@ -110,6 +115,8 @@ class UnlearnConfig:
             raise InputError("alpha, lambda, gamma, grad clipping and patience must be >= 0")
         if self.schedule not in ("joint", "alternating"):
             raise InputError(f"unknown schedule {self.schedule!r} (joint or alternating)")
+        if self.ascend_on not in ("all", "predicted"):
+            raise InputError(f"unknown ascend_on {self.ascend_on!r} (all or predicted)")
         if self.reference not in ("cached", "frozen"):
             raise InputError(f"unknown KL reference {self.reference!r} (cached or frozen)")
 
@@ -407,17 +414,21 @@ class Unlearner:
         windows = [self.forget[i] for i in indices]
         batch = collate(windows, self.pad_id, self.active).to(self._device())
         logprobs = aligned_logprobs(self.model, batch)  # (B, L, V)
+        secret = batch.active  # (B, L)
+        if self.config.ascend_on == "predicted":  # tokens the model still predicts greedily
+            with torch.no_grad():
+                secret = secret & (logprobs.argmax(dim=-1) == batch.labels)
         ref = None
         if self.method.forget_kl != "none":
             where = forget_positions(batch, self.method.forget_kl)
             ref = reference.forget(indices, batch, where)
             if self.method.forget_kl == "secret":
-                ref = ref.select(batch.active[where])  # only secrets still to forget
+                ref = ref.select(secret[where])  # only the secret tokens ascended on
         view = ForgetView(
             logprobs=logprobs,
             labels=batch.labels,
             valid=batch.valid,
-            secret=batch.active,
+            secret=secret,
             context=batch.context,
             reference=ref,
         )
