@@ -238,7 +238,7 @@ def _contains(outer: Any, inner: Any) -> bool:
 
 
 def _clean_name(raw: str) -> str:
-    name = " ".join(raw.split())
+    name = " ".join(raw.encode("utf-8", errors="replace").decode("utf-8").split())
     if len(name) >= 2 and name[0] == name[-1] and name[0] in "\"'`":
         name = name[1:-1]
     return name if len(name) <= _MAX_NAME else name[: _MAX_NAME - 1] + "…"

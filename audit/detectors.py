@@ -350,7 +350,7 @@ class PrivateKeyBlockDetector(OwnDetector):
     _BLOCK = _c(
         r"-----BEGIN (?P<label>(?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----"
         r"(?:.{0,16384}?-----END (?P=label)-----"
-        r"|(?:(?:\\[nr]|\s)+(?:[A-Za-z0-9+/=]{16,}|[A-Za-z\-]+: [^\n\\]*))*)",
+        r"|(?:(?:\\[nr]|\s)+(?:[A-Za-z0-9+/=]{16,}|[A-Za-z\-]+: [^\n\\]*))+)",
         re.DOTALL,
     )
 
@@ -467,6 +467,8 @@ BUILTIN_PLUGINS: dict[str, tuple[dict[str, Any], Hints]] = {
     "TelegramBotTokenDetector": ({}, Hints(triggers=(r":[0-9a-z_\-]{35}",))),
     "TwilioKeyDetector": ({}, Hints(triggers=(r"ac[a-z0-9]{32}", r"sk[a-z0-9]{32}"))),
 }
+# Patterns that match a label before the secret: the span starts after it.
+_LABELS = {"AzureStorageKeyDetector": "AccountKey="}
 # These return a prefix group from findall, not the secret: take the whole match.
 _WHOLE_MATCH = frozenset({"GitHubTokenDetector", "GitLabTokenDetector"})
 # Delimiters some built-in patterns include in their match (Artifactory, npm).
@@ -518,12 +520,15 @@ class RegexSpans(Detector):
         super().__init__(plugin, name, hints)
         self.group = group
         self.accept = getattr(plugin, "accept", None)
+        self.label = _LABELS.get(name, "")
 
     def spans(self, line: str, filename: str, language: str | None) -> Iterator[Span]:
         for regex in self.plugin.denylist:
             group = self.group if self.group is not None else (1 if regex.groups else 0)
             for match in regex.finditer(line):
                 start, end = _trim(line, *match.span(group))
+                if self.label and line.startswith(self.label, start):
+                    start += len(self.label)
                 if end > start and (self.accept is None or self.accept(line[start:end])):
                     yield start, end
 

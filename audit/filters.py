@@ -153,9 +153,10 @@ def is_example_email(value: str) -> bool:
 def is_non_public_ip(value: str) -> bool:
     """Private, loopback, link-local, documentation, reserved or unparseable addresses."""
     try:
-        return not ipaddress.ip_address(value).is_global
+        ip = ipaddress.ip_address(value)
     except ValueError:
         return True
+    return not ip.is_global or ip.is_reserved or ip.is_multicast
 
 
 def is_version_number(value: str, before: str) -> bool:

@@ -110,16 +110,17 @@ class Scanner:
         raw = self._raw_spans(text, sample.origin, sample.language)
         if not raw:
             return SampleResult(())
-        filtered: Counter[str] = Counter()
+        dropped: set[tuple[str, int, int]] = set()  # (reason, span): a span counts once
         context = SourceContext(text, sample.language, upto=max(r.end for r in raw))
         kept: list[tuple[_Raw, Context, tuple[int, int] | None]] = []
         for item in sorted(raw, key=lambda r: (r.start, r.end, r.detector.name)):
             verdict = _judge(item, text, sample, context)
             if isinstance(verdict, str):
-                filtered[verdict] += 1
+                dropped.add((verdict, item.start, item.end))
             else:
                 kept.append((item, *verdict))
         findings = _findings(sample, _resolve(kept))
+        filtered = Counter(reason for reason, _, _ in dropped)
         return SampleResult(tuple(findings), tuple(sorted(filtered.items())))
 
     def _raw_spans(self, text: str, filename: str, language: str | None) -> set[_Raw]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ import click
 from audit.corpus import FORMATS, CorpusSpec
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
 from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
+
+log = logging.getLogger(__name__)
 
 
 @click.command("scan")
@@ -118,6 +121,7 @@ def scan(
     accepted = read_findings(baseline) if baseline else []
     options = ScanOptions(detectors=detectors or None)
     summary = ScanSummary()
+    log.info("Scanning %s (format %s) with %d worker process(es)", data, fmt, resolve_jobs(jobs))
     started = time.perf_counter()
     with ui.progress() as bar:
         task = bar.add_task(f"Scanning {data.name}", total=None)
@@ -138,9 +142,19 @@ def scan(
 
 
 def _counted(findings: Iterator[Finding], by_type: Counter[str]) -> Iterator[Finding]:
-    """Pass findings through, counting them by type."""
+    """Pass findings through, counting them by type; log each one (redacted) at -vv."""
     for finding in findings:
         by_type[finding.secret_type] += 1
+        log.debug(
+            "%s:%d:%d %s %s (%s, %s)",
+            finding.origin,
+            finding.line,
+            finding.column,
+            finding.secret_type,
+            finding.preview,
+            finding.detector,
+            finding.id,
+        )
         yield finding
 
 
