@@ -54,8 +54,8 @@ _PLACEHOLDER = re.compile(
     re.IGNORECASE,
 )
 _TEMPLATE = re.compile(
-    r"^\$[A-Za-z_{(]|\$\{[^}]*\}|\{\{.*\}\}|\{%.*%\}|%\([^)]*\)[sdr]|^%[sd]$|^\{[\w.]*\}$|"
-    r"^@[A-Za-z_][\w.]*@$|^<%.*%>$"
+    r"^\$[A-Za-z_{(]|\$\{[^}]*\}|\{\{.*\}\}|\{%.*%\}|%\([^)]*\)[sdr]|^\{[\w.]*\}$|"
+    r"%[-+ #0]?\d*(?:\.\d+)?[sdifxr]|\{\d*\}|^@[A-Za-z_][\w.]*@$|^<%.*%>$"
 )
 _ENV_LOOKUP = re.compile(
     r"(?:os\.environ(?:\.get)?|os\.getenv|getenv|environ\.get|process\.env|ENV(?:\.fetch)?|"
@@ -74,6 +74,7 @@ _EXAMPLE_LOCALS = words(
     john.doe jane.doe johndoe janedoe john jane someone somebody nobody foo bar baz test
     email me noreply no-reply donotreply do-not-reply git admin root info"""
 )
+_EXAMPLE_IPS = words("1.2.3.4 4.3.2.1 1.1.1.1 8.8.8.8 8.8.4.4 9.9.9.9")
 _VERSION_CONTEXT = re.compile(
     r"(?:version|release|build|\brev|\bver|\bv)[\W_]{0,6}$", re.IGNORECASE
 )
@@ -98,7 +99,7 @@ _BENIGN_SUFFIX = re.compile(
     r"index|idx|hash|hashed|digest|salt|algorithm|algo|enabled|required|expiry|expires|ttl|"
     r"timeout|rotation|version|location|provider|source|store|manager|backend|reset|"
     r"changed|confirm|confirmation|question|input|widget|error|errors|valid|validator|"
-    r"usage|budget|list)$",
+    r"usage|budget|list|range|start|end|pos|position|offset|line|col|column)$",
     re.IGNORECASE,
 )
 _IDENTIFIER = re.compile(r"[A-Za-z_$@][\w$@\-]*")
@@ -179,8 +180,20 @@ def is_checksum(value: str, name: str | None, line: str) -> bool:
 
 
 def is_sequential(value: str) -> bool:
-    """abcdef..., 0123456789, ABCDEF...: a sequence typed by a person, not a key."""
-    return len(value) >= 6 and bool(heuristic.is_sequential_string(value))
+    """abcdef..., 0123456789, an alphabet like A-Z2-7: typed in order, not drawn at random.
+
+    detect-secrets' check finds runs of its own sequences; ours also finds strings whose
+    neighbouring characters mostly follow each other (a random key: about 1 in 60).
+    """
+    if len(value) < 6:
+        return False
+    steps = sum(ord(b) - ord(a) == 1 for a, b in zip(value, value[1:], strict=False))
+    return steps >= (len(value) - 1) / 2 or bool(heuristic.is_sequential_string(value))
+
+
+def is_example_ip(value: str) -> bool:
+    """Addresses written as examples: 123.45.67.89, 1.2.3.4, 12.34.56.78."""
+    return is_sequential(value.replace(".", "")) or value in _EXAMPLE_IPS
 
 
 def is_benign_name(name: str | None) -> bool:
@@ -214,6 +227,7 @@ class Candidate:
     column: int  # offset of the value in `line`
     filename: str
     name: str | None = field(default=None, repr=False)  # assigned-to name, from context
+    previous: str = field(default="", repr=False)  # the line before, for context words
 
     @property
     def before(self) -> str:
@@ -236,13 +250,14 @@ VALUE_CHECKS: tuple[Check, ...] = (
     ("example e-mail", lambda c: is_example_email(c.value), lambda t: t == "Email Address"),
     ("non-public IP", lambda c: is_non_public_ip(c.value), lambda t: t == "IP Address"),
     ("version number", lambda c: is_version_number(c.value, c.before), lambda t: t == "IP Address"),
+    ("example IP", lambda c: is_example_ip(c.value), lambda t: t == "IP Address"),
     ("UUID", lambda c: is_uuid(c.value), lambda t: t in _ENTROPY_TYPES),
     ("lock file", lambda c: is_lock_file(c.filename), lambda t: t in _ENTROPY_TYPES),
     ("not a value", lambda c: is_not_a_value(c.value), lambda t: t == "Secret Keyword"),
 )
 # Checks that need the name the value is assigned to (from audit.context).
 CONTEXT_CHECKS: tuple[Check, ...] = (
-    ("checksum", lambda c: is_checksum(c.value, c.name, c.line), _GENERIC),
+    ("checksum", lambda c: is_checksum(c.value, c.name, c.previous + "\n" + c.line), _GENERIC),
     ("benign name", lambda c: is_benign_name(c.name), lambda t: t == "Secret Keyword"),
 )
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from itertools import chain, islice
+from itertools import chain
 
 from audit.context import SourceContext
 from audit.corpus import CorpusSpec, ReadStats, Sample, iter_samples
@@ -52,6 +52,10 @@ class ScanOptions:
     detectors: tuple[str, ...] | None = None  # None: every registered detector
     chunk_samples: int = 64  # samples per task sent to a worker process
     chunk_chars: int = 1 << 20  # ...or fewer, once the task holds this much text
+    # Worker processes take about half a second to start (a fresh interpreter that
+    # imports detect-secrets and tree-sitter); a corpus smaller than this is scanned in
+    # this process, where it takes a second or two anyway.
+    parallel_min_chars: int = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -207,12 +211,14 @@ def _judge(
 ) -> str | tuple[Context, tuple[int, int] | None]:
     """A filter's reason to drop the candidate, or its context to keep it."""
     line_start = text.rfind("\n", 0, item.start) + 1
+    previous_start = text.rfind("\n", 0, max(line_start - 1, 0)) + 1
     candidate = Candidate(
         value=text[item.start : item.end],
         secret_type=item.detector.secret_type,
         line=text[line_start : _line_end(text, item.start)],
         column=item.start - line_start,
         filename=sample.origin,
+        previous=text[previous_start : max(line_start - 1, previous_start)],
     )
     reason = false_positive(candidate)
     if reason:
@@ -360,12 +366,17 @@ def _chunks(samples: Iterator[Sample], options: ScanOptions) -> Iterator[list[Sa
 def _scan_chunks(
     chunks: Iterator[list[Sample]], options: ScanOptions, jobs: int
 ) -> Iterator[tuple[list[Sample], list[SampleResult]]]:
-    head = list(islice(chunks, 2))
-    if jobs == 1 or len(head) < 2:  # nothing to gain from processes
-        for chunk in chain(head, chunks):
-            yield chunk, scan_samples(chunk, options.detectors)
-        return
-    yield from _scan_in_pool(chain(head, chunks), options, jobs)
+    head: list[list[Sample]] = []
+    size = 0
+    if jobs > 1:  # read ahead, to learn whether the corpus is worth starting processes for
+        for chunk in chunks:
+            head.append(chunk)
+            size += sum(len(s.text) for s in chunk)
+            if size >= options.parallel_min_chars and len(head) >= 2:
+                yield from _scan_in_pool(chain(head, chunks), options, jobs)
+                return
+    for chunk in chain(head, chunks):
+        yield chunk, scan_samples(chunk, options.detectors)
 
 
 def _scan_in_pool(

@@ -7,12 +7,15 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from audit.corpus import FORMATS, CorpusSpec
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
-from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
+
+if TYPE_CHECKING:
+    from audit.scan import ScanSummary
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,7 @@ def scan(
     Exit codes: 0 scanned (whether or not secrets were found), 2 bad input.
     """
     from audit import ui
+    from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
 
     if list_detectors:
         _print_detectors()

@@ -110,12 +110,14 @@ def test_results_do_not_depend_on_jobs(corpus: Path, monkeypatch: pytest.MonkeyP
         return real(*args)
 
     monkeypatch.setattr(scan_module, "_scan_in_pool", spy)
-    small = ScanOptions(chunk_samples=2)
+    small = ScanOptions(chunk_samples=2, parallel_min_chars=0)
     one = _scan(CorpusSpec(corpus), options=small, jobs=1)
     two = _scan(CorpusSpec(corpus), options=small, jobs=2)
     assert calls == [2]  # the second scan really ran in worker processes
     assert one == two
     assert one == _scan(CorpusSpec(corpus), jobs=1)  # chunking does not matter either
+    assert _scan(CorpusSpec(corpus), jobs=2) == one  # small: scanned in this process
+    assert calls == [2]
 
 
 def test_summary_counts(corpus: Path) -> None:
@@ -136,10 +138,11 @@ def test_scan_streams_and_stops_at_the_bad_line(tmp_path: Path) -> None:
     good = json.dumps({"content": "# by {email}\n".format(**FAKES)})
     path.write_text((good + "\n") * 300 + "not json\n")
     spec = CorpusSpec(path)
-    first = list(islice(scan_corpus(spec, ScanOptions(chunk_samples=10), jobs=2), 3))
+    options = ScanOptions(chunk_samples=10, parallel_min_chars=0)
+    first = list(islice(scan_corpus(spec, options, jobs=2), 3))
     assert [f.sample_id for f in first] == ["big.jsonl:1", "big.jsonl:2", "big.jsonl:3"]
     with pytest.raises(InputError, match=r"big.jsonl:301: not a JSON object"):
-        _scan(spec, options=ScanOptions(chunk_samples=10), jobs=2)
+        _scan(spec, options=options, jobs=2)
 
 
 def test_bad_records_can_be_skipped_and_counted(tmp_path: Path) -> None:
