@@ -17,6 +17,7 @@ from gate.errors import CodeEraserError, ExitCode
 # name -> "module:attribute"; each module defines one click command.
 COMMANDS: dict[str, str] = {
     "scan": "gate.commands.scan:scan",
+    "report": "gate.commands.report:report",
 }
 
 
