@@ -27,7 +27,7 @@ import ipaddress
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -628,6 +628,21 @@ def _all_detectors() -> tuple[Detector, ...]:
 def detector_names() -> list[str]:
     """The names of every registered detector (plugin class names), sorted."""
     return [d.name for d in _all_detectors()]
+
+
+def select_detectors(switches: Mapping[str, bool]) -> tuple[str, ...] | None:
+    """A policy's `detectors: {name: on/off}` as a selection for `build_detectors`.
+
+    Every detector is on unless switched off; `{}` (or only `true`s) means all of them.
+    An unknown name is an InputError that lists the valid ones.
+    """
+    names = detector_names()
+    unknown = sorted(set(switches) - set(names))
+    if unknown:
+        raise InputError(f"unknown detector {', '.join(unknown)} (valid: {', '.join(names)})")
+    if all(switches.values()):
+        return None
+    return tuple(n for n in names if switches.get(n, True))
 
 
 def build_detectors(names: Sequence[str] | None = None) -> list[Detector]:

@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from detect_secrets.filters import heuristic
 
@@ -187,7 +188,7 @@ def is_sequential(value: str) -> bool:
     """
     if len(value) < 6:
         return False
-    steps = sum(ord(b) - ord(a) == 1 for a, b in zip(value, value[1:], strict=False))
+    steps = sum(ord(b) - ord(a) == 1 for a, b in pairwise(value))
     return steps >= (len(value) - 1) / 2 or bool(heuristic.is_sequential_string(value))
 
 

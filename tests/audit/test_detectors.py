@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 
 from audit.corpus import Sample
-from audit.detectors import Detector, build_detectors, detector_names, locate, scoped_settings
+from audit.detectors import (
+    Detector,
+    build_detectors,
+    detector_names,
+    locate,
+    scoped_settings,
+    select_detectors,
+)
 from audit.findings import Finding
 from audit.scan import scan_samples, scanner_for
 from gate.errors import InputError
@@ -238,3 +245,13 @@ def test_build_detectors_by_name_and_unknown_names() -> None:
 def test_detector_repr_has_no_secret() -> None:
     detector = build_detectors(["EmailDetector"])[0]
     assert repr(detector) == "<Detector EmailDetector: Email Address>"
+
+
+def test_select_detectors_from_policy_switches() -> None:
+    assert select_detectors({}) is None
+    assert select_detectors({"EmailDetector": True}) is None
+    selected = select_detectors({"EmailDetector": False, "IPAddressDetector": False})
+    assert selected is not None
+    assert set(detector_names()) - set(selected) == {"EmailDetector", "IPAddressDetector"}
+    with pytest.raises(InputError, match="unknown detector Nope"):
+        select_detectors({"Nope": False})
