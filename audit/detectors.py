@@ -304,8 +304,10 @@ class KeywordAssignmentDetector(OwnDetector):
 
     secret_type = KEYWORD_TYPE
     _ASSIGN = (
-        r"(?<![\w$@.\-])(?P<name>(?:[A-Za-z_$@][\w$@.\-]*?)?(?:" + _KEYWORD_NAMES + r")[\w.\-]*)"
-        r"[\"'\]]{0,2}\s*(?::\s*[A-Za-z_][\w.\[\], |]*?\s*(?==))?"
+        r"(?<![\w$@.\-])(?P<name>(?:[A-Za-z_$@][\w$@.\-]{0,60}?)?(?:"
+        + _KEYWORD_NAMES
+        + r")[\w.\-]{0,60})"
+        r"(?:\[\d*\])?[\"'\]]{0,2}\s*(?::\s*[A-Za-z_][\w.\[\], |]*?\s*(?==))?"
         r"(?P<op>:=|=>|===?|!==?|=|:|\()\s*(?:[rRbBuUfF]{1,2}(?=[\"'])|@(?=\"))?"
     )
     _QUOTED = r"(?P<q>[\"'`])(?P<qv>(?:(?!(?P=q))[^\n\\]){1,256})(?P=q)"
@@ -471,6 +473,7 @@ BUILTIN_PLUGINS: dict[str, tuple[dict[str, Any], Hints]] = {
 _LABELS = {"AzureStorageKeyDetector": "AccountKey="}
 # These return a prefix group from findall, not the secret: take the whole match.
 _WHOLE_MATCH = frozenset({"GitHubTokenDetector", "GitLabTokenDetector"})
+_LONG_WORD = re.compile(r"\w{100}")
 # Delimiters some built-in patterns include in their match (Artifactory, npm).
 _LEAD = " \t\"'`=:"
 _TRAIL = " \t\"'`,;"
@@ -544,9 +547,16 @@ class EntropySpans(Detector):
 
 
 class ValueSpans(Detector):
-    """Plugins that report only values (detect-secrets' KeywordDetector): locate them."""
+    """Plugins that report only values (detect-secrets' KeywordDetector): locate them.
+
+    Its patterns follow a keyword with `\\w*`, which backtracks quadratically through a
+    long run of word characters (a 2,000-character run of `password` takes over a
+    second). Such a line holds no `keyword = value` it could find, so it is skipped.
+    """
 
     def spans(self, line: str, filename: str, language: str | None) -> Iterator[Span]:
+        if _LONG_WORD.search(line):
+            return
         for secret in self.plugin.analyze_line(filename=filename, line=line, line_number=0):
             value = secret.secret_value
             if value:

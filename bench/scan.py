@@ -420,12 +420,22 @@ def _item(body: str, rel: str, start: int, secret: str, what: tuple[str, bool]) 
     )
 
 
-def _copy_stdlib(target: Path, rng: random.Random, count: int) -> None:
+def _stdlib_modules() -> list[tuple[Path, Path]]:
+    """(path, path relative to the standard library) of its modules, tests left out."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    candidates = sorted(p for p in stdlib.glob("*.py") if p.stat().st_size < 60_000)
-    target.mkdir(parents=True, exist_ok=True)
-    for path in rng.sample(candidates, min(count, len(candidates))):
-        shutil.copyfile(path, target / path.name)
+    modules = []
+    for path in sorted(stdlib.rglob("*.py")):
+        rel = path.relative_to(stdlib)
+        if rel.parts[0] not in ("site-packages", "test", "idlelib") and "tests" not in rel.parts:
+            modules.append((path, rel))
+    return modules
+
+
+def _copy_stdlib(target: Path, rng: random.Random, count: int) -> None:
+    small = [(p, rel) for p, rel in _stdlib_modules() if p.stat().st_size < 60_000]
+    for path, rel in rng.sample(small, min(count, len(small))):
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / rel)
 
 
 def run_codeeraser(corpus: Path, out: Path, jobs: int | None) -> float:
@@ -547,12 +557,8 @@ def _throughput(result: dict[str, Any]) -> str:
 
 def scaling(tmp: Path, repeat: int) -> dict[str, Any]:
     """codeeraser alone on every standard-library module: one process against all cores."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
     corpus = tmp / "stdlib-all"
-    for path in sorted(stdlib.rglob("*.py")):
-        rel = path.relative_to(stdlib)
-        if rel.parts[0] in ("site-packages", "test", "idlelib") or "tests" in rel.parts:
-            continue
+    for path, rel in _stdlib_modules():
         (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, corpus / rel)
     files = list(corpus.rglob("*.py"))
@@ -606,11 +612,12 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     planted = [i for i in items if not i.decoy]
+    background = sum(1 for p in files if p.relative_to(corpus).parts[0] == "stdlib")
     print(
         f"corpus: {len(files)} files, {len(planted)} planted secrets of "
         f"{len({i.kind for i in planted})} kinds in {len({i.path.split('/')[0] for i in items})} "
-        f"languages/formats, {len(items) - len(planted)} decoys, {args.stdlib} standard-library "
-        "files\n"
+        f"languages/formats, {len(items) - len(planted)} decoys, "
+        f"{background} unchanged standard-library files\n"
     )
     print(report(result))
     return 0
