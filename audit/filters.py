@@ -56,8 +56,9 @@ _PLACEHOLDER = re.compile(
 )
 _TEMPLATE = re.compile(
     r"^\$[A-Za-z_{(]|\$\{[^}]*\}|\{\{.*\}\}|\{%.*%\}|%\([^)]*\)[sdr]|^\{[\w.]*\}$|"
-    r"%[-+ #0]?\d*(?:\.\d+)?[sdifxr]|\{\d*\}|^@[A-Za-z_][\w.]*@$|^<%.*%>$"
+    r"\{\d*\}|^@[A-Za-z_][\w.]*@$|^<%.*%>$"
 )
+_PRINTF = re.compile(r"%[-+ #0]?\d*(?:\.\d+)?[sdifxr]")
 _ENV_LOOKUP = re.compile(
     r"(?:os\.environ(?:\.get)?|os\.getenv|getenv|environ\.get|process\.env|ENV(?:\.fetch)?|"
     r"System\.getenv|Environment\.GetEnvironmentVariable|\$_ENV|\$_SERVER|env|config|"
@@ -135,8 +136,13 @@ def is_placeholder(value: str) -> bool:
 
 
 def is_template(value: str) -> bool:
-    """A reference to a value held elsewhere: ${VAR}, $VAR, {{ var }}, %(name)s."""
-    return bool(_TEMPLATE.search(value))
+    """A reference to a value held elsewhere: ${VAR}, $VAR, {{ var }}, %(name)s, or a
+    printf format (`%d,%d-%d`: two directives, or nothing alphanumeric besides one)."""
+    if _TEMPLATE.search(value):
+        return True
+    directives = _PRINTF.findall(value)
+    rest = _PRINTF.sub("", value)
+    return len(directives) >= 2 or (len(directives) == 1 and not any(c.isalnum() for c in rest))
 
 
 def is_env_lookup(before: str) -> bool:

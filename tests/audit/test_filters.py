@@ -57,6 +57,9 @@ def test_is_placeholder(value: str, expected: bool) -> None:
         ("%(password)s", True),
         ("{password}", True),
         ("@db.password@", True),
+        ("%d,%d-%d,%d:", True),
+        ("%s", True),
+        ("k9%dTx!q", False),  # one directive inside a random password is just characters
         ("p$ssw0rd", False),
         (FAKES["password"], False),
     ],
