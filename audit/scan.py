@@ -22,6 +22,7 @@ import re
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import chain
@@ -37,6 +38,7 @@ from audit.detectors import (
 )
 from audit.filters import CONTEXT_CHECKS, Candidate, false_positive
 from audit.findings import Context, Finding
+from gate.errors import CodeEraserError
 
 log = logging.getLogger(__name__)
 
@@ -391,11 +393,21 @@ def _scan_in_pool(
     try:
         for chunk in chunks:
             pending.append((chunk, pool.submit(_worker_scan, chunk, options.detectors)))
-            if len(pending) >= 2 * jobs:
-                chunk_done, future = pending.popleft()
-                yield chunk_done, future.result()
+            if len(pending) >= 2 * jobs:  # bounded: memory does not grow with the corpus
+                yield _next_result(pending)
         while pending:
-            chunk_done, future = pending.popleft()
-            yield chunk_done, future.result()
+            yield _next_result(pending)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _next_result(
+    pending: deque[tuple[list[Sample], Future[list[SampleResult]]]],
+) -> tuple[list[Sample], list[SampleResult]]:
+    chunk, future = pending.popleft()
+    try:
+        return chunk, future.result()
+    except BrokenProcessPool:
+        raise CodeEraserError(
+            "a scan worker process died (out of memory?); run again with --jobs 1"
+        ) from None

@@ -13,6 +13,7 @@ import click
 
 from audit.corpus import FORMATS, CorpusSpec
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from gate.errors import Interrupted
 
 if TYPE_CHECKING:
     from audit.scan import ScanSummary
@@ -137,7 +138,10 @@ def scan(
             progress=lambda samples, _chars: bar.advance(task, samples),
         )
         kept: Counter[str] = Counter()
-        written = write_findings(out, _counted(subtract_baseline(findings, accepted), kept))
+        try:
+            written = write_findings(out, _counted(subtract_baseline(findings, accepted), kept))
+        except KeyboardInterrupt:
+            raise Interrupted(f"scan interrupted; {out} was not written") from None
     summary.baseline_accepted = summary.findings - written
     summary.by_type = kept
     if not ui.is_quiet():

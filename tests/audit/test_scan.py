@@ -215,3 +215,17 @@ def test_scanning_arbitrary_text_never_raises(parts: list[str], raw: bytes, lang
     for f in _one(text, language):
         assert 0 <= f.start < f.end <= len(text)
         assert f.matches(text)
+
+
+def test_a_dead_worker_is_a_one_line_internal_error() -> None:
+    from collections import deque
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from gate.errors import CodeEraserError, ExitCode
+
+    future: Future[list[scan_module.SampleResult]] = Future()
+    future.set_exception(BrokenProcessPool("worker killed"))
+    with pytest.raises(CodeEraserError, match="worker process died") as caught:
+        scan_module._next_result(deque([([], future)]))
+    assert caught.value.exit_code == ExitCode.INTERNAL

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -173,3 +174,18 @@ def test_scan_does_not_import_torch(tmp_path: Path) -> None:
         "assert 'torch' not in sys.modules, 'scan imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_interrupt_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import audit.scan
+
+    def interrupted(*args: object, **kwargs: object) -> Iterator[object]:
+        yield from ()  # a generator, like the real one, that is interrupted when iterated
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(audit.scan, "scan_corpus", interrupted)
+    out = tmp_path / "o.jsonl"
+    result = _run("scan", str(_corpus(tmp_path / "data")), "--out", str(out))
+    assert result.exit_code == 3
+    assert "scan interrupted" in result.stderr
+    assert not out.exists()
