@@ -432,11 +432,12 @@ BUILTIN_PLUGINS: dict[str, tuple[dict[str, Any], Hints]] = {
     ),
     "Base64HighEntropyString": (
         {"limit": 4.5},
-        Hints(triggers=(rf"[\"'][{_B64}]{{23,}}[\"']",), priority=PRIORITY_GENERIC),
+        # one regex per quote: a literal first character lets the engine skip ahead
+        Hints(triggers=(rf'"[{_B64}]{{23,}}"', rf"'[{_B64}]{{23,}}'"), priority=PRIORITY_GENERIC),
     ),
     "HexHighEntropyString": (
         {"limit": 3.0},
-        Hints(triggers=(r"[\"'][0-9a-f]{9,}[\"']",), priority=PRIORITY_GENERIC),
+        Hints(triggers=(r'"[0-9a-f]{9,}"', r"'[0-9a-f]{9,}'"), priority=PRIORITY_GENERIC),
     ),
     "IbmCloudIamDetector": ({}, Hints(keywords=("key", "pwd", "pass", "token"))),
     "IbmCosHmacDetector": ({}, Hints(triggers=(r"secret[-_]?(?:access)?[-_]?key",))),

@@ -541,6 +541,10 @@ def _throughput(result: dict[str, Any]) -> str:
         speed = f"{t['files'] / sec:.0f} | {t['mb'] / sec:.2f} | {t['ds'] / sec:.1f}×"
         out.append(f"| {label} | {sec:.2f} | {speed} |")
     out.append(
+        f"\nLoad average (1 min) on the machine: {t['load'][0]:.1f} before, "
+        f"{t['load'][1]:.1f} after the comparison."
+    )
+    out.append(
         f"\nFindings on the standard-library background: codeeraser "
         f"{result['background_ours']}, detect-secrets {result['background_ds']}."
     )
@@ -591,6 +595,7 @@ def main() -> int:
         items = generate(corpus, args.seed, args.files, args.stdlib)
         files = [p for p in corpus.rglob("*") if p.is_file()]
         findings = Path(tmp) / "findings.jsonl"
+        load_before = os.getloadavg()[0]
         ds_seconds, theirs = run_detect_secrets(corpus)
         ours_all = [run_codeeraser(corpus, findings, None) for _ in range(args.repeat)]
         ours_one = statistics.median(
@@ -605,6 +610,7 @@ def main() -> int:
             "ours": statistics.median(ours_all),
             "ours_1": ours_one,
             "cores": _cores(),
+            "load": [load_before, os.getloadavg()[0]],
         }
         result["corpus"] = {"items": [asdict(i) for i in items], "seed": args.seed}
         if not args.no_scaling:
