@@ -1,8 +1,8 @@
 """Scan a corpus for secrets: streaming, parallel, in a deterministic order.
 
 For each sample: a prefilter finds the lines where some detector could match (its
-keywords, literals or trigger regex occur there); only those detectors run on those
-lines. Each match becomes a candidate span, goes through the value filters, gets its
+keywords or trigger regexes occur there); only those detectors run on those lines.
+Each match becomes a candidate span, goes through the value filters, gets its
 syntactic context (tree-sitter, parsed only for samples with candidates), goes
 through the context filters, and overlapping candidates are resolved in favour of the
 most specific detector. What is left becomes Findings, in text order.
@@ -126,7 +126,13 @@ class Scanner:
             else:
                 kept.append((item, *verdict))
         findings = _findings(sample, _resolve(kept))
-        filtered = Counter(reason for reason, _, _ in dropped)
+        # a span dropped by one detector's filter but reported by another is not dropped
+        reported = [(f.start, f.end) for f in findings]
+        filtered = Counter(
+            reason
+            for reason, start, end in dropped
+            if not any(s < end and start < e for s, e in reported)
+        )
         return SampleResult(tuple(findings), tuple(sorted(filtered.items())))
 
     def _raw_spans(self, text: str, filename: str, language: str | None) -> set[_Raw]:
@@ -375,8 +381,10 @@ def _scan_chunks(
             head.append(chunk)
             size += sum(len(s.text) for s in chunk)
             if size >= options.parallel_min_chars and len(head) >= 2:
+                log.debug("Scanning in %d worker processes", jobs)
                 yield from _scan_in_pool(chain(head, chunks), options, jobs)
                 return
+        log.debug("Scanning in this process: %d characters in all", size)
     for chunk in chain(head, chunks):
         yield chunk, scan_samples(chunk, options.detectors)
 
