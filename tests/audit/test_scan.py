@@ -234,7 +234,7 @@ def test_a_dead_worker_is_a_one_line_internal_error() -> None:
 def test_a_span_reported_by_one_detector_is_not_counted_as_dropped_by_another() -> None:
     """`aws_access_key_id` is a benign name to the keyword detector; the AWS detector
     reports the key, so the summary must not also count it as a dropped false positive."""
-    text = f'aws_access_key_id = "{FAKES["aws_id"]}"\nsecret_id = "abcd1234xyz"\n'
+    text = f'aws_access_key_id = "{FAKES["aws_id"]}"\nsecret_id = "q8Zt2mWv9kP"\n'
     (result,) = scan_samples([Sample(id="s", origin="s.py", text=text, language="python")])
     assert [f.secret_type for f in result.findings] == ["AWS Access Key"]
     assert dict(result.filtered) == {"benign name": 1}  # only the second line
