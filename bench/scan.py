@@ -556,6 +556,10 @@ def _throughput(result: dict[str, Any]) -> str:
             f"MB/s); all {t['cores']} cores {sc['jobs_all']:.1f} s "
             f"({sc['mb'] / sc['jobs_all']:.1f} MB/s): {sc['jobs_1'] / sc['jobs_all']:.2f}×."
         )
+        out.append(
+            f"\nPeak memory of `--jobs 1`: {sc['mb_x1']:.0f} MB on those modules, "
+            f"{sc['mb_x4']:.0f} MB on four copies of them ({4 * sc['mb']:.0f} MB)."
+        )
     return "\n".join(out)
 
 
@@ -572,7 +576,44 @@ def scaling(tmp: Path, repeat: int) -> dict[str, Any]:
         "mb": sum(p.stat().st_size for p in files) / 1e6,
         "jobs_1": statistics.median(run_codeeraser(corpus, out, 1) for _ in range(repeat)),
         "jobs_all": statistics.median(run_codeeraser(corpus, out, None) for _ in range(repeat)),
+        **memory(tmp, corpus),
     }
+
+
+def peak_rss_mb(corpus: Path, out: Path) -> float:
+    """Peak resident memory (MB) of one `codeeraser scan --jobs 1`, measured by a wrapper
+    process whose only child is the scan."""
+    code = (
+        "import resource, subprocess, sys\n"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "gate",
+        "-q",
+        "scan",
+        str(corpus),
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code, *cmd], env=env, check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    return int(done.stdout.strip()) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def memory(tmp: Path, base: Path) -> dict[str, float]:
+    """Peak memory on the standard library, and on four copies of it: streaming means
+    the second is not four times the first."""
+    big = tmp / "stdlib-x4"
+    for k in range(4):
+        shutil.copytree(base, big / f"copy{k}")
+    out = tmp / "mem.jsonl"
+    return {"mb_x1": peak_rss_mb(base, out), "mb_x4": peak_rss_mb(big, out)}
 
 
 def _cores() -> int:
