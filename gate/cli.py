@@ -15,7 +15,9 @@ from gate import __version__
 from gate.errors import CodeEraserError, ExitCode
 
 # name -> "module:attribute"; each module defines one click command.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "demo": "gate.commands.demo:demo",
+}
 
 
 class _InputProblem(click.ClickException):
