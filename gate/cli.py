@@ -16,6 +16,7 @@ from gate.errors import CodeEraserError, ExitCode
 
 # name -> "module:attribute"; each module defines one click command.
 COMMANDS: dict[str, str] = {
+    "report": "gate.commands.report:report",
     "demo": "gate.commands.demo:demo",
 }
 
