@@ -18,6 +18,7 @@ from gate.errors import CodeEraserError, ExitCode
 COMMANDS: dict[str, str] = {
     "scan": "gate.commands.scan:scan",
     "report": "gate.commands.report:report",
+    "demo": "gate.commands.demo:demo",
 }
 
 
