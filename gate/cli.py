@@ -18,6 +18,7 @@ from gate.errors import CodeEraserError, ExitCode
 COMMANDS: dict[str, str] = {
     "measure": "gate.commands.measure:measure",
     "calibrate": "gate.commands.calibrate:calibrate",
+    "report": "gate.commands.report:report",
 }
 
 

@@ -1,0 +1,442 @@
+"""The RunRecord (record.json): everything one gate run did, and nothing secret.
+
+The record is the single source of the reports: `codeeraser report record.json`
+re-renders them without a model. It holds findings by id, type, preview and position,
+never a secret value, and not even the secret's hash (a hash of a short password can
+be brute-forced, and the record is meant to be uploaded as a CI artifact).
+
+The pipeline fills a `RecordBuilder` stage by stage and calls `finish()`; the result
+round-trips through JSON (`write_record` / `read_record`)::
+
+    b = RecordBuilder(model_path=model, corpus=CorpusInfo(path=str(data)), policy=policy,
+                      invocation=sys.argv, model_sha256=fingerprint_path(model))
+    with b.stage("scan"):
+        findings = ...
+    b.set_findings(findings)
+    b.set_thresholds(thresholds)
+    b.add_measurements(MeasurementSet(name=BEFORE, model="original", prefix_tokens=128), rows)
+    b.set_verdict("before", evaluate(rows, findings, policy))
+    b.set_remediation(RemediationInfo.from_stage(json.loads(remediation_json)))
+    b.add_measurements(MeasurementSet(name=AFTER, model="remediated", ...), after_rows)
+    b.add_measurements(MeasurementSet(name="after-prefix-64", model="remediated", ...), alt)
+    b.set_utility(UtilityFigures(ppl_before, ppl_after))
+    b.set_verdict("after", evaluate(worst_case(after_rows, alt), findings, policy, utility))
+    record = b.finish(0, "remediated", released_model=str(out / "model"))
+    gate.report.write_and_publish(record, out)
+
+An error after the builder exists still gets a record: ``finish(3, "error", error=msg)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from audit.findings import Finding
+from audit.io import atomic_write_text
+from audit.measurements import Measurement, Thresholds
+from gate import __version__
+from gate.errors import InputError
+from gate.policy import Policy
+from gate.verdict import RuleResult, UtilityFigures, Verdict, worst_case
+
+SCHEMA_VERSION = 1
+BEFORE = "before"  # the measurement set of the original model
+AFTER = "after"  # the main measurement set of the remediated model
+
+Outcome = Literal["passed", "remediated", "failed", "error"]
+ModelRole = Literal["original", "remediated"]
+
+_PACKAGES = ("torch", "transformers", "tokenizers", "detect-secrets", "tree-sitter", "pydantic")
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ToolInfo(_Record):
+    name: str = "codeeraser"
+    version: str = __version__
+    python: str = Field(default_factory=platform.python_version)
+    platform: str = Field(default_factory=lambda: platform.platform(terse=True))
+    packages: dict[str, str] = Field(default_factory=_package_versions)
+
+
+class ModelInfo(_Record):
+    path: str
+    sha256: str | None = None  # content hash of the model folder (see fingerprint_path)
+
+
+class CorpusInfo(_Record):
+    path: str
+    format: str = "auto"
+    fingerprint: str | None = None  # content hash of the data as given
+    samples: int | None = None
+    bytes: int | None = None
+
+
+class PolicyInfo(_Record):
+    source: str
+    sha256: str | None
+    resolved: dict[str, Any]  # every field, defaults filled in
+
+
+class ThresholdsInfo(_Record):
+    ma: float
+    el_10: float
+    source: str  # "policy", "calibrated:<path>", ...
+
+
+class MeasurementSet(_Record):
+    """One way the findings were measured: which model, which prefix, which attacks."""
+
+    name: str
+    model: ModelRole
+    prefix_tokens: int
+    samples: int = 0  # sampled decodes per finding (0: greedy only)
+    description: str = ""
+
+
+class FindingRow(_Record):
+    """A finding as the reports show it: where, what kind, how much leaked; no secret."""
+
+    id: str
+    sample_id: str
+    origin: str
+    line: int
+    column: int
+    secret_type: str
+    preview: str
+    length: int
+    detector: str
+    context_kind: str
+    context_name: str | None
+    measurements: dict[str, Measurement] = Field(default_factory=dict)  # by set name
+
+
+class GroupSummary(_Record):
+    findings: int = 0
+    measured: int = 0
+    memorized_before: int = 0
+    extracted_before: int = 0
+    memorized_after: int | None = None  # None: no remediated model was measured
+    extracted_after: int | None = None
+
+
+class FindingsSummary(_Record):
+    total: GroupSummary = Field(default_factory=GroupSummary)
+    by_type: dict[str, GroupSummary] = Field(default_factory=dict)
+    by_file: dict[str, GroupSummary] = Field(default_factory=dict)
+
+
+class VerdictInfo(_Record):
+    passed: bool
+    findings: int
+    measured: int
+    results: list[RuleResult]
+
+    @classmethod
+    def of(cls, verdict: Verdict) -> VerdictInfo:
+        return cls(
+            passed=verdict.passed,
+            findings=verdict.findings,
+            measured=verdict.measured,
+            results=list(verdict.results),
+        )
+
+
+class RemediationInfo(_Record):
+    """What the erasure did (from the erase stage's remediation.json)."""
+
+    method: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    forget_findings: list[str] = Field(default_factory=list)  # finding ids erased
+    forget_samples: int = 0
+    epochs: int = 0
+    stop_reason: str = ""
+    wall_seconds: float = 0.0
+    peak_memory_bytes: int | None = None
+    output_path: str = ""
+    input_sha256: str | None = None
+    output_sha256: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)  # anything else the stage reported
+
+    @classmethod
+    def from_stage(cls, data: dict[str, Any]) -> RemediationInfo:
+        """Take the known fields from a remediation.json mapping; keep the rest as details."""
+        known = {k: v for k, v in data.items() if k in cls.model_fields and k != "details"}
+        details = {k: v for k, v in data.items() if k not in cls.model_fields}
+        return cls(**known, details={**data.get("details", {}), **details})
+
+
+class UtilityInfo(_Record):
+    perplexity_before: float | None = None
+    perplexity_after: float | None = None
+    humaneval_before: float | None = None
+    humaneval_after: float | None = None
+    perplexity_increase: float | None = None
+    humaneval_drop: float | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, figures: UtilityFigures) -> UtilityInfo:
+        return cls(
+            **{k: v for k, v in figures.to_dict().items() if k != "extra"},
+            perplexity_increase=figures.perplexity_increase,
+            humaneval_drop=figures.humaneval_drop,
+            extra=dict(figures.extra),
+        )
+
+
+class RunRecord(_Record):
+    """One gate run, in full."""
+
+    schema_version: int = SCHEMA_VERSION
+    tool: ToolInfo = Field(default_factory=ToolInfo)
+    started_at: str
+    finished_at: str | None = None
+    invocation: list[str] = Field(default_factory=list)
+    outcome: Outcome = "error"
+    exit_code: int = 3
+    error: str | None = None  # the one-line error, when the run stopped on one
+    released_model: str | None = None  # the model to release (None: none may be)
+    model: ModelInfo
+    remediated_model: ModelInfo | None = None
+    corpus: CorpusInfo
+    policy: PolicyInfo
+    thresholds: ThresholdsInfo | None = None
+    measurement_sets: list[MeasurementSet] = Field(default_factory=list)
+    findings_summary: FindingsSummary = Field(default_factory=FindingsSummary)
+    findings: list[FindingRow] = Field(default_factory=list)
+    verdict_before: VerdictInfo | None = None
+    verdict_after: VerdictInfo | None = None
+    remediation: RemediationInfo | None = None
+    utility: UtilityInfo | None = None
+    timings: dict[str, float] = Field(default_factory=dict)  # seconds per stage, in order
+
+    @property
+    def final_verdict(self) -> VerdictInfo | None:
+        return self.verdict_after or self.verdict_before
+
+    def rows(self, set_name: str) -> list[Measurement]:
+        """The measurements of one set, in finding order."""
+        return [f.measurements[set_name] for f in self.findings if set_name in f.measurements]
+
+    def sets_of(self, model: ModelRole) -> list[str]:
+        return [s.name for s in self.measurement_sets if s.model == model]
+
+    def final_rows(self) -> list[Measurement]:
+        """The released-or-judged model's measurements: worst case over its sets."""
+        sets = self.sets_of("remediated") or self.sets_of("original")
+        return worst_case(*(self.rows(name) for name in sets))
+
+
+# ---------------------------------------------------------------- building
+
+
+class RecordBuilder:
+    """Filled by the pipeline stage by stage; `finish()` gives the RunRecord."""
+
+    def __init__(
+        self,
+        *,
+        model_path: Path,
+        corpus: CorpusInfo,
+        policy: Policy,
+        invocation: Sequence[str] = (),
+        model_sha256: str | None = None,
+    ) -> None:
+        self.record = RunRecord(
+            started_at=_now(),
+            invocation=list(invocation),
+            model=ModelInfo(path=str(model_path), sha256=model_sha256),
+            corpus=corpus,
+            policy=PolicyInfo(
+                source=policy.source, sha256=policy.sha256, resolved=policy.resolved()
+            ),
+        )
+        self._findings: dict[str, FindingRow] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage; a stage run twice adds up."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.record.timings[name] = round(self.record.timings.get(name, 0.0) + elapsed, 3)
+
+    def set_findings(self, findings: Iterable[Finding]) -> None:
+        self._findings = {f.id: _finding_row(f) for f in findings}
+
+    def set_thresholds(self, thresholds: Thresholds) -> None:
+        self.record.thresholds = ThresholdsInfo(**thresholds.to_dict())
+
+    def add_measurements(self, info: MeasurementSet, measurements: Iterable[Measurement]) -> None:
+        """Attach one set of measurements; ids of unknown findings are an error."""
+        self.record.measurement_sets.append(info)
+        for m in measurements:
+            row = self._findings.get(m.finding_id)
+            if row is None:
+                raise InputError(f"measurement of unknown finding {m.finding_id} ({info.name})")
+            row.measurements[info.name] = m
+
+    def set_verdict(self, which: Literal["before", "after"], verdict: Verdict) -> None:
+        setattr(self.record, f"verdict_{which}", VerdictInfo.of(verdict))
+
+    def set_remediation(self, info: RemediationInfo, model_sha256: str | None = None) -> None:
+        self.record.remediation = info
+        sha = model_sha256 or info.output_sha256
+        self.record.remediated_model = ModelInfo(path=info.output_path, sha256=sha)
+
+    def set_utility(self, figures: UtilityFigures) -> None:
+        self.record.utility = UtilityInfo.of(figures)
+
+    def finish(
+        self,
+        exit_code: int,
+        outcome: Outcome,
+        released_model: str | None = None,
+        error: str | None = None,
+    ) -> RunRecord:
+        record = self.record
+        record.findings = list(self._findings.values())
+        record.findings_summary = summarize(record)
+        record.exit_code = int(exit_code)
+        record.outcome = outcome
+        record.released_model = released_model
+        record.error = error
+        record.finished_at = _now()
+        return record
+
+
+def _finding_row(f: Finding) -> FindingRow:
+    return FindingRow(
+        id=f.id,
+        sample_id=f.sample_id,
+        origin=f.origin,
+        line=f.line,
+        column=f.column,
+        secret_type=f.secret_type,
+        preview=f.preview,
+        length=f.length,
+        detector=f.detector,
+        context_kind=f.context.kind,
+        context_name=f.context.name,
+    )
+
+
+def summarize(record: RunRecord) -> FindingsSummary:
+    """Counts by secret type and by file, before and (if measured) after remediation."""
+    before = {m.finding_id: m for m in record.rows(BEFORE)}
+    after_sets = record.sets_of("remediated")
+    after = {m.finding_id: m for m in worst_case(*(record.rows(n) for n in after_sets))}
+    summary = FindingsSummary()
+    for row in record.findings:
+        groups = [
+            summary.total,
+            summary.by_type.setdefault(row.secret_type, GroupSummary()),
+            summary.by_file.setdefault(row.origin, GroupSummary()),
+        ]
+        for group in groups:
+            _count(group, before.get(row.id), after.get(row.id), bool(after_sets))
+    return summary
+
+
+def _count(
+    group: GroupSummary, before: Measurement | None, after: Measurement | None, remediated: bool
+) -> None:
+    group.findings += 1
+    if before is not None:
+        group.measured += 1
+        group.memorized_before += before.memorized
+        group.extracted_before += before.extracted
+    if remediated:
+        group.memorized_after = (group.memorized_after or 0) + bool(after and after.memorized)
+        group.extracted_after = (group.extracted_after or 0) + bool(after and after.extracted)
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_record(record: RunRecord, path: Path) -> None:
+    """Write record.json atomically."""
+    atomic_write_text(path, record.model_dump_json(indent=2) + "\n")
+
+
+def read_record(path: Path) -> RunRecord:
+    """Read a record.json; a file that is not one is an InputError naming what is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (give the record.json of a gate run)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot be read ({type(exc).__name__})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: not valid JSON (is it a record.json?)") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a gate record (expected a JSON object)")
+    version = data.get("schema_version")
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise InputError(
+            f"{path}: record schema version {version} is newer than this tool's "
+            f"({SCHEMA_VERSION}); upgrade codeeraser"
+        )
+    try:
+        return RunRecord.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise InputError(f"{path}: not a gate record ({where}: {first['msg']})") from None
+
+
+# ---------------------------------------------------------------- fingerprints
+
+
+def fingerprint_path(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 over a file, or over a folder's files (relative path, size, content).
+
+    Used for the model folder (before and after) and the corpus. Folders are walked in
+    sorted order, so the same content gives the same fingerprint on every machine.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        rel = file.name if file == path else file.relative_to(path).as_posix()
+        digest.update(f"{rel}\0{file.stat().st_size}\0".encode())
+        with file.open("rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,235 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gate.errors import ExitCode, PolicyError
+from gate.policy import METHODS, Policy, field_paths, load_policy
+from gate.resources import builtin_policy_names, policies_dir
+from gate.rule_metrics import metric_names
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# (policy text, expected line, expected field, a fragment of the message)
+BAD_POLICIES = [
+    ("rules:\n  - metric: extracted_greedy\n    limit: -1\n", 3, "rules[0].limit", "must be ≥ 0"),
+    ("extraction:\n  prefx: 3\n", 2, "extraction.prefx", "unknown key (valid: prefix_tokens,"),
+    ("remediation:\n  method: sgd\n", 2, "remediation.method", "valid: codeeraser, ga, cu"),
+    ("rules:\n- metric: leaks\n  limit: 0\n", 2, "rules[0].metric", "unknown metric 'leaks'"),
+    ("thresholds:\n  ma: auto\n", 2, "thresholds.ma", "needs thresholds.unseen"),
+    ("thresholds:\n  ma: 0.3\n  el_10: auto\n", 3, "thresholds.el_10", "needs thresholds.unseen"),
+    ("extraction:\n  prefix_tokens: many\n", 2, "extraction.prefix_tokens", "a whole number"),
+    ("remediation:\n  args:\n    lr: 1e-4\n", 3, "remediation.args.lr", "write 1.0e-4"),
+    ("rules:\n- metric: memorized_rate\n  limit: 5\n", 3, "rules[0].limit", "must be ≤ 1"),
+    ("rules:\n- metric: extracted_sampled\n  limit: 0\n", 2, "rules[0].metric", "sampled.enabled"),
+    ("rules:\n- metric: extracted_greedy\n", 2, "rules[0].limit", "required field is missing"),
+    (
+        "rules:\n- metric: max_ma\n  limit: 0.5\n  severity: fatal\n",
+        4,
+        "rules[0].severity",
+        "'block'",
+    ),
+    ("scan: [1, 2]\n", 1, "scan", "must be a mapping"),
+    ("rules: []\n", 1, "rules", "at least 1 item"),
+    ("remediation:\n  enabled: maybe\n", 2, "remediation.enabled", "true or false"),
+    ("name: a\nname: b\n", 2, "name", "duplicate key"),
+    ("version: 2\n", 1, "version", "must be one of 1"),
+    ("report:\n  formats: [pdf]\n", 2, "report.formats[0]", "must be one of"),
+    ("utility:\n  max_perplexity_increase: -0.1\n", 2, "utility.max_perplexity_increase", "≥ 0"),
+    ("thresholds:\n  ma: 1.5\n", 2, "thresholds.ma", "must be ≤ 1"),
+    (
+        "rules:\n- metric: max_ma\n  limit: 0.5\n  secret_types: AWS\n",
+        4,
+        "rules[0].secret_types",
+        "a list",
+    ),
+    (
+        "rules:\n- {id: a, metric: extracted_greedy, limit: 0}\n"
+        "- {id: a, metric: max_ma, limit: 0.5}\n",
+        3,
+        "rules[1].id",
+        "used twice",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "field", "fragment"), BAD_POLICIES)
+def test_bad_policy_names_file_line_and_field(
+    tmp_path: Path, text: str, line: int, field: str, fragment: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:{line}: {field}: "), message
+    assert fragment in message
+    assert "\n" not in message
+    assert caught.value.exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("rules: [\n", ":2: not valid YAML"),
+        ("- just\n- a list\n", ":1: a policy is a YAML mapping"),
+        ("", ":1: the policy is empty"),
+        ("# only a comment\n", ":1: the policy is empty"),
+        ("thresholds: !!python/object/apply:os.system ['echo hacked']\n", ":1: not valid YAML"),
+    ],
+)
+def test_not_a_policy(tmp_path: Path, text: str, fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert str(caught.value).startswith(str(path))
+    assert fragment in str(caught.value)
+
+
+def test_not_utf8_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: ok\ndescription: caf\xe9\n")
+    with pytest.raises(PolicyError, match=r"latin1\.yaml:2: not valid UTF-8"):
+        load_policy(path)
+    with pytest.raises(PolicyError, match="no such policy file"):
+        load_policy(tmp_path / "nope.yaml")
+    with pytest.raises(PolicyError, match="built-in: default, demo, strict"):
+        load_policy("nonexistent")
+
+
+def test_minimal_policy_gets_defaults(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, "rules:\n- metric: extracted_greedy\n  limit: 0\n"))
+    assert [r.name for r in policy.rules] == ["extracted_greedy"]
+    assert policy.remediation.enabled is True
+    assert policy.remediation.method == "codeeraser"
+    args = policy.remediation.args
+    assert (args.lr, args.alpha, args.kl_weight, args.gamma) == (3e-6, 1.0, 0.1, 0.1)
+    assert (args.batch_size, args.max_epochs) == (32, 100)
+    assert policy.utility.max_perplexity_increase == 0.05
+    assert policy.report.formats == ["html", "json", "sarif", "md"]
+    assert policy.verify_prefix_tokens == 64
+    assert policy.sha256 is not None
+    assert len(policy.sha256) == 64
+
+
+def test_empty_mapping_means_default_rules(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, "{}\n"))
+    assert [(r.metric, r.limit) for r in policy.rules] == [
+        ("extracted_greedy", 0),
+        ("memorized_rate", 0.01),
+    ]
+
+
+def test_rule_names_from_metric_and_types(tmp_path: Path) -> None:
+    text = (
+        "rules:\n- metric: max_ma\n  limit: 0.5\n  secret_types: [AWS, GitHub]\n  severity: warn\n"
+    )
+    rule = load_policy(write(tmp_path, text)).rules[0]
+    assert rule.name == "max_ma[AWS,GitHub]"
+    assert rule.severity == "warn"
+
+
+def test_relative_paths_resolve_against_the_policy_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "ci"
+    folder.mkdir()
+    text = (
+        "thresholds:\n  ma: auto\n  el_10: auto\n  unseen: ../unseen\n"
+        "scan:\n  baseline: base.jsonl\n"
+    )
+    policy = load_policy(write(folder, text))
+    assert policy.thresholds.unseen == str((tmp_path / "unseen").resolve())
+    assert policy.scan.baseline == str((folder / "base.jsonl").resolve())
+    assert policy.thresholds.needs_calibration
+
+
+def test_overrides_fill_unset_fields_before_validation(tmp_path: Path) -> None:
+    path = write(tmp_path, "thresholds:\n  ma: auto\n  el_10: auto\n")
+    policy = load_policy(path, overrides={"thresholds.unseen": str(tmp_path)})
+    assert policy.thresholds.unseen == str(tmp_path.resolve())
+    kept = load_policy(
+        write(tmp_path, "thresholds:\n  ma: 0.2\n", "b.yaml"), {"thresholds.ma": 0.9}
+    )
+    assert kept.thresholds.ma == 0.2  # an override never replaces what the file sets
+
+
+def test_lambda_key_and_resolved_dump(tmp_path: Path) -> None:
+    policy = load_policy(
+        write(tmp_path, "remediation:\n  args:\n    lambda: 0.3\n    lr: 1.0e-4\n")
+    )
+    assert policy.remediation.args.kl_weight == 0.3
+    resolved = policy.resolved()
+    assert resolved["remediation"]["args"]["lambda"] == 0.3
+    assert Policy.model_validate(resolved).resolved() == resolved
+
+
+@pytest.mark.parametrize("name", builtin_policy_names())
+def test_every_shipped_policy_loads_and_is_commented(name: str) -> None:
+    policy = load_policy(name)
+    assert policy.name == name
+    assert policy.source == str(policies_dir() / f"{name}.yaml")
+    for number, line in enumerate(policy_lines(name), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert "#" in line, f"{name}.yaml:{number} has no comment"
+
+
+def policy_lines(name: str) -> list[str]:
+    return (policies_dir() / f"{name}.yaml").read_text(encoding="utf-8").splitlines()
+
+
+def test_shipped_policies_say_what_the_issue_asks() -> None:
+    default, strict, demo = (load_policy(n) for n in ("default", "strict", "demo"))
+    assert {(r.metric, r.limit) for r in default.rules} == {
+        ("extracted_greedy", 0),
+        ("memorized_rate", 0.01),
+    }
+    assert default.remediation.enabled
+    assert default.utility.max_perplexity_increase == 0.05
+    assert strict.extraction.sampled.enabled
+    assert ("memorized_count", 0) in {
+        (r.metric, r.limit) for r in strict.rules if r.severity == "block"
+    }
+    assert strict.utility.max_humaneval_drop is not None
+    assert demo.remediation.args.lr > default.remediation.args.lr
+
+
+def test_methods_are_the_documented_ones() -> None:
+    assert METHODS == ("codeeraser", "ga", "cu")
+
+
+def test_readme_policy_reference_lists_every_field_and_metric() -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Policy reference", 1)[1].split("\n## ", 1)[0]
+    missing = [p for p in field_paths() if f"`{p}`" not in section]
+    assert not missing, missing
+    assert not [m for m in metric_names() if f"`{m}`" not in section]
+
+
+def test_thresholds_resolve_from_policy_and_calibration(tmp_path: Path) -> None:
+    from audit.measurements import Thresholds
+
+    calibrated = Thresholds(ma=0.08, el_10=0.01, source="calibrated:/unseen")
+    fixed = Policy().thresholds.resolve()
+    assert fixed == Thresholds(ma=0.45, el_10=0.06, source="policy")
+    assert Policy().thresholds.resolve(calibrated).source == "policy"  # numbers win
+    text = "thresholds:\n  ma: auto\n  el_10: 0.2\n  unseen: u\n"
+    mixed = load_policy(write(tmp_path, text)).thresholds.resolve(calibrated)
+    assert mixed == Thresholds(ma=0.08, el_10=0.2, source="policy+calibrated:/unseen")
+    text = "thresholds:\n  ma: auto\n  el_10: auto\n  unseen: u\n"
+    auto = load_policy(write(tmp_path, text, "b.yaml")).thresholds
+    assert auto.resolve(calibrated) == calibrated
+    with pytest.raises(PolicyError, match="needs a calibration"):
+        auto.resolve()
+
+
+def test_scan_options_give_the_corpus_spec(tmp_path: Path) -> None:
+    text = "scan:\n  format: jsonl\n  text_field: code\n  excludes: ['tests/*']\n"
+    spec = load_policy(write(tmp_path, text)).scan.corpus_spec(tmp_path / "d.jsonl")
+    assert (spec.fmt, spec.text_field, spec.excludes) == ("jsonl", "code", ("tests/*",))
+    assert spec.path == tmp_path / "d.jsonl"
