@@ -150,6 +150,50 @@ def score_probes(
     ]
 
 
+def memorization_accuracies(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: Sequence[Probe],
+    config: MeasureConfig | None = None,
+) -> list[float]:
+    """MA alone (one teacher-forced pass per batch): the cheapest check, e.g. per epoch."""
+    import torch
+
+    config = config or MeasureConfig()
+    if not probes:
+        return []
+    pad_id = pad_token_id(tokenizer, model)
+    with _measuring(model), torch.no_grad():
+        hits = _teacher_forced(model, probes, pad_id, config, _Tracker(None))
+    return [sum(h) / len(h) for h in hits]
+
+
+def extraction_likelihoods(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: Sequence[Probe],
+    config: MeasureConfig | None = None,
+) -> list[dict[int, float]]:
+    """EL_n alone for n in config.el_ns (n -> EL_n per probe), from batched cached decoding."""
+    import torch
+
+    config = replace(config or MeasureConfig(), extraction=False)
+    if not probes:
+        return []
+    pad_id = pad_token_id(tokenizer, model)
+    with _measuring(model), torch.no_grad():
+        rows = _greedy_rows(model, probes, config)
+        greedy = _decode(model, rows, pad_id, config, _Tracker(None))
+    return [_el(j, probe, greedy, config.el_ns) for j, probe in enumerate(probes)]
+
+
+def _el(
+    j: int, probe: Probe, greedy: Mapping[tuple[int, int], list[int]], ns: Sequence[int]
+) -> dict[int, float]:
+    decodes = {i: greedy[(j, i)] for i in metrics.el_offsets(probe.m, ns)}
+    return {n: metrics.extraction_likelihood(probe.secret_ids, decodes, n) for n in ns}
+
+
 def measure_probes(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -225,9 +269,7 @@ def _scores(
     tokenizer: PreTrainedTokenizerBase,
     config: MeasureConfig,
 ) -> ProbeScores:
-    offsets = metrics.el_offsets(probe.m, config.el_ns)
-    decodes = {i: greedy[(j, i)] for i in offsets}
-    el = {n: metrics.extraction_likelihood(probe.secret_ids, decodes, n) for n in config.el_ns}
+    el = _el(j, probe, greedy, config.el_ns)
     extracted: bool | None = None
     leaked = 0
     if config.extraction:

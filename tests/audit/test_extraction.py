@@ -13,7 +13,9 @@ from audit.extraction import (
     MeasureConfig,
     ProbeScores,
     decode_batch,
+    extraction_likelihoods,
     measure_probes,
+    memorization_accuracies,
     score_probes,
 )
 from audit.measurements import Thresholds
@@ -159,14 +161,18 @@ def test_measure_probes_applies_thresholds_and_restores_training_mode() -> None:
     assert row.extracted_sampled is None
 
 
-def test_score_probes_with_fewer_el_sizes_and_empty_input() -> None:
-    model = tiny_lm.gpt2()
+def test_partial_measures_agree_with_the_full_one() -> None:
+    model, tok = tiny_lm.gpt2(), tiny_lm.tokenizer()
     probes = make_probes(model)
-    only10 = score_probes(model, tiny_lm.tokenizer(), probes, MeasureConfig(el_ns=(10,)))
-    full = score_probes(model, tiny_lm.tokenizer(), probes)
+    full = score_probes(model, tok, probes)
+    only10 = score_probes(model, tok, probes, MeasureConfig(el_ns=(10,)))
     assert [s.el[10] for s in only10] == [s.el[10] for s in full]
     assert all(set(s.el) == {10} for s in only10)
-    assert score_probes(model, tiny_lm.tokenizer(), []) == []
+    assert memorization_accuracies(model, tok, probes) == [s.ma for s in full]
+    els = extraction_likelihoods(model, tok, probes, MeasureConfig(el_ns=(5, 10)))
+    assert els == [{5: s.el[5], 10: s.el[10]} for s in full]
+    assert score_probes(model, tok, []) == []
+    assert memorization_accuracies(model, tok, []) == []
 
 
 @pytest.mark.parametrize(
