@@ -12,7 +12,6 @@ from audit import metrics
 from audit.extraction import (
     MeasureConfig,
     ProbeScores,
-    decode_batch,
     extraction_likelihoods,
     measure_probes,
     memorization_accuracies,
@@ -70,9 +69,11 @@ def test_one_pass_ma_equals_per_position_ma(setup: tuple[Any, list[Probe]]) -> N
     assert any(0 < ma < 1 for ma in mas), mas  # the test exercises mixed hits and misses
 
 
-def test_batched_el_equals_unbatched_el(setup: tuple[Any, list[Probe]]) -> None:
+@pytest.mark.parametrize("reuse_cache", [True, False])
+def test_batched_el_equals_unbatched_el(setup: tuple[Any, list[Probe]], reuse_cache: bool) -> None:
     model, probes = setup
-    scores = score_probes(model, tiny_lm.tokenizer(), probes, MeasureConfig(extraction=False))
+    config = MeasureConfig(extraction=False, reuse_cache=reuse_cache)
+    scores = score_probes(model, tiny_lm.tokenizer(), probes, config)
     seen = set()
     for probe, score in zip(probes, scores, strict=True):
         decodes = {
@@ -86,17 +87,6 @@ def test_batched_el_equals_unbatched_el(setup: tuple[Any, list[Probe]]) -> None:
     assert len(seen) > 3  # EL takes several distinct values here, not all 0 or 1
 
 
-def test_decode_batch_equals_uncached_greedy(setup: tuple[Any, list[Probe]]) -> None:
-    model, probes = setup
-    rows = sorted(
-        ((p.prefix_ids + p.secret_ids[:i], p.m - i + 3) for p in probes for i in (0, 1, p.m // 2)),
-        key=lambda r: -r[1],
-    )
-    prompts, steps = [r[0] for r in rows], [r[1] for r in rows]
-    fast = decode_batch(model, prompts, steps, pad_id=0, context_length=tiny_lm.CONTEXT)
-    assert fast == [slow_greedy(model, p, s) for p, s in rows]
-
-
 def test_results_do_not_depend_on_batch_size(setup: tuple[Any, list[Probe]]) -> None:
     model, probes = setup
     config = MeasureConfig(samples=3, temperature=1.5, top_k=20, seed=7)
@@ -105,6 +95,8 @@ def test_results_do_not_depend_on_batch_size(setup: tuple[Any, list[Probe]]) -> 
         for budget in (120, 1_000_000)  # about one finding per batch; all in one batch
     ]
     assert runs[0] == runs[1]
+    prefilled = replace(config, reuse_cache=False)
+    assert score_probes(model, tiny_lm.tokenizer(), probes, prefilled) == runs[0]
     reordered = score_probes(model, tiny_lm.tokenizer(), probes[::-1], config)
     assert reordered[::-1] == runs[0]
 
