@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 MEASUREMENT_NS = (3, 5, 10)  # the EL_n a Measurement records
 Key = tuple[int, int]  # (probe index, EL offset i or sample number)
+_FILL = 0.9  # a teacher-forced batch is cut before padding exceeds 10% of a row
 
 
 @dataclass(frozen=True)
@@ -355,14 +356,21 @@ def _batches(rows: Sequence[_Row], budget: int) -> Iterator[list[_Row]]:
 
 
 def _probe_chunks(probes: Sequence[Probe], budget: int) -> Iterator[list[int]]:
-    """Probe indices by decreasing length, cut so rows × longest row ≤ budget."""
+    """Probe indices by decreasing length, cut so that rows × longest row ≤ budget and
+    padding stays small: every row is at least _FILL of its chunk's longest row."""
     order = sorted(range(len(probes)), key=lambda j: -(len(probes[j].prefix_ids) + probes[j].m))
-    start = 0
-    while start < len(order):
-        width = len(probes[order[start]].prefix_ids) + probes[order[start]].m
-        size = max(1, budget // width)
-        yield order[start : start + size]
-        start += size
+    chunk: list[int] = []
+    width = 0
+    for j in order:
+        length = len(probes[j].prefix_ids) + probes[j].m
+        if chunk and ((len(chunk) + 1) * width > budget or length < _FILL * width):
+            yield chunk
+            chunk = []
+        if not chunk:
+            width = length
+        chunk.append(j)
+    if chunk:
+        yield chunk
 
 
 # --- teacher-forced pass, and the greedy rows that start from it ----------------------
