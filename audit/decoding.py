@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     import torch
 
 Chooser = Callable[["torch.Tensor"], "torch.Tensor"]  # (B, V) logits -> (B,) token ids
+# Finished rows leave the batch once they are 1/8 of it: dropping them copies the whole
+# cache, so doing it at every step (calibration rows finish one by one) costs more than
+# the few wasted rows.
+_SHRINK = 8 / 7
 
 
 def argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -98,7 +102,7 @@ def continue_decoding(
         still = sum(1 for s in steps[:active] if s > step) if can_shrink else active
         if still == 0:
             break
-        if still < active:  # the rows at the end are done: drop them from the batch
+        if still * _SHRINK < active:  # enough rows at the end are done: drop them
             cache.batch_select_indices(torch.arange(still, device=mask.device))
             mask, positions, active = mask[:still], positions[:still], still
             choose = _narrowed(choose, still)
