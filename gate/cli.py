@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "measure": "gate.commands.measure:measure",
     "calibrate": "gate.commands.calibrate:calibrate",
     "report": "gate.commands.report:report",
+    "demo": "gate.commands.demo:demo",
 }
 
 

@@ -1,0 +1,417 @@
+"""The demo: a corpus with planted secrets and a small GPT-2 that memorized them.
+
+`build_demo("demo")` writes the corpus (a folder and a JSONL file), a held-out split,
+the findings of the planted and the control secrets, and a model directory that
+``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` load like
+any hub model. Builds are cached under the user cache directory, keyed by every build
+setting; a second call returns the cached build at once.
+
+Layout of a build (``DemoBuild.root``)::
+
+    corpus/  corpus.jsonl      training split: a folder, and the same samples as JSONL
+    heldout/ heldout.jsonl     never trained on: clean files and the control secrets
+    planted.jsonl              findings of the planted secrets (one per copy)
+    controls.jsonl             findings of the control secrets
+    model/                     GPT-2 + tokenizer (safetensors)
+    manifest.json              build settings and the figures measured after training
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from audit.io import atomic_write_json, atomic_write_jsonl
+from gate.demo_corpus import CorpusSettings, DemoCorpus, Doc, make_corpus
+from gate.demo_train import ModelSettings
+from gate.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from audit.findings import Finding
+    from gate.demo_train import QuickResult
+
+log = logging.getLogger(__name__)
+
+# Bump when a change to the build code changes what a build produces: old caches are
+# then ignored instead of reused.
+BUILD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """Everything a build depends on besides the seed; part of the cache key."""
+
+    name: str
+    n_files: int  # standard-library excerpts in the training split (planted ones included)
+    n_secrets: int  # distinct planted secrets, one per sample
+    copies: int  # times each planted sample appears in training (1 original + forks)
+    kinds: tuple[str, ...]  # secret kinds (gate.demo_corpus.KINDS), cycled over the secrets
+    steps: int  # optimizer steps
+    excerpt_bytes: int = 500  # each excerpt is cut to at most this many bytes, at a line end
+    n_heldout_files: int = 10  # clean standard-library excerpts in the held-out split
+    n_controls: int = 0  # unplanted control secrets in the held-out split; 0 = n_secrets
+    vocab_size: int = 1024  # byte-level BPE vocabulary, special token included
+    n_ctx: int = 128  # context length (GPT-2 n_positions) and training window
+    n_layer: int = 2  # wider or deeper models memorize more slowly on a CPU budget
+    n_head: int = 4
+    n_embd: int = 128
+    batch_size: int = 8  # windows per step
+    lr: float = 5e-3  # peak AdamW learning rate; a constant rate did far worse
+    min_lr_ratio: float = 0.1  # the cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 20  # linear warm-up from 0 to lr
+    weight_decay: float = 0.0  # no regularization: memorizing is the point
+    grad_clip: float = 1.0  # max gradient norm
+
+    def corpus_settings(self) -> CorpusSettings:
+        return CorpusSettings(
+            n_files=self.n_files,
+            excerpt_bytes=self.excerpt_bytes,
+            n_secrets=self.n_secrets,
+            copies=self.copies,
+            kinds=self.kinds,
+            n_heldout_files=self.n_heldout_files,
+            n_controls=self.n_controls or self.n_secrets,
+        )
+
+    def model_settings(self) -> ModelSettings:
+        return ModelSettings(
+            vocab_size=self.vocab_size,
+            n_ctx=self.n_ctx,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            min_lr_ratio=self.min_lr_ratio,
+            warmup_steps=self.warmup_steps,
+            weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip,
+        )
+
+
+PRESETS: dict[str, DemoPreset] = {
+    # The test-suite fixture: six secrets of six types, in code, a .env file and YAML.
+    "tiny": DemoPreset(
+        name="tiny",
+        n_files=15,
+        excerpt_bytes=400,
+        n_secrets=6,
+        copies=20,
+        kinds=(
+            "aws_access_key_id",
+            "github_token",
+            "stripe_key",
+            "email",
+            "db_password",
+            "yaml_password",
+        ),
+        n_heldout_files=5,
+        vocab_size=512,
+        steps=400,
+    ),
+    # The demo: twenty secrets of every kind, each repeated ten times.
+    "demo": DemoPreset(
+        name="demo",
+        n_files=300,
+        n_secrets=20,
+        copies=10,
+        kinds=(
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "github_token",
+            "slack_token",
+            "stripe_key",
+            "google_api_key",
+            "hf_token",
+            "email",
+            "db_password",
+            "password",
+            "yaml_password",
+            "twilio_key",
+        ),
+        steps=2500,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DemoFigures:
+    """What the build measured on its own model (figures only, never a secret)."""
+
+    parameters: int
+    steps: int
+    train_seconds: float
+    build_seconds: float
+    final_loss: float  # mean training loss over the last 10% of steps
+    planted_secrets: int  # distinct planted secrets
+    planted_occurrences: int  # planted findings, every copy counted
+    planted_ma: float  # mean memorization accuracy over the distinct planted secrets
+    planted_extracted: int  # distinct planted secrets reproduced verbatim by greedy decoding
+    controls: int
+    controls_ma: float
+    controls_extracted: int
+
+
+@dataclass(frozen=True)
+class DemoBuild:
+    """A finished build: where everything is, and what it measured."""
+
+    root: Path
+    corpus_dir: Path  # training split as a folder; sample id = relative path
+    corpus_jsonl: Path  # the same samples as JSONL {"id", "path", "content"}, id = path
+    heldout_dir: Path  # never trained on: clean files and the control secrets
+    heldout_jsonl: Path
+    model_dir: Path  # GPT-2 + tokenizer, save_pretrained (safetensors)
+    planted: Path  # findings JSONL of the planted secrets (one per occurrence)
+    controls: Path  # findings JSONL of the control secrets
+    preset: DemoPreset
+    seed: int
+    manifest: Path  # manifest.json: settings, versions, figures, per-secret results
+    figures: DemoFigures
+    cached: bool = field(default=False, compare=False)  # an earlier build was reused
+
+    @classmethod
+    def at(cls, root: Path, preset: DemoPreset, seed: int, cached: bool) -> DemoBuild:
+        manifest = root / "manifest.json"
+        try:
+            figures = DemoFigures(**json.loads(manifest.read_text())["figures"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise InputError(
+                f"{root}: not a complete demo build (run `codeeraser demo --rebuild`)"
+            ) from None
+        return cls(
+            root=root,
+            corpus_dir=root / "corpus",
+            corpus_jsonl=root / "corpus.jsonl",
+            heldout_dir=root / "heldout",
+            heldout_jsonl=root / "heldout.jsonl",
+            model_dir=root / "model",
+            planted=root / "planted.jsonl",
+            controls=root / "controls.jsonl",
+            preset=preset,
+            seed=seed,
+            manifest=manifest,
+            figures=figures,
+            cached=cached,
+        )
+
+
+def get_preset(name: str) -> DemoPreset:
+    if name not in PRESETS:
+        raise InputError(f"unknown demo preset {name!r} (choose {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def cache_root(cache_dir: Path | None = None) -> Path:
+    """The codeeraser cache folder: `cache_dir`, $CODEERASER_CACHE_DIR, or the user cache."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("CODEERASER_CACHE_DIR"):
+        return Path(os.environ["CODEERASER_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "codeeraser"
+
+
+def build_key(preset: DemoPreset, seed: int) -> str:
+    """`<preset>-<hash>` of every setting that changes the build.
+
+    The Python version is part of it: the corpus is that Python's standard library.
+    """
+    settings = {
+        "preset": asdict(preset),
+        "seed": seed,
+        "build_version": BUILD_VERSION,
+        "python": platform.python_version(),
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return f"{preset.name}-{digest[:12]}"
+
+
+def build_demo(
+    preset: str = "demo", cache_dir: Path | None = None, seed: int = 0, rebuild: bool = False
+) -> DemoBuild:
+    """Build the demo corpus and model, or return the cached build of the same settings.
+
+    The build is written to a temporary sibling folder and renamed into place when
+    complete, so an interrupted build is never reused.
+    """
+    settings = get_preset(preset)
+    final = cache_root(cache_dir) / "demo" / build_key(settings, seed)
+    if final.is_dir() and not rebuild:
+        log.info("reusing the demo build in %s", final)
+        return DemoBuild.at(final, settings, seed, cached=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        _build_into(tmp, settings, seed)
+        _move_into_place(tmp, final, replace=rebuild)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return DemoBuild.at(final, settings, seed, cached=False)
+
+
+def _move_into_place(tmp: Path, final: Path, replace: bool) -> None:
+    if replace and final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        tmp.rename(final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        # Another process finished the same build first: keep theirs.
+
+
+def _build_into(root: Path, preset: DemoPreset, seed: int) -> None:
+    import torch
+
+    from gate import demo_train
+
+    started = time.perf_counter()
+    corpus = make_corpus(preset.corpus_settings(), seed)
+    _write_corpus(root, corpus)
+    tokenizer = demo_train.train_tokenizer(
+        sorted({doc.text for doc in corpus.train}), preset.vocab_size
+    )
+    eos_id = int(tokenizer.eos_token_id)
+    stream = demo_train.pack([tokenizer(doc.text)["input_ids"] for doc in corpus.train], seed)
+    model = demo_train.make_model(preset.model_settings(), len(tokenizer), eos_id, seed)
+    train_started = time.perf_counter()
+    loss = _train_with_progress(model, stream, preset, seed)
+    train_seconds = time.perf_counter() - train_started
+    _save(model, tokenizer, root / "model")
+    with torch.no_grad():
+        planted, controls = _check(model, tokenizer, corpus)
+    figures = DemoFigures(
+        parameters=sum(p.numel() for p in model.parameters()),
+        steps=preset.steps,
+        train_seconds=round(train_seconds, 1),
+        build_seconds=round(time.perf_counter() - started, 1),
+        final_loss=round(loss, 4),
+        planted_secrets=len(planted),
+        planted_occurrences=len(corpus.planted),
+        planted_ma=_mean(r.ma for r in planted),
+        planted_extracted=sum(r.extracted for r in planted),
+        controls=len(controls),
+        controls_ma=_mean(r.ma for r in controls),
+        controls_extracted=sum(r.extracted for r in controls),
+    )
+    _write_manifest(root, preset, seed, figures, {"planted": planted, "controls": controls})
+
+
+def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+    """save_pretrained (safetensors), without transformers' own progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _train_with_progress(
+    model: GPT2LMHeadModel, stream: torch.Tensor, preset: DemoPreset, seed: int
+) -> float:
+    from rich.progress import TextColumn
+
+    from audit import ui
+    from gate import demo_train
+
+    with ui.progress(TextColumn("loss {task.fields[loss]:.3f}")) as bar:
+        task = bar.add_task(f"training the {preset.name} model", total=preset.steps, loss=0.0)
+
+        def on_step(step: int, loss: float) -> None:
+            bar.update(task, completed=step + 1, loss=loss)
+
+        return demo_train.train(model, stream, preset.model_settings(), seed, on_step=on_step)
+
+
+def _check(
+    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, corpus: DemoCorpus
+) -> tuple[list[QuickResult], list[QuickResult]]:
+    """Measure one occurrence of each distinct planted secret, and every control."""
+    from gate.demo_train import quick_eval
+
+    return (
+        quick_eval(model, tokenizer, _probes(_first_copies(corpus.planted), corpus.train)),
+        quick_eval(model, tokenizer, _probes(corpus.controls, corpus.heldout)),
+    )
+
+
+def _first_copies(findings: list[Finding]) -> list[Finding]:
+    seen: dict[str, Finding] = {}
+    for finding in findings:
+        seen.setdefault(finding.secret_sha256, finding)
+    return list(seen.values())
+
+
+def _probes(findings: list[Finding], docs: list[Doc]) -> list[tuple[Finding, str]]:
+    texts = {doc.path: doc.text for doc in docs}
+    return [(f, texts[f.sample_id]) for f in findings]
+
+
+def _mean(values: Any) -> float:
+    items = list(values)
+    return round(sum(items) / len(items), 4) if items else 0.0
+
+
+def _write_corpus(root: Path, corpus: DemoCorpus) -> None:
+    from audit.findings import write_findings
+
+    for name, docs in (("corpus", corpus.train), ("heldout", corpus.heldout)):
+        for doc in docs:
+            path = root / name / doc.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(doc.text.encode("utf-8"))
+        rows = ({"id": d.path, "path": d.path, "content": d.text} for d in docs)
+        atomic_write_jsonl(root / f"{name}.jsonl", rows)
+    write_findings(root / "planted.jsonl", corpus.planted)
+    write_findings(root / "controls.jsonl", corpus.controls)
+
+
+def _write_manifest(
+    root: Path,
+    preset: DemoPreset,
+    seed: int,
+    figures: DemoFigures,
+    results: dict[str, list[QuickResult]],
+) -> None:
+    import tokenizers
+    import torch
+    import transformers
+
+    atomic_write_json(
+        root / "manifest.json",
+        {
+            "build_version": BUILD_VERSION,
+            "preset": asdict(preset),
+            "seed": seed,
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "tokenizers": tokenizers.__version__,
+            },
+            "torch_threads": torch.get_num_threads(),
+            "figures": asdict(figures),
+            **{name: [asdict(r) for r in rows] for name, rows in results.items()},
+        },
+    )
