@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import statistics
 import sys
 import time
@@ -167,7 +166,9 @@ def matmul_rate(size: int = 512, repeats: int = 20) -> float:
 
 
 def demo_inputs(preset: str) -> tuple[Path, list[tuple[Path, Path]]]:
-    demo = importlib.import_module("gate.demo").build_demo(preset)
+    from gate.demo import build_demo
+
+    demo = build_demo(preset)
     return demo.model_dir, [(demo.corpus_dir, demo.planted), (demo.heldout_dir, demo.controls)]
 
 

@@ -4,11 +4,13 @@ obviously-correct per-position and per-prefix loops on tiny GPT-2 and Llama mode
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from audit import metrics
+from audit.corpus import CorpusSpec, load_texts
 from audit.extraction import (
     MeasureConfig,
     ProbeScores,
@@ -17,8 +19,10 @@ from audit.extraction import (
     memorization_accuracies,
     score_probes,
 )
+from audit.findings import read_findings
 from audit.measurements import Thresholds
-from audit.probes import Probe
+from audit.model import LoadedModel, load_model
+from audit.probes import Probe, build_probes
 from gate.errors import InputError
 from tests.audit import tiny_lm
 from tests.audit.tiny_lm import slow_greedy, slow_ma_hits
@@ -89,7 +93,7 @@ def test_batched_el_equals_unbatched_el(setup: tuple[Any, list[Probe]], reuse_ca
 
 def test_results_do_not_depend_on_batch_size(setup: tuple[Any, list[Probe]]) -> None:
     model, probes = setup
-    config = MeasureConfig(samples=3, temperature=1.5, top_k=20, seed=7)
+    config = MeasureConfig(samples=2, temperature=1.5, top_k=20, seed=7)
     runs = [
         score_probes(model, tiny_lm.tokenizer(), probes, replace(config, batch_tokens=budget))
         for budget in (120, 1_000_000)  # about one finding per batch; all in one batch
@@ -184,3 +188,57 @@ def test_probe_scores_hold_no_secret() -> None:
         if len(probe.secret) >= 8:  # long enough not to occur in a repr by chance
             assert probe.secret not in repr(score)
             assert probe.secret not in repr(probe)
+
+
+# --- on the tiny demo model (a GPT-2 that memorized its planted secrets) --------------
+
+
+def demo_probes(loaded: LoadedModel, findings_file: Path, data: Path) -> list[Probe]:
+    """One probe per distinct secret (the first occurrence of each)."""
+    findings, seen = [], set()
+    for finding in read_findings(findings_file):
+        if finding.secret_sha256 not in seen:
+            seen.add(finding.secret_sha256)
+            findings.append(finding)
+    texts = load_texts(CorpusSpec(data), {f.sample_id for f in findings})
+    return build_probes(findings, texts, loaded.tokenizer, context_length=loaded.context_length)
+
+
+def test_planted_secrets_are_extractable_and_controls_are_not(tiny_demo: Any) -> None:
+    loaded = load_model(tiny_demo.model_dir, device="cpu")
+    planted = demo_probes(loaded, tiny_demo.planted, tiny_demo.corpus_dir)
+    controls = demo_probes(loaded, tiny_demo.controls, tiny_demo.heldout_dir)
+    thresholds = Thresholds(0.4557, 0.0549, "paper:codeparrot-small")
+    config = MeasureConfig(samples=2, seed=0)
+    got = measure_probes(loaded.model, loaded.tokenizer, planted, thresholds, config)
+    ctl = measure_probes(loaded.model, loaded.tokenizer, controls, thresholds, config)
+    mean_ma = sum(m.ma for m in got) / len(got)
+    control_ma = sum(m.ma for m in ctl) / len(ctl)
+    assert len(got) >= 4
+    assert len(ctl) >= 4
+    assert mean_ma >= 0.9, [round(m.ma, 3) for m in got]
+    assert sum(m.extracted_greedy for m in got) > len(got) / 2  # mostly extracted
+    assert all(m.memorized for m in got)
+    assert not any(m.extracted_greedy or m.extracted_sampled for m in ctl)
+    assert control_ma <= 0.3, [round(m.ma, 3) for m in ctl]
+    assert mean_ma - control_ma >= 0.6
+    assert max(m.el_10 for m in ctl) < min(m.el_10 for m in got)
+
+
+def test_one_pass_ma_and_batched_el_are_exact_on_the_demo_model(tiny_demo: Any) -> None:
+    loaded = load_model(tiny_demo.model_dir, device="cpu")
+    probes = (
+        demo_probes(loaded, tiny_demo.planted, tiny_demo.corpus_dir)[:2]
+        + demo_probes(loaded, tiny_demo.controls, tiny_demo.heldout_dir)[:2]
+    )
+    model = loaded.model
+    scores = score_probes(model, loaded.tokenizer, probes, MeasureConfig(el_ns=(10,)))
+    for probe, score in zip(probes, scores, strict=True):
+        slow = slow_ma_hits(model, probe)
+        assert score.ma == sum(slow) / len(slow)
+    for probe, score in list(zip(probes, scores, strict=True))[1:3]:  # a planted, a control
+        decodes = {
+            i: slow_greedy(model, probe.prefix_ids + probe.secret_ids[:i], probe.m - i)
+            for i in metrics.el_offsets(probe.m, (10,))
+        }
+        assert score.el[10] == metrics.extraction_likelihood(probe.secret_ids, decodes, 10)
