@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -49,6 +53,8 @@ class Inputs:
     loaded: LoadedModel
     probes: list[Probe]
     label: str
+    model_dir: Path
+    pairs: list[tuple[Path, Path]]  # (data, findings file)
 
 
 class FlopCounter:
@@ -190,7 +196,7 @@ def load_inputs(args: argparse.Namespace) -> Inputs:
         probes += build_probes(
             findings, texts, loaded.tokenizer, context_length=loaded.context_length
         )
-    return Inputs(loaded, probes, label)
+    return Inputs(loaded, probes, label, model_dir, pairs)
 
 
 def compare(
@@ -214,6 +220,21 @@ def compare(
         "same": same,
         "n": len(v_ours),
     }
+
+
+def cli_run(model_dir: Path, data: Path, findings: Path, threads: int) -> str:
+    """`codeeraser measure` end to end in a fresh process: its own figure and the wall time."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "COLUMNS": "200"}
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "gate", "measure", "--model", str(model_dir)]
+        command += ["--data", str(data), "--findings", str(findings)]
+        command += ["--out", str(Path(tmp) / "m.jsonl"), "--device", "cpu"]
+        start = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - start
+    found = re.search(r"(\d+) findings measured in ([\d.]+) s \(([\d.]+) findings/s\)", done.stderr)
+    figure = found.group(0) if found else "no summary line"
+    return f"codeeraser measure ({findings.name}): {figure}; {wall:.1f} s end to end"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     peak = matmul_rate()
     report(inputs, args, results, full, peak)
+    print(cli_run(inputs.model_dir, *inputs.pairs[0], args.threads))
     ok = all(r["same"] == r["n"] for r in results)
     return 0 if ok else 1
 
