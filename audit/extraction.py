@@ -4,17 +4,20 @@
 `measure_probes` turns its scores into Measurement records; `measure_findings` goes
 from findings and sample texts to Measurements on a `LoadedModel`.
 
-How the work is batched (all batches are cut by a token budget, so memory is bounded):
+How the work is batched (every batch is cut by a token budget, so memory is bounded):
 
-- **MA**: one teacher-forced forward pass per batch of probes. Rows are left-padded, so
-  every row's secret ends at the last position; only the logits of the last m+1
-  positions are computed and the argmax at every secret position is taken at once.
-- **Greedy decoding**: every (finding, i) pair EL needs, prefix + secret[:i] decoding
-  m−i tokens, is one row; the i = 0 row decodes m + margin tokens and doubles as the
-  verbatim greedy attack. Rows are left-padded with correct position ids and decoded
-  with a KV cache in our own loop over ``model(...)`` calls rather than ``generate``:
-  each row needs a different number of tokens, there is no stopping on EOS, only the
-  last logits are computed, and rows leave the batch as soon as they are done.
+- **MA**: one teacher-forced forward pass over prefix + secret per batch of probes.
+  Rows are left-padded, so every secret ends at the last position; only the logits of
+  the last m+1 positions are computed, and the argmax at every secret position is
+  taken at once.
+- **EL and greedy extraction**: every (finding, i) pair EL needs, prefix + secret[:i]
+  decoding m−i tokens, is one row; the i = 0 row decodes m + margin tokens and doubles
+  as the verbatim greedy attack. These rows need no prefill: their first token is the
+  teacher-forced argmax at position i, and their KV cache is cut out of the
+  teacher-forced pass's cache (`decoding.gather_cache`), so the prompt of each row is
+  never run through the model again. Decoding then runs the cached loop of
+  `audit.decoding`. (Models whose cache drops positions, such as sliding-window
+  layers, take the plain path: a left-padded prefill per row batch.)
 - **Sampled attack** (optional): K rows per finding decoded with temperature/top-k
   sampling (Gumbel-max); each row draws from its own generator seeded by (seed,
   finding id, draw), so results do not depend on batch size or order.
@@ -25,14 +28,12 @@ ones the unpadded sequence would have (tests/audit/test_extraction.py checks it)
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from audit import metrics
+from audit import decoding, metrics
 from audit.measurements import Measurement, Thresholds
 from audit.model import context_length_of, forward, model_device, new_cache, pad_token_id
 from audit.probes import (
@@ -53,7 +54,8 @@ if TYPE_CHECKING:
     from audit.model import LoadedModel
 
 MEASUREMENT_NS = (3, 5, 10)  # the EL_n a Measurement records
-Chooser = Callable[["torch.Tensor"], "torch.Tensor"]  # (B, V) logits -> (B,) token ids
+Key = tuple[int, int]  # (probe index, EL offset i or sample number)
+_FILL = 0.9  # a teacher-forced batch is cut before padding exceeds 10% of a row
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class MeasureConfig:
     temperature: float = 1.0  # sampling temperature (> 0)
     top_k: int = 40  # sample among the k likeliest tokens (0: the whole vocabulary)
     seed: int = 0  # seeds the sampled attack
+    reuse_cache: bool = True  # EL rows start from the teacher-forced pass's cache (no prefill)
 
     def __post_init__(self) -> None:
         if self.batch_tokens < 1:
@@ -97,7 +100,7 @@ class ProbeScores:
 class _Row:
     """One sequence to decode: the prompt and how many tokens to decode after it."""
 
-    key: tuple[int, int]  # (probe index, EL offset i or sample number)
+    key: Key
     prompt: tuple[int, ...]
     steps: int
 
@@ -135,8 +138,7 @@ def score_probes(
     tracker = _Tracker(progress)
     pad_id = pad_token_id(tokenizer, model)
     with _measuring(model), torch.no_grad():
-        hits = _teacher_forced(model, probes, pad_id, config, tracker)
-        greedy = _decode(model, _greedy_rows(model, probes, config), pad_id, config, tracker)
+        hits, greedy = _ma_and_greedy(model, probes, pad_id, config, tracker)
         sampled = None
         if config.extraction and config.samples:
             rows = _sample_rows(model, probes, config)
@@ -148,6 +150,49 @@ def score_probes(
         )
         for j, probe in enumerate(probes)
     ]
+
+
+def memorization_accuracies(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: Sequence[Probe],
+    config: MeasureConfig | None = None,
+) -> list[float]:
+    """MA alone (one teacher-forced pass per batch): the cheapest check, e.g. per epoch."""
+    import torch
+
+    config = config or MeasureConfig()
+    if not probes:
+        return []
+    pad_id = pad_token_id(tokenizer, model)
+    with _measuring(model), torch.no_grad():
+        hits = _memorization_hits(model, probes, pad_id, config)
+    return [sum(h) / len(h) for h in hits]
+
+
+def extraction_likelihoods(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: Sequence[Probe],
+    config: MeasureConfig | None = None,
+) -> list[dict[int, float]]:
+    """EL_n alone for n in config.el_ns (n -> EL_n per probe), from batched cached decoding."""
+    import torch
+
+    config = replace(config or MeasureConfig(), extraction=False)
+    if not probes:
+        return []
+    pad_id = pad_token_id(tokenizer, model)
+    with _measuring(model), torch.no_grad():
+        _, greedy = _ma_and_greedy(model, probes, pad_id, config, _Tracker(None))
+    return [_el(j, probe, greedy, config.el_ns) for j, probe in enumerate(probes)]
+
+
+def _el(
+    j: int, probe: Probe, greedy: Mapping[Key, list[int]], ns: Sequence[int]
+) -> dict[int, float]:
+    decodes = {i: greedy[(j, i)] for i in metrics.el_offsets(probe.m, ns)}
+    return {n: metrics.extraction_likelihood(probe.secret_ids, decodes, n) for n in ns}
 
 
 def measure_probes(
@@ -220,14 +265,12 @@ def _scores(
     probe: Probe,
     hits: list[bool],
     *,
-    greedy: dict[tuple[int, int], list[int]],
-    sampled: dict[tuple[int, int], list[int]] | None,
+    greedy: dict[Key, list[int]],
+    sampled: dict[Key, list[int]] | None,
     tokenizer: PreTrainedTokenizerBase,
     config: MeasureConfig,
 ) -> ProbeScores:
-    offsets = metrics.el_offsets(probe.m, config.el_ns)
-    decodes = {i: greedy[(j, i)] for i in offsets}
-    el = {n: metrics.extraction_likelihood(probe.secret_ids, decodes, n) for n in config.el_ns}
+    el = _el(j, probe, greedy, config.el_ns)
     extracted: bool | None = None
     leaked = 0
     if config.extraction:
@@ -312,70 +355,141 @@ def _batches(rows: Sequence[_Row], budget: int) -> Iterator[list[_Row]]:
         yield batch
 
 
-def _left_pad(
-    seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded ids, attention mask and the positions the unpadded rows would have."""
-    import torch
+def _probe_chunks(probes: Sequence[Probe], budget: int) -> Iterator[list[int]]:
+    """Probe indices by decreasing length, cut so that rows × longest row ≤ budget and
+    padding stays small: every row is at least _FILL of its chunk's longest row."""
+    order = sorted(range(len(probes)), key=lambda j: -(len(probes[j].prefix_ids) + probes[j].m))
+    chunk: list[int] = []
+    width = 0
+    for j in order:
+        length = len(probes[j].prefix_ids) + probes[j].m
+        if chunk and ((len(chunk) + 1) * width > budget or length < _FILL * width):
+            yield chunk
+            chunk = []
+        if not chunk:
+            width = length
+        chunk.append(j)
+    if chunk:
+        yield chunk
 
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, L)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, L)
-    for r, seq in enumerate(seqs):
-        ids[r, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-        mask[r, width - len(seq) :] = 1
-    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, L)
-    return ids.to(device), mask.to(device), positions.to(device)
+
+# --- teacher-forced pass, and the greedy rows that start from it ----------------------
 
 
-# --- teacher-forced pass (MA) -------------------------------------------------------
+@dataclass
+class _Pass:
+    """A teacher-forced pass over a chunk of probes: predictions and (maybe) its cache."""
+
+    probes: list[Probe]
+    preds: torch.Tensor  # (B, k+1) argmax at the last k+1 positions, on the CPU
+    hits: list[list[bool]]  # per probe, per secret token
+    cache: object | None  # the pass's KV cache, when rows can be cut out of it
+    width: int  # padded length L of the pass
 
 
 def _teacher_forced(
+    model: torch.nn.Module, probes: list[Probe], pad_id: int, *, keep_cache: bool
+) -> _Pass:
+    """One forward pass over prefix + secret for every probe; MA hits at once."""
+    import torch
+
+    seqs = [p.prefix_ids + p.secret_ids for p in probes]
+    ids, mask, positions = decoding.left_pad(seqs, pad_id, model_device(model))
+    k = max(p.m for p in probes)
+    cache = new_cache(model) if keep_cache else None
+    # Kept position L-k-1+t predicts the token at L-k+t: the last k tokens are the targets.
+    logits = forward(model, ids, mask, positions, cache=cache, keep=k + 1)  # (B, k+1, V)
+    targets = ids[:, -k:]  # (B, k)
+    target_mask = torch.zeros_like(targets, dtype=torch.bool)  # (B, k)
+    for r, probe in enumerate(probes):
+        target_mask[r, k - probe.m :] = True
+    hits = metrics.greedy_hits(logits[:, :-1, :], targets, target_mask).cpu()  # (B, k)
+    preds = logits.argmax(dim=-1).cpu()  # (B, k+1)
+    usable = cache if cache is not None and decoding.gatherable(cache) else None
+    return _Pass(
+        probes=probes,
+        preds=preds,
+        hits=[hits[r, k - p.m :].tolist() for r, p in enumerate(probes)],
+        cache=usable,
+        width=ids.shape[1],
+    )
+
+
+def _memorization_hits(
+    model: torch.nn.Module, probes: Sequence[Probe], pad_id: int, config: MeasureConfig
+) -> list[list[bool]]:
+    hits: list[list[bool]] = [[] for _ in probes]
+    for chunk in _probe_chunks(probes, config.batch_tokens):
+        done = _teacher_forced(model, [probes[j] for j in chunk], pad_id, keep_cache=False)
+        for j, row in zip(chunk, done.hits, strict=True):
+            hits[j] = row
+    return hits
+
+
+def _ma_and_greedy(
     model: torch.nn.Module,
     probes: Sequence[Probe],
     pad_id: int,
     config: MeasureConfig,
     tracker: _Tracker,
-) -> list[list[bool]]:
-    """Per probe, whether the greedy prediction at each secret position is right."""
-    order = sorted(range(len(probes)), key=lambda j: len(probes[j].prefix_ids) + probes[j].m)
-    order.reverse()
+) -> tuple[list[list[bool]], dict[Key, list[int]]]:
+    """MA hits and every greedy row's decode, chunk by chunk of probes."""
     hits: list[list[bool]] = [[] for _ in probes]
-    with tracker.phase("teacher-forced pass (MA)", len(probes)) as advance:
-        start = 0
-        while start < len(order):
-            width = len(probes[order[start]].prefix_ids) + probes[order[start]].m
-            size = max(1, config.batch_tokens // width)
-            chunk = order[start : start + size]
-            for j, row in zip(
-                chunk, _teacher_forced_batch(model, [probes[j] for j in chunk], pad_id), strict=True
-            ):
+    greedy: dict[Key, list[int]] = {}
+    with tracker.phase("MA, EL and greedy extraction", len(probes)) as advance:
+        for chunk in _probe_chunks(probes, config.batch_tokens):
+            done = _teacher_forced(
+                model, [probes[j] for j in chunk], pad_id, keep_cache=config.reuse_cache
+            )
+            rows = _greedy_rows(model, done.probes, config)  # keys index the chunk
+            if done.cache is not None:
+                decoded = _decode_from_pass(model, done, rows, config)
+            else:
+                decoded = _decode(model, rows, pad_id, config, _Tracker(None))
+            for (r, i), tokens in decoded.items():
+                greedy[(chunk[r], i)] = tokens
+            for j, row in zip(chunk, done.hits, strict=True):
                 hits[j] = row
             advance(len(chunk))
-            start += size
-    return hits
+    return hits, greedy
 
 
-def _teacher_forced_batch(
-    model: torch.nn.Module, probes: Sequence[Probe], pad_id: int
-) -> list[list[bool]]:
+def _decode_from_pass(
+    model: torch.nn.Module, done: _Pass, rows: Sequence[_Row], config: MeasureConfig
+) -> dict[Key, list[int]]:
+    """Decode greedy rows whose prompts are prefixes of the pass's rows, from its cache."""
     import torch
 
-    seqs = [p.prefix_ids + p.secret_ids for p in probes]
-    ids, mask, positions = _left_pad(seqs, pad_id, model_device(model))
-    k = max(p.m for p in probes)
-    # Kept position L-k-1+t predicts the token at L-k+t: the last k tokens are the targets.
-    logits = forward(model, ids, mask, positions, keep=k + 1)[:, :-1, :]  # (B, k, V)
-    targets = ids[:, -k:]  # (B, k)
-    target_mask = torch.zeros_like(targets, dtype=torch.bool)  # (B, k)
-    for r, probe in enumerate(probes):
-        target_mask[r, k - probe.m :] = True
-    hits = metrics.greedy_hits(logits, targets, target_mask).cpu()  # (B, k)
-    return [hits[r, k - p.m :].tolist() for r, p in enumerate(probes)]
+    out: dict[Key, list[int]] = {}
+    device = model_device(model)
+    k = done.preds.shape[1] - 1
+    limit = context_length_of(model)
+    for batch in _batches(rows, config.batch_tokens):
+        source = [done.probes[row.key[0]] for row in batch]
+        lengths = torch.tensor([len(row.prompt) for row in batch], device=device)  # (R,)
+        starts = torch.tensor([done.width - len(p.prefix_ids) - p.m for p in source])  # (R,)
+        first = torch.tensor(
+            [
+                int(done.preds[r, k - p.m + i])
+                for (r, i), p in zip((b.key for b in batch), source, strict=True)
+            ]
+        )  # (R,): the argmax after prefix + secret[:i]
+        rows_t = torch.tensor([row.key[0] for row in batch], device=device)
+        cache, mask = decoding.gather_cache(model, done.cache, rows_t, starts.to(device), lengths)
+        decoded = decoding.continue_decoding(
+            model,
+            cache,
+            mask,
+            lengths[:, None],
+            first,
+            steps=[row.steps for row in batch],
+            context_length=limit,
+        )
+        out.update(zip((row.key for row in batch), decoded, strict=True))
+    return out
 
 
-# --- cached decoding (EL, greedy and sampled extraction) ----------------------------
+# --- prefilled decoding (sampled attack; models whose cache cannot be cut) ------------
 
 
 def _decode(
@@ -385,124 +499,36 @@ def _decode(
     config: MeasureConfig,
     tracker: _Tracker,
     *,
-    sampler: Callable[[Sequence[_Row]], Chooser] | None = None,
-) -> dict[tuple[int, int], list[int]]:
+    sampler: Callable[[Sequence[_Row]], decoding.Chooser] | None = None,
+) -> dict[Key, list[int]]:
     """Decode every row (greedy, or with the sampler's chooser); key -> new token ids."""
-    out: dict[tuple[int, int], list[int]] = {}
+    out: dict[Key, list[int]] = {}
     limit = context_length_of(model)
-    description = "sampled attack" if sampler else "greedy decoding (EL, extraction)"
-    with tracker.phase(description, len(rows)) as advance:
+    with tracker.phase("sampled attack" if sampler else "greedy decoding", len(rows)) as advance:
         for batch in _batches(rows, config.batch_tokens):
-            choose = sampler(batch) if sampler else _argmax
-            decoded = decode_batch(
+            decoded = decoding.decode_batch(
                 model,
                 [r.prompt for r in batch],
                 [r.steps for r in batch],
                 pad_id=pad_id,
                 context_length=limit,
-                choose=choose,
+                choose=sampler(batch) if sampler else decoding.argmax,
             )
             out.update(zip((r.key for r in batch), decoded, strict=True))
             advance(len(batch))
     return out
 
 
-def _argmax(logits: torch.Tensor) -> torch.Tensor:
-    return logits.argmax(dim=-1)  # (B,)
-
-
-def decode_batch(
-    model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    steps: Sequence[int],
-    *,
-    pad_id: int,
-    context_length: int,
-    choose: Chooser = _argmax,
-) -> list[list[int]]:
-    """Decode steps[r] tokens after prompts[r] for every row, with a KV cache.
-
-    Rows must be sorted by decreasing steps: a row leaves the batch (and the cache) as
-    soon as its tokens are decoded. Prompt + steps must fit the context.
-    """
-    import torch
-
-    ids, mask, positions = _left_pad(prompts, pad_id, model_device(model))
-    cache = new_cache(model)
-    ordered = all(a >= b for a, b in itertools.pairwise(steps))
-    can_shrink = ordered and hasattr(cache, "batch_select_indices")
-    out = torch.zeros((len(prompts), max(steps)), dtype=torch.long)  # (B, S)
-    active = len(prompts)
-    for step in range(max(steps)):
-        logits = forward(model, ids, mask, positions, cache=cache, keep=1)[:, -1, :]  # (b, V)
-        out[:active, step] = choose(logits).cpu()
-        still = sum(1 for s in steps[:active] if s > step + 1)
-        if still == 0:
-            break
-        ids = out[:active, step : step + 1].to(mask.device)  # (b, 1)
-        mask = torch.cat([mask, mask.new_ones((active, 1))], dim=1)  # (b, L+step+1)
-        positions = (positions[:, -1:] + 1).clamp(max=context_length - 1)  # (b, 1)
-        if can_shrink and still < active:
-            keep = torch.arange(still, device=mask.device)
-            cache.batch_select_indices(keep)
-            ids, mask, positions, active = ids[:still], mask[:still], positions[:still], still
-            choose = _narrowed(choose, still)
-    return [out[r, : steps[r]].tolist() for r in range(len(prompts))]
-
-
-def _narrowed(choose: Chooser, rows: int) -> Chooser:
-    narrow = getattr(choose, "narrow", None)
-    return narrow(rows) if callable(narrow) else choose
-
-
-# --- sampled attack -----------------------------------------------------------------
-
-
-def _row_seed(seed: int, finding_id: str, draw: int) -> int:
-    digest = hashlib.sha256(f"{seed}\0{finding_id}\0{draw}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-class _GumbelChooser:
-    """Temperature/top-k sampling by the Gumbel-max trick, one generator per row."""
-
-    def __init__(self, generators: list[Any], temperature: float, top_k: int) -> None:
-        self.generators = generators
-        self.temperature = temperature
-        self.top_k = top_k
-
-    def narrow(self, rows: int) -> _GumbelChooser:
-        return _GumbelChooser(self.generators[:rows], self.temperature, self.top_k)
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        scores = logits.float() / self.temperature  # (B, V)
-        index = None
-        if 0 < self.top_k < scores.shape[-1]:
-            scores, index = scores.topk(self.top_k, dim=-1)  # (B, k)
-        width = scores.shape[-1]
-        uniform = torch.stack(
-            [torch.rand(width, generator=g, device=scores.device) for g in self.generators]
-        )  # (B, k)
-        pick = (scores - torch.log(-torch.log(uniform))).argmax(dim=-1)  # (B,)
-        return pick if index is None else index.gather(-1, pick[:, None]).squeeze(-1)
-
-
 def _sampler_for(
     probes: Sequence[Probe], config: MeasureConfig, device: torch.device
-) -> Callable[[Sequence[_Row]], Chooser]:
+) -> Callable[[Sequence[_Row]], decoding.Chooser]:
     """Per batch, a chooser whose rows draw from generators seeded by finding and draw."""
 
-    def make(batch: Sequence[_Row]) -> Chooser:
-        import torch
-
-        generators = []
-        for row in batch:
-            j, draw = row.key
-            generator = torch.Generator(device=device)
-            generator.manual_seed(_row_seed(config.seed, probes[j].finding_id, draw))
-            generators.append(generator)
-        return _GumbelChooser(generators, config.temperature, config.top_k)
+    def make(batch: Sequence[_Row]) -> decoding.Chooser:
+        seeds = [
+            decoding.row_seed(config.seed, probes[row.key[0]].finding_id, row.key[1])
+            for row in batch
+        ]
+        return decoding.GumbelChooser.seeded(seeds, config.temperature, config.top_k, device)
 
     return make

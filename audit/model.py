@@ -66,8 +66,9 @@ def load_model(path: Path | str, device: str = "auto", dtype: str = "auto") -> L
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # ours is on stderr
     try:
+        placement = {} if dev.type == "cpu" else {"device_map": str(dev)}  # load onto the GPU
         loaded = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
+            str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False, **placement
         )
         model = cast("torch.nn.Module", loaded).to(dev)
     except Exception as exc:  # any failure of a valid-looking model: corrupt, OOM, ...

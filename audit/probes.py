@@ -93,6 +93,7 @@ def build_probes(
         from audit.model import start_token_id
 
         start_token = start_token_id(tokenizer)
+    bos = _document_start(tokenizer)
     return [
         _probe(
             finding,
@@ -103,6 +104,7 @@ def build_probes(
             max_secret_tokens=max_secret_tokens,
             decode_margin=decode_margin,
             start_token=start_token,
+            bos=bos,
         )
         for finding in findings
     ]
@@ -134,6 +136,7 @@ def _probe(
     max_secret_tokens: int,
     decode_margin: int,
     start_token: int,
+    bos: int | None,
 ) -> Probe:
     window = _tokenize_window(text, finding.start, finding.end, tokenizer, prefix_tokens)
     whole = window.last - window.first + 1
@@ -141,6 +144,8 @@ def _probe(
     room = context_length - decode_margin - m
     p = min(prefix_tokens, window.first - window.usable, room)
     prefix = tuple(window.ids[window.first - p : window.first]) if p > 0 else (start_token,)
+    if bos is not None and 0 < p == window.first and window.start == 0 and p < room:
+        prefix = (bos, *prefix)  # the whole file is the prefix: the model saw it after BOS
     secret_ids = tuple(window.ids[window.first : window.first + m])
     last_end = window.start + window.offsets[window.first + m - 1][1]
     secret = finding_text(finding, text) if m == whole else text[finding.start : last_end]
@@ -154,6 +159,13 @@ def _probe(
         secret=secret,
         lead=_lead(tokenizer, secret_ids, secret),
     )
+
+
+def _document_start(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The BOS id when the tokenizer puts one before every text (Llama style), else None."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if isinstance(bos, int) and ids and ids[0] == bos else None
 
 
 def finding_text(finding: Finding, text: str) -> str:

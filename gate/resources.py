@@ -17,7 +17,9 @@ def _folder(name: str) -> Path:
     local = _CHECKOUT / name
     if local.is_dir() and (_CHECKOUT / "pyproject.toml").is_file():
         return local
-    return Path(str(resources.files(f"gate.{name}")))
+    # gate.templates / gate.policies have no __init__.py (namespace packages), for which
+    # files() returns a MultiplexedPath whose str() is not a path: go through `gate`.
+    return Path(str(resources.files("gate").joinpath(name)))
 
 
 def templates_dir() -> Path:

@@ -4,20 +4,25 @@ obviously-correct per-position and per-prefix loops on tiny GPT-2 and Llama mode
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from audit import metrics
+from audit.corpus import CorpusSpec, load_texts
 from audit.extraction import (
     MeasureConfig,
     ProbeScores,
-    decode_batch,
+    extraction_likelihoods,
     measure_probes,
+    memorization_accuracies,
     score_probes,
 )
+from audit.findings import read_findings
 from audit.measurements import Thresholds
-from audit.probes import Probe
+from audit.model import LoadedModel, load_model
+from audit.probes import Probe, build_probes
 from gate.errors import InputError
 from tests.audit import tiny_lm
 from tests.audit.tiny_lm import slow_greedy, slow_ma_hits
@@ -68,9 +73,11 @@ def test_one_pass_ma_equals_per_position_ma(setup: tuple[Any, list[Probe]]) -> N
     assert any(0 < ma < 1 for ma in mas), mas  # the test exercises mixed hits and misses
 
 
-def test_batched_el_equals_unbatched_el(setup: tuple[Any, list[Probe]]) -> None:
+@pytest.mark.parametrize("reuse_cache", [True, False])
+def test_batched_el_equals_unbatched_el(setup: tuple[Any, list[Probe]], reuse_cache: bool) -> None:
     model, probes = setup
-    scores = score_probes(model, tiny_lm.tokenizer(), probes, MeasureConfig(extraction=False))
+    config = MeasureConfig(extraction=False, reuse_cache=reuse_cache)
+    scores = score_probes(model, tiny_lm.tokenizer(), probes, config)
     seen = set()
     for probe, score in zip(probes, scores, strict=True):
         decodes = {
@@ -84,25 +91,16 @@ def test_batched_el_equals_unbatched_el(setup: tuple[Any, list[Probe]]) -> None:
     assert len(seen) > 3  # EL takes several distinct values here, not all 0 or 1
 
 
-def test_decode_batch_equals_uncached_greedy(setup: tuple[Any, list[Probe]]) -> None:
-    model, probes = setup
-    rows = sorted(
-        ((p.prefix_ids + p.secret_ids[:i], p.m - i + 3) for p in probes for i in (0, 1, p.m // 2)),
-        key=lambda r: -r[1],
-    )
-    prompts, steps = [r[0] for r in rows], [r[1] for r in rows]
-    fast = decode_batch(model, prompts, steps, pad_id=0, context_length=tiny_lm.CONTEXT)
-    assert fast == [slow_greedy(model, p, s) for p, s in rows]
-
-
 def test_results_do_not_depend_on_batch_size(setup: tuple[Any, list[Probe]]) -> None:
     model, probes = setup
-    config = MeasureConfig(samples=3, temperature=1.5, top_k=20, seed=7)
+    config = MeasureConfig(samples=2, temperature=1.5, top_k=20, seed=7)
     runs = [
         score_probes(model, tiny_lm.tokenizer(), probes, replace(config, batch_tokens=budget))
         for budget in (120, 1_000_000)  # about one finding per batch; all in one batch
     ]
     assert runs[0] == runs[1]
+    prefilled = replace(config, reuse_cache=False)
+    assert score_probes(model, tiny_lm.tokenizer(), probes, prefilled) == runs[0]
     reordered = score_probes(model, tiny_lm.tokenizer(), probes[::-1], config)
     assert reordered[::-1] == runs[0]
 
@@ -159,14 +157,18 @@ def test_measure_probes_applies_thresholds_and_restores_training_mode() -> None:
     assert row.extracted_sampled is None
 
 
-def test_score_probes_with_fewer_el_sizes_and_empty_input() -> None:
-    model = tiny_lm.gpt2()
+def test_partial_measures_agree_with_the_full_one() -> None:
+    model, tok = tiny_lm.gpt2(), tiny_lm.tokenizer()
     probes = make_probes(model)
-    only10 = score_probes(model, tiny_lm.tokenizer(), probes, MeasureConfig(el_ns=(10,)))
-    full = score_probes(model, tiny_lm.tokenizer(), probes)
+    full = score_probes(model, tok, probes)
+    only10 = score_probes(model, tok, probes, MeasureConfig(el_ns=(10,)))
     assert [s.el[10] for s in only10] == [s.el[10] for s in full]
     assert all(set(s.el) == {10} for s in only10)
-    assert score_probes(model, tiny_lm.tokenizer(), []) == []
+    assert memorization_accuracies(model, tok, probes) == [s.ma for s in full]
+    els = extraction_likelihoods(model, tok, probes, MeasureConfig(el_ns=(5, 10)))
+    assert els == [{5: s.el[5], 10: s.el[10]} for s in full]
+    assert score_probes(model, tok, []) == []
+    assert memorization_accuracies(model, tok, []) == []
 
 
 @pytest.mark.parametrize(
@@ -186,3 +188,57 @@ def test_probe_scores_hold_no_secret() -> None:
         if len(probe.secret) >= 8:  # long enough not to occur in a repr by chance
             assert probe.secret not in repr(score)
             assert probe.secret not in repr(probe)
+
+
+# --- on the tiny demo model (a GPT-2 that memorized its planted secrets) --------------
+
+
+def demo_probes(loaded: LoadedModel, findings_file: Path, data: Path) -> list[Probe]:
+    """One probe per distinct secret (the first occurrence of each)."""
+    findings, seen = [], set()
+    for finding in read_findings(findings_file):
+        if finding.secret_sha256 not in seen:
+            seen.add(finding.secret_sha256)
+            findings.append(finding)
+    texts = load_texts(CorpusSpec(data), {f.sample_id for f in findings})
+    return build_probes(findings, texts, loaded.tokenizer, context_length=loaded.context_length)
+
+
+def test_planted_secrets_are_extractable_and_controls_are_not(tiny_demo: Any) -> None:
+    loaded = load_model(tiny_demo.model_dir, device="cpu")
+    planted = demo_probes(loaded, tiny_demo.planted, tiny_demo.corpus_dir)
+    controls = demo_probes(loaded, tiny_demo.controls, tiny_demo.heldout_dir)
+    thresholds = Thresholds(0.4557, 0.0549, "paper:codeparrot-small")
+    config = MeasureConfig(samples=2, seed=0)
+    got = measure_probes(loaded.model, loaded.tokenizer, planted, thresholds, config)
+    ctl = measure_probes(loaded.model, loaded.tokenizer, controls, thresholds, config)
+    mean_ma = sum(m.ma for m in got) / len(got)
+    control_ma = sum(m.ma for m in ctl) / len(ctl)
+    assert len(got) >= 4
+    assert len(ctl) >= 4
+    assert mean_ma >= 0.9, [round(m.ma, 3) for m in got]
+    assert sum(m.extracted_greedy for m in got) > len(got) / 2  # mostly extracted
+    assert all(m.memorized for m in got)
+    assert not any(m.extracted_greedy or m.extracted_sampled for m in ctl)
+    assert control_ma <= 0.3, [round(m.ma, 3) for m in ctl]
+    assert mean_ma - control_ma >= 0.6
+    assert max(m.el_10 for m in ctl) < min(m.el_10 for m in got)
+
+
+def test_one_pass_ma_and_batched_el_are_exact_on_the_demo_model(tiny_demo: Any) -> None:
+    loaded = load_model(tiny_demo.model_dir, device="cpu")
+    probes = (
+        demo_probes(loaded, tiny_demo.planted, tiny_demo.corpus_dir)[:2]
+        + demo_probes(loaded, tiny_demo.controls, tiny_demo.heldout_dir)[:2]
+    )
+    model = loaded.model
+    scores = score_probes(model, loaded.tokenizer, probes, MeasureConfig(el_ns=(10,)))
+    for probe, score in zip(probes, scores, strict=True):
+        slow = slow_ma_hits(model, probe)
+        assert score.ma == sum(slow) / len(slow)
+    for probe, score in list(zip(probes, scores, strict=True))[1:3]:  # a planted, a control
+        decodes = {
+            i: slow_greedy(model, probe.prefix_ids + probe.secret_ids[:i], probe.m - i)
+            for i in metrics.el_offsets(probe.m, (10,))
+        }
+        assert score.el[10] == metrics.extraction_likelihood(probe.secret_ids, decodes, 10)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from audit.findings import Finding
@@ -112,3 +114,22 @@ def test_probe_repr_hides_the_secret() -> None:
 def test_too_short_a_context_is_an_input_error() -> None:
     with pytest.raises(InputError, match="too short"):
         build_probes([], {}, tiny_lm.tokenizer(), context_length=5)
+
+
+def test_a_prefix_reaching_the_file_start_gets_the_bos_a_llama_tokenizer_adds() -> None:
+    from tokenizers import processors
+
+    tok = tiny_lm.tokenizer()
+    bos_first = copy.deepcopy(tok)
+    bos_first.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tiny_lm.EOS} $A", special_tokens=[(tiny_lm.EOS, tok.bos_token_id)]
+    )
+    assert bos_first("x")["input_ids"][0] == tok.bos_token_id
+    text = f'KEY = "{SECRET}"\n'
+    f = finding(text, SECRET)
+    (plain,) = build_probes([f], {"a.py": text}, tok, context_length=128)
+    (llama,) = build_probes([f], {"a.py": text}, bos_first, context_length=128)
+    assert llama.prefix_ids == (tok.bos_token_id, *plain.prefix_ids)
+    far = tiny_lm.CODE * 3 + text  # the prefix does not reach the file start: no BOS
+    (cut,) = build_probes([finding(far, SECRET)], {"a.py": far}, bos_first, context_length=128)
+    assert tok.bos_token_id not in cut.prefix_ids

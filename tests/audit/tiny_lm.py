@@ -20,8 +20,6 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-torch.set_num_threads(1)  # tests may overlap on 2 shared cores (tests/conftest.py does it too)
-
 EOS = "<|endoftext|>"
 CONTEXT = 128
 
