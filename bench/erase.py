@@ -30,9 +30,17 @@ sys.path.insert(0, str(ROOT))
 from gate.unlearn.trainer import Unlearner, is_forgotten, leak_score  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "erase.json"
-# Settings for the demo model (2 layers, 128 wide, 128-token context): the reference's
-# lr 3e-6 is for billion-parameter models and barely moves a model this small.
-DEMO = {"lr": 1e-4, "epochs": 60, "batch_size": 32, "patience": 10}
+# Settings for the demo model (2 layers, 128 wide, 128-token context), chosen by the
+# sweep in BENCHMARKS.md: the paper's lr 3e-6 is for billion-parameter models and
+# barely moves a model this small, and its γ = 0.1, α = 1 hold the model too loosely.
+DEMO: dict[str, Any] = {
+    "lr": 1e-3,
+    "epochs": 100,
+    "batch_size": 32,
+    "patience": 10,
+    "gamma": 3.0,
+    "alpha": 100.0,
+}
 SAMPLES = 20  # sampled-attack draws per finding after unlearning
 
 
@@ -310,7 +318,7 @@ def _memory_model(size: str) -> tuple[Any, list[Any], list[Any], int]:
     config = GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=512, vocab_size=50257)
     model = GPT2LMHeadModel(config)
     model.train(False)
-    forget, retain = _synthetic(config.vocab_size, 8, 128, 64)
+    forget, retain = _synthetic(config.vocab_size, 8, 128, 32)
     return model, forget, retain, 8
 
 
@@ -552,7 +560,9 @@ def _acceptance_table(r: dict[str, Any]) -> str:
 
 
 def part_methods() -> list[dict[str, Any]]:
-    runs = [_child(["--run", m, "ours", "full"]) for m in ("ga", "cu", "codeeraser")]
+    runs = [_child(["--run", m, "ours", "full"]) for m in ("ga", "cu")]
+    runs.append(_child(["--run", "codeeraser", "ours", "full", "--set", 'ascend_on="all"']))
+    runs.append(_child(["--run", "codeeraser", "ours", "full"]))
     runs.append(_child(["--run", "codeeraser", "ours", "extraction"]))
     print(_methods_table(runs))
     return runs
@@ -595,7 +605,7 @@ def _methods_table(runs: list[dict[str, Any]]) -> str:
         b, a = r["before"], r["after"]
         per = r["seconds_per_forgotten"]
         lines.append(
-            f"| {r['method']} | {r['stop']} | {_pct(b['ma'])} → {_pct(a['ma'])} | "
+            f"| {_label(r)} | {r['stop']} | {_pct(b['ma'])} → {_pct(a['ma'])} | "
             f"{_pct(b['el_3'])} → {_pct(a['el_3'])} | {_pct(b['el_5'])} → {_pct(a['el_5'])} | "
             f"{_pct(b['el_10'])} → {_pct(a['el_10'])} | {a['extracted_greedy']}/{a['findings']} | "
             f"{a['extracted_sampled']}/{a['findings']} | {r['forgotten']}/{a['findings']} | "
@@ -606,6 +616,12 @@ def _methods_table(runs: list[dict[str, Any]]) -> str:
             else f"| {r['method']} | {r['stop']} | ... nothing forgotten ({r['stop_reason']}) |"
         )
     return "\n".join(lines)
+
+
+def _label(run: dict[str, Any]) -> str:
+    if run["method"] != "codeeraser":
+        return str(run["method"])
+    return f"codeeraser (S: {run['config']['ascend_on']} secret tokens)"
 
 
 def _schedule_table(runs: list[dict[str, Any]]) -> str:
