@@ -441,7 +441,7 @@ def run_topk() -> dict[str, Any]:
             before=job["measure"](ids),
             measure=job["measure"],
             thresholds=thresholds,
-            config=UnlearnConfig(**DEMO),  # type: ignore[arg-type]
+            config=UnlearnConfig(**DEMO),
             pad_id=job["pad"],
             best_dir=Path(best),
         ).run()
