@@ -568,6 +568,43 @@ def part_methods() -> list[dict[str, Any]]:
     return runs
 
 
+SWEEP: list[dict[str, Any]] = [  # codeeraser settings tried on the demo, DEMO last
+    {"lr": 3e-6, "ascend_on": "predicted"},  # the paper's learning rate
+    {"gamma": 0.1, "alpha": 1.0, "ascend_on": "all"},  # the paper's γ, α and S
+    {"gamma": 0.1, "alpha": 1.0, "ascend_on": "predicted"},
+    {"ascend_on": "all"},
+    {"lr": 3e-4, "ascend_on": "predicted"},
+    {"ascend_on": "predicted"},  # DEMO
+]
+
+
+def part_sweep() -> list[dict[str, Any]]:
+    runs = []
+    for change in SWEEP:
+        sets = [f"{k}={json.dumps(v)}" for k, v in change.items()]
+        args = ["--run", "codeeraser", "ours", "full"]
+        runs.append(_child(args + [x for item in sets for x in ("--set", item)]))
+    print(_sweep_table(runs))
+    return runs
+
+
+def _sweep_table(runs: list[dict[str, Any]]) -> str:
+    lines = [
+        "| lr | γ | α | λ | S | epochs | forgotten | extracted after | MA after | "
+        "held-out ppl change | s |",
+        "|" + "---|" * 11,
+    ]
+    for r in runs:
+        c, a = r["config"], r["after"]
+        change = r["perplexity_after"] / r["perplexity_before"] - 1
+        lines.append(
+            f"| {c['lr']:g} | {c['gamma']:g} | {c['alpha']:g} | {c['lam']:g} | {c['ascend_on']} | "
+            f"{r['epochs']} | {r['forgotten']}/{a['findings']} | {a['extracted_greedy']} | "
+            f"{_pct(a['ma'])} | {change:+.1%} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def part_schedule() -> list[dict[str, Any]]:
     runs = [_child(["--run", "codeeraser", v, "full"]) for v in ("ours", "reference")]
     print(_schedule_table(runs))
@@ -678,7 +715,9 @@ def _topk_table(result: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("acceptance", "methods", "schedule", "memory", "topk"))
+    parser.add_argument(
+        "--part", choices=("acceptance", "sweep", "methods", "schedule", "memory", "topk")
+    )
     parser.add_argument("--run", nargs=3, metavar=("METHOD", "VARIANT", "STOP"))
     parser.add_argument("--memory", nargs=2, metavar=("SIZE", "VARIANT"))
     parser.add_argument("--topk", action="store_true")
@@ -699,6 +738,7 @@ def main() -> int:
         return 0
     parts = {
         "acceptance": part_acceptance,
+        "sweep": part_sweep,
         "methods": part_methods,
         "schedule": part_schedule,
         "memory": part_memory,
