@@ -171,12 +171,14 @@ def run_unlearning(
     before = job["sampled"](ids)
     ppl_before = perplexity(model, tok, heldout)
     reference = variant == "reference"
-    config = UnlearnConfig(
-        method=method,
-        schedule="alternating" if reference else "joint",
-        reference="frozen" if reference else "cached",
-        **{**DEMO, **(overrides or {})},
-    )
+    settings = {
+        "method": method,
+        "schedule": "alternating",
+        "reference": "frozen" if reference else "cached",
+        **DEMO,
+        **(overrides or {}),
+    }
+    config = UnlearnConfig(**settings)
     loop = ReferenceLoop if reference else Unlearner
     with tempfile.TemporaryDirectory() as best:
         start = time.perf_counter()
@@ -215,7 +217,16 @@ def run_unlearning(
         "stop_reason": result.stop_reason,
         "seconds": seconds,
         "seconds_per_forgotten": seconds / forgotten if forgotten else None,
-        "epoch_seconds": [h.seconds for h in result.history],
+        "history": [
+            {
+                "epoch": h.epoch,
+                "remaining": h.remaining,
+                "extracted": h.extracted,
+                "ma": h.ma_mean,
+                "seconds": h.seconds,
+            }
+            for h in result.history
+        ],
         "perplexity_before": ppl_before.perplexity,
         "perplexity_after": ppl_after.perplexity,
         "reference": result.reference_kind,
@@ -606,7 +617,11 @@ def _sweep_table(runs: list[dict[str, Any]]) -> str:
 
 
 def part_schedule() -> list[dict[str, Any]]:
-    runs = [_child(["--run", "codeeraser", v, "full"]) for v in ("ours", "reference")]
+    runs = [
+        _child(["--run", "codeeraser", "ours", "full"]),
+        _child(["--run", "codeeraser", "ours", "full", "--set", 'schedule="joint"']),
+        _child(["--run", "codeeraser", "reference", "full"]),
+    ]
     print(_schedule_table(runs))
     return runs
 
@@ -678,7 +693,7 @@ def _schedule_table(runs: list[dict[str, Any]]) -> str:
             else f"| {r['variant']} | nothing forgotten | {r['seconds']:.1f} |"
         )
     if all(r["seconds_per_forgotten"] for r in runs):
-        ours, ref = runs[0]["seconds_per_forgotten"], runs[1]["seconds_per_forgotten"]
+        ours, ref = runs[0]["seconds_per_forgotten"], runs[-1]["seconds_per_forgotten"]
         lines.append(f"\nreference / ours, seconds per forgotten sample: {ref / ours:.2f}×")
     return "\n".join(lines)
 

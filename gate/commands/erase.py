@@ -179,11 +179,11 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
 )
 @click.option(
     "--schedule",
-    type=click.Choice(["joint", "alternating"]),
-    default="joint",
+    type=click.Choice(["alternating", "joint"]),
+    default="alternating",
     show_default=True,
-    help="joint: one update from the forget and retain losses per step; alternating: "
-    "the reference's two updates.",
+    help="alternating: an update on the forget batch, then one on the retain batch (the "
+    "reference's); joint: one update from both losses.",
 )
 @click.option(
     "--kl-reference",

@@ -4,11 +4,12 @@ One epoch is one pass over the forget windows that still hold a secret to forget
 windows at a time; each forget batch is paired with the next k retain windows. Two
 schedules:
 
-- ``joint`` (default): the forget loss and the retain loss are backpropagated one
-  after the other into the same gradients and the optimizer takes one step: one update
-  per forget batch, and only one batch's activations in memory at a time.
-- ``alternating`` (the reference's): an optimizer step on the forget batch, then
-  another on the retain batch.
+- ``alternating`` (default, the reference's): an optimizer step on the forget batch,
+  then another on the retain batch.
+- ``joint``: the forget loss and the retain loss are backpropagated one after the other
+  into the same gradients and the optimizer takes one step. Cheaper per batch, but
+  measured slower to forget on the demo (BENCHMARKS.md): Adam scales the one update by
+  the summed gradient, in which a strong retain term dilutes the ascent.
 
 After every epoch the findings still to forget are measured again (`measure` is
 `audit.extraction`'s batched MA / EL / greedy extraction, passed in). A finding is
@@ -92,7 +93,7 @@ class UnlearnConfig:
     window_tokens: int = DEFAULT_WINDOW_TOKENS  # forget window length (clamped to context)
     retain_tokens: int = DEFAULT_RETAIN_TOKENS  # retain window length (clamped to context)
     retain_windows: int = DEFAULT_RETAIN_WINDOWS  # retain windows in the retain set
-    schedule: Schedule = "joint"  # one update per forget batch, or the reference's two
+    schedule: Schedule = "alternating"  # the reference's two updates per batch, or one
     reference: RefKind = "cached"  # p0 from cached log-probs, or a frozen model copy
     kl_cache: CacheMode = "auto"  # full | topk | auto (full when it fits kl_cache_mb)
     kl_topk: int = DEFAULT_TOPK  # tokens per position in a top-k cache

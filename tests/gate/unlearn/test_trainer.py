@@ -201,7 +201,9 @@ def test_a_finding_that_comes_back_is_unlearned_again(forget_and_retain: Data) -
 
 def test_joint_step_is_one_adamw_step_on_forget_plus_retain(forget_and_retain: Data) -> None:
     findings, windows, retain = forget_and_retain
-    config = UnlearnConfig(lr=1e-3, batch_size=8, epochs=1, max_grad_norm=0, ascend_on="all")
+    config = UnlearnConfig(
+        lr=1e-3, batch_size=8, epochs=1, max_grad_norm=0, ascend_on="all", schedule="joint"
+    )
     model = micro_model(VOCAB)
     manual = micro_model(VOCAB)
     gone = Scripted(model, [{f.id: (0.0, False) for f in findings}])
