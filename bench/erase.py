@@ -663,9 +663,7 @@ def _methods_table(runs: list[dict[str, Any]]) -> str:
             f"{a['extracted_sampled']}/{a['findings']} | {r['forgotten']}/{a['findings']} | "
             f"{r['perplexity_before']:.2f} → {r['perplexity_after']:.2f} "
             f"({r['perplexity_after'] / r['perplexity_before'] - 1:+.1%}) | {r['epochs']} | "
-            f"{per:.3f} | {r['peak_rss_mb']:.0f} |"
-            if per
-            else f"| {r['method']} | {r['stop']} | ... nothing forgotten ({r['stop_reason']}) |"
+            f"{f'{per:.3f}' if per else '-'} | {r['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -678,21 +676,21 @@ def _label(run: dict[str, Any]) -> str:
 
 def _schedule_table(runs: list[dict[str, Any]]) -> str:
     lines = [
-        "| loop | schedule | p0 for KL | epochs | updates | forgotten | s total | "
-        "s / forgotten sample | peak RSS MB |",
-        "|" + "---|" * 9,
+        "| loop | schedule | p0 for KL | epochs | updates | forgotten | extracted after | "
+        "held-out ppl change | s total | s / forgotten sample | peak RSS MB |",
+        "|" + "---|" * 11,
     ]
     for r in runs:
         per = r["seconds_per_forgotten"]
+        updates = r["steps"] * (2 if r["config"]["schedule"] == "alternating" else 1)
+        change = r["perplexity_after"] / r["perplexity_before"] - 1
         lines.append(
             f"| {r['variant']} | {r['config']['schedule']} | {r['reference']} | {r['epochs']} | "
-            f"{r['steps'] * (2 if r['config']['schedule'] == 'alternating' else 1)} | "
-            f"{r['forgotten']}/{r['after']['findings']} | {r['seconds']:.1f} | "
-            f"{per:.3f} | {r['peak_rss_mb']:.0f} |"
-            if per
-            else f"| {r['variant']} | nothing forgotten | {r['seconds']:.1f} |"
+            f"{updates} | {r['forgotten']}/{r['after']['findings']} | "
+            f"{r['after']['extracted_greedy']} | {change:+.1%} | {r['seconds']:.1f} | "
+            f"{f'{per:.3f}' if per else '-'} | {r['peak_rss_mb']:.0f} |"
         )
-    if all(r["seconds_per_forgotten"] for r in runs):
+    if runs[0]["seconds_per_forgotten"] and runs[-1]["seconds_per_forgotten"]:
         ours, ref = runs[0]["seconds_per_forgotten"], runs[-1]["seconds_per_forgotten"]
         lines.append(f"\nreference / ours, seconds per forgotten sample: {ref / ours:.2f}×")
     return "\n".join(lines)
