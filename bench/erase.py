@@ -348,7 +348,6 @@ def run_memory(size: str, variant: str) -> dict[str, Any]:
         lr=1e-5,
         batch_size=k,
         reference="frozen" if variant == "frozen" else "cached",
-        schedule="alternating" if variant == "frozen" else "joint",
         kl_cache="full" if variant == "ours-full" else "auto",
     )
     loop = Unlearner(
