@@ -79,7 +79,7 @@ class Sample:
 
     id: str
     origin: str
-    text: str
+    text: str = field(repr=False)  # holds the secrets: never in a repr, log or traceback
     language: str | None
 
 

@@ -28,7 +28,8 @@ _PUBLIC_PREFIXES = re.compile(
 
 def sha256_hex(value: str) -> str:
     """SHA-256 of the UTF-8 encoding of a secret value."""
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+    # surrogatepass: a JSON record may hold a lone surrogate (\ud800), which strict UTF-8 rejects
+    return hashlib.sha256(value.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 def make_preview(value: str) -> str:
@@ -40,7 +41,7 @@ def make_preview(value: str) -> str:
 
 def make_finding_id(sample_id: str, start: int, end: int, secret_type: str) -> str:
     """A stable id for one occurrence: same sample, span and type give the same id."""
-    key = f"{sample_id}\0{start}\0{end}\0{secret_type}".encode()
+    key = f"{sample_id}\0{start}\0{end}\0{secret_type}".encode(errors="surrogatepass")
     return hashlib.sha256(key).hexdigest()[:16]
 
 
