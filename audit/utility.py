@@ -185,7 +185,7 @@ def _complete(
     """Greedy completions, prompts cut from the left to leave room in the context."""
     import torch
 
-    from audit.extraction import decode_batch
+    from audit.decoding import decode_batch
 
     context = context_length_of(model, tokenizer)
     steps = max(1, min(max_new_tokens, context // 2))
