@@ -139,6 +139,34 @@ def test_top_1_sampling_is_greedy_and_sampling_is_seeded(setup: tuple[Any, list[
     assert not any(s.extracted_sampled for p, s in zip(own, first, strict=True) if p.m >= 9)
 
 
+def test_copies_are_scored_once_and_share_their_scores(
+    setup: tuple[Any, list[Probe]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit import extraction
+
+    model, probes = setup
+    tok = tiny_lm.tokenizer()
+    config = MeasureConfig(samples=2, temperature=2.0, seed=3)
+    alone = score_probes(model, tok, probes, config)
+    copies = [replace(p, finding_id=f"{p.finding_id}-copy") for p in probes]
+    scored: list[int] = []
+    real = extraction._score_distinct
+
+    def counting(*args: Any) -> Any:
+        scored.append(len(args[2]))
+        return real(*args)
+
+    monkeypatch.setattr(extraction, "_score_distinct", counting)
+    both = score_probes(model, tok, [*copies, *probes], config)
+    assert scored == [len(probes)]
+    assert [s.finding_id for s in both] == [p.finding_id for p in [*copies, *probes]]
+    # The group is seeded by its smallest finding id (the original), whatever the order.
+    assert both[len(probes) :] == alone
+    assert [replace(s, finding_id="") for s in both[: len(probes)]] == [
+        replace(s, finding_id="") for s in alone
+    ]
+
+
 def test_measure_probes_applies_thresholds_and_restores_training_mode() -> None:
     model = tiny_lm.gpt2()
     probes = make_probes(model)
