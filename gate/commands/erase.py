@@ -107,6 +107,14 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
     help="γ: weight of the descent on the code around a secret (codeeraser).",
 )
 @click.option(
+    "--ascend-on",
+    type=click.Choice(["predicted", "all"]),
+    default="predicted",
+    show_default=True,
+    help="Secret tokens ascended on (codeeraser): the ones the model still predicts "
+    "greedily, or all of them (the paper; costs more utility).",
+)
+@click.option(
     "--patience",
     type=click.IntRange(min=0),
     default=5,
@@ -171,11 +179,11 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
 )
 @click.option(
     "--schedule",
-    type=click.Choice(["joint", "alternating"]),
-    default="joint",
+    type=click.Choice(["alternating", "joint"]),
+    default="alternating",
     show_default=True,
-    help="joint: one update from the forget and retain losses per step; alternating: "
-    "the reference's two updates.",
+    help="alternating: an update on the forget batch, then one on the retain batch (the "
+    "reference's); joint: one update from both losses.",
 )
 @click.option(
     "--kl-reference",
@@ -305,7 +313,7 @@ def _options(settings: dict[str, Any], **extra: Any) -> Any:
     config_keys = {
         "method", "lr", "epochs", "batch_size", "alpha", "lam", "gamma", "patience",
         "window_tokens", "retain_tokens", "retain_windows", "schedule", "kl_cache",
-        "kl_topk", "kl_cache_mb", "max_grad_norm", "seed",
+        "kl_topk", "kl_cache_mb", "max_grad_norm", "seed", "ascend_on",
     }  # fmt: skip
     config = UnlearnConfig(
         **{k: v for k, v in settings.items() if k in config_keys},

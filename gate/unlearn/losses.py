@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -47,15 +46,21 @@ def masked_ce(logprobs: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class FullReference:
-    """p0's log-probabilities over the whole vocabulary at N positions: (N, V)."""
+    """p0 over the whole vocabulary at N positions: probabilities (N, V), and
+    ``neg_entropy`` (N,) = Σ_v p0 log p0, so that KL(p0‖pθ) = neg_entropy − Σ_v p0 log pθ
+    needs no (N, V) temporary beyond the one its gradient needs."""
 
-    logprobs: Tensor
+    probs: Tensor
+    neg_entropy: Tensor
 
     def select(self, rows: Tensor) -> FullReference:
-        return FullReference(self.logprobs[rows])
+        return FullReference(self.probs[rows], self.neg_entropy[rows])
 
     def to(self, device: torch.device) -> FullReference:
-        return FullReference(self.logprobs.to(device, non_blocking=True))
+        return FullReference(
+            self.probs.to(device, non_blocking=True),
+            self.neg_entropy.to(device, non_blocking=True),
+        )
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,10 @@ Reference = FullReference | TopKReference
 
 
 def full_reference(logprobs: Tensor) -> FullReference:
-    """Keep p0's full log-probabilities (N, V)."""
-    return FullReference(logprobs.detach())
+    """Keep p0 over the full vocabulary, from its log-probabilities (N, V)."""
+    logprobs = logprobs.detach()
+    probs = logprobs.exp()
+    return FullReference(probs, (probs * logprobs).sum(-1))
 
 
 def topk_reference(logprobs: Tensor, k: int) -> TopKReference:
@@ -101,21 +108,40 @@ def topk_reference(logprobs: Tensor, k: int) -> TopKReference:
 
 
 def _tail_logprob(logprobs: Tensor, indices: Tensor) -> Tensor:
-    """log of the probability mass outside `indices`: (N, V), (N, K) -> (N,)."""
+    """log of the probability mass outside `indices`, exactly: (N, V), (N, K) -> (N,).
+
+    Builds an (N, V) copy: used once per position for p0, never in a training step."""
     outside = logprobs.scatter(-1, indices, float("-inf"))  # (N, V)
     return torch.logsumexp(outside, dim=-1)
+
+
+def _tail_from_top(top: Tensor) -> Tensor:
+    """log(1 − Σ exp(top)) from the top-k log-probs alone (N, K) -> (N,): no (N, V) copy.
+
+    Clamped at 1e-30 when the top-k hold all the mass in float precision."""
+    covered = torch.logsumexp(top, dim=-1).clamp(max=0.0)
+    return torch.log((-torch.expm1(covered)).clamp(min=1e-30))
 
 
 def kl_per_position(reference: Reference, logprobs: Tensor) -> Tensor:
     """KL(p0‖pθ) at each of N positions: pθ's log-probs (N, V) -> (N,)."""
     if isinstance(reference, FullReference):
-        return F.kl_div(logprobs, reference.logprobs, log_target=True, reduction="none").sum(-1)
+        cross = torch.einsum("nv,nv->n", reference.probs, logprobs)  # Σ_v p0 log pθ
+        return reference.neg_entropy - cross
     top = logprobs.gather(-1, reference.indices)  # (N, K)
-    tail = _tail_logprob(logprobs, reference.indices)  # (N,)
+    tail = _tail_from_top(top)  # (N,)
     ref_top, ref_tail = reference.logprobs, reference.tail
     kl_top = (ref_top.exp() * (ref_top - top)).sum(-1)
     kl_tail = ref_tail.exp() * (ref_tail - tail)
     return kl_top + kl_tail
+
+
+def rows(logprobs: Tensor, mask: Tensor) -> Tensor:
+    """The (N, V) rows of `logprobs` (B, L, V) where `mask` (B, L) is True, in row-major
+    order; a view (no copy) when every position is in the mask."""
+    if bool(mask.all()):
+        return logprobs.flatten(0, 1)
+    return logprobs[mask]
 
 
 def kl_mean(reference: Reference, logprobs: Tensor) -> Tensor:

@@ -3,8 +3,8 @@
 Every method sees the same inputs (a `ForgetView` of a forget batch, a `RetainView`
 of a retain batch) and returns a `Loss` to *minimize*. Minimizing −CE is gradient
 ascent on CE: the model becomes worse at predicting those tokens. The maths
-(design §5; S = secret positions still to forget, C = the other real positions, A = all
-real positions; every mean is over positions, pads excluded):
+(design §5; S = secret positions still to forget, C = the other real positions that
+hold no secret, A = all real positions; every mean is over positions, pads excluded):
 
 ==============  =====================================================  ==============
 method          loss on a forget batch                                 on a retain batch
@@ -19,6 +19,11 @@ with KL_X = mean over X of KL(p0‖pθ), p0 the original model. On a forget batc
 divergence bonus, as in the reference implementation); on a retain batch +λ·α·KL keeps
 the model close to p0 on clean code. CodeEraser's +γ·CE on C keeps the code around a
 secret predictable while the secret itself is pushed out.
+
+Which secret positions make up S is the loop's choice (`UnlearnConfig.ascend_on`):
+the secret tokens of the findings still to forget ("all", the paper), or only those of
+them the model still predicts greedily ("predicted", the default): −CE is unbounded,
+and a token already pushed out would otherwise keep taking the ascent's step size.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
 from gate.errors import InputError
-from gate.unlearn.losses import Reference, kl_mean, masked_ce
+from gate.unlearn.losses import Reference, kl_mean, masked_ce, rows
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -140,7 +145,7 @@ class _KLConstrained(UnlearningMethod):
     retain_kl = True
 
     def retain_loss(self, view: RetainView) -> Loss | None:
-        kl = kl_mean(_require(view.reference, self.name), view.logprobs[view.valid])
+        kl = kl_mean(_require(view.reference, self.name), rows(view.logprobs, view.valid))
         return Loss(self.hyper.lam * self.hyper.alpha * kl, _parts(kl_retain=kl))
 
 
@@ -153,7 +158,7 @@ class ConstraintUnlearning(_KLConstrained):
 
     def forget_loss(self, view: ForgetView) -> Loss:
         ce = masked_ce(view.logprobs, view.labels, view.valid)
-        kl = kl_mean(_require(view.reference, self.name), view.logprobs[view.valid])
+        kl = kl_mean(_require(view.reference, self.name), rows(view.logprobs, view.valid))
         return Loss(-ce - self.hyper.lam * kl, _parts(ce_all=ce, kl_all=kl))
 
 

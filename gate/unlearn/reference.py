@@ -204,7 +204,7 @@ def _to_cpu(table: Reference, pin: bool) -> Reference:
     if not pin:
         return table
     if isinstance(table, FullReference):
-        return FullReference(table.logprobs.pin_memory())
+        return FullReference(table.probs.pin_memory(), table.neg_entropy.pin_memory())
     return TopKReference(
         table.indices.pin_memory(), table.logprobs.pin_memory(), table.tail.pin_memory()
     )
@@ -218,8 +218,9 @@ def _concat(tables: Sequence[Reference | None]) -> Reference:
         raise ValueError("no cached p0 log-probs for this batch")
     first = present[0]
     if isinstance(first, FullReference):
+        fulls = [t for t in present if isinstance(t, FullReference)]
         return FullReference(
-            torch.cat([t.logprobs for t in present if isinstance(t, FullReference)])
+            torch.cat([t.probs for t in fulls]), torch.cat([t.neg_entropy for t in fulls])
         )
     tops = [t for t in present if isinstance(t, TopKReference)]
     return TopKReference(
@@ -233,7 +234,8 @@ def _nbytes(tables: Sequence[Reference]) -> int:
     total = 0
     for table in tables:
         if isinstance(table, FullReference):
-            total += table.logprobs.numel() * table.logprobs.element_size()
+            for tensor in (table.probs, table.neg_entropy):
+                total += tensor.numel() * tensor.element_size()
         else:
             for tensor in (table.indices, table.logprobs, table.tail):
                 total += tensor.numel() * tensor.element_size()

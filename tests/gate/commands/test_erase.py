@@ -209,3 +209,10 @@ def test_measurements_of_unknown_findings_are_input_errors(tiny_demo: Any, work:
     )  # fmt: skip
     assert result.exit_code == 2
     assert "no such finding" in result.output
+
+
+def test_the_method_choices_are_the_registered_methods() -> None:
+    from gate.commands import erase as command
+    from gate.unlearn.methods import METHODS
+
+    assert set(command._METHODS) == set(METHODS)

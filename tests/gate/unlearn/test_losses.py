@@ -12,6 +12,7 @@ from gate.unlearn.losses import (
     kl_per_position,
     masked_ce,
     masked_mean,
+    rows,
     token_nll,
     topk_reference,
 )
@@ -149,3 +150,20 @@ def test_topk_kl_is_a_lower_bound_and_zero_at_p0(k: int, seed: int, temp: float)
     assert bool((approx <= exact + 1e-5).all())
     assert bool((approx >= -1e-5).all())
     assert kl_per_position(ref, p0).abs().max().item() < 1e-5
+
+
+def test_rows_is_a_view_when_every_position_counts() -> None:
+    logprobs = torch.randn(2, 3, 5)
+    everything = torch.ones(2, 3, dtype=torch.bool)
+    assert rows(logprobs, everything).data_ptr() == logprobs.data_ptr()
+    some = everything.clone()
+    some[1, 2] = False
+    assert torch.equal(rows(logprobs, some), logprobs[some])
+    assert torch.equal(rows(logprobs, everything), logprobs.reshape(6, 5))
+
+
+def test_kl_matches_the_library_kl_div() -> None:
+    p0 = F.log_softmax(torch.randn(7, VOCAB), -1)
+    ptheta = F.log_softmax(torch.randn(7, VOCAB), -1)
+    library = F.kl_div(ptheta, p0, log_target=True, reduction="none").sum(-1)
+    assert torch.allclose(kl_per_position(full_reference(p0), ptheta), library, atol=1e-5)

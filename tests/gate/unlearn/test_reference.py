@@ -38,8 +38,9 @@ def test_cached_log_probs_equal_a_frozen_copy_at_the_same_positions(
     ours, theirs = cache.forget(picks, batch, where), frozen.forget(picks, batch, where)
     assert isinstance(ours, FullReference)
     assert isinstance(theirs, FullReference)
-    assert ours.logprobs.shape == (int(where.sum()), VOCAB)
-    assert torch.allclose(ours.logprobs, theirs.logprobs, atol=1e-6)
+    assert ours.probs.shape == (int(where.sum()), VOCAB)
+    assert torch.allclose(ours.probs, theirs.probs, atol=1e-6)
+    assert torch.allclose(ours.neg_entropy, theirs.neg_entropy, atol=1e-5)
     rpicks = [5, 1, 7]
     rbatch = collate([retain[i] for i in rpicks], pad_id=0)
     ours, theirs = (
@@ -48,10 +49,10 @@ def test_cached_log_probs_equal_a_frozen_copy_at_the_same_positions(
     )
     assert isinstance(ours, FullReference)
     assert isinstance(theirs, FullReference)
-    assert torch.allclose(ours.logprobs, theirs.logprobs, atol=1e-6)
+    assert torch.allclose(ours.probs, theirs.probs, atol=1e-6)
     # the cache is what the KL needs: secret rows of 4 windows + every retain row
     rows = sum(sum(w.secret_labels()) for w in windows) + sum(len(r.input_ids) - 1 for r in retain)
-    assert cache.nbytes == rows * VOCAB * 4
+    assert cache.nbytes == rows * (VOCAB + 1) * 4
 
 
 def test_cached_kl_is_zero_before_training_and_grows_after(forget_and_retain: Data) -> None:

@@ -121,7 +121,7 @@ def test_stops_when_every_finding_is_forgotten_measuring_only_those_left(
         before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
         measure=measure,
         thresholds=THRESHOLDS,
-        config=UnlearnConfig(lr=1e-2, batch_size=2, epochs=30, patience=0),
+        config=UnlearnConfig(lr=1e-2, batch_size=2, epochs=30, patience=0, ascend_on="all"),
         pad_id=0,
         report=logs.append,
     ).run()
@@ -201,7 +201,9 @@ def test_a_finding_that_comes_back_is_unlearned_again(forget_and_retain: Data) -
 
 def test_joint_step_is_one_adamw_step_on_forget_plus_retain(forget_and_retain: Data) -> None:
     findings, windows, retain = forget_and_retain
-    config = UnlearnConfig(lr=1e-3, batch_size=8, epochs=1, max_grad_norm=0)
+    config = UnlearnConfig(
+        lr=1e-3, batch_size=8, epochs=1, max_grad_norm=0, ascend_on="all", schedule="joint"
+    )
     model = micro_model(VOCAB)
     manual = micro_model(VOCAB)
     gone = Scripted(model, [{f.id: (0.0, False) for f in findings}])
@@ -339,3 +341,40 @@ def test_a_screen_spares_the_full_measure_of_findings_over_the_ma_threshold(
     assert (logs[0].measured, logs[0].screened, logs[0].el_10_mean) == (0, 4, None)
     assert (logs[1].measured, logs[1].screened) == (1, 3)
     assert logs[0].extracted == 3  # the screen's greedy decode counts as a measurement
+
+
+def test_ascending_on_predicted_tokens_skips_the_ones_already_forgotten(
+    forget_and_retain: Data,
+) -> None:
+    findings, windows, retain = forget_and_retain
+    model = micro_model(VOCAB)
+    batch = collate(windows, 0, None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(25):  # learn the windows a little: some secret tokens become predicted
+        optimizer.zero_grad()
+        loss = masked_ce(aligned_logprobs(model, batch), batch.labels, batch.valid)
+        torch.autograd.backward(loss)
+        optimizer.step()
+    with torch.no_grad():
+        logprobs = aligned_logprobs(model, batch)
+    hits = batch.secret & (logprobs.argmax(-1) == batch.labels)
+    assert 0 < int(hits.sum()) < int(batch.secret.sum())
+    expected = float(masked_ce(logprobs, batch.labels, hits))
+    parts = {}
+    for ascend_on in ("predicted", "all"):
+        loop = Unlearner(
+            model,
+            windows,
+            retain,
+            before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
+            measure=Scripted(model, [{}]),
+            thresholds=THRESHOLDS,
+            config=UnlearnConfig(ascend_on=ascend_on),
+            pad_id=0,
+        )
+        source = loop.reference_source()
+        parts[ascend_on] = loop._backward_forget(list(range(len(windows))), source).parts
+    assert parts["predicted"]["ce_secret"] == pytest.approx(expected, rel=1e-5)
+    assert parts["all"]["ce_secret"] > parts["predicted"]["ce_secret"]
+    with pytest.raises(InputError, match="ascend_on"):
+        UnlearnConfig(ascend_on="some")  # type: ignore[arg-type]
