@@ -148,7 +148,7 @@ def test_an_existing_output_is_refused_unless_forced(tiny_demo: Any, work: Path)
 def _interrupt_in_epoch_1(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     real = trainer.Unlearner._remeasure
 
-    def remeasure(self: trainer.Unlearner, epoch: int) -> list[Measurement]:
+    def remeasure(self: trainer.Unlearner, epoch: int) -> tuple[list[str], list[Measurement]]:
         if epoch == 1:
             if how == "sigterm":
                 os.kill(os.getpid(), signal.SIGTERM)
