@@ -129,7 +129,43 @@ def score_probes(
     *,
     progress: Progress | None = None,
 ) -> list[ProbeScores]:
-    """MA, EL_n (for config.el_ns) and, if enabled, verbatim extraction for each probe."""
+    """MA, EL_n (for config.el_ns) and, if enabled, verbatim extraction for each probe.
+
+    Probes with the same prompt and secret (copies of a file: duplication is what makes
+    a model memorize, so real corpora are full of them) are scored once and the scores
+    shared. The sampled attack of such a group is seeded by its smallest finding id, so
+    results do not depend on the order or the number of copies.
+    """
+    unique, index = distinct_probes(probes)
+    scores = _score_distinct(model, tokenizer, unique, config, progress)
+    return [
+        replace(scores[index[j]], finding_id=probe.finding_id) for j, probe in enumerate(probes)
+    ]
+
+
+def distinct_probes(probes: Sequence[Probe]) -> tuple[list[Probe], list[int]]:
+    """The distinct probes (by prompt and secret), and for each probe its distinct index."""
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for j, probe in enumerate(probes):
+        key = (probe.prefix_ids, probe.secret_ids, probe.secret, probe.lead)
+        groups.setdefault(key, []).append(j)
+    unique: list[Probe] = []
+    index = [0] * len(probes)
+    for members in groups.values():
+        first = min(members, key=lambda j: probes[j].finding_id)
+        for j in members:
+            index[j] = len(unique)
+        unique.append(probes[first])
+    return unique, index
+
+
+def _score_distinct(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: Sequence[Probe],
+    config: MeasureConfig | None,
+    progress: Progress | None,
+) -> list[ProbeScores]:
     import torch
 
     config = config or MeasureConfig()

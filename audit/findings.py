@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,18 @@ def iter_findings(path: Path) -> Iterator[Finding]:
 
 def read_findings(path: Path) -> list[Finding]:
     return list(iter_findings(path))
+
+
+def sample_findings(findings: Sequence[Finding], limit: int | None, seed: int) -> list[Finding]:
+    """All findings, or `limit` of them chosen by a seeded hash of their ids (stable order)."""
+    if limit is None or limit >= len(findings):
+        return list(findings)
+
+    def rank(finding: Finding) -> str:
+        return hashlib.sha256(f"{seed}\0{finding.id}".encode()).hexdigest()
+
+    keep = {f.id for f in sorted(findings, key=rank)[:limit]}
+    return [f for f in findings if f.id in keep]
 
 
 def baseline_key(finding: Finding) -> tuple[str, str]:

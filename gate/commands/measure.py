@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,7 +10,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from audit.corpus import FORMATS, CorpusSpec
-from gate.errors import InputError
 
 if TYPE_CHECKING:
     from audit.findings import Finding
@@ -220,7 +218,8 @@ def _run_measure(
 ) -> None:
     from audit import ui
     from audit.calibrate import resolve_thresholds
-    from audit.findings import read_findings
+    from audit.corpus import texts_for_findings
+    from audit.findings import read_findings, sample_findings
     from audit.measurements import write_measurements
     from audit.model import check_model_dir
 
@@ -233,7 +232,7 @@ def _run_measure(
         click.echo(str(out))
         return
     chosen = sample_findings(findings, max_findings, seed)
-    texts = _texts(corpus_spec(data, fmt, text_field, id_field), chosen)
+    texts = texts_for_findings(corpus_spec(data, fmt, text_field, id_field), chosen)
     from audit.extraction import MeasureConfig
     from audit.model import load_model
 
@@ -256,31 +255,6 @@ def _run_measure(
     if not ui.is_quiet():
         print_summary(rows, thresholds, seconds, loaded, skipped=len(findings) - len(chosen))
     click.echo(str(out))
-
-
-def sample_findings(findings: Sequence[Finding], limit: int | None, seed: int) -> list[Finding]:
-    """All findings, or `limit` of them chosen by a seeded hash of their ids (stable order)."""
-    if limit is None or limit >= len(findings):
-        return list(findings)
-
-    def rank(finding: Finding) -> str:
-        return hashlib.sha256(f"{seed}\0{finding.id}".encode()).hexdigest()
-
-    keep = {f.id for f in sorted(findings, key=rank)[:limit]}
-    return [f for f in findings if f.id in keep]
-
-
-def _texts(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[str, str]:
-    from audit.corpus import load_texts
-
-    texts = load_texts(spec, {f.sample_id for f in findings})
-    missing = next((f for f in findings if f.sample_id not in texts), None)
-    if missing is not None:
-        raise InputError(
-            f"finding {missing.id}: sample {missing.sample_id!r} is not in {spec.path} "
-            "(is the findings file from another corpus?)"
-        )
-    return texts
 
 
 def _measure(

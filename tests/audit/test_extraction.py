@@ -73,10 +73,10 @@ def test_one_pass_ma_equals_per_position_ma(setup: tuple[Any, list[Probe]]) -> N
     assert any(0 < ma < 1 for ma in mas), mas  # the test exercises mixed hits and misses
 
 
-@pytest.mark.parametrize("reuse_cache", [True, False])
-def test_batched_el_equals_unbatched_el(setup: tuple[Any, list[Probe]], reuse_cache: bool) -> None:
+def test_batched_el_equals_unbatched_el(setup: tuple[Any, list[Probe]]) -> None:
+    # (the prefill path, reuse_cache=False, is checked equal to this one below)
     model, probes = setup
-    config = MeasureConfig(extraction=False, reuse_cache=reuse_cache)
+    config = MeasureConfig(extraction=False)
     scores = score_probes(model, tiny_lm.tokenizer(), probes, config)
     seen = set()
     for probe, score in zip(probes, scores, strict=True):
@@ -137,6 +137,34 @@ def test_top_1_sampling_is_greedy_and_sampling_is_seeded(setup: tuple[Any, list[
     assert first == score_probes(model, tok, own, hot)
     # At a very high temperature over the whole vocabulary, long secrets are not drawn.
     assert not any(s.extracted_sampled for p, s in zip(own, first, strict=True) if p.m >= 9)
+
+
+def test_copies_are_scored_once_and_share_their_scores(
+    setup: tuple[Any, list[Probe]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit import extraction
+
+    model, probes = setup
+    tok = tiny_lm.tokenizer()
+    config = MeasureConfig(samples=2, temperature=2.0, seed=3)
+    alone = score_probes(model, tok, probes, config)
+    copies = [replace(p, finding_id=f"{p.finding_id}-copy") for p in probes]
+    scored: list[int] = []
+    real = extraction._score_distinct
+
+    def counting(*args: Any) -> Any:
+        scored.append(len(args[2]))
+        return real(*args)
+
+    monkeypatch.setattr(extraction, "_score_distinct", counting)
+    both = score_probes(model, tok, [*copies, *probes], config)
+    assert scored == [len(probes)]
+    assert [s.finding_id for s in both] == [p.finding_id for p in [*copies, *probes]]
+    # The group is seeded by its smallest finding id (the original), whatever the order.
+    assert both[len(probes) :] == alone
+    assert [replace(s, finding_id="") for s in both[: len(probes)]] == [
+        replace(s, finding_id="") for s in alone
+    ]
 
 
 def test_measure_probes_applies_thresholds_and_restores_training_mode() -> None:
