@@ -22,6 +22,7 @@ from gate.demo import DemoBuild
 from gate.unlearn.checkpoint import work_dir
 from gate.unlearn.erase import weights_sha256
 from tests.gate.commands.test_erase import _measure
+from tests.gate.test_demo import secret_values
 
 ROOT = Path(__file__).resolve().parents[3]
 SETTINGS = ["--lr", "1e-3", "--epochs", "30"]  # the tiny model forgets in about 5 epochs
@@ -131,6 +132,8 @@ def test_killed_stopped_and_out_of_disk_then_resumed_gives_the_uninterrupted_res
     assert not out.exists()  # never a half-finished result
     killed_at = _epochs_saved(folder)
     assert killed_at >= 1
+    state = (folder / "checkpoint" / "state.json").read_text()
+    assert not any(value in state for value in secret_values(tiny_demo))  # ids and figures
 
     status, stderr = _stop_after([*args, "--resume"], folder, killed_at + 1, signal.SIGTERM)
     last = stderr.strip().splitlines()[-1]
