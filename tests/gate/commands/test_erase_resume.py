@@ -1,5 +1,7 @@
-"""`codeeraser erase` stopped mid-run (SIGTERM, SIGKILL, a full disk) and resumed with
---resume writes the model an uninterrupted run writes, bit for bit."""
+"""`codeeraser erase` stopped mid-run (SIGKILL, a full disk) and resumed with --resume
+writes the model an uninterrupted run writes, bit for bit. (SIGTERM, which stops at a
+safe point and saves first: the gate's resume test in tests/gate/test_pipeline.py
+stops a real gate process in its erase stage.)"""
 
 from __future__ import annotations
 
@@ -83,9 +85,9 @@ def _epochs_saved(folder: Path) -> int:
         return -1
 
 
-def _stop_after(args: list[str], folder: Path, epochs: int, sig: int) -> tuple[int, str]:
+def _stop_after(args: list[str], folder: Path, epochs: int, sig: int) -> int:
     """Start a real erase process; send `sig` once `epochs` epochs are checkpointed;
-    return its exit status and stderr."""
+    return its exit status."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "gate", *args],
@@ -101,8 +103,8 @@ def _stop_after(args: list[str], folder: Path, epochs: int, sig: int) -> tuple[i
         time.sleep(0.02)
     assert process.poll() is None, "the run ended before it could be stopped"
     process.send_signal(sig)
-    _, stderr = process.communicate(timeout=300)
-    return process.returncode, stderr
+    process.communicate(timeout=300)
+    return process.returncode
 
 
 def _full_disk_at_the_next_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,31 +119,23 @@ def _full_disk_at_the_next_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "fsync", fsync)
 
 
-def test_killed_stopped_and_out_of_disk_then_resumed_gives_the_uninterrupted_result(
+def test_killed_then_out_of_disk_then_resumed_gives_the_uninterrupted_result(
     tiny_demo: DemoBuild, work: Path, reference: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One run, stopped three ways in turn, each time resumed from its checkpoint:
-    SIGKILL (no warning: the last epoch's checkpoint is what is left), SIGTERM (stops
-    after the current step and saves), a full disk while saving (the checkpoint before
-    stays intact). The model it ends with is the uninterrupted run's, bit for bit."""
+    """One run, stopped twice, each time resumed from its checkpoint: a real process
+    killed with SIGKILL (no warning: the last epoch's checkpoint is what is left), then a
+    full disk while saving (the checkpoint before stays intact). The model it ends with
+    is the uninterrupted run's, bit for bit."""
     out, folder = work / "stopped", work_dir(work / "stopped")
     args, before = _args(tiny_demo, work, out), weights_sha256(tiny_demo.model_dir)
 
-    status, _ = _stop_after(args, folder, 1, signal.SIGKILL)
+    status = _stop_after(args, folder, 2, signal.SIGKILL)
     assert status == -signal.SIGKILL
     assert not out.exists()  # never a half-finished result
     killed_at = _epochs_saved(folder)
-    assert killed_at >= 1
+    assert killed_at >= 2
     state = (folder / "checkpoint" / "state.json").read_text()
     assert not any(value in state for value in secret_values(tiny_demo))  # ids and figures
-
-    status, stderr = _stop_after([*args, "--resume"], folder, killed_at + 1, signal.SIGTERM)
-    last = stderr.strip().splitlines()[-1]
-    assert status == 3, stderr
-    assert last.startswith("Error: interrupted at "), last  # epoch N, after step s of S
-    assert "rerun the same command with --resume" in last
-    stopped_at = _epochs_saved(folder)
-    assert stopped_at > killed_at
 
     changed = CliRunner().invoke(cli, [*args, "--resume", "--lr", "2e-3"])
     assert changed.exit_code == 2
@@ -153,9 +147,9 @@ def test_killed_stopped_and_out_of_disk_then_resumed_gives_the_uninterrupted_res
     line = full.stderr.strip().splitlines()[-1]
     assert full.exit_code == 2, full.output
     assert line.startswith(f"Error: {folder}/checkpoint.new/model.pt: disk full"), line
-    assert f"the checkpoint of epoch {stopped_at} is intact" in line
+    assert f"the checkpoint of epoch {killed_at} is intact" in line
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint"]  # nothing half-written
-    assert _epochs_saved(folder) == stopped_at
+    assert _epochs_saved(folder) == killed_at
 
     resumed = CliRunner().invoke(cli, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
