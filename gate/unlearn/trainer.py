@@ -25,6 +25,10 @@ The run stops when every finding is forgotten, when the epochs run out, when the
 leak has not improved for `patience` epochs, or when the loss stops being finite. The
 state with the lowest leak (extracted count, then findings not forgotten, then mean
 MA) is kept and restored at the end.
+
+`hooks` (`TrainerHooks`, implemented by `gate.unlearn.checkpoint.Checkpointer`) are
+called after every step and every epoch, the loop's safe points: to save a checkpoint,
+to stop there, and at the start to resume from one.
 """
 
 from __future__ import annotations
