@@ -61,7 +61,7 @@ RUN_STATE = ".codeeraser-run.json"  # the run's input fingerprints, for --resume
 REMEDIATED = "remediated-model"
 # What a gate run writes into its folder (removed before a run that does not resume).
 STAGE_OUTPUTS = (
-    "findings.jsonl", "thresholds.json", "measurements.before.jsonl",
+    "findings.jsonl", "thresholds.json", "measurements.before.jsonl", "heldout-findings.jsonl",
     "measurements.after.jsonl", "measurements.after-prefix-*.jsonl", REMEDIATED,
     f".{REMEDIATED}.partial", "record.json", "report.html", "results.sarif", "summary.md",
     RUN_STATE,
@@ -405,6 +405,7 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
         _say(f"Erase: reused {out_model}.")
         done: dict[str, Any] = json.loads((out_model / "remediation.json").read_text())
         return done
+    heldout = _heldout_spec(policy)
     if out_model.exists():  # an earlier run's model in our own run folder
         shutil.rmtree(out_model)
     options = EraseOptions(
@@ -415,7 +416,8 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
         prefix_tokens=policy.extraction.prefix_tokens,
         batch_tokens=run.batch_tokens,
         retain=CorpusSpec(Path(policy.remediation.retain)) if policy.remediation.retain else None,
-        heldout=_heldout_spec(policy),
+        heldout=heldout,
+        heldout_findings=_scan_heldout(state, heldout),
         resume=state.reuse,
     )
     assert state.thresholds is not None
@@ -517,6 +519,20 @@ def _texts(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[str, str]:
 def _heldout_spec(policy: Policy) -> CorpusSpec | None:
     path = policy.utility.heldout or policy.thresholds.unseen
     return CorpusSpec(Path(path)) if path else None
+
+
+def _scan_heldout(state: _State, heldout: CorpusSpec | None) -> tuple[Path, ...]:
+    """Findings in the held-out code: their samples are left out of the perplexity, which
+    should say how well the model knows code, not how badly it guesses random keys."""
+    from audit.detectors import select_detectors
+    from audit.scan import ScanOptions, scan_corpus
+
+    if heldout is None:
+        return ()
+    options = ScanOptions(detectors=select_detectors(state.run.policy.scan.detectors))
+    path = state.run.out_dir / "heldout-findings.jsonl"
+    write_findings(path, scan_corpus(heldout, options, jobs=state.run.jobs))
+    return (path,)
 
 
 def _utility(remediation: dict[str, Any]) -> UtilityFigures:

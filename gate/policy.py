@@ -160,6 +160,12 @@ class RemediationArgs(_Section):
     window_tokens: int = Field(default=512, ge=8)  # forget window around each secret
     retain_tokens: int = Field(default=128, ge=8)  # length of each retain sample
     seed: int = 0
+    # Secret tokens the ascent works on: those the model still predicts greedily (measured
+    # to cost less utility on the demo), or all of them as in the paper.
+    ascend_on: Literal["predicted", "all"] = "predicted"
+    # One optimizer step on the forget batch then one on the retain batch (the reference),
+    # or one step on their summed loss.
+    schedule: Literal["alternating", "joint"] = "alternating"
 
 
 class VerifyOptions(_Section):
