@@ -226,9 +226,10 @@ def test_commands_that_read_a_model_leave_it_unchanged(runs: dict[str, Run]) -> 
 def test_the_same_inputs_give_byte_identical_outputs(
     tiny_demo: DemoBuild, runs: dict[str, Run], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """measure (with the seeded sampled attack) and calibrate again; scan again with
-    worker processes: the files are byte-identical. (The gate and erase: see the resume
-    tests, whose resumed runs match uninterrupted ones byte for byte.)"""
+    """measure (with the seeded sampled attack), calibrate and the gate again; scan again
+    with worker processes: the files are byte-identical and the verdict the same. (Erase,
+    and the gate with remediation: see the resume tests, whose resumed runs match
+    uninterrupted ones byte for byte.)"""
     from audit import scan
 
     again = Runner(tiny_demo, tmp_path)
@@ -242,6 +243,22 @@ def test_the_same_inputs_give_byte_identical_outputs(
         ],
     )  # fmt: skip
     assert calibrated.files == runs["calibrate"].files
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    gated = again(
+        "gate",
+        lambda out: [
+            "gate", "--model", str(tiny_demo.model_dir), "--data", str(tiny_demo.corpus_dir),
+            "--policy", str(policy), "--out", str(out / "run"),
+        ],
+    )  # fmt: skip
+    first = runs["gate"].files
+    for name in ("run/findings.jsonl", "run/measurements.before.jsonl"):
+        assert gated.files[name] == first[name], name
+    verdicts = [
+        json.loads(files["run/record.json"])["verdict_before"] for files in (gated.files, first)
+    ]
+    assert verdicts[0] == verdicts[1]
     small = functools.partial(scan.ScanOptions, chunk_samples=2, parallel_min_chars=0)
     monkeypatch.setattr(scan, "ScanOptions", small)  # the corpus goes to 2 worker processes
     scanned = again(
