@@ -6,15 +6,19 @@ windows and probes, a retain set of clean code, runs the unlearning loop, and wr
 a complete model folder (safetensors weights, config, tokenizer files) plus
 ``remediation.json``.
 
-Nothing is lost: the input folder is only read; the output is written into a
-temporary sibling folder that is renamed into place only once it is complete, and
-removed if anything (Ctrl-C included) stops the run first.
+Nothing is lost: the input folder is only read; the run works in a hidden sibling of
+the output folder (`gate.unlearn.checkpoint`): it checkpoints there after every epoch,
+writes the model there, and renames it into place only once it is complete. A run
+that stops early leaves its latest checkpoint there (and nothing at the output path),
+so that ``--resume`` continues it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import resource
 import shutil
 import sys
@@ -27,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec, iter_samples, load_texts
 from audit.findings import Finding
+from audit.io import output_error
 from audit.measurements import Measurement, Thresholds
 from gate import __version__
-from gate.errors import InputError
+from gate.errors import InputError, Interrupted
+from gate.unlearn.checkpoint import STOP, Checkpointer, digest, work_dir
 from gate.unlearn.data import (
     ForgetWindow,
     RetainWindow,
@@ -141,6 +147,8 @@ class EraseOptions:
     heldout_findings: tuple[Path, ...] = ()  # its samples named here are left out
     humaneval: int = 0  # HumanEval problems for pass@1 before and after (0: off)
     force: bool = False  # replace an existing output folder
+    resume: bool = False  # continue from the checkpoint of an interrupted run, if any
+    checkpoint_every: int = 1  # checkpoint every this many epochs (0: only when stopped)
 
 
 def check_output(out_dir: Path, model_dir: Path, force: bool) -> None:
@@ -166,8 +174,6 @@ def erase_model(
     report: Callable[[EpochLog], None] | None = None,
 ) -> Remediation:
     """Unlearn the memorized findings and write the remediated model to `out_dir`."""
-    from audit.model import load_model
-
     options = options or EraseOptions()
     started = time.perf_counter()
     check_output(out_dir, model_dir, options.force)
@@ -175,48 +181,126 @@ def erase_model(
     if not forget:
         raise InputError("nothing to erase: no measured finding is memorized or extracted")
     input_hash = weights_sha256(model_dir)
-    saved_dtype = _saved_dtype(model_dir)
+    run = Checkpointer(work_dir(out_dir), every=options.checkpoint_every)
+    run.open(_fingerprint(input_hash, before, options), resume=options.resume)
+    try:
+        model, record = _train(
+            run, model_dir, data, forget, before, thresholds=thresholds, options=options,
+            report=report,
+        )  # fmt: skip
+        record.input_path, record.input_sha256 = str(model_dir), input_hash
+        record.wall_seconds = time.perf_counter() - started
+        _write_output(model, model_dir, run.output_dir, record=record, out_dir=out_dir)
+    except KeyboardInterrupt:
+        run.keep_checkpoint_only()
+        raise Interrupted(run.interrupted_message()) from None
+    except InputError as exc:
+        run.keep_checkpoint_only()
+        if run.saved is None:
+            raise
+        raise InputError(
+            f"{exc.message}; the checkpoint of epoch {run.epoch} is intact: fix this and "
+            "rerun the same command with --resume to continue"
+        ) from None
+    except BaseException:
+        run.keep_checkpoint_only()
+        raise
+    run.remove()
+    return record
+
+
+def _train(
+    run: Checkpointer,
+    model_dir: Path,
+    data: CorpusSpec,
+    forget: Sequence[Finding],
+    before: Sequence[Measurement],
+    *,
+    thresholds: Thresholds,
+    options: EraseOptions,
+    report: Callable[[EpochLog], None] | None,
+) -> tuple[torch.nn.Module, Remediation]:
+    """Load, prepare, measure utility, unlearn (resuming `run`'s checkpoint), measure again."""
+    from audit.model import load_model
+
     # Training needs float32 weights: a bf16 weight does not move by a 3e-6 step.
     dtype = "float32" if options.dtype == "auto" else options.dtype
     loaded = load_model(model_dir, options.device, dtype)
+    model, tokenizer = loaded.model, loaded.tokenizer
     job = _prepare(
-        loaded.model,
-        loaded.tokenizer,
-        context=loaded.context_length,
-        data=data,
-        forget=forget,
-        options=options,
+        model, tokenizer, context=loaded.context_length, data=data, forget=forget, options=options
     )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial_dir(out_dir)
-    try:
-        heldout = _heldout_texts(options)
-        ppl_before = _perplexity(loaded.model, loaded.tokenizer, heldout)
-        he_before = _humaneval(loaded.model, loaded.tokenizer, options.humaneval)
+    run.check({"data": _data_fingerprint(job)})
+    heldout = _heldout_texts(options)
+    if "utility_before" not in run.extra:  # of the original model: kept in the checkpoints
+        run.extra["utility_before"] = {
+            "perplexity": _perplexity(model, tokenizer, heldout),
+            "humaneval": _humaneval(model, tokenizer, options.humaneval),
+        }
+    ppl_before = run.extra["utility_before"]["perplexity"]
+    he_before = run.extra["utility_before"]["humaneval"]
+    with STOP.deferring():
         result = _unlearn(
-            loaded.model,
-            job,
-            before=before,
-            thresholds=thresholds,
-            config=options.config,
-            tmp=tmp,
-            report=report,
-        )
-        utility = _utility(ppl_before, _perplexity(loaded.model, loaded.tokenizer, heldout))
-        if he_before is not None:
-            he_after = _humaneval(loaded.model, loaded.tokenizer, options.humaneval)
-            utility |= {"humaneval_before": he_before, "humaneval_after": he_after}
-        _write_model(loaded.model, model_dir, tmp, saved_dtype)
-        record = _record(result, job, options=options, thresholds=thresholds, utility=utility)
-        record.input_path, record.input_sha256 = str(model_dir), input_hash
+            model, job, before=before, thresholds=thresholds, config=options.config,
+            checkpoints=run, report=report,
+        )  # fmt: skip
+    utility = _utility(ppl_before, _perplexity(model, tokenizer, heldout))
+    if he_before is not None:
+        he_after = _humaneval(model, tokenizer, options.humaneval)
+        utility |= {"humaneval_before": he_before, "humaneval_after": he_after}
+    return model, _record(result, job, options=options, thresholds=thresholds, utility=utility)
+
+
+def _fingerprint(
+    input_hash: str, before: Sequence[Measurement], options: EraseOptions
+) -> dict[str, Any]:
+    """What a checkpoint must share with a run that resumes it (see checkpoint.py)."""
+    settings = {
+        **asdict(options.config),
+        "device": options.device,
+        "dtype": options.dtype,
+        "prefix_tokens": options.prefix_tokens,
+        "batch_tokens": options.batch_tokens,
+        "humaneval": options.humaneval,
+        "retain": str(options.retain.path) if options.retain else None,
+        "heldout": str(options.heldout.path) if options.heldout else None,
+        "heldout_findings": [str(p) for p in options.heldout_findings],
+    }
+    return {
+        "model": input_hash,
+        "findings": digest([m.to_dict() for m in before]),
+        "settings": settings,
+    }
+
+
+def _data_fingerprint(job: _Job) -> str:
+    """A digest of the token ids trained and measured on (no text is kept)."""
+    return digest(
+        {
+            "forget": [
+                (w.sample_id, w.input_ids, [asdict(s) for s in w.secrets]) for w in job.windows
+            ],
+            "retain": [(w.sample_id, w.input_ids) for w in job.retain],
+            "probes": [(p.finding_id, p.prefix_ids, p.secret_ids) for p in job.probes],
+        }
+    )
+
+
+def _write_output(
+    model: torch.nn.Module, model_dir: Path, tmp: Path, *, record: Remediation, out_dir: Path
+) -> None:
+    """Write the model (in the dtype the input was saved in) and remediation.json into
+    `tmp`, then rename it to `out_dir`."""
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        _write_model(model, model_dir, tmp, _saved_dtype(model_dir))
         record.output_path, record.output_sha256 = str(out_dir), weights_sha256(tmp)
-        record.wall_seconds = time.perf_counter() - started
         (tmp / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
         _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return record
+    except OSError as exc:
+        raise output_error(Path(exc.filename) if exc.filename else tmp, exc) from None
 
 
 @dataclass
@@ -367,13 +451,11 @@ def _unlearn(
     before: Sequence[Measurement],
     thresholds: Thresholds,
     config: UnlearnConfig,
-    tmp: Path,
+    checkpoints: Checkpointer,
     report: Callable[[EpochLog], None] | None,
 ) -> UnlearnResult:
-    best = tmp / ".best"
-    best.mkdir()
     config = replace(config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens)
-    result = Unlearner(
+    return Unlearner(
         model,
         job.windows,
         job.retain,
@@ -382,12 +464,11 @@ def _unlearn(
         thresholds=thresholds,
         config=config,
         pad_id=job.pad_id,
-        best_dir=best,
+        best_dir=checkpoints.best_dir,
         report=report,
         screen=job.screen,
+        hooks=checkpoints,
     ).run()
-    shutil.rmtree(best)
-    return result
 
 
 def _heldout_texts(options: EraseOptions) -> list[str] | None:
@@ -453,20 +534,13 @@ def _write_model(model: torch.nn.Module, model_dir: Path, tmp: Path, dtype: str 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no shard-writing bar
     try:
         model.save_pretrained(str(tmp))  # type: ignore[operator]
+    except Exception as exc:  # safetensors reports a full disk as its own error type
+        if isinstance(exc, OSError) or "os error 28" not in str(exc):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
-
-
-def _partial_dir(out_dir: Path) -> Path:
-    """An empty hidden sibling of `out_dir`, with the permissions a new folder gets."""
-    import os
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
