@@ -51,9 +51,12 @@ def demo(preset: str, build_only: bool, rebuild: bool, cache_dir: Path | None, s
     Exit codes: 0 built, 2 bad option, 3 internal error.
     """
     from audit import ui
-    from gate.demo import build_demo
+    from gate.demo import build_demo, build_dir
 
     # --build-only and the default do the same until the gate command lands.
+    target = build_dir(preset, cache_dir, seed)
+    if (rebuild or not target.is_dir()) and not ui.is_quiet():
+        ui.console.print(f"Building the {preset} demo into {target} (cached afterwards)")
     build = build_demo(preset, cache_dir=cache_dir, seed=seed, rebuild=rebuild)
     if not ui.is_quiet():
         ui.console.print(figures_table(build))
