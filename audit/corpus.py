@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from audit.findings import Finding
 from audit.io import iter_lines, parse_jsonl_line
 from gate.errors import InputError
 
@@ -79,7 +80,7 @@ class Sample:
 
     id: str
     origin: str
-    text: str
+    text: str = field(repr=False)  # holds the secrets: never in a repr, log or traceback
     language: str | None
 
 
@@ -159,6 +160,18 @@ def load_texts(spec: CorpusSpec, sample_ids: Iterable[str]) -> dict[str, str]:
             if len(found) == len(wanted):
                 break
     return found
+
+
+def texts_for_findings(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[str, str]:
+    """The texts of the samples the findings are in; a missing sample is an InputError."""
+    texts = load_texts(spec, {f.sample_id for f in findings})
+    missing = next((f for f in findings if f.sample_id not in texts), None)
+    if missing is not None:
+        raise InputError(
+            f"finding {missing.id}: sample {missing.sample_id!r} is not in {spec.path} "
+            "(is the findings file from another corpus?)"
+        )
+    return texts
 
 
 def _excluded(origin: str, patterns: tuple[str, ...]) -> bool:

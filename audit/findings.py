@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ _PUBLIC_PREFIXES = re.compile(
 
 def sha256_hex(value: str) -> str:
     """SHA-256 of the UTF-8 encoding of a secret value."""
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+    # surrogatepass: a JSON record may hold a lone surrogate (\ud800), which strict UTF-8 rejects
+    return hashlib.sha256(value.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 def make_preview(value: str) -> str:
@@ -40,7 +41,7 @@ def make_preview(value: str) -> str:
 
 def make_finding_id(sample_id: str, start: int, end: int, secret_type: str) -> str:
     """A stable id for one occurrence: same sample, span and type give the same id."""
-    key = f"{sample_id}\0{start}\0{end}\0{secret_type}".encode()
+    key = f"{sample_id}\0{start}\0{end}\0{secret_type}".encode(errors="surrogatepass")
     return hashlib.sha256(key).hexdigest()[:16]
 
 
@@ -144,6 +145,18 @@ def iter_findings(path: Path) -> Iterator[Finding]:
 
 def read_findings(path: Path) -> list[Finding]:
     return list(iter_findings(path))
+
+
+def sample_findings(findings: Sequence[Finding], limit: int | None, seed: int) -> list[Finding]:
+    """All findings, or `limit` of them chosen by a seeded hash of their ids (stable order)."""
+    if limit is None or limit >= len(findings):
+        return list(findings)
+
+    def rank(finding: Finding) -> str:
+        return hashlib.sha256(f"{seed}\0{finding.id}".encode()).hexdigest()
+
+    keep = {f.id for f in sorted(findings, key=rank)[:limit]}
+    return [f for f in findings if f.id in keep]
 
 
 def baseline_key(finding: Finding) -> tuple[str, str]:

@@ -42,10 +42,27 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Write one JSON object per line; return the number of rows."""
-    lines = [json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows]
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
-    return len(lines)
+    """Write one JSON object per line as `rows` arrive; return the number of rows.
+
+    Rows are streamed to the temporary file, so memory does not grow with their number;
+    if the iteration raises, the previous file at `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
 
 
 def _open_binary(path: Path) -> Any:

@@ -16,6 +16,11 @@ from gate.errors import CodeEraserError, ExitCode
 
 # name -> "module:attribute"; each module defines one click command.
 COMMANDS: dict[str, str] = {
+    "scan": "gate.commands.scan:scan",
+    "measure": "gate.commands.measure:measure",
+    "calibrate": "gate.commands.calibrate:calibrate",
+    "erase": "gate.commands.erase:erase",
+    "gate": "gate.commands.gate:gate",
     "report": "gate.commands.report:report",
     "demo": "gate.commands.demo:demo",
 }

@@ -37,30 +37,83 @@ PRESET_NAMES = ("tiny", "demo")  # gate.demo.PRESETS, listed here to keep --help
     "[default: $XDG_CACHE_HOME/codeeraser or ~/.cache/codeeraser]",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of corpus and training.")
-def demo(preset: str, build_only: bool, rebuild: bool, cache_dir: Path | None, seed: int) -> None:
-    """Build a corpus with planted secrets and a small GPT-2 that memorized them.
+@click.option(
+    "--policy",
+    "policy_source",
+    default="demo",
+    show_default=True,
+    help="Policy for the gate run (a file, or a built-in name).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("codeeraser-demo"),
+    show_default=True,
+    help="Run folder of the gate: stage outputs, remediated model, record and reports.",
+)
+@click.option("--force", is_flag=True, help="Write into an --out folder that is not a run folder.")
+@click.pass_context
+def demo(
+    ctx: click.Context,
+    /,
+    *,
+    preset: str,
+    build_only: bool,
+    rebuild: bool,
+    cache_dir: Path | None,
+    seed: int,
+    policy_source: str,
+    out_dir: Path,
+    force: bool,
+) -> None:
+    """Run the whole gate on a demo model that memorized planted secrets.
 
-    The corpus is excerpts of this Python's standard library with fake secrets of
-    several types planted and repeated; a held-out split holds control secrets the
-    model never saw. Prints the figures (parameters, memorization accuracy, secrets
-    extracted verbatim) on stderr and the model directory on stdout. Builds are
-    cached: a second run returns at once.
+    Builds (or reuses) a corpus of excerpts of this Python's standard library with
+    fake secrets of several types planted and repeated, and a small GPT-2 trained on
+    it until it reproduces them; a held-out split holds control secrets the model
+    never saw. Prints the build's figures, then runs `codeeraser gate` on it with the
+    demo policy: the model fails, CodeEraser erases the secrets, the remediated model
+    is measured again and the report is written to --out. Builds are cached.
 
-    Later versions run the whole gate on the demo; for now both modes build and report.
+    With --build-only, prints the model folder on stdout and stops.
 
-    Exit codes: 0 built, 2 bad option, 3 internal error.
+    Exit codes: the gate's (0 passed, possibly after remediation; 1 failed), 2 bad
+    option, 3 internal error.
     """
     from audit import ui
     from gate.demo import build_demo, build_dir
 
-    # --build-only and the default do the same until the gate command lands.
     target = build_dir(preset, cache_dir, seed)
     if (rebuild or not target.is_dir()) and not ui.is_quiet():
         ui.console.print(f"Building the {preset} demo into {target} (cached afterwards)")
     build = build_demo(preset, cache_dir=cache_dir, seed=seed, rebuild=rebuild)
     if not ui.is_quiet():
         ui.console.print(figures_table(build))
-    click.echo(str(build.model_dir))
+    if build_only:
+        click.echo(str(build.model_dir))
+        return
+    ctx.exit(run_demo_gate(build, policy_source, out_dir, force))
+
+
+def run_demo_gate(build: DemoBuild, policy_source: str, out_dir: Path, force: bool) -> int:
+    """`codeeraser gate` on the demo build; its held-out split is the utility check's code."""
+    from gate.commands.gate import run_from_options
+
+    record = run_from_options(
+        model_dir=build.model_dir,
+        data=build.corpus_dir,
+        policy_source=policy_source,
+        out_dir=out_dir,
+        unseen=None,
+        heldout=build.heldout_dir,
+        device="auto",
+        dtype="auto",
+        batch_tokens=16384,
+        jobs=0,
+        force=force,
+    )
+    return record.exit_code
 
 
 def figures_table(build: DemoBuild) -> Table:

@@ -12,6 +12,7 @@ import pytest
 from audit.corpus import (
     CorpusSpec,
     ReadStats,
+    Sample,
     detect_format,
     iter_samples,
     language_for,
@@ -127,3 +128,9 @@ def test_unusable_paths(tmp_path: Path, name: str, message: str) -> None:
 )
 def test_language_for(path: str, language: str | None) -> None:
     assert language_for(path) == language
+
+
+def test_sample_repr_hides_the_text() -> None:
+    sample = Sample(id="a.py", origin="a.py", text="password = 'hunter2hunter2'", language="python")
+    assert "hunter2" not in repr(sample)
+    assert "a.py" in repr(sample)

@@ -25,7 +25,8 @@ def _reset_ui() -> Iterator[None]:
 
 def test_demo_prints_the_figures_and_the_model_dir(tiny_demo: DemoBuild) -> None:
     cache = tiny_demo.root.parent.parent
-    result = CliRunner().invoke(cli, ["demo", "--preset", "tiny", "--cache-dir", str(cache)])
+    args = ["demo", "--preset", "tiny", "--build-only", "--cache-dir", str(cache)]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(tiny_demo.model_dir)
     f = tiny_demo.figures
@@ -69,7 +70,7 @@ def test_a_build_prints_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(demo.PRESETS, "tiny", small)
     screen = io.StringIO()
     monkeypatch.setattr(ui, "console", Console(file=screen, force_terminal=True, width=120))
-    args = ["-vv", "demo", "--preset", "tiny", "--cache-dir", str(tmp_path)]
+    args = ["-vv", "demo", "--preset", "tiny", "--build-only", "--cache-dir", str(tmp_path)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     build = demo.build_demo("tiny", cache_dir=tmp_path)
@@ -80,3 +81,20 @@ def test_a_build_prints_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     values = secret_values(build)
     assert len(values) == small.n_secrets * 2
     assert sum(value in printed for value in values) == 0  # a count: never show a value
+
+
+def test_demo_runs_the_gate_and_exits_with_its_code(tiny_demo: DemoBuild, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "rules: [{metric: extracted_greedy, limit: 0}]\n"
+        "extraction: {prefix_tokens: 96}\n"
+        "remediation: {enabled: false}\n"
+    )
+    cache, out = tiny_demo.root.parent.parent, tmp_path / "run"
+    args = ["demo", "--preset", "tiny", "--cache-dir", str(cache)]
+    result = CliRunner().invoke(cli, [*args, "--policy", str(policy), "--out", str(out)])
+    assert result.exit_code == 1, result.output  # the tiny model leaks; nothing erased
+    assert f"{tiny_demo.figures.planted_extracted}/" in result.stderr
+    assert "FAILED" in result.stderr
+    assert (out / "report.html").is_file()
+    assert (out / "record.json").is_file()

@@ -1,0 +1,287 @@
+"""Load a causal language model and its tokenizer from a local folder, and run it.
+
+`load_model` reads a folder written by ``save_pretrained`` (a ``config.json``, safetensors
+weights and a fast tokenizer) and never downloads anything or runs code from the folder
+(``trust_remote_code`` stays off). A folder that is missing or is not a causal LM is an
+`InputError` (exit 2); a folder that looks right but fails to load is a `ModelLoadError`
+(exit 3).
+
+The helpers below it (`forward`, `pad_token_id`, `context_length_of`) work on any
+in-memory causal LM, including one that is being trained, so that measuring code can
+run on a model that never touched a folder.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from gate.errors import InputError, ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+
+FALLBACK_CONTEXT = 2048  # used when neither the config nor the tokenizer names a context length
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
+_CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length", "max_seq_len")
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM in eval mode, its tokenizer, and where and how it runs."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    dtype: torch.dtype
+    context_length: int  # the most positions prefix + secret + decoded tokens may use
+    path: Path
+
+    @property
+    def pad_id(self) -> int:
+        return pad_token_id(self.tokenizer, self.model)
+
+
+def load_model(path: Path | str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load a causal LM and its tokenizer from a local folder, ready for measuring."""
+    path = Path(path)
+    model_type = check_model_dir(path)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    tokenizer = load_tokenizer(path)
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # ours is on stderr
+    try:
+        placement = {} if dev.type == "cpu" else {"device_map": str(dev)}  # load onto the GPU
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False, **placement
+        )
+        model = cast("torch.nn.Module", loaded).to(dev)
+    except Exception as exc:  # any failure of a valid-looking model: corrupt, OOM, ...
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"{path}: the {model_type} model failed to load: {reason}") from None
+    model.eval()
+    context = context_length_of(model, tokenizer)
+    log.info("loaded %s (%s) on %s in %s, context %d", path, model_type, dev, torch_dtype, context)
+    return LoadedModel(model, tokenizer, dev, torch_dtype, context, path)
+
+
+def check_model_dir(path: Path) -> str:
+    """Check that `path` holds a causal LM saved with safetensors; return its model type."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if not path.is_dir():
+        raise InputError(f"{path}: no such model folder (give a folder written by save_pretrained)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"{path}: no config.json (not a Hugging Face model folder)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"{config_file}: not a readable JSON model config") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str):
+        raise InputError(f"{config_file}: no model_type (not a Hugging Face model config)")
+    architectures = config.get("architectures") or []
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
+        architectures and not causal.intersection(architectures)
+    ):
+        kind = ", ".join(architectures) or f"a {model_type!r} model"
+        raise InputError(
+            f"{path}: {kind} is not a causal language model "
+            "(give a decoder-only model such as GPT-2, Llama, Qwen or StarCoder)"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise InputError(
+            f"{path}: no *.safetensors weights (save the model with save_pretrained; "
+            "pickled .bin weights are not loaded)"
+        )
+    return model_type
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """The folder's fast tokenizer, set up for left padding."""
+    from transformers import AutoTokenizer
+
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise InputError(
+            f"{path}: no tokenizer files (tokenizer.json); save one with tokenizer.save_pretrained"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{path}: no usable tokenizer ({type(exc).__name__}; save one with "
+            "tokenizer.save_pretrained)"
+        ) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError(
+            f"{path}: the tokenizer is not a fast tokenizer (tokenizer.json); "
+            "measuring needs character offsets"
+        )
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Left padding, and a pad token that is a real token of the vocabulary.
+
+    A tokenizer without a pad token gets its EOS (else BOS, else UNK) token as pad:
+    padded positions are masked out, so which real token fills them does not matter,
+    while adding a new token would need an embedding the model does not have.
+    """
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        for name in ("eos_token", "bos_token", "unk_token"):
+            token = getattr(tokenizer, name, None)
+            if token is not None:
+                tokenizer.pad_token = token
+                break
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module | None = None) -> int:
+    """A token id to fill padded (masked) positions with; always inside the embedding."""
+    vocab = _vocab_size(model)
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id", "unk_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int) and value >= 0 and (vocab is None or value < vocab):
+            return value
+    return 0
+
+
+def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token a document starts with: BOS, else EOS (GPT-2 style), else 0."""
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int) and value >= 0:
+            return value
+    return 0
+
+
+def _vocab_size(model: torch.nn.Module | None) -> int | None:
+    embeddings = getattr(model, "get_input_embeddings", None)
+    if embeddings is None:
+        return None
+    layer = embeddings()
+    size = getattr(layer, "num_embeddings", None)
+    return size if isinstance(size, int) else None
+
+
+def context_length_of(model: torch.nn.Module, tokenizer: Any = None) -> int:
+    """The most positions the model takes: from its config, else the tokenizer, else 2048."""
+    config = getattr(model, "config", None)
+    text_config = getattr(config, "get_text_config", None)
+    if callable(text_config):
+        config = text_config(decoder=True)
+    for key in _CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 1_000_000:
+        return limit
+    return FALLBACK_CONTEXT
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu for "auto"; a forced device that is absent is an InputError."""
+    import torch
+
+    if device not in DEVICES:
+        raise InputError(f"unknown device {device!r} (use one of {', '.join(DEVICES)})")
+    has_mps = torch.backends.mps.is_available()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    elif (device == "cuda" and not torch.cuda.is_available()) or (device == "mps" and not has_mps):
+        raise InputError(f"device {device!r} is not available on this machine (use --device cpu)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """bf16 on a GPU and fp32 on CPU for "auto" (fp16 on a GPU without bf16)."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r} (use one of {', '.join(DTYPES)})")
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            dtype
+        ]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.bfloat16
+    return torch.float32
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (its input embeddings live there)."""
+    import torch
+
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def _forward_params(model: Any) -> set[str]:
+    """The keyword names a model's forward accepts (through PEFT-style wrappers)."""
+    names = set(inspect.signature(model.forward).parameters)
+    base = getattr(model, "get_base_model", None)
+    if not names & {"cache", "past_key_values"} and callable(base):
+        names |= _forward_params(base())
+    return names
+
+
+def forward(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    *,
+    cache: Any = None,
+    keep: int = 0,
+) -> torch.Tensor:
+    """Logits of the last `keep` positions (all if 0), optionally extending a KV cache.
+
+    transformers 5.24 names the cache argument ``cache`` (``past_key_values`` is
+    deprecated); older 5.x releases only know ``past_key_values``. The cache is updated
+    in place, so the caller keeps its own reference.
+    """
+    params = _forward_params(model)
+    kwargs: dict[str, Any] = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+    }
+    if cache is not None:
+        kwargs["cache" if "cache" in params else "past_key_values"] = cache
+        kwargs["use_cache"] = True
+    else:
+        kwargs["use_cache"] = False
+    if keep and "logits_to_keep" in params:
+        kwargs["logits_to_keep"] = keep
+    logits: torch.Tensor = model(**kwargs).logits  # (B, T or keep, V)
+    return logits[:, -keep:, :] if keep else logits
+
+
+def new_cache(model: torch.nn.Module) -> Any:
+    """An empty KV cache laid out for the model (sliding-window layers included)."""
+    from transformers import DynamicCache
+
+    config = getattr(model, "config", None)
+    return DynamicCache(config=config) if config is not None else DynamicCache()

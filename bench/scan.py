@@ -1,0 +1,674 @@
+"""Benchmark `codeeraser scan` against `detect-secrets scan --all-files`, side by side.
+
+Generates a corpus from a seeded RNG: code and config files in twelve languages and
+formats with fake secrets of 24 kinds planted at known spans, decoys that look like
+secrets but are documented examples, placeholders, environment look-ups, example
+e-mails, private IPs, versions, UUIDs, checksums and sequences, plus unchanged
+standard-library files as background. Then it runs both scanners on it and reports
+per-kind recall, decoys flagged, and wall-clock throughput (process start included).
+
+    python bench/scan.py                 # the numbers in BENCHMARKS.md
+    python bench/scan.py --keep corpus/  # also keep the generated corpus
+
+Recall for codeeraser counts a planted secret as found only when a finding has its
+exact span. For detect-secrets, which reports lines, it is given both ways: any
+finding on the secret's line (lenient), and a finding whose hashed value is the
+secret's (exact). Nothing secret is printed: only counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+ALNUM = string.ascii_letters + string.digits
+URLSAFE = ALNUM + "_-"
+HEX = "0123456789abcdef"
+DIGITS = string.digits
+
+
+@dataclass
+class Item:
+    """One planted secret or decoy: where it is, never what it is (only its hashes)."""
+
+    kind: str
+    decoy: bool
+    path: str
+    start: int
+    end: int
+    line: int
+    sha1: str  # what detect-secrets reports as hashed_secret
+    sha256: str  # what codeeraser reports as secret_sha256
+
+
+class Fakes:
+    """Fake secrets and decoys of many kinds, from one seeded RNG."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def r(self, alphabet: str, n: int) -> str:
+        return "".join(self.rng.choice(alphabet) for _ in range(n))
+
+    def jwt(self) -> str:
+        def part(obj: dict[str, object]) -> str:
+            return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+        claims = {"sub": self.r(DIGITS, 8), "role": "service", "iat": 1700000000}
+        return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.{self.r(URLSAFE, 43)}"
+
+    def pem(self) -> str:
+        body = "\n".join(self.r(ALNUM + "+/", 64) for _ in range(8))
+        return f"-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----"
+
+    def password(self) -> str:
+        word = self.rng.choice(["Winter", "Falcon", "Orchid", "Quartz", "Maple", "Harbor"])
+        return f"{word}{self.r(DIGITS, 4)}{self.rng.choice('!#%&*')}{self.r(ALNUM, 4)}"
+
+    def email(self) -> str:
+        first = self.rng.choice(["maria", "dmitri", "aiko", "lars", "priya", "tomas", "wei"])
+        domain = self.rng.choice(["fastmail.fm", "northwind-labs.io", "contoso-mail.net"])
+        return f"{first}.{self.r(string.ascii_lowercase, 6)}@{domain}"
+
+    def ipv4(self) -> str:
+        return f"{self.rng.choice([34, 52, 63, 104, 151, 185])}.{self.rng.randint(0, 255)}." + (
+            f"{self.rng.randint(0, 255)}.{self.rng.randint(1, 254)}"
+        )
+
+
+SECRETS: dict[str, tuple[str, Callable[[Fakes], str]]] = {
+    # kind -> (the name it is assigned to, generator)
+    "aws_access_key_id": (
+        "aws_access_key_id",
+        lambda f: "AKIA" + f.r(string.ascii_uppercase + DIGITS, 16),
+    ),
+    "aws_secret_access_key": ("aws_secret_access_key", lambda f: f.r(ALNUM + "/+", 40)),
+    "github_token": ("github_token", lambda f: "ghp_" + f.r(ALNUM, 36)),
+    "github_fine_grained": ("gh_pat", lambda f: f"github_pat_{f.r(ALNUM, 22)}_{f.r(ALNUM, 59)}"),
+    "gitlab_token": ("gitlab_token", lambda f: "glpat-" + f.r(URLSAFE, 20)),
+    "slack_token": (
+        "slack_bot_token",
+        lambda f: f"xoxb-{f.r(DIGITS, 12)}-{f.r(DIGITS, 13)}-{f.r(ALNUM, 24)}",
+    ),
+    "stripe_key": ("stripe_secret", lambda f: "sk_live_" + f.r(ALNUM, 99)),
+    "google_api_key": ("maps_key", lambda f: "AIza" + f.r(URLSAFE, 35)),
+    "huggingface_token": ("hf_token", lambda f: "hf_" + f.r(string.ascii_letters, 34)),
+    "openai_key": ("openai_api_key", lambda f: "sk-proj-" + f.r(URLSAFE, 120)),
+    "anthropic_key": ("anthropic_api_key", lambda f: f"sk-ant-api03-{f.r(URLSAFE, 93)}AA"),
+    "npm_token": ("npm_token", lambda f: "npm_" + f.r(ALNUM, 36)),
+    "sendgrid_key": ("sendgrid_api_key", lambda f: f"SG.{f.r(URLSAFE, 22)}.{f.r(URLSAFE, 43)}"),
+    "twilio_key": ("twilio_api_key", lambda f: "SK" + f.r(HEX, 32)),
+    "telegram_token": ("telegram_bot", lambda f: f"{f.r(DIGITS, 10)}:AA{f.r(URLSAFE, 33)}"),
+    "shopify_token": ("shopify_access", lambda f: "shpat_" + f.r(HEX, 32)),
+    "digitalocean_token": ("do_token", lambda f: "dop_v1_" + f.r(HEX, 64)),
+    "pypi_token": ("pypi_upload", lambda f: "pypi-AgEIcHlwaS5vcmc" + f.r(URLSAFE, 150)),
+    "jwt": ("session_jwt", Fakes.jwt),
+    "password": ("db_password", Fakes.password),
+    "connection_string": ("database_url", lambda f: f.r(ALNUM, 18)),
+    "email": ("maintainer", Fakes.email),
+    "ip_address": ("upstream_host", Fakes.ipv4),
+    "private_key": ("private_key", Fakes.pem),
+}
+
+
+def _private_ip(f: Fakes) -> str:
+    return f"10.{f.rng.randint(0, 255)}.{f.rng.randint(0, 255)}.{f.rng.randint(1, 254)}"
+
+
+def _version(f: Fakes) -> str:
+    return ".".join(str(f.rng.randint(0, 20)) for _ in range(4))
+
+
+PLACEHOLDERS = ["your-api-key-here", "<YOUR_TOKEN>", "changeme", "x" * 24, "REPLACE_ME"]
+TEMPLATES = ["${DB_PASSWORD}", "{{ vault_db_password }}"]
+SEQUENCES = ["abcdefghijklmnopqrstuvwxyz", "0123456789abcdef", "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"]
+DECOYS: dict[str, tuple[str, Callable[[Fakes], str]]] = {
+    "documented AWS example": ("aws_access_key_id", lambda f: "AKIAIOSFODNN7EXAMPLE"),
+    "documented AWS secret": (
+        "aws_secret_access_key",
+        lambda f: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    ),
+    "placeholder": ("api_key", lambda f: f.rng.choice(PLACEHOLDERS)),
+    "template": ("db_password", lambda f: f.rng.choice(TEMPLATES)),
+    "example e-mail": ("maintainer", lambda f: f"{f.r(string.ascii_lowercase, 6)}@example.com"),
+    "private IP": ("upstream_host", _private_ip),
+    "version number": ("__version__", _version),
+    "UUID": ("request_id", lambda f: "-".join(f.r(HEX, n) for n in (8, 4, 4, 4, 12))),
+    "checksum": ("sha256", lambda f: hashlib.sha256(f.r(ALNUM, 16).encode()).hexdigest()),
+    "sequential": ("secret_key", lambda f: f.rng.choice(SEQUENCES)),
+}
+ENV_DECOY = "environment lookup"  # written as code, not as an assigned value
+
+# language -> (extension, assignment template, comment prefix, filler lines)
+LANGUAGES: dict[str, tuple[str, str, str, list[str]]] = {
+    "python": (
+        ".py",
+        '{name} = "{value}"',
+        "# ",
+        [
+            "import os",
+            "import logging",
+            "",
+            "log = logging.getLogger(__name__)",
+            "",
+            "def retry(times=3):",
+            "    return [i for i in range(times)]",
+            "",
+            "class Client:",
+            "    timeout = 30",
+            "    def close(self):",
+            "        return None",
+            "",
+        ],
+    ),
+    "javascript": (
+        ".js",
+        'const {name} = "{value}";',
+        "// ",
+        [
+            "'use strict';",
+            "const path = require('path');",
+            "",
+            "function main(args) {",
+            "  return args.map((a) => a.trim());",
+            "}",
+            "module.exports = { main };",
+            "",
+        ],
+    ),
+    "typescript": (
+        ".ts",
+        'export const {name}: string = "{value}";',
+        "// ",
+        [
+            "import { readFile } from 'fs/promises';",
+            "",
+            "export interface Options {",
+            "  retries: number;",
+            "}",
+            "export async function load(p: string) {",
+            "  return readFile(p, 'utf8');",
+            "}",
+            "",
+        ],
+    ),
+    "java": (
+        ".java",
+        '    static final String {name} = "{value}";',
+        "// ",
+        [
+            "package com.example.service;",
+            "",
+            "import java.util.List;",
+            "",
+            "public class Config {",
+            "    private int retries = 3;",
+            "    public int getRetries() { return retries; }",
+            "}",
+            "",
+        ],
+    ),
+    "go": (
+        ".go",
+        'var {name} = "{value}"',
+        "// ",
+        [
+            "package config",
+            "",
+            'import "fmt"',
+            "",
+            "func Describe() string {",
+            '\treturn fmt.Sprintf("v%d", 2)',
+            "}",
+            "",
+        ],
+    ),
+    "ruby": (
+        ".rb",
+        '{name} = "{value}"',
+        "# ",
+        [
+            "require 'json'",
+            "",
+            "module Settings",
+            "  def self.load(path)",
+            "    JSON.parse(File.read(path))",
+            "  end",
+            "end",
+            "",
+        ],
+    ),
+    "php": (
+        ".php",
+        "${name} = '{value}';",
+        "// ",
+        [
+            "<?php",
+            "",
+            "namespace App\\Config;",
+            "",
+            "function retries(): int {",
+            "    return 3;",
+            "}",
+            "",
+        ],
+    ),
+    "yaml": (
+        ".yaml",
+        "{name}: {value}",
+        "# ",
+        [
+            "service:",
+            "  replicas: 2",
+            "  image: registry.local/app:latest",
+            "logging:",
+            "  level: info",
+            "",
+        ],
+    ),
+    "json": (".json", '  "{name}": "{value}",', "", ['  "name": "service",', '  "retries": 3,']),
+    "dotenv": (
+        ".env",
+        "{NAME}={value}",
+        "# ",
+        ["APP_ENV=production", "LOG_LEVEL=info", "PORT=8080"],
+    ),
+    "toml": (
+        ".toml",
+        '{name} = "{value}"',
+        "# ",
+        ["[tool.app]", 'name = "service"', "retries = 3", ""],
+    ),
+    "shell": (
+        ".sh",
+        'export {NAME}="{value}"',
+        "# ",
+        ["#!/usr/bin/env bash", "set -euo pipefail", "", 'cd "$(dirname "$0")"', ""],
+    ),
+}
+
+
+def _render(language: str, kind: str, name: str, value: str, fakes: Fakes) -> tuple[str, str]:
+    """(line text, the exact substring that is the secret) for one planted item."""
+    _, assign, comment, _ = LANGUAGES[language]
+    if kind in ("email", "example e-mail") and comment:
+        return f"{comment}Maintainer: {value}", value
+    if kind == "private_key":
+        return _render_key(language, name, value, assign)
+    shown = value
+    if kind == "connection_string":
+        shown = f"postgresql://app_user:{value}@db-{fakes.r(HEX, 6)}.internal.net:5432/app"
+    elif kind == "jwt":
+        shown = f"Bearer {value}"
+    return _assign(assign, name, shown), value
+
+
+def _render_key(language: str, name: str, pem: str, assign: str) -> tuple[str, str]:
+    """A PEM block: as a multi-line string where the language has one, else with \\n escapes."""
+    if language in ("python", "ruby"):
+        return f'{name} = """{pem}"""', pem
+    if language in ("javascript", "typescript"):
+        return f"const {name} = `{pem}`;", pem
+    escaped = pem.replace("\n", "\\n")
+    return _assign(assign, name, escaped), escaped
+
+
+def _assign(template: str, name: str, value: str) -> str:
+    head, *rest = name.split("_")
+    camel = head + "".join(p.title() for p in rest)
+    chosen = camel if "const" in template else name
+    return template.format(name=chosen, NAME=name.upper(), value=value)
+
+
+def _env_decoy(language: str) -> tuple[str, str]:
+    lookups = {
+        "python": ('api_token = os.environ["API_TOKEN"]', "API_TOKEN"),
+        "javascript": ("const apiToken = process.env.API_TOKEN;", "API_TOKEN"),
+        "ruby": ('api_token = ENV.fetch("API_TOKEN")', "API_TOKEN"),
+        "php": ("$api_token = getenv('API_TOKEN');", "API_TOKEN"),
+        "shell": ('export API_TOKEN="${API_TOKEN}"', "${API_TOKEN}"),
+        "yaml": ("api_token: ${API_TOKEN}", "${API_TOKEN}"),
+    }
+    return lookups.get(language, lookups["yaml"])
+
+
+def generate(root: Path, seed: int, files: int, stdlib_files: int) -> list[Item]:
+    """Write the corpus under `root`; return the planted secrets and decoys."""
+    rng = random.Random(seed)
+    fakes = Fakes(rng)
+    plan: list[tuple[str, str, bool]] = []  # (language, kind, decoy)
+    languages = sorted(LANGUAGES)
+    for i, kind in enumerate(sorted(SECRETS) * 8):
+        plan.append((languages[(i * 5) % len(languages)], kind, False))
+    decoy_kinds = [*sorted(DECOYS), ENV_DECOY]
+    for i, kind in enumerate(decoy_kinds * 6):
+        plan.append((languages[(i * 7) % len(languages)], kind, True))
+    rng.shuffle(plan)
+    by_language: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+    for language, kind, decoy in plan:
+        by_language[language].append((kind, decoy))
+    per_language = max(1, (files - stdlib_files) // len(languages))
+    items: list[Item] = []
+    for language in languages:
+        entries = by_language[language]
+        for n in range(per_language):
+            chunk = entries[n::per_language]
+            items += _write_file(root, language, n, chunk, fakes)
+    _copy_stdlib(root / "stdlib", rng, stdlib_files)
+    return items
+
+
+def _write_file(
+    root: Path, language: str, n: int, entries: list[tuple[str, bool]], fakes: Fakes
+) -> list[Item]:
+    ext, _, _, filler = LANGUAGES[language]
+    rel = f"{language}/svc_{n:03d}/.env" if ext == ".env" else f"{language}/module_{n:03d}{ext}"
+    lines: list[str | tuple[str, str, str, bool]] = [*filler] * fakes.rng.randint(2, 4)
+    for kind, decoy in entries:
+        if kind == ENV_DECOY:
+            text, secret = _env_decoy(language)
+        else:
+            name, make = (DECOYS if decoy else SECRETS)[kind]
+            text, secret = _render(language, kind, name, make(fakes), fakes)
+        lines.insert(fakes.rng.randint(1, len(lines)), (text, secret, kind, decoy))
+    if language == "json":
+        lines = ["{", *lines, '  "end": true', "}"]
+    body, items = "", []
+    for entry in lines:
+        if isinstance(entry, tuple):
+            text, secret, kind, decoy = entry
+            start = len(body) + text.index(secret)
+            items.append(_item(body + text, rel, start, secret, (kind, decoy)))
+        else:
+            text = entry
+        body += text + "\n"
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body)
+    return items
+
+
+def _item(body: str, rel: str, start: int, secret: str, what: tuple[str, bool]) -> Item:
+    kind, decoy = what
+    return Item(
+        kind=kind,
+        decoy=decoy,
+        path=rel,
+        start=start,
+        end=start + len(secret),
+        line=body.count("\n", 0, start) + 1,
+        sha1=hashlib.sha1(secret.encode()).hexdigest(),
+        sha256=hashlib.sha256(secret.encode()).hexdigest(),
+    )
+
+
+def _stdlib_modules() -> list[tuple[Path, Path]]:
+    """(path, path relative to the standard library) of its modules, tests left out."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    modules = []
+    for path in sorted(stdlib.rglob("*.py")):
+        rel = path.relative_to(stdlib)
+        if rel.parts[0] not in ("site-packages", "test", "idlelib") and "tests" not in rel.parts:
+            modules.append((path, rel))
+    return modules
+
+
+def _copy_stdlib(target: Path, rng: random.Random, count: int) -> None:
+    small = [(p, rel) for p, rel in _stdlib_modules() if p.stat().st_size < 60_000]
+    for path, rel in rng.sample(small, min(count, len(small))):
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / rel)
+
+
+def run_codeeraser(corpus: Path, out: Path, jobs: int | None) -> float:
+    """Wall-clock seconds of one `codeeraser scan`, process start included."""
+    cmd = [sys.executable, "-m", "gate", "-q", "scan", str(corpus), "--out", str(out)]
+    if jobs is not None:
+        cmd += ["--jobs", str(jobs)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def run_detect_secrets(corpus: Path) -> tuple[float, dict[str, list[dict[str, Any]]]]:
+    """Wall-clock seconds of `detect-secrets scan --all-files`, and its results."""
+    venv_bin = str(Path(sys.executable).parent)
+    exe = shutil.which("detect-secrets", path=venv_bin) or "detect-secrets"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [exe, "scan", "--all-files", "."], cwd=corpus, check=True, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - started
+    return seconds, json.loads(done.stdout)["results"]
+
+
+def score(
+    items: list[Item], ours: list[dict[str, Any]], theirs: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Per kind: planted n, found by us (exact span), by detect-secrets (line / exact)."""
+    spans = {(f["sample_id"], f["start"], f["end"]) for f in ours}
+    ours_by_path: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for f in ours:
+        ours_by_path[f["sample_id"]].append((f["start"], f["end"]))
+    ds_lines = {(path, r["line_number"]) for path, rs in theirs.items() for r in rs}
+    ds_hashes = {(path, r["hashed_secret"]) for path, rs in theirs.items() for r in rs}
+    rows: dict[str, Counter[str]] = defaultdict(Counter)
+    for item in items:
+        row = rows[("decoy: " if item.decoy else "") + item.kind]
+        row["n"] += 1
+        overlap = any(s < item.end and item.start < e for s, e in ours_by_path[item.path])
+        exact = (item.path, item.start, item.end) in spans
+        row["ours"] += overlap if item.decoy else exact
+        row["ds_line"] += (item.path, item.line) in ds_lines
+        row["ds_exact"] += (item.path, item.sha1) in ds_hashes
+    return {
+        "rows": {kind: dict(row) for kind, row in sorted(rows.items())},
+        "background_ours": sum(1 for f in ours if f["sample_id"].startswith("stdlib/")),
+        "background_ds": sum(len(rs) for p, rs in theirs.items() if p.startswith("stdlib/")),
+    }
+
+
+def _totals(rows: dict[str, dict[str, int]], decoy: bool) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for kind, row in rows.items():
+        if kind.startswith("decoy: ") == decoy:
+            total.update(row)
+    return total
+
+
+def report(result: dict[str, Any]) -> str:
+    """Markdown tables of recall, decoys and throughput (counts only, no values)."""
+    rows: dict[str, dict[str, int]] = result["rows"]
+    out = [
+        "| planted kind | n | codeeraser (exact span) | detect-secrets (line) "
+        "| detect-secrets (exact value) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for kind, row in rows.items():
+        if not kind.startswith("decoy: "):
+            cells = [row["n"], row.get("ours", 0), row.get("ds_line", 0), row.get("ds_exact", 0)]
+            out.append(f"| {kind} | " + " | ".join(map(str, cells)) + " |")
+    s = _totals(rows, decoy=False)
+    recall = [s["ours"] / s["n"], s["ds_line"] / s["n"], s["ds_exact"] / s["n"]]
+    out.append(
+        f"| **recall** | {s['n']} | **{recall[0]:.3f}** | {recall[1]:.3f} | {recall[2]:.3f} |"
+    )
+    out += [
+        "",
+        "| decoy kind | n | flagged by codeeraser | flagged by detect-secrets (line) |",
+        "|---|---:|---:|---:|",
+    ]
+    for kind, row in rows.items():
+        if kind.startswith("decoy: "):
+            out.append(
+                f"| {kind[7:]} | {row['n']} | {row.get('ours', 0)} | {row.get('ds_line', 0)} |"
+            )
+    d = _totals(rows, decoy=True)
+    per50 = [50 * d["ours"] / d["n"], 50 * d["ds_line"] / d["n"]]
+    out.append(f"| **per 50 decoys** | {d['n']} | **{per50[0]:.1f}** | {per50[1]:.1f} |")
+    return "\n".join([*out, "", _throughput(result)])
+
+
+def _throughput(result: dict[str, Any]) -> str:
+    t = result["timing"]
+    out = ["| scanner | wall s | files/s | MB/s | vs detect-secrets |", "|---|---:|---:|---:|---:|"]
+    runs = [
+        ("detect-secrets scan --all-files", "ds"),
+        ("codeeraser scan --jobs 1", "ours_1"),
+        (f"codeeraser scan (default: all {t['cores']} cores)", "ours"),
+    ]
+    for label, key in runs:
+        sec = t[key]
+        speed = f"{t['files'] / sec:.0f} | {t['mb'] / sec:.2f} | {t['ds'] / sec:.1f}×"
+        out.append(f"| {label} | {sec:.2f} | {speed} |")
+    out.append(
+        f"\nLoad average (1 min) on the machine: {t['load'][0]:.1f} before, "
+        f"{t['load'][1]:.1f} after the comparison."
+    )
+    out.append(
+        f"\nFindings on the standard-library background: codeeraser "
+        f"{result['background_ours']}, detect-secrets {result['background_ds']}."
+    )
+    if "scaling" in result:
+        sc = result["scaling"]
+        out.append(
+            f"\nScaling, codeeraser alone on {sc['files']} standard-library modules "
+            f"({sc['mb']:.1f} MB): --jobs 1 {sc['jobs_1']:.1f} s ({sc['mb'] / sc['jobs_1']:.1f} "
+            f"MB/s); all {t['cores']} cores {sc['jobs_all']:.1f} s "
+            f"({sc['mb'] / sc['jobs_all']:.1f} MB/s): {sc['jobs_1'] / sc['jobs_all']:.2f}×."
+        )
+        out.append(
+            f"\nPeak memory of `--jobs 1`: {sc['mb_x1']:.0f} MB on those modules, "
+            f"{sc['mb_x4']:.0f} MB on four copies of them ({4 * sc['mb']:.0f} MB)."
+        )
+    return "\n".join(out)
+
+
+def scaling(tmp: Path, repeat: int) -> dict[str, Any]:
+    """codeeraser alone on every standard-library module: one process against all cores."""
+    corpus = tmp / "stdlib-all"
+    for path, rel in _stdlib_modules():
+        (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, corpus / rel)
+    files = list(corpus.rglob("*.py"))
+    out = tmp / "stdlib-findings.jsonl"
+    return {
+        "files": len(files),
+        "mb": sum(p.stat().st_size for p in files) / 1e6,
+        "jobs_1": statistics.median(run_codeeraser(corpus, out, 1) for _ in range(repeat)),
+        "jobs_all": statistics.median(run_codeeraser(corpus, out, None) for _ in range(repeat)),
+        **memory(tmp, corpus),
+    }
+
+
+def peak_rss_mb(corpus: Path, out: Path) -> float:
+    """Peak resident memory (MB) of one `codeeraser scan --jobs 1`, measured by a wrapper
+    process whose only child is the scan."""
+    code = (
+        "import resource, subprocess, sys\n"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "gate",
+        "-q",
+        "scan",
+        str(corpus),
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code, *cmd], env=env, check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    return int(done.stdout.strip()) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def memory(tmp: Path, base: Path) -> dict[str, float]:
+    """Peak memory on the standard library, and on four copies of it: streaming means
+    the second is not four times the first."""
+    big = tmp / "stdlib-x4"
+    for k in range(4):
+        shutil.copytree(base, big / f"copy{k}")
+    out = tmp / "mem.jsonl"
+    return {"mb_x1": peak_rss_mb(base, out), "mb_x4": peak_rss_mb(big, out)}
+
+
+def _cores() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--files", type=int, default=360, help="files in the corpus, in all")
+    parser.add_argument("--stdlib", type=int, default=150, help="of which standard-library files")
+    parser.add_argument("--repeat", type=int, default=3, help="codeeraser runs (median)")
+    parser.add_argument("--keep", type=Path, help="keep the generated corpus in this folder")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the standard-library run")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scan.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = args.keep or Path(tmp) / "corpus"
+        items = generate(corpus, args.seed, args.files, args.stdlib)
+        files = [p for p in corpus.rglob("*") if p.is_file()]
+        findings = Path(tmp) / "findings.jsonl"
+        load_before = os.getloadavg()[0]
+        ds_seconds, theirs = run_detect_secrets(corpus)
+        ours_all = [run_codeeraser(corpus, findings, None) for _ in range(args.repeat)]
+        ours_one = statistics.median(
+            run_codeeraser(corpus, findings, 1) for _ in range(args.repeat)
+        )
+        ours = [json.loads(line) for line in findings.read_text().splitlines()]
+        result = score(items, ours, theirs)
+        result["timing"] = {
+            "files": len(files),
+            "mb": sum(p.stat().st_size for p in files) / 1e6,
+            "ds": ds_seconds,
+            "ours": statistics.median(ours_all),
+            "ours_1": ours_one,
+            "cores": _cores(),
+            "load": [load_before, os.getloadavg()[0]],
+        }
+        result["corpus"] = {"items": [asdict(i) for i in items], "seed": args.seed}
+        if not args.no_scaling:
+            result["scaling"] = scaling(Path(tmp), args.repeat)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    planted = [i for i in items if not i.decoy]
+    background = sum(1 for p in files if p.relative_to(corpus).parts[0] == "stdlib")
+    print(
+        f"corpus: {len(files)} files, {len(planted)} planted secrets of "
+        f"{len({i.kind for i in planted})} kinds in {len({i.path.split('/')[0] for i in items})} "
+        f"languages/formats, {len(items) - len(planted)} decoys, "
+        f"{background} unchanged standard-library files\n"
+    )
+    print(report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""`codeeraser calibrate`: forgetting thresholds from code the model never saw."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from gate.commands.measure import corpus_options, corpus_spec, model_options
+
+
+@click.command("calibrate")
+@model_options
+@corpus_options(
+    "--unseen",
+    "Code the model never saw (e.g. published after its training data was collected).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("thresholds.json"),
+    show_default=True,
+    help="Thresholds file to write (give it to measure --thresholds, or to a policy).",
+)
+@click.option(
+    "--sequences",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Unseen sequences to score at most (the first of each sample long enough).",
+)
+@click.option(
+    "--sequence-tokens",
+    type=click.IntRange(min=2),
+    default=128,
+    show_default=True,
+    help="Tokens per sequence (the paper's 128; cut to the model's context).",
+)
+def calibrate(
+    *,
+    model_dir: Path,
+    device: str,
+    dtype: str,
+    batch_tokens: int,
+    data: Path,
+    fmt: str,
+    text_field: str,
+    id_field: str,
+    out: Path,
+    sequences: int,
+    sequence_tokens: int,
+) -> None:
+    """Compute forgetting thresholds: the mean MA and EL_10 the model shows on unseen code.
+
+    Following the paper, a secret counts as forgotten once its MA and EL_10 fall to
+    what the model scores on code it never saw. Each sequence's first token is the
+    prompt; MA is the share of the following tokens predicted greedily, EL_n the
+    extraction likelihood over the sequence. The thresholds file holds the means
+    and every sequence's figures; its path goes to stdout.
+
+    Exit codes: 0 written, 2 bad input (no sample long enough), 3 the model failed to load.
+    """
+    from audit import ui
+    from audit.calibrate import calibrate as run_calibration
+    from audit.extraction import MeasureConfig
+    from audit.io import atomic_write_json
+    from audit.model import check_model_dir, load_model
+
+    check_model_dir(model_dir)
+    spec = corpus_spec(data, fmt, text_field, id_field)
+    loaded = load_model(model_dir, device=device, dtype=dtype)
+    started = time.perf_counter()
+    with ui.progress() as progress:
+        result = run_calibration(
+            loaded.model,
+            loaded.tokenizer,
+            spec,
+            sequence_tokens=sequence_tokens,
+            max_sequences=sequences,
+            config=MeasureConfig(batch_tokens=batch_tokens),
+            progress=progress,
+        )
+    atomic_write_json(out, {**result.to_dict(), "model": str(model_dir)})
+    if not ui.is_quiet():
+        found = result.sequences
+        ui.console.print(
+            f"Thresholds from {len(found)} unseen sequences of {found[0].tokens} tokens "
+            f"({time.perf_counter() - started:.1f} s): MA {result.thresholds.ma:.4f}, "
+            f"EL_10 {result.thresholds.el_10:.4f} (EL_3 {result.el_3:.4f}, EL_5 {result.el_5:.4f})."
+        )
+    click.echo(str(out))

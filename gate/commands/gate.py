@@ -1,0 +1,181 @@
+"""`codeeraser gate`: the whole release gate in one command, one exit code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from gate.commands.measure import model_options
+
+if TYPE_CHECKING:
+    from gate.record import RunRecord
+    from gate.verdict import RuleResult
+
+
+@click.command("gate")
+@model_options
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    envvar="CODEERASER_DATA",
+    help="The model's training data: a folder, JSONL(.gz), Parquet or a saved HF dataset "
+    "(how to read it is set in the policy's scan section).",
+)
+@click.option(
+    "--policy",
+    "policy_source",
+    default="default",
+    show_default=True,
+    envvar="CODEERASER_POLICY",
+    help="Policy YAML file, or a built-in policy by name (default, strict, demo).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("codeeraser-out"),
+    show_default=True,
+    envvar="CODEERASER_OUT",
+    help="Run folder: stage outputs, the remediated model, record.json and the reports.",
+)
+@click.option(
+    "--unseen",
+    type=click.Path(path_type=Path),
+    help="Code the model never saw, for `auto` thresholds (overrides thresholds.unseen).",
+)
+@click.option(
+    "--heldout",
+    type=click.Path(path_type=Path),
+    help="Held-out code for the perplexity budget (overrides utility.heldout; "
+    "default: the unseen code).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    envvar="CODEERASER_JOBS",
+    help="Scan worker processes (0: every core).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into an --out folder that exists and is not a gate run folder.",
+)
+@click.pass_context
+def gate(ctx: click.Context, /, **options: Any) -> None:
+    """Audit a model before release: scan, measure, decide, erase if needed, report.
+
+    Scans the training data for secrets, measures how many of them the model
+    reproduces from the code before them, and holds that against the policy. When the
+    policy fails and remediation is on, erases the offending secrets with CodeEraser,
+    measures again (the same prompts, a sampled attack and a second prefix length)
+    and checks the utility budget. Writes record.json, report.html, results.sarif and
+    summary.md to --out. The input model is only read.
+
+    On a pass, prints the path of the model to release on stdout (the original, or
+    the remediated one). In GitHub Actions, also writes the job summary and the
+    step outputs verdict, model-path and report.
+
+    Exit codes: 0 passed (possibly after remediation), 1 the policy fails,
+    2 usage, policy or input error, 3 internal or model-load error.
+    """
+    record = run_from_options(**options)
+    ctx.exit(record.exit_code)
+
+
+def run_from_options(
+    *,
+    model_dir: Path,
+    data: Path,
+    policy_source: str,
+    out_dir: Path,
+    unseen: Path | None,
+    heldout: Path | None,
+    device: str,
+    dtype: str,
+    batch_tokens: int,
+    jobs: int,
+    force: bool,
+) -> RunRecord:
+    """Load the policy with the command-line overrides, run the gate, print the outcome."""
+    from gate.pipeline import GateRun, run_gate
+    from gate.policy import load_policy
+
+    overrides = {
+        "thresholds.unseen": str(unseen) if unseen else None,
+        "utility.heldout": str(heldout) if heldout else None,
+    }
+    policy = load_policy(policy_source, {k: v for k, v in overrides.items() if v is not None})
+    run = GateRun(
+        model_dir=model_dir,
+        data=data,
+        policy=policy,
+        out_dir=out_dir,
+        device=device,
+        dtype=dtype,
+        jobs=jobs,
+        batch_tokens=batch_tokens,
+        force=force,
+        invocation=["codeeraser", *sys.argv[1:]],
+    )
+    record = run_gate(run)
+    print_outcome(record, out_dir)
+    return record
+
+
+def print_outcome(record: RunRecord, out_dir: Path) -> None:
+    """The verdict per rule on stderr; the model to release on stdout when it passed."""
+    from audit import ui
+
+    if not ui.is_quiet():
+        ui.console.print(_rules_table(record))
+        ui.console.print(_headline(record))
+        ui.console.print(f"Report: {out_dir / 'report.html'}")
+    if record.exit_code == 0 and record.released_model:
+        click.echo(record.released_model)
+
+
+def _headline(record: RunRecord) -> str:
+    if record.outcome == "passed":
+        return "[bold green]PASSED[/]: the model meets the policy."
+    if record.outcome == "remediated":
+        return f"[bold green]PASSED after remediation[/]: release {record.released_model}"
+    return "[bold red]FAILED[/]: the model does not meet the policy."
+
+
+def _rules_table(record: RunRecord) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Policy rules")
+    for column in ("rule", "severity", "limit", "before", "after"):
+        table.add_column(column, justify="left" if column in ("rule", "severity") else "right")
+    before = {r.rule: r for r in record.verdict_before.results} if record.verdict_before else {}
+    after = {r.rule: r for r in record.verdict_after.results} if record.verdict_after else {}
+    for name in dict.fromkeys([*before, *after]):  # before's order, then after-only rules
+        rule = before.get(name) or after[name]
+        table.add_row(
+            name,
+            rule.severity,
+            _number(rule.limit),
+            _cell(before.get(name)),
+            _cell(after.get(name)),
+        )
+    return table
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:g}" if value == int(value) else f"{value:.3f}"
+
+
+def _cell(result: RuleResult | None) -> str:
+    if result is None:
+        return "–"
+    mark = "[green]pass[/]" if result.passed else "[red]fail[/]"
+    return f"{_number(result.value)} {mark}"

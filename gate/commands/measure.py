@@ -1,0 +1,341 @@
+"""`codeeraser measure`: how much of each found secret the model gives back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from audit.corpus import FORMATS, CorpusSpec
+
+if TYPE_CHECKING:
+    from audit.findings import Finding
+    from audit.measurements import Measurement, Thresholds
+    from audit.model import LoadedModel
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def model_options(command: F) -> F:
+    """--model, --device, --dtype and --batch-tokens, shared by measure and calibrate."""
+    for option in reversed(
+        [
+            click.option(
+                "--model",
+                "model_dir",
+                required=True,
+                type=click.Path(path_type=Path),
+                help="Folder of the model to audit (save_pretrained: config, safetensors, "
+                "tokenizer). It is only read.",
+            ),
+            click.option(
+                "--device",
+                type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+                default="auto",
+                show_default=True,
+                help="Where to run the model (auto: cuda, then mps, then cpu).",
+            ),
+            click.option(
+                "--dtype",
+                type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                default="auto",
+                show_default=True,
+                help="Weights dtype (auto: bfloat16 on a GPU, float32 on CPU).",
+            ),
+            click.option(
+                "--batch-tokens",
+                type=click.IntRange(min=1),
+                default=16384,
+                show_default=True,
+                help="Padded tokens per batch; bounds memory (raise it on a large GPU).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def corpus_options(data_option: str, data_help: str) -> Callable[[F], F]:
+    """The data path and how to read it (as in `codeeraser scan`)."""
+
+    def decorate(command: F) -> F:
+        for option in reversed(
+            [
+                click.option(
+                    data_option,
+                    "data",
+                    required=True,
+                    type=click.Path(path_type=Path),
+                    help=data_help,
+                ),
+                click.option(
+                    "--format",
+                    "fmt",
+                    type=click.Choice(FORMATS),
+                    default="auto",
+                    show_default=True,
+                    help="How the data is stored: folder, JSONL(.gz), Parquet, saved HF dataset.",
+                ),
+                click.option(
+                    "--text-field",
+                    default="content",
+                    show_default=True,
+                    help="Record field with the text.",
+                ),
+                click.option(
+                    "--id-field",
+                    default="id",
+                    show_default=True,
+                    help="Record field with the sample id (else <file>:<line or row>).",
+                ),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusSpec:
+    return CorpusSpec(
+        path=data,
+        fmt=fmt,  # type: ignore[arg-type]  # click.Choice guarantees a valid literal
+        text_field=text_field,
+        id_field=id_field,
+    )
+
+
+@click.command("measure")
+@model_options
+@corpus_options("--data", "The training data the findings come from (as given to scan).")
+@click.option(
+    "--findings",
+    "findings_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Findings file written by `codeeraser scan` on the same data.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("measurements.jsonl"),
+    show_default=True,
+    help="Measurements file to write (JSONL, one per finding; no secret values).",
+)
+@click.option(
+    "--prefix-tokens",
+    type=click.IntRange(min=0),
+    default=128,
+    show_default=True,
+    help="Tokens of code before the secret the attacker prompts with.",
+)
+@click.option(
+    "--secret-tokens",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Secret tokens measured at most; longer secrets are cut (truncated: true).",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Sampled-attack decodes per finding (0: greedy attack only).",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Temperature of the sampled attack.",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=0),
+    default=40,
+    show_default=True,
+    help="The sampled attack draws among the k likeliest tokens (0: all).",
+)
+@click.option(
+    "--thresholds",
+    "thresholds_spec",
+    metavar="FILE|paper:MODEL",
+    help="Forgetting thresholds: a file from `codeeraser calibrate`, or the paper's values "
+    "for a model (paper:codeparrot-small, paper:codegen-350m-mono, paper:codegen-2b-mono, "
+    "paper:qwen2.5-coder-7b). Default: paper:codeparrot-small.",
+)
+@click.option(
+    "--max-findings",
+    type=click.IntRange(min=1),
+    help="Measure a deterministic sample of this many findings (for huge corpora).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the --max-findings sample and of the sampled attack.",
+)
+def measure(**options: Any) -> None:
+    """Measure how much of each finding's secret the model gives back.
+
+    For each finding, the attacker prompts the model with the code before the secret.
+    Reports memorization accuracy (MA), extraction likelihood (EL_3, EL_5, EL_10),
+    whether greedy (and optionally sampled) decoding reproduces the secret verbatim,
+    and whether the finding counts as memorized against the thresholds. The secret is
+    re-read from the data at the finding's span and never written. The path of the
+    measurements file goes to stdout, a summary by secret type to stderr.
+
+    Exit codes: 0 measured (or nothing to measure), 2 bad input, 3 the model failed to load.
+    """
+    _run_measure(**options)
+
+
+def _run_measure(
+    *,
+    model_dir: Path,
+    device: str,
+    dtype: str,
+    batch_tokens: int,
+    data: Path,
+    fmt: str,
+    text_field: str,
+    id_field: str,
+    findings_path: Path,
+    out: Path,
+    prefix_tokens: int,
+    secret_tokens: int,
+    samples: int,
+    temperature: float,
+    top_k: int,
+    thresholds_spec: str | None,
+    max_findings: int | None,
+    seed: int,
+) -> None:
+    from audit import ui
+    from audit.calibrate import resolve_thresholds
+    from audit.corpus import texts_for_findings
+    from audit.findings import read_findings, sample_findings
+    from audit.measurements import write_measurements
+    from audit.model import check_model_dir
+
+    check_model_dir(model_dir)
+    thresholds = resolve_thresholds(thresholds_spec)
+    findings = read_findings(findings_path)
+    if not findings:
+        write_measurements(out, [])
+        ui.console.print(f"Nothing to measure: {findings_path} holds no findings.")
+        click.echo(str(out))
+        return
+    chosen = sample_findings(findings, max_findings, seed)
+    texts = texts_for_findings(corpus_spec(data, fmt, text_field, id_field), chosen)
+    from audit.extraction import MeasureConfig
+    from audit.model import load_model
+
+    config = MeasureConfig(
+        batch_tokens=batch_tokens, samples=samples, temperature=temperature, top_k=top_k, seed=seed
+    )
+    loaded = load_model(model_dir, device=device, dtype=dtype)
+    started = time.perf_counter()
+    rows = _measure(
+        loaded,
+        chosen,
+        texts,
+        thresholds,
+        config,
+        prefix_tokens=prefix_tokens,
+        secret_tokens=secret_tokens,
+    )
+    seconds = time.perf_counter() - started
+    write_measurements(out, rows)
+    if not ui.is_quiet():
+        print_summary(rows, thresholds, seconds, loaded, skipped=len(findings) - len(chosen))
+    click.echo(str(out))
+
+
+def _measure(
+    loaded: LoadedModel,
+    findings: Sequence[Finding],
+    texts: dict[str, str],
+    thresholds: Thresholds,
+    config: Any,
+    *,
+    prefix_tokens: int,
+    secret_tokens: int,
+) -> list[Measurement]:
+    from audit import ui
+    from audit.extraction import measure_findings
+
+    with ui.progress() as progress:
+        return measure_findings(
+            loaded,
+            findings,
+            texts,
+            thresholds,
+            config,
+            prefix_tokens=prefix_tokens,
+            max_secret_tokens=secret_tokens,
+            progress=progress,
+        )
+
+
+def print_summary(
+    rows: Sequence[Measurement],
+    thresholds: Thresholds,
+    seconds: float,
+    loaded: LoadedModel,
+    *,
+    skipped: int = 0,
+) -> None:
+    """A table by secret type on stderr: counts and means only, never a secret."""
+    from rich.table import Table
+
+    from audit import ui
+
+    sampled = any(r.extracted_sampled is not None for r in rows)
+    table = Table(
+        title="Extractability by secret type",
+        title_justify="left",
+        caption="Extracted: greedy decoding from the prefix gives the secret; Sampled: a "
+        "sampled decode does; MA, EL_10: means.",
+        caption_justify="left",
+    )
+    table.add_column("Secret type", no_wrap=True)
+    for name in ("N", "Memorized", "Extracted", "Sampled", "MA", "EL_10"):
+        table.add_column(name, justify="right")
+    groups: dict[str, list[Measurement]] = {}
+    for row in rows:
+        groups.setdefault(row.secret_type, []).append(row)
+    for secret_type in sorted(groups):
+        table.add_row(secret_type, *_summary_cells(groups[secret_type], sampled))
+    table.add_section()
+    table.add_row("[bold]total[/]", *_summary_cells(list(rows), sampled))
+    ui.console.print(table)
+    ui.console.print(
+        f"Memorized: MA ≥ {thresholds.ma:.4f} or EL_10 ≥ {thresholds.el_10:.4f} "
+        f"({thresholds.source})."
+    )
+    rate = len(rows) / seconds if seconds > 0 else 0.0
+    cut = sum(r.truncated for r in rows)
+    ui.console.print(
+        f"{len(rows)} findings measured in {seconds:.1f} s ({rate:.1f} findings/s) on "
+        f"{loaded.device.type}, {str(loaded.dtype).removeprefix('torch.')}; "
+        f"{cut} secrets cut to fit (truncated)."
+        + (f" {skipped} findings not sampled (--max-findings)." if skipped else "")
+    )
+
+
+def _summary_cells(rows: Sequence[Measurement], sampled: bool) -> list[str]:
+    n = len(rows)
+    return [
+        str(n),
+        str(sum(r.memorized for r in rows)),
+        str(sum(r.extracted_greedy for r in rows)),
+        str(sum(bool(r.extracted_sampled) for r in rows)) if sampled else "-",
+        f"{sum(r.ma for r in rows) / n:.3f}",
+        f"{sum(r.el_10 for r in rows) / n:.3f}",
+    ]

@@ -1,0 +1,203 @@
+"""`codeeraser scan`: find the secrets in a training corpus and write findings.jsonl."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from audit.corpus import FORMATS, CorpusSpec
+from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from gate.errors import Interrupted
+
+if TYPE_CHECKING:
+    from audit.scan import ScanSummary
+
+log = logging.getLogger(__name__)
+
+
+@click.command("scan")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="auto",
+    show_default=True,
+    help="How DATA is stored: a folder, JSONL(.gz), Parquet, or a saved HF dataset.",
+)
+@click.option(
+    "--text-field", default="content", show_default=True, help="Record field with the text."
+)
+@click.option(
+    "--id-field",
+    default="id",
+    show_default=True,
+    help="Record field with the sample id (else <file>:<line or row>).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("findings.jsonl"),
+    show_default=True,
+    help="Findings file to write (JSONL, one finding per line; no secret values).",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Findings file of accepted secrets: they are left out (matched by hash and type).",
+)
+@click.option(
+    "--exclude",
+    "excludes",
+    multiple=True,
+    metavar="GLOB",
+    help="Skip samples whose path matches GLOB (repeatable), e.g. 'tests/*'.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=0),
+    default=0,
+    envvar="CODEERASER_JOBS",
+    help="Worker processes (0: every core). Results do not depend on it.  [default: 0]",
+)
+@click.option(
+    "--on-bad-record",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="A record that is not JSON or lacks the text field: stop, or skip and count it.",
+)
+@click.option(
+    "--detector",
+    "detectors",
+    multiple=True,
+    metavar="NAME",
+    help="Run only this detector (repeatable); see --list-detectors.",
+)
+@click.option(
+    "--list-detectors",
+    is_flag=True,
+    help="Print every detector with the secret type it reports, and exit.",
+)
+def scan(
+    *,
+    data: Path,
+    fmt: str,
+    text_field: str,
+    id_field: str,
+    out: Path,
+    baseline: Path | None,
+    excludes: tuple[str, ...],
+    jobs: int,
+    on_bad_record: str,
+    detectors: tuple[str, ...],
+    list_detectors: bool,
+) -> None:
+    """Find the secrets in the training data DATA and write them to --out.
+
+    DATA is a folder (scanned recursively; binary and very large files are skipped
+    and counted), a JSONL or JSONL.GZ file of records (e.g. codeparrot's
+    {"id", "path", "content"}), a Parquet file, or a dataset saved with
+    `datasets.save_to_disk`. Each finding has the secret's exact character span,
+    its SHA-256 and a redacted preview, never the secret itself.
+
+    Exit codes: 0 scanned (whether or not secrets were found), 2 bad input.
+    """
+    from audit import ui
+    from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
+
+    if list_detectors:
+        _print_detectors()
+        return
+    spec = CorpusSpec(
+        path=data,
+        fmt=fmt,  # type: ignore[arg-type]  # click.Choice guarantees a valid literal
+        text_field=text_field,
+        id_field=id_field,
+        excludes=excludes,
+        on_bad_record=on_bad_record,  # type: ignore[arg-type]
+    )
+    accepted = read_findings(baseline) if baseline else []
+    options = ScanOptions(detectors=detectors or None)
+    summary = ScanSummary()
+    log.info("Scanning %s (format %s) with %d worker process(es)", data, fmt, resolve_jobs(jobs))
+    started = time.perf_counter()
+    with ui.progress() as bar:
+        task = bar.add_task(f"Scanning {data.name}", total=None)
+        findings = scan_corpus(
+            spec,
+            options,
+            jobs=resolve_jobs(jobs),
+            summary=summary,
+            progress=lambda samples, _chars: bar.advance(task, samples),
+        )
+        kept: Counter[str] = Counter()
+        try:
+            written = write_findings(out, _counted(subtract_baseline(findings, accepted), kept))
+        except KeyboardInterrupt:
+            raise Interrupted(f"scan interrupted; {out} was not written") from None
+    summary.baseline_accepted = summary.findings - written
+    summary.by_type = kept
+    if not ui.is_quiet():
+        _print_summary(summary, time.perf_counter() - started, out)
+    click.echo(str(out))
+
+
+def _counted(findings: Iterator[Finding], by_type: Counter[str]) -> Iterator[Finding]:
+    """Pass findings through, counting them by type; log each one (redacted) at -vv."""
+    for finding in findings:
+        by_type[finding.secret_type] += 1
+        log.debug(
+            "%s:%d:%d %s %s (%s, %s)",
+            finding.origin,
+            finding.line,
+            finding.column,
+            finding.secret_type,
+            finding.preview,
+            finding.detector,
+            finding.id,
+        )
+        yield finding
+
+
+def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
+    from rich.table import Table
+
+    from audit import ui
+
+    table = Table(title="Secrets found", title_justify="left")
+    table.add_column("Secret type")
+    table.add_column("Findings", justify="right")
+    for secret_type, count in sorted(summary.by_type.items(), key=lambda kv: (-kv[1], kv[0])):
+        table.add_row(secret_type, str(count))
+    table.add_section()
+    table.add_row("[bold]total[/]", f"[bold]{summary.findings}[/]")
+    ui.console.print(table)
+    rate = summary.samples / seconds if seconds > 0 else 0.0
+    ui.console.print(
+        f"{summary.samples} samples ({summary.chars / 1e6:.1f} M characters) in {seconds:.1f} s "
+        f"({rate:.0f} samples/s); {summary.samples_with_findings} with findings."
+    )
+    for label, counts in (
+        ("Skipped", summary.skipped),
+        ("Dropped as false positives", summary.filtered),
+    ):
+        if counts:
+            parts = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
+            ui.console.print(f"{label}: {parts}.")
+    if summary.baseline_accepted:
+        ui.console.print(f"Accepted by the baseline: {summary.baseline_accepted}.")
+    ui.console.print(f"Findings written to {out}.")
+
+
+def _print_detectors() -> None:
+    from audit.detectors import build_detectors
+
+    for detector in build_detectors():
+        click.echo(f"{detector.name}\t{detector.secret_type}")

@@ -1,0 +1,428 @@
+"""The gate: scan → measure → verdict → (erase → measure again → verdict) → reports.
+
+Every stage reuses the code of its own command (`scan`, `calibrate`, `measure`,
+`erase`) and keeps its output in the run folder, so a run can be inspected afterwards:
+
+    OUT/findings.jsonl                  scan
+    OUT/thresholds.json                 calibration (only for `auto` thresholds)
+    OUT/measurements.before.jsonl       the original model
+    OUT/remediated-model/               erase (with remediation.json)
+    OUT/measurements.after.jsonl        the remediated model, same prompts + sampled attack
+    OUT/measurements.after-prefix-N.jsonl  ... and a second prefix length
+    OUT/record.json, report.html, results.sarif, summary.md
+
+The input model folder is only read. The record is written last: a folder without
+record.json is an unfinished run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from audit.corpus import CorpusSpec
+from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from audit.io import atomic_write_json, atomic_write_text
+from audit.measurements import Measurement, Thresholds, write_measurements
+from gate.errors import CodeEraserError, ExitCode, InputError, PolicyError
+from gate.policy import Policy
+from gate.record import (
+    AFTER,
+    BEFORE,
+    CorpusInfo,
+    MeasurementSet,
+    RecordBuilder,
+    RemediationInfo,
+    RunRecord,
+    fingerprint_path,
+)
+from gate.verdict import UtilityFigures, Verdict, evaluate, worst_case
+
+if TYPE_CHECKING:
+    from audit.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+MARKER = ".codeeraser-gate"  # marks a folder as a gate run folder (ours to overwrite)
+REMEDIATED = "remediated-model"
+
+
+@dataclass(frozen=True)
+class GateRun:
+    """One gate invocation: what to audit, under which policy, where to write."""
+
+    model_dir: Path
+    data: Path
+    policy: Policy
+    out_dir: Path
+    device: str = "auto"  # where models run (auto: cuda, mps, cpu)
+    dtype: str = "auto"  # measuring dtype (auto: bf16 on GPU, fp32 on CPU)
+    jobs: int = 0  # scan worker processes (0: every core)
+    batch_tokens: int = 16384  # padded tokens per measuring batch
+    force: bool = False  # use an out folder that exists and is not a gate run folder
+    invocation: Sequence[str] = ()
+
+
+@dataclass
+class _State:
+    """What the stages hand to each other."""
+
+    run: GateRun
+    builder: RecordBuilder
+    spec: CorpusSpec
+    findings: list[Finding] = field(default_factory=list)
+    measured: list[Finding] = field(default_factory=list)  # after extraction.max_findings
+    thresholds: Thresholds | None = None
+    before: list[Measurement] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def run_gate(run: GateRun) -> RunRecord:
+    """Run the whole gate and write the record and reports; return the record."""
+    from audit.model import check_model_dir
+
+    check_model_dir(run.model_dir)
+    prepare_out_dir(run.out_dir, run.model_dir, run.force)
+    state = _State(run=run, builder=_builder(run), spec=run.policy.scan.corpus_spec(run.data))
+    try:
+        record = _stages(state)
+    except CodeEraserError as exc:
+        _write_failed_record(state, int(exc.exit_code), exc.message)
+        raise
+    except KeyboardInterrupt:
+        _write_failed_record(state, int(ExitCode.INTERNAL), "interrupted")
+        raise
+    _publish(record, run.out_dir)
+    return record
+
+
+def _stages(state: _State) -> RunRecord:
+    run, builder = state.run, state.builder
+    _scan(state)
+    if not state.findings:
+        verdict = evaluate([], [], run.policy)
+        builder.set_verdict("before", verdict)
+        return _finish_before(builder, verdict, run)
+    _thresholds(state)
+    _measure_before(state)
+    verdict = evaluate(state.before, state.measured, run.policy)
+    builder.set_verdict("before", verdict)
+    if verdict.passed or not run.policy.remediation.enabled:
+        return _finish_before(builder, verdict, run)
+    return _remediate(state, verdict)
+
+
+def _finish_before(builder: RecordBuilder, verdict: Verdict, run: GateRun) -> RunRecord:
+    if verdict.passed:
+        return builder.finish(ExitCode.PASSED, "passed", released_model=str(run.model_dir))
+    return builder.finish(ExitCode.FAILED, "failed")
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def prepare_out_dir(out_dir: Path, model_dir: Path, force: bool) -> None:
+    """Create the run folder; refuse one that holds something else (unless `force`)."""
+    out, model = out_dir.resolve(), model_dir.resolve()
+    if out == model or out.is_relative_to(model) or model.is_relative_to(out):
+        raise InputError(f"{out_dir}: the output folder must be outside the model folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder (choose another --out)")
+    foreign = out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists()
+    if foreign and not force:
+        raise InputError(
+            f"{out_dir}: exists and is not a gate run folder "
+            "(choose an empty or new --out, or --force to write into it)"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "record.json").unlink(missing_ok=True)  # an old result is not this run's
+        atomic_write_text(out_dir / MARKER, "codeeraser gate run folder\n")
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot write the run folder ({exc.strerror})") from None
+
+
+def _builder(run: GateRun) -> RecordBuilder:
+    return RecordBuilder(
+        model_path=run.model_dir,
+        corpus=CorpusInfo(path=str(run.data), format=run.policy.scan.format),
+        policy=run.policy,
+        invocation=list(run.invocation),
+        model_sha256=fingerprint_path(run.model_dir),
+    )
+
+
+# ---------------------------------------------------------------- stages
+
+
+def _scan(state: _State) -> None:
+    from audit import ui
+    from audit.detectors import select_detectors
+    from audit.scan import ScanOptions, ScanSummary, scan_corpus
+
+    run, policy = state.run, state.run.policy
+    try:
+        detectors = select_detectors(policy.scan.detectors)
+    except InputError as exc:
+        raise PolicyError(f"{policy.source}: scan.detectors: {exc.message}") from None
+    baseline = read_findings(Path(policy.scan.baseline)) if policy.scan.baseline else []
+    summary = ScanSummary()
+    with state.builder.stage("scan"), ui.progress() as bar:
+        task = bar.add_task("Scanning the training data", total=None)
+        found = scan_corpus(
+            state.spec,
+            ScanOptions(detectors=detectors),
+            jobs=run.jobs,
+            summary=summary,
+            progress=lambda samples, _chars: bar.advance(task, samples),
+        )
+        state.findings = list(subtract_baseline(found, baseline))
+    write_findings(run.out_dir / "findings.jsonl", state.findings)
+    state.builder.set_findings(state.findings)
+    corpus = state.builder.record.corpus
+    corpus.samples, corpus.bytes = summary.samples, summary.chars
+    corpus.fingerprint = fingerprint_path(run.data)
+    _say(f"Scan: {len(state.findings)} secrets in {summary.samples} samples.")
+
+
+def _thresholds(state: _State) -> None:
+    policy = state.run.policy
+    calibrated = None
+    if policy.thresholds.needs_calibration:
+        with state.builder.stage("calibrate"):
+            calibrated = _calibrate(state)
+    state.thresholds = policy.thresholds.resolve(calibrated)
+    state.builder.set_thresholds(state.thresholds)
+
+
+def _calibrate(state: _State) -> Thresholds:
+    from audit import ui
+    from audit.calibrate import calibrate
+    from audit.model import load_model
+
+    run, unseen = state.run, state.run.policy.thresholds.unseen
+    if unseen is None:  # the policy loader refuses this; kept for policies built in code
+        raise PolicyError("thresholds: `auto` needs thresholds.unseen (or --unseen)")
+    loaded = load_model(run.model_dir, run.device, run.dtype)
+    with ui.progress() as progress:
+        result = calibrate(
+            loaded.model, loaded.tokenizer, CorpusSpec(Path(unseen)), progress=progress
+        )
+    atomic_write_json(run.out_dir / "thresholds.json", result.to_dict())
+    _say(
+        f"Calibrated thresholds: MA {result.thresholds.ma:.3f}, EL_10 {result.thresholds.el_10:.3f}"
+    )
+    return result.thresholds
+
+
+def _measure_before(state: _State) -> None:
+    from audit.findings import sample_findings
+    from audit.model import load_model
+
+    run, extraction = state.run, state.run.policy.extraction
+    state.measured = sample_findings(state.findings, extraction.max_findings, seed=0)
+    state.texts = _texts(state.spec, state.measured)
+    with state.builder.stage("measure"):
+        loaded = load_model(run.model_dir, run.device, run.dtype)
+        rows = _measure(state, loaded, extraction.prefix_tokens, _samples(run.policy, False))
+    del loaded
+    state.before = rows
+    write_measurements(run.out_dir / "measurements.before.jsonl", rows)
+    info = MeasurementSet(
+        name=BEFORE,
+        model="original",
+        prefix_tokens=extraction.prefix_tokens,
+        samples=_samples(run.policy, False),
+    )
+    state.builder.add_measurements(info, rows)
+    _say(_measured_line("Original model", rows))
+
+
+def _remediate(state: _State, verdict: Verdict) -> RunRecord:
+    run, builder = state.run, state.builder
+    with builder.stage("erase"):
+        remediation = _erase(state, verdict)
+    out_model = Path(remediation["output_path"])
+    builder.set_remediation(
+        RemediationInfo.from_stage(remediation), model_sha256=fingerprint_path(out_model)
+    )
+    with builder.stage("measure after"):
+        main, alt = _measure_after(state, out_model)
+    utility = _utility(remediation)
+    builder.set_utility(utility)
+    after = evaluate(worst_case(main, alt), state.measured, run.policy, utility)
+    builder.set_verdict("after", after)
+    if after.passed:
+        _say(f"Remediated model passes the policy: {out_model}")
+        return builder.finish(ExitCode.PASSED, "remediated", released_model=str(out_model))
+    return builder.finish(ExitCode.FAILED, "failed")
+
+
+def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
+    from gate.unlearn.erase import EraseOptions, erase_model
+    from gate.unlearn.trainer import UnlearnConfig
+
+    run, policy = state.run, state.run.policy
+    offending = set(verdict.offending_ids())
+    forget = [m for m in state.before if m.finding_id in offending]
+    out_model = run.out_dir / REMEDIATED
+    if out_model.exists():  # an earlier run's model in our own run folder
+        shutil.rmtree(out_model)
+    options = EraseOptions(
+        config=UnlearnConfig.from_args(
+            policy.remediation.method, policy.remediation.args.model_dump(by_alias=True)
+        ),
+        device=run.device,
+        prefix_tokens=policy.extraction.prefix_tokens,
+        batch_tokens=run.batch_tokens,
+        retain=CorpusSpec(Path(policy.remediation.retain)) if policy.remediation.retain else None,
+        heldout=_heldout_spec(policy),
+    )
+    assert state.thresholds is not None
+    result = erase_model(
+        run.model_dir,
+        state.spec,
+        state.measured,
+        forget,
+        thresholds=state.thresholds,
+        out_dir=out_model,
+        options=options,
+        report=_epoch_line,
+    )
+    return result.to_dict()
+
+
+def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], list[Measurement]]:
+    from audit.model import load_model
+
+    run, policy = state.run, state.run.policy
+    loaded = load_model(out_model, run.device, run.dtype)
+    samples = _samples(policy, after=True)
+    main = _measure(state, loaded, policy.extraction.prefix_tokens, samples)
+    alt_prefix = policy.verify_prefix_tokens
+    alt = _measure(state, loaded, alt_prefix, 0)
+    write_measurements(run.out_dir / "measurements.after.jsonl", main)
+    write_measurements(run.out_dir / f"measurements.after-prefix-{alt_prefix}.jsonl", alt)
+    builder = state.builder
+    builder.add_measurements(
+        MeasurementSet(
+            name=AFTER,
+            model="remediated",
+            prefix_tokens=policy.extraction.prefix_tokens,
+            samples=samples,
+        ),
+        main,
+    )
+    builder.add_measurements(
+        MeasurementSet(
+            name=f"after-prefix-{alt_prefix}", model="remediated", prefix_tokens=alt_prefix
+        ),
+        alt,
+    )
+    _say(_measured_line("Remediated model", worst_case(main, alt)))
+    return main, alt
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _measure(
+    state: _State, loaded: LoadedModel, prefix_tokens: int, samples: int
+) -> list[Measurement]:
+    from audit import ui
+    from audit.extraction import MeasureConfig, measure_findings
+
+    sampled = state.run.policy.extraction.sampled
+    config = MeasureConfig(
+        batch_tokens=state.run.batch_tokens,
+        samples=samples,
+        temperature=sampled.temperature,
+        top_k=sampled.top_k,
+    )
+    assert state.thresholds is not None
+    with ui.progress() as progress:
+        return measure_findings(
+            loaded,
+            state.measured,
+            state.texts,
+            state.thresholds,
+            config,
+            prefix_tokens=prefix_tokens,
+            max_secret_tokens=state.run.policy.extraction.secret_tokens,
+            progress=progress,
+        )
+
+
+def _samples(policy: Policy, after: bool) -> int:
+    """Sampled-attack draws: as the policy says, and always after remediation if verify says."""
+    sampled = policy.extraction.sampled
+    if sampled.enabled or (after and policy.remediation.verify.sampled):
+        return sampled.samples
+    return 0
+
+
+def _texts(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[str, str]:
+    from audit.corpus import texts_for_findings
+
+    return texts_for_findings(spec, findings)
+
+
+def _heldout_spec(policy: Policy) -> CorpusSpec | None:
+    path = policy.utility.heldout or policy.thresholds.unseen
+    return CorpusSpec(Path(path)) if path else None
+
+
+def _utility(remediation: dict[str, Any]) -> UtilityFigures:
+    """The erase stage's utility figures (held-out perplexity, HumanEval) for the verdict."""
+    figures = remediation.get("details", {}).get("utility", {})
+
+    def value(key: str, field_name: str) -> float | None:
+        entry = figures.get(key)
+        if isinstance(entry, dict):
+            entry = entry.get(field_name)
+        return float(entry) if isinstance(entry, int | float) else None
+
+    return UtilityFigures(
+        perplexity_before=value("perplexity_before", "perplexity"),
+        perplexity_after=value("perplexity_after", "perplexity"),
+        humaneval_before=value("humaneval_before", "pass_at_1"),
+        humaneval_after=value("humaneval_after", "pass_at_1"),
+        extra={k: v for k, v in figures.items() if not k.startswith(("perplexity_", "humaneval_"))},
+    )
+
+
+def _write_failed_record(state: _State, exit_code: int, message: str) -> None:
+    from gate.record import write_record
+
+    record = state.builder.finish(exit_code, "error", error=message)
+    try:
+        write_record(record, state.run.out_dir / "record.json")
+    except OSError:
+        log.warning("could not write the record of the failed run to %s", state.run.out_dir)
+
+
+def _publish(record: RunRecord, out_dir: Path) -> None:
+    from gate.report import write_and_publish
+
+    write_and_publish(record, out_dir)
+
+
+def _measured_line(label: str, rows: Sequence[Measurement]) -> str:
+    extracted = sum(1 for m in rows if m.extracted)
+    memorized = sum(1 for m in rows if m.memorized)
+    return f"{label}: {extracted} of {len(rows)} secrets extracted, {memorized} memorized."
+
+
+def _epoch_line(entry: Any) -> None:
+    log.info("erase epoch %s", getattr(entry, "epoch", "?"))
+
+
+def _say(message: str) -> None:
+    from audit import ui
+
+    if not ui.is_quiet():
+        ui.console.print(message)

@@ -1,0 +1,558 @@
+"""Erase memorized secrets from a model folder and write the remediated model.
+
+`erase_model` is what ``codeeraser erase`` and the gate pipeline call: it takes the
+findings that the measurements call memorized (or extracted), builds their forget
+windows and probes, a retain set of clean code, runs the unlearning loop, and writes
+a complete model folder (safetensors weights, config, tokenizer files) plus
+``remediation.json``.
+
+Nothing is lost: the input folder is only read; the output is written into a
+temporary sibling folder that is renamed into place only once it is complete, and
+removed if anything (Ctrl-C included) stops the run first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from audit.corpus import CorpusSpec, iter_samples, load_texts
+from audit.findings import Finding
+from audit.measurements import Measurement, Thresholds
+from gate import __version__
+from gate.errors import InputError
+from gate.unlearn.data import (
+    ForgetWindow,
+    RetainWindow,
+    build_forget_windows,
+    build_retain_windows,
+    clamp_tokens,
+)
+from gate.unlearn.trainer import EpochLog, UnlearnConfig, Unlearner, UnlearnResult
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from audit.extraction import MeasureConfig
+    from audit.probes import Probe
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+RECORD_NAME = "remediation.json"
+
+
+def weights_sha256(folder: Path) -> str:
+    """SHA-256 over a model folder's weight files (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def select_forget_set(
+    findings: Sequence[Finding], measurements: Sequence[Measurement]
+) -> tuple[list[Finding], list[Measurement]]:
+    """The findings whose measurement says memorized or extracted, with those measurements."""
+    by_id = {f.id: f for f in findings}
+    chosen: list[tuple[Finding, Measurement]] = []
+    for m in measurements:
+        if not (m.memorized or m.extracted):
+            continue
+        finding = by_id.get(m.finding_id)
+        if finding is None:
+            raise InputError(
+                f"measurement of finding {m.finding_id}: no such finding in the findings file "
+                "(are the measurements from another scan?)"
+            )
+        chosen.append((finding, m))
+    return [f for f, _ in chosen], [m for _, m in chosen]
+
+
+@dataclass
+class Remediation:
+    """remediation.json: what was erased, how, and what it cost (no secret in here).
+
+    `to_dict` writes the fields the run record reads (`gate.record.RemediationInfo`) at
+    the top level and everything else under ``details``.
+    """
+
+    method: str
+    args: dict[str, Any]  # the unlearning settings in force
+    forget_findings: list[str]  # ids of the findings erased
+    forget_samples: int  # training samples they are in
+    epochs: int  # epochs run
+    best_epoch: int  # the epoch whose weights were kept
+    steps: int  # forget batches trained on
+    stop_reason: str
+    wall_seconds: float  # the whole erase, loading and writing included
+    unlearn_seconds: float  # the unlearning loop alone
+    peak_memory_bytes: int  # peak resident memory of the process
+    input_path: str
+    output_path: str
+    input_sha256: str  # `weights_sha256` of the input folder (unchanged by erase)
+    output_sha256: str
+    thresholds: dict[str, Any]
+    samples: dict[str, int]  # forget findings / windows, distinct probes, retain windows
+    kl_reference: dict[str, Any]  # how p0 was held for the KL terms, and its bytes
+    outcomes: list[dict[str, Any]]  # per finding: before / after metrics, stop reason
+    history: list[dict[str, Any]]  # per epoch: loss parts, MA, EL_10, extracted, seconds
+    utility: dict[str, Any] = field(default_factory=dict)  # held-out perplexity, if asked
+    tool: str = f"codeeraser {__version__}"
+
+    _TOP = (
+        "method", "args", "forget_findings", "forget_samples", "epochs", "stop_reason",
+        "wall_seconds", "peak_memory_bytes", "output_path", "input_sha256", "output_sha256",
+    )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        top = {key: data.pop(key) for key in self._TOP}
+        return {**top, "details": data}
+
+    @property
+    def forgotten(self) -> int:
+        return sum(1 for o in self.outcomes if o["forgotten"])
+
+
+@dataclass(frozen=True)
+class EraseOptions:
+    """Everything about an erase run besides the model, data and findings."""
+
+    config: UnlearnConfig = field(default_factory=UnlearnConfig)
+    device: str = "auto"
+    dtype: str = "auto"
+    prefix_tokens: int = 128  # the attacker's prompt, as in `measure`
+    batch_tokens: int = 16384  # padded tokens per measuring batch
+    retain: CorpusSpec | None = None  # clean code; default: corpus samples with no finding
+    heldout: CorpusSpec | None = None  # held-out code for perplexity before and after
+    heldout_findings: tuple[Path, ...] = ()  # its samples named here are left out
+    humaneval: int = 0  # HumanEval problems for pass@1 before and after (0: off)
+    force: bool = False  # replace an existing output folder
+
+
+def check_output(out_dir: Path, model_dir: Path, force: bool) -> None:
+    """Refuse an output folder that is the input, inside it, or exists (without force)."""
+    out, model = out_dir.resolve(), model_dir.resolve()
+    if out == model or out.is_relative_to(model) or model.is_relative_to(out):
+        raise InputError(f"{out_dir}: the output must be outside the input model folder")
+    if out_dir.exists() and not force:
+        raise InputError(
+            f"{out_dir}: already exists (choose another --out, or --force to replace it)"
+        )
+
+
+def erase_model(
+    model_dir: Path,
+    data: CorpusSpec,
+    findings: Sequence[Finding],
+    measurements: Sequence[Measurement],
+    *,
+    thresholds: Thresholds,
+    out_dir: Path,
+    options: EraseOptions | None = None,
+    report: Callable[[EpochLog], None] | None = None,
+) -> Remediation:
+    """Unlearn the memorized findings and write the remediated model to `out_dir`."""
+    from audit.model import load_model
+
+    options = options or EraseOptions()
+    started = time.perf_counter()
+    check_output(out_dir, model_dir, options.force)
+    forget, before = select_forget_set(findings, measurements)
+    if not forget:
+        raise InputError("nothing to erase: no measured finding is memorized or extracted")
+    input_hash = weights_sha256(model_dir)
+    saved_dtype = _saved_dtype(model_dir)
+    # Training needs float32 weights: a bf16 weight does not move by a 3e-6 step.
+    dtype = "float32" if options.dtype == "auto" else options.dtype
+    loaded = load_model(model_dir, options.device, dtype)
+    job = _prepare(
+        loaded.model,
+        loaded.tokenizer,
+        context=loaded.context_length,
+        data=data,
+        forget=forget,
+        options=options,
+    )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial_dir(out_dir)
+    try:
+        heldout = _heldout_texts(options)
+        ppl_before = _perplexity(loaded.model, loaded.tokenizer, heldout)
+        he_before = _humaneval(loaded.model, loaded.tokenizer, options.humaneval)
+        result = _unlearn(
+            loaded.model,
+            job,
+            before=before,
+            thresholds=thresholds,
+            config=options.config,
+            tmp=tmp,
+            report=report,
+        )
+        utility = _utility(ppl_before, _perplexity(loaded.model, loaded.tokenizer, heldout))
+        if he_before is not None:
+            he_after = _humaneval(loaded.model, loaded.tokenizer, options.humaneval)
+            utility |= {"humaneval_before": he_before, "humaneval_after": he_after}
+        _write_model(loaded.model, model_dir, tmp, saved_dtype)
+        record = _record(result, job, options=options, thresholds=thresholds, utility=utility)
+        record.input_path, record.input_sha256 = str(model_dir), input_hash
+        record.output_path, record.output_sha256 = str(out_dir), weights_sha256(tmp)
+        record.wall_seconds = time.perf_counter() - started
+        (tmp / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record
+
+
+@dataclass
+class _Job:
+    """What one run trains and measures on."""
+
+    windows: list[ForgetWindow]
+    retain: list[RetainWindow]
+    probes: list[Probe]
+    measure: Callable[[Sequence[str]], list[Measurement]]
+    screen: Callable[[Sequence[str]], dict[str, tuple[float, bool]]]
+    window_tokens: int
+    retain_tokens: int
+    distinct_probes: int
+    pad_id: int
+
+
+def _prepare(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    context: int,
+    data: CorpusSpec,
+    forget: Sequence[Finding],
+    options: EraseOptions,
+) -> _Job:
+    from audit.extraction import MeasureConfig
+    from audit.model import pad_token_id
+    from audit.probes import build_probes
+
+    config = options.config
+    window = clamp_tokens(config.window_tokens, context, "window tokens")
+    retain_tokens = clamp_tokens(config.retain_tokens, context, "retain tokens")
+    texts = load_texts(data, {f.sample_id for f in forget})
+    windows = build_forget_windows(forget, texts, tokenizer, window)
+    measure_config = MeasureConfig(batch_tokens=options.batch_tokens, samples=0)
+    probes = build_probes(
+        forget,
+        texts,
+        tokenizer,
+        context_length=context,
+        prefix_tokens=options.prefix_tokens,
+        decode_margin=measure_config.decode_margin,
+    )
+    retain = build_retain_windows(
+        _retain_texts(data, options.retain, forget),
+        tokenizer,
+        retain_tokens,
+        config.retain_windows,
+        seed=config.seed,
+    )
+    measure, distinct = measure_by_id(model, tokenizer, probes, measure_config)
+    screen = screen_by_id(model, tokenizer, probes, measure_config)
+    pad_id = pad_token_id(tokenizer, model)
+    return _Job(windows, retain, probes, measure, screen, window, retain_tokens, distinct, pad_id)
+
+
+def _retain_texts(
+    data: CorpusSpec, retain: CorpusSpec | None, forget: Sequence[Finding]
+) -> Iterable[tuple[str, str]]:
+    if retain is not None:
+        return ((s.id, s.text) for s in iter_samples(retain))
+    dirty = {f.sample_id for f in forget}
+    return ((s.id, s.text) for s in iter_samples(data) if s.id not in dirty)
+
+
+ProbeKey = tuple[tuple[int, ...], tuple[int, ...]]
+SCREEN_N = 1 << 30  # an EL n longer than any secret: one greedy decode per finding
+
+
+def _distinct(probes: Sequence[Probe], ids: Sequence[str]) -> tuple[list[ProbeKey], list[Probe]]:
+    """The distinct (prefix, secret) pairs among `ids`' probes, first probe of each."""
+    by_id = {p.finding_id: p for p in probes}
+    unique: dict[ProbeKey, Probe] = {}
+    for fid in ids:
+        probe = by_id[fid]
+        unique.setdefault((probe.prefix_ids, probe.secret_ids), probe)
+    return list(unique), list(unique.values())
+
+
+def measure_by_id(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: Sequence[Probe],
+    config: MeasureConfig,
+    thresholds: Thresholds | None = None,
+) -> tuple[Callable[[Sequence[str]], list[Measurement]], int]:
+    """A measure function for the loop: finding ids in, Measurements out.
+
+    Probes with the same prefix and secret tokens (copies of a file) are measured once:
+    greedy decoding is deterministic, so their results are the same. The thresholds
+    only set the `memorized` flag, which the loop does not read.
+    """
+    from audit.extraction import measure_probes
+
+    marks = thresholds or Thresholds(ma=1.0, el_10=1.0, source="unused")
+    by_id = {p.finding_id: p for p in probes}
+
+    def measure(ids: Sequence[str]) -> list[Measurement]:
+        keys, unique = _distinct(probes, ids)
+        found = dict(
+            zip(keys, measure_probes(model, tokenizer, unique, marks, config), strict=True)
+        )
+        out = []
+        for fid in ids:
+            probe = by_id[fid]
+            m = found[(probe.prefix_ids, probe.secret_ids)]
+            out.append(replace(m, finding_id=fid, sample_id=probe.sample_id))
+        return out
+
+    return measure, len(_distinct(probes, list(by_id))[0])
+
+
+def screen_by_id(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: Sequence[Probe],
+    config: MeasureConfig,
+) -> Callable[[Sequence[str]], dict[str, tuple[float, bool]]]:
+    """MA and greedy extraction only (finding id -> (MA, extracted)), for the loop's screen.
+
+    `score_probes` with a single EL n longer than any secret decodes one row per probe
+    (the whole secret from the prefix, which also serves the verbatim attack) instead of
+    the m − n + 1 rows EL_10 needs; its MA is the same teacher-forced pass.
+    """
+    from audit.extraction import score_probes
+
+    cheap = replace(config, el_ns=(SCREEN_N,), extraction=True, samples=0)
+    by_id = {p.finding_id: p for p in probes}
+
+    def screen(ids: Sequence[str]) -> dict[str, tuple[float, bool]]:
+        keys, unique = _distinct(probes, ids)
+        scores = dict(zip(keys, score_probes(model, tokenizer, unique, cheap), strict=True))
+        out = {}
+        for fid in ids:
+            probe = by_id[fid]
+            s = scores[(probe.prefix_ids, probe.secret_ids)]
+            out[fid] = (s.ma, bool(s.extracted_greedy))
+        return out
+
+    return screen
+
+
+def _unlearn(
+    model: torch.nn.Module,
+    job: _Job,
+    *,
+    before: Sequence[Measurement],
+    thresholds: Thresholds,
+    config: UnlearnConfig,
+    tmp: Path,
+    report: Callable[[EpochLog], None] | None,
+) -> UnlearnResult:
+    best = tmp / ".best"
+    best.mkdir()
+    config = replace(config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens)
+    result = Unlearner(
+        model,
+        job.windows,
+        job.retain,
+        before=before,
+        measure=job.measure,
+        thresholds=thresholds,
+        config=config,
+        pad_id=job.pad_id,
+        best_dir=best,
+        report=report,
+        screen=job.screen,
+    ).run()
+    shutil.rmtree(best)
+    return result
+
+
+def _heldout_texts(options: EraseOptions) -> list[str] | None:
+    if options.heldout is None:
+        return None
+    from audit.utility import clean_texts
+
+    return [text for _, text in clean_texts(options.heldout, options.heldout_findings)]
+
+
+def _perplexity(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str] | None
+) -> dict[str, Any] | None:
+    if texts is None:
+        return None
+    from audit.utility import perplexity
+
+    return asdict(perplexity(model, tokenizer, texts))
+
+
+def _humaneval(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems: int
+) -> dict[str, Any] | None:
+    if problems <= 0:
+        return None
+    from audit.utility import humaneval
+
+    return asdict(humaneval(model, tokenizer, limit=problems))
+
+
+def _utility(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    if before is None or after is None:
+        return {}
+    change = after["perplexity"] / before["perplexity"] - 1.0
+    return {"perplexity_before": before, "perplexity_after": after, "perplexity_change": change}
+
+
+def _saved_dtype(model_dir: Path) -> str | None:
+    """The dtype the input's config declares (the output is saved in it), if any."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("dtype") or config.get("torch_dtype")
+    return value if value in ("float32", "bfloat16", "float16") else None
+
+
+def _write_model(model: torch.nn.Module, model_dir: Path, tmp: Path, dtype: str | None) -> None:
+    """Tokenizer and other non-weight files copied as they are; weights saved anew, in
+    the dtype the input was saved in."""
+    import torch
+
+    if dtype is not None:
+        model.to(getattr(torch, dtype))
+    for path in sorted(model_dir.iterdir()):
+        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name != RECORD_NAME:
+            shutil.copyfile(path, tmp / path.name)
+    for stale in tmp.glob("*.safetensors.index.json"):
+        stale.unlink()
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no shard-writing bar
+    try:
+        model.save_pretrained(str(tmp))  # type: ignore[operator]
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _partial_dir(out_dir: Path) -> Path:
+    """An empty hidden sibling of `out_dir`, with the permissions a new folder gets."""
+    import os
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():  # --force: the old folder goes only once the new one is complete
+        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        out_dir.rename(trash / out_dir.name)
+        tmp.rename(out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+
+
+def peak_memory_bytes() -> int:
+    """Peak resident memory of this process so far (ru_maxrss)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _record(
+    result: UnlearnResult,
+    job: _Job,
+    *,
+    options: EraseOptions,
+    thresholds: Thresholds,
+    utility: dict[str, Any],
+) -> Remediation:
+    config = replace(
+        options.config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens
+    )
+    args = {
+        **asdict(config),
+        "prefix_tokens": options.prefix_tokens,
+        "device": options.device,
+        "dtype": options.dtype,
+    }
+    return Remediation(
+        method=config.method,
+        args=args,
+        forget_findings=[o.finding_id for o in result.outcomes],
+        forget_samples=len({o.before.sample_id for o in result.outcomes}),
+        epochs=result.epochs,
+        best_epoch=result.best_epoch,
+        steps=result.steps,
+        stop_reason=result.stop_reason,
+        wall_seconds=0.0,
+        unlearn_seconds=result.seconds,
+        peak_memory_bytes=peak_memory_bytes(),
+        input_path="",
+        output_path="",
+        input_sha256="",
+        output_sha256="",
+        thresholds=thresholds.to_dict(),
+        samples={
+            "forget_findings": len(result.outcomes),
+            "forget_windows": len(job.windows),
+            "distinct_probes": job.distinct_probes,
+            "retain_windows": len(job.retain),
+            "forgotten": result.forgotten,
+        },
+        kl_reference={"kind": result.reference_kind, "bytes": result.reference_bytes},
+        outcomes=[_outcome(o) for o in result.outcomes],
+        history=[asdict(h) for h in result.history],
+        utility=utility,
+    )
+
+
+def _metrics(m: Measurement | None) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    return {
+        "ma": m.ma,
+        "el_3": m.el_3,
+        "el_5": m.el_5,
+        "el_10": m.el_10,
+        "extracted_greedy": m.extracted_greedy,
+    }
+
+
+def _outcome(outcome: Any) -> dict[str, Any]:
+    return {
+        "finding_id": outcome.finding_id,
+        "sample_id": outcome.before.sample_id,
+        "secret_type": outcome.before.secret_type,
+        "forgotten": outcome.forgotten,
+        "forgotten_epoch": outcome.forgotten_epoch,
+        "stop_reason": outcome.stop_reason,
+        "before": _metrics(outcome.before),
+        "after": _metrics(outcome.after),
+    }

@@ -1,0 +1,240 @@
+"""p0, the original model, as the KL terms see it: cached log-probs or a frozen copy.
+
+The forget and retain windows never change during unlearning, so p0's log-probs at
+the positions a loss uses can be computed once, before the first step, and the model
+being trained is then the only model in memory (`CachedReference`). The reference
+implementation instead keeps a frozen second copy of the model and runs it on every
+batch (`FrozenReference`, kept to measure against).
+
+What the cache holds, per window, at the positions the method's KL uses (codeeraser:
+the secret tokens of a forget window and every token of a retain window; cu: every
+token of both):
+
+- ``full``: p0's log-probs over the whole vocabulary, float32: exact, 4·V bytes per
+  position. About 0.5 KiB per position for V = 1k, 200 KiB for V = 50k.
+- ``topk``: the k likeliest tokens' ids and log-probs plus one tail bucket: an
+  approximation (see `gate.unlearn.losses`), 12·k + 4 bytes per position.
+- ``auto`` (default): ``full`` when it fits ``budget_mb``, else ``topk``.
+
+Tables live on the CPU (pinned when training on a GPU) and move to the device one
+batch at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from gate.unlearn.data import ForgetWindow, RetainWindow, TokenBatch, collate
+from gate.unlearn.losses import (
+    FullReference,
+    Reference,
+    TopKReference,
+    full_reference,
+    topk_reference,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from gate.unlearn.methods import KLPositions
+
+CacheMode = Literal["auto", "full", "topk"]
+CACHE_MODES: tuple[str, ...] = ("auto", "full", "topk")
+DEFAULT_TOPK = 64  # tokens kept per position by the top-k cache
+DEFAULT_BUDGET_MB = 512  # the most memory `auto` spends on an exact cache
+
+
+class ReferenceSource(Protocol):
+    """p0's log-probs for one batch, at the rows of `positions` (row-major order)."""
+
+    kind: str  # "cached-full", "cached-topk" or "frozen"
+    nbytes: int  # memory it holds beyond the model being trained
+
+    def forget(
+        self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
+    ) -> Reference: ...
+
+    def retain(
+        self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
+    ) -> Reference: ...
+
+
+def forget_positions(batch: TokenBatch, kind: KLPositions) -> torch.Tensor:
+    """Where a forget loss needs p0: every secret token (S ∪ forgotten), or all tokens."""
+    return batch.secret if kind == "secret" else batch.valid
+
+
+def aligned_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """log pθ(label j | tokens ≤ j) for every label position: (B, L, V), float32."""
+    import torch.nn.functional as F
+
+    logits = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+    ).logits  # (B, T, V)
+    return F.log_softmax(logits[:, :-1].float(), dim=-1)
+
+
+@dataclass
+class CachedReference:
+    """p0's log-probs, computed once per window at the positions the losses use."""
+
+    forget_tables: list[Reference | None]
+    retain_tables: list[Reference | None]
+    kind: str
+    nbytes: int
+    device: torch.device
+
+    def forget(
+        self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
+    ) -> Reference:
+        return _concat([self.forget_tables[i] for i in indices]).to(self.device)
+
+    def retain(
+        self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
+    ) -> Reference:
+        return _concat([self.retain_tables[i] for i in indices]).to(self.device)
+
+
+class FrozenReference:
+    """A frozen copy of the model, run on every batch (the reference's way)."""
+
+    kind = "frozen"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = copy.deepcopy(model)
+        self.model.requires_grad_(False)
+        self.nbytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def forget(
+        self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
+    ) -> Reference:
+        return self._at(batch, positions)
+
+    def retain(
+        self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
+    ) -> Reference:
+        return self._at(batch, positions)
+
+    def _at(self, batch: TokenBatch, positions: torch.Tensor) -> Reference:
+        import torch
+
+        with torch.no_grad():
+            return full_reference(aligned_logprobs(self.model, batch)[positions])
+
+
+def build_cache(
+    model: torch.nn.Module,
+    forget: Sequence[ForgetWindow],
+    retain: Sequence[RetainWindow],
+    *,
+    forget_kl: KLPositions,
+    retain_kl: bool,
+    pad_id: int,
+    mode: CacheMode = "auto",
+    topk: int = DEFAULT_TOPK,
+    budget_mb: int = DEFAULT_BUDGET_MB,
+    batch_size: int = 32,
+) -> CachedReference:
+    """Run p0 once over every window and keep its log-probs where the losses need them."""
+    import torch
+
+    device = next(model.parameters()).device
+    vocab = int(model.get_output_embeddings().weight.shape[0])  # type: ignore[operator]
+    positions = _count_forget(forget, forget_kl) + (
+        sum(len(w.input_ids) - 1 for w in retain) if retain_kl else 0
+    )
+    exact = mode == "full" or (mode == "auto" and positions * vocab * 4 <= budget_mb * 2**20)
+    keep_k = None if exact else topk
+    forget_tables: list[Reference | None] = [None] * len(forget)
+    retain_tables: list[Reference | None] = [None] * len(retain)
+    fill = partial(_fill, pad_id=pad_id, topk=keep_k, size=batch_size, pin=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        if forget_kl != "none":
+            fill(model, forget, forget_tables, kind=forget_kl)
+        if retain_kl:
+            fill(model, retain, retain_tables, kind="all")
+    model.train(was_training)
+    tables = [t for t in forget_tables + retain_tables if t is not None]
+    kind = "cached-full" if exact else f"cached-top{topk}"
+    return CachedReference(forget_tables, retain_tables, kind, _nbytes(tables), device)
+
+
+def _count_forget(windows: Sequence[ForgetWindow], kind: KLPositions) -> int:
+    if kind == "none":
+        return 0
+    if kind == "secret":
+        return sum(sum(w.secret_labels()) for w in windows)
+    return sum(len(w.input_ids) - 1 for w in windows)
+
+
+def _fill(
+    model: torch.nn.Module,
+    windows: Sequence[ForgetWindow | RetainWindow],
+    tables: list[Reference | None],
+    *,
+    kind: KLPositions,
+    pad_id: int,
+    topk: int | None,
+    size: int,
+    pin: bool,
+) -> None:
+    device = next(model.parameters()).device
+    for first in range(0, len(windows), size):
+        chunk = list(windows[first : first + size])
+        batch = collate(chunk, pad_id).to(device)
+        logprobs = aligned_logprobs(model, batch)  # (B, L, V)
+        mask = forget_positions(batch, kind)
+        for row in range(len(chunk)):
+            rows = logprobs[row][mask[row]]  # (n, V)
+            table = full_reference(rows) if topk is None else topk_reference(rows, topk)
+            tables[first + row] = _to_cpu(table, pin)
+
+
+def _to_cpu(table: Reference, pin: bool) -> Reference:
+    import torch
+
+    cpu = torch.device("cpu")
+    table = table.to(cpu)
+    if not pin:
+        return table
+    if isinstance(table, FullReference):
+        return FullReference(table.logprobs.pin_memory())
+    return TopKReference(
+        table.indices.pin_memory(), table.logprobs.pin_memory(), table.tail.pin_memory()
+    )
+
+
+def _concat(tables: Sequence[Reference | None]) -> Reference:
+    import torch
+
+    present = [t for t in tables if t is not None]
+    if not present:
+        raise ValueError("no cached p0 log-probs for this batch")
+    first = present[0]
+    if isinstance(first, FullReference):
+        return FullReference(
+            torch.cat([t.logprobs for t in present if isinstance(t, FullReference)])
+        )
+    tops = [t for t in present if isinstance(t, TopKReference)]
+    return TopKReference(
+        torch.cat([t.indices for t in tops]),
+        torch.cat([t.logprobs for t in tops]),
+        torch.cat([t.tail for t in tops]),
+    )
+
+
+def _nbytes(tables: Sequence[Reference]) -> int:
+    total = 0
+    for table in tables:
+        if isinstance(table, FullReference):
+            total += table.logprobs.numel() * table.logprobs.element_size()
+        else:
+            for tensor in (table.indices, table.logprobs, table.tail):
+                total += tensor.numel() * tensor.element_size()
+    return total

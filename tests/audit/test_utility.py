@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from audit.corpus import CorpusSpec
+from audit.findings import Finding, write_findings
+from audit.sandbox import run_python
+from audit.utility import (
+    clean_texts,
+    humaneval,
+    humaneval_problems,
+    perplexity,
+    program_for,
+    truncate_completion,
+)
+from gate.errors import InputError
+from tests.audit import tiny_lm
+
+CODE = tiny_lm.CODE
+
+
+def _model() -> torch.nn.Module:
+    return tiny_lm.gpt2(seed=0)
+
+
+def test_perplexity_of_one_window_is_the_library_loss() -> None:
+    model, tok = _model(), tiny_lm.tokenizer()
+    text = CODE[:200]
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    assert ids.shape[1] <= tiny_lm.CONTEXT
+    with torch.no_grad():
+        loss = float(model(input_ids=ids, labels=ids).loss)
+    result = perplexity(model, tok, [text])
+    assert result.windows == 1
+    assert result.tokens == ids.shape[1] - 1
+    assert result.nll == pytest.approx(loss, rel=1e-5)
+    assert result.perplexity == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+def test_perplexity_is_token_weighted_and_independent_of_batching() -> None:
+    model, tok = _model(), tiny_lm.tokenizer()
+    texts = [CODE, CODE[:90], CODE * 3]
+    one = perplexity(model, tok, texts, batch_tokens=1)
+    many = perplexity(model, tok, texts, batch_tokens=10**6)
+    assert one.tokens == many.tokens
+    assert one.nll == pytest.approx(many.nll, rel=1e-5)
+    # by hand: every window alone, weighted by its scored tokens
+    total, count = 0.0, 0
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        for i in range(0, len(ids), tiny_lm.CONTEXT):
+            window = torch.tensor([ids[i : i + tiny_lm.CONTEXT]])
+            if window.shape[1] < 2:
+                continue
+            with torch.no_grad():
+                total += float(model(input_ids=window, labels=window).loss) * (window.shape[1] - 1)
+            count += window.shape[1] - 1
+    assert many.nll == pytest.approx(total / count, rel=1e-5)
+    with pytest.raises(InputError, match="at least 2 tokens"):
+        perplexity(model, tok, ["x"])
+
+
+def test_clean_texts_leave_out_samples_with_findings(tmp_path: Path) -> None:
+    data = tmp_path / "heldout"
+    data.mkdir()
+    (data / "clean.py").write_text("x = 1\n")
+    secret_text = "KEY = 'AKIAQWERTYUIOPASDFGH'\n"
+    (data / "dirty.py").write_text(secret_text)
+    finding = Finding.create(
+        sample_id="dirty.py",
+        origin="dirty.py",
+        text=secret_text,
+        start=7,
+        end=27,
+        secret_type="AWS Access Key",
+        detector="test",
+    )
+    write_findings(tmp_path / "controls.jsonl", [finding])
+    spec = CorpusSpec(data)
+    assert [i for i, _ in clean_texts(spec)] == ["clean.py", "dirty.py"]
+    assert [i for i, _ in clean_texts(spec, [tmp_path / "controls.jsonl"])] == ["clean.py"]
+
+
+def test_completions_stop_at_the_end_of_the_function() -> None:
+    body = "    return a + b\n"
+    assert truncate_completion(body + "\ndef other():\n    pass\n") == body
+    assert truncate_completion(body + "\nprint(add(1, 2))\n") == body
+    assert truncate_completion(body) == body
+
+
+def test_canonical_solutions_pass_and_wrong_ones_fail_in_the_sandbox() -> None:
+    for problem in humaneval_problems(limit=3):
+        good = run_python(program_for(problem, problem["canonical_solution"]))
+        assert good.status == "passed", problem["task_id"]
+        wrong = run_python(program_for(problem, "    return None\n"))
+        assert wrong.status == "failed", problem["task_id"]
+
+
+def test_humaneval_runs_generated_code_and_counts_outcomes() -> None:
+    model, tok = _model(), tiny_lm.tokenizer()
+    result = humaneval(model, tok, limit=2, max_new_tokens=8)
+    assert result.problems == 2
+    assert sum(result.statuses.values()) == 2
+    assert result.pass_at_1 == result.passed / 2
+    assert "rlimits" in result.isolation

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import torch
+
+from audit.findings import Finding
+from gate.unlearn.data import ForgetWindow, RetainWindow, collate
+from gate.unlearn.losses import FullReference, TopKReference, kl_mean
+from gate.unlearn.reference import (
+    FrozenReference,
+    aligned_logprobs,
+    build_cache,
+    forget_positions,
+)
+from tests.gate.unlearn.conftest import micro_model
+
+Data = tuple[list[Finding], list[ForgetWindow], list[RetainWindow]]
+VOCAB = 320
+
+
+def _params_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_cached_log_probs_equal_a_frozen_copy_at_the_same_positions(
+    forget_and_retain: Data,
+) -> None:
+    _, windows, retain = forget_and_retain
+    model = micro_model(VOCAB)
+    cache = build_cache(
+        model, windows, retain, forget_kl="secret", retain_kl=True, pad_id=0, batch_size=3
+    )
+    frozen = FrozenReference(model)
+    assert cache.kind == "cached-full"
+    assert frozen.nbytes == _params_bytes(model)
+    picks = [2, 0]  # any order: rows follow the batch
+    batch = collate([windows[i] for i in picks], pad_id=0)
+    where = forget_positions(batch, "secret")
+    ours, theirs = cache.forget(picks, batch, where), frozen.forget(picks, batch, where)
+    assert isinstance(ours, FullReference)
+    assert isinstance(theirs, FullReference)
+    assert ours.logprobs.shape == (int(where.sum()), VOCAB)
+    assert torch.allclose(ours.logprobs, theirs.logprobs, atol=1e-6)
+    rpicks = [5, 1, 7]
+    rbatch = collate([retain[i] for i in rpicks], pad_id=0)
+    ours, theirs = (
+        cache.retain(rpicks, rbatch, rbatch.valid),
+        frozen.retain(rpicks, rbatch, rbatch.valid),
+    )
+    assert isinstance(ours, FullReference)
+    assert isinstance(theirs, FullReference)
+    assert torch.allclose(ours.logprobs, theirs.logprobs, atol=1e-6)
+    # the cache is what the KL needs: secret rows of 4 windows + every retain row
+    rows = sum(sum(w.secret_labels()) for w in windows) + sum(len(r.input_ids) - 1 for r in retain)
+    assert cache.nbytes == rows * VOCAB * 4
+
+
+def test_cached_kl_is_zero_before_training_and_grows_after(forget_and_retain: Data) -> None:
+    _, windows, _ = forget_and_retain
+    model = micro_model(VOCAB)
+    cache = build_cache(model, windows, [], forget_kl="all", retain_kl=False, pad_id=0)
+    picks = list(range(len(windows)))
+    batch = collate(windows, pad_id=0)
+    ref = cache.forget(picks, batch, batch.valid)
+    with torch.no_grad():
+        assert kl_mean(ref, aligned_logprobs(model, batch)[batch.valid]).item() < 1e-6
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+        assert kl_mean(ref, aligned_logprobs(model, batch)[batch.valid]).item() > 1e-4
+    assert all(t is None for t in cache.retain_tables)
+
+
+def test_auto_mode_switches_to_top_k_over_budget(forget_and_retain: Data) -> None:
+    _, windows, retain = forget_and_retain
+    model = micro_model(VOCAB)
+    args = {"forget_kl": "all", "retain_kl": True, "pad_id": 0}
+    full = build_cache(model, windows, retain, mode="auto", budget_mb=64, **args)  # type: ignore[arg-type]
+    top = build_cache(model, windows, retain, mode="auto", budget_mb=0, topk=8, **args)  # type: ignore[arg-type]
+    assert full.kind == "cached-full"
+    assert top.kind == "cached-top8"
+    assert top.nbytes * 10 < full.nbytes
+    batch = collate(windows, pad_id=0)
+    picks = list(range(len(windows)))
+    approx = top.forget(picks, batch, batch.valid)
+    assert isinstance(approx, TopKReference)
+    assert approx.indices.shape == (int(batch.valid.sum()), 8)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+        now = aligned_logprobs(model, batch)[batch.valid]
+    exact_kl = kl_mean(full.forget(picks, batch, batch.valid), now).item()
+    approx_kl = kl_mean(approx, now).item()
+    assert 0 < approx_kl <= exact_kl + 1e-6
