@@ -53,20 +53,20 @@ BUILD_VERSION = 1
 class DemoPreset:
     """Everything a build depends on besides the seed; part of the cache key."""
 
-    name: str
+    name: str  # the key in PRESETS, and the start of the cache folder's name
     n_files: int  # standard-library excerpts in the training split (planted ones included)
     n_secrets: int  # distinct planted secrets, one per sample
     copies: int  # times each planted sample appears in training (1 original + forks)
     kinds: tuple[str, ...]  # secret kinds (gate.demo_corpus.KINDS), cycled over the secrets
     steps: int  # optimizer steps
-    excerpt_bytes: int = 500  # each excerpt is cut to at most this many bytes, at a line end
+    excerpt_bytes: int = 500  # an excerpt is whole top-level statements, at most this many bytes
     n_heldout_files: int = 10  # clean standard-library excerpts in the held-out split
     n_controls: int = 0  # unplanted control secrets in the held-out split; 0 = n_secrets
     vocab_size: int = 1024  # byte-level BPE vocabulary, special token included
     n_ctx: int = 128  # context length (GPT-2 n_positions) and training window
     n_layer: int = 2  # wider or deeper models memorize more slowly on a CPU budget
-    n_head: int = 4
-    n_embd: int = 128
+    n_head: int = 4  # attention heads of 32 dims
+    n_embd: int = 128  # width: about 0.5M parameters with the vocabularies here
     batch_size: int = 8  # windows per step
     lr: float = 5e-3  # peak AdamW learning rate; a constant rate did far worse
     min_lr_ratio: float = 0.1  # the cosine decay ends at lr * min_lr_ratio
@@ -240,6 +240,11 @@ def build_key(preset: DemoPreset, seed: int) -> str:
     return f"{preset.name}-{digest[:12]}"
 
 
+def build_dir(preset: str = "demo", cache_dir: Path | None = None, seed: int = 0) -> Path:
+    """Where the build of these settings is (or will be) cached."""
+    return cache_root(cache_dir) / "demo" / build_key(get_preset(preset), seed)
+
+
 def build_demo(
     preset: str = "demo", cache_dir: Path | None = None, seed: int = 0, rebuild: bool = False
 ) -> DemoBuild:
@@ -249,7 +254,7 @@ def build_demo(
     complete, so an interrupted build is never reused.
     """
     settings = get_preset(preset)
-    final = cache_root(cache_dir) / "demo" / build_key(settings, seed)
+    final = build_dir(preset, cache_dir, seed)
     if final.is_dir() and not rebuild:
         log.info("reusing the demo build in %s", final)
         return DemoBuild.at(final, settings, seed, cached=True)

@@ -203,6 +203,8 @@ def quick_eval(
         encoding = tokenizer(text, return_offsets_mapping=True)
         ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
         span = [i for i, (a, b) in enumerate(offsets) if a < finding.end and b > finding.start]
+        if not span or span[0] == 0:
+            raise ValueError(f"finding {finding.id}: no token before its secret to prompt with")
         first, n_secret = span[0], min(len(span), n_ctx // 2)
         prefix = ids[max(0, first - (n_ctx - n_secret - margin)) : first]
         secret_ids = torch.tensor(ids[first : first + n_secret])  # (S,)

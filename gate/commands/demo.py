@@ -82,8 +82,11 @@ def demo(
     option, 3 internal error.
     """
     from audit import ui
-    from gate.demo import build_demo
+    from gate.demo import build_demo, build_dir
 
+    target = build_dir(preset, cache_dir, seed)
+    if (rebuild or not target.is_dir()) and not ui.is_quiet():
+        ui.console.print(f"Building the {preset} demo into {target} (cached afterwards)")
     build = build_demo(preset, cache_dir=cache_dir, seed=seed, rebuild=rebuild)
     if not ui.is_quiet():
         ui.console.print(figures_table(build))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,13 @@ from gate import demo
 from gate.cli import cli
 from gate.demo import DemoBuild
 from tests.gate.test_demo import secret_values
+
+
+@pytest.fixture(autouse=True)
+def _reset_ui() -> Iterator[None]:
+    """The CLI configures quiet mode and logging globally: put them back afterwards."""
+    yield
+    ui.configure(0, quiet=False)
 
 
 def test_demo_prints_the_figures_and_the_model_dir(tiny_demo: DemoBuild) -> None:
@@ -68,6 +76,7 @@ def test_a_build_prints_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     build = demo.build_demo("tiny", cache_dir=tmp_path)
     assert build.cached
     printed = screen.getvalue() + result.output
+    assert "Building the tiny demo into" in printed
     assert "training the tiny model" in printed  # the progress bar was drawn
     values = secret_values(build)
     assert len(values) == small.n_secrets * 2
