@@ -203,6 +203,9 @@ def _relay(child: int) -> None:
 
 def main() -> None:
     config = json.loads(sys.argv[1])
+    # Resolved before /tmp is replaced: a virtual environment there (a CI checkout under
+    # /tmp) links to an interpreter outside it that stays visible.
+    python = os.path.realpath(sys.executable)
     report = os.fdopen(int(config["report_fd"]), "w")
     achieved = _namespaces()
     if "pid" in achieved:
@@ -234,7 +237,6 @@ def main() -> None:
     report.write(json.dumps({"isolation": achieved}))
     report.close()
     env = {"PATH": "/usr/bin:/bin", "HOME": os.getcwd(), "LANG": "C.UTF-8"}
-    python = os.path.realpath(sys.executable)
     os.execve(python, [python, "-I", "-S", "-B", "program.py"], env)  # noqa: S606
 
 

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import uuid
 from pathlib import Path
+
+import pytest
 
 from audit.sandbox import SandboxLimits, run_python
 
@@ -16,6 +19,18 @@ def test_a_clean_exit_passes_and_an_exception_fails() -> None:
     bad = run_python("assert 1 == 2")
     assert bad.status == "failed"
     assert "AssertionError" in bad.stderr
+
+
+def test_an_interpreter_linked_from_tmp_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A virtual environment under /tmp (a CI checkout there): the sandbox hides /tmp, so
+    the link to the interpreter must be followed before that."""
+    link = tmp_path / "venv-python"
+    link.symlink_to(os.path.realpath(sys.executable))
+    monkeypatch.setattr(sys, "executable", str(link))
+    result = run_python("print('hello')")
+    assert (result.status, result.stdout) == ("passed", "hello\n"), result.stderr
 
 
 def test_an_endless_loop_times_out() -> None:
