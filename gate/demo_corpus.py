@@ -51,6 +51,13 @@ def _slack_token(rng: random.Random) -> str:
     return f"xoxb-{digits(rng)}-{digits(rng)}-{_chars(_ALNUM, 24)(rng)}"
 
 
+# Made-up names for the text around a secret (and for e-mail addresses).
+_FIRST_NAMES = ("Ada", "Bela", "Chidi", "Dana", "Emil", "Farah", "Goran", "Hana", "Ines", "Jonas")
+_LAST_NAMES = ("Okafor", "Lindqvist", "Moreau", "Tanaka", "Castell", "Novak", "Brandt", "Silva")
+_PROJECTS = ("atlas", "billing", "courier", "ledger", "orbit", "pylon", "relay", "tessera")
+_ROLES = ("api", "worker", "sync", "admin", "jobs", "edge")
+_REGIONS = ("us-east-1", "eu-west-1", "eu-central-1", "ap-southeast-2")
+_USERS = ("app", "svc_reports", "deploy", "etl")
 _SYLLABLES = ("bra", "cor", "dal", "ven", "tri", "mo", "lux", "quin", "sor", "tal", "zen", "fi")
 
 
@@ -180,13 +187,6 @@ KINDS: dict[str, SecretKind] = {
         ),
     )
 }
-
-_FIRST_NAMES = ("Ada", "Bela", "Chidi", "Dana", "Emil", "Farah", "Goran", "Hana", "Ines", "Jonas")
-_LAST_NAMES = ("Okafor", "Lindqvist", "Moreau", "Tanaka", "Castell", "Novak", "Brandt", "Silva")
-_PROJECTS = ("atlas", "billing", "courier", "ledger", "orbit", "pylon", "relay", "tessera")
-_ROLES = ("api", "worker", "sync", "admin", "jobs", "edge")
-_REGIONS = ("us-east-1", "eu-west-1", "eu-central-1", "ap-southeast-2")
-_USERS = ("app", "svc_reports", "deploy", "etl")
 
 
 Excerpt = tuple[str, list[str], list[int]]  # relative path, lines, top-level statement lines
