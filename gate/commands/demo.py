@@ -86,7 +86,7 @@ def demo(
 
     target = build_dir(preset, cache_dir, seed)
     if (rebuild or not target.is_dir()) and not ui.is_quiet():
-        ui.console.print(f"Building the demo (preset {preset}) into {target}; cached afterwards")
+        ui.console.print(f"Building the {preset} demo into {target}; cached afterwards")
     build = build_demo(preset, cache_dir=cache_dir, seed=seed, rebuild=rebuild)
     if not ui.is_quiet():
         ui.console.print(figures_table(build))

@@ -76,7 +76,7 @@ def test_a_build_prints_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     build = demo.build_demo("tiny", cache_dir=tmp_path)
     assert build.cached
     printed = screen.getvalue() + result.output
-    assert "Building the demo (preset tiny) into" in printed
+    assert "Building the tiny demo into" in printed
     assert "training the tiny model" in printed  # the progress bar was drawn
     values = secret_values(build)
     assert len(values) == small.n_secrets * 2
