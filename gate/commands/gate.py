@@ -172,21 +172,22 @@ def _rules_table(record: RunRecord) -> Any:
         table.add_row(
             name,
             rule.severity,
-            _number(rule.limit),
+            _value(rule.metric, rule.limit),
             _cell(before.get(name)),
             _cell(after.get(name)),
         )
     return table
 
 
-def _number(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:g}" if value == int(value) else f"{value:.3f}"
+def _value(metric: str, value: float | None) -> str:
+    """As the reports print it: counts whole, rates in percent, perplexity as a change."""
+    from gate.report import format_value
+
+    return format_value(metric, value)
 
 
 def _cell(result: RuleResult | None) -> str:
     if result is None:
         return "–"
     mark = "[green]pass[/]" if result.passed else "[red]fail[/]"
-    return f"{_number(result.value)} {mark}"
+    return f"{_value(result.metric, result.value)} {mark}"

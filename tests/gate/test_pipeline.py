@@ -113,6 +113,9 @@ def test_fails_erases_and_passes_after(
         assert (out / name).is_file(), name
     assert [s["name"] for s in record["measurement_sets"]] == ["before", "after", "after-prefix-48"]
     assert fingerprint_path(tiny_demo.model_dir) == model_hash  # the input is only read
+    rates = [line for line in result.output.splitlines() if "memorized " in line and "warn" in line]
+    assert len(rates) == 1
+    assert rates[0].count("%") == 3, rates  # limit, before and after in percent
 
 
 def test_no_secret_in_any_output_or_terminal(
