@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec, iter_samples, load_texts
+from audit.distributed import LOCAL, Shard
 from audit.findings import Finding
 from audit.measurements import Measurement, Thresholds
 from gate import __version__
@@ -37,6 +38,7 @@ from gate.unlearn.data import (
     build_retain_windows,
     clamp_tokens,
 )
+from gate.unlearn.engine import Engine
 from gate.unlearn.trainer import EpochLog, UnlearnConfig, Unlearner, UnlearnResult
 
 if TYPE_CHECKING:
@@ -110,6 +112,9 @@ class Remediation:
     outcomes: list[dict[str, Any]]  # per finding: before / after metrics, stop reason
     history: list[dict[str, Any]]  # per epoch: loss parts, MA, EL_10, extracted, seconds
     utility: dict[str, Any] = field(default_factory=dict)  # held-out perplexity, if asked
+    peak_gpu_memory_bytes: int = 0  # peak GPU memory allocated by torch (0: no GPU)
+    processes: int = 1  # processes that trained together (accelerate launch)
+    trainable_parameters: int = 0  # parameters updated (LoRA: the adapters only)
     tool: str = f"codeeraser {__version__}"
 
     _TOP = (
@@ -165,8 +170,12 @@ def erase_model(
     options: EraseOptions | None = None,
     report: Callable[[EpochLog], None] | None = None,
 ) -> Remediation:
-    """Unlearn the memorized findings and write the remediated model to `out_dir`."""
-    from audit.model import load_model
+    """Unlearn the memorized findings and write the remediated model to `out_dir`.
+
+    Under ``accelerate launch`` every process runs this; only the first writes `out_dir`,
+    and every process returns its record.
+    """
+    from gate.unlearn.engine import engine_for
 
     options = options or EraseOptions()
     started = time.perf_counter()
@@ -174,49 +183,135 @@ def erase_model(
     forget, before = select_forget_set(findings, measurements)
     if not forget:
         raise InputError("nothing to erase: no measured finding is memorized or extracted")
-    input_hash = weights_sha256(model_dir)
-    saved_dtype = _saved_dtype(model_dir)
-    # Training needs float32 weights: a bf16 weight does not move by a 3e-6 step.
-    dtype = "float32" if options.dtype == "auto" else options.dtype
-    loaded = load_model(model_dir, options.device, dtype)
+    engine = engine_for(options.config)
+    run = _load(model_dir, data, forget, options, engine)
+    if engine.is_main:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial_dir(out_dir) if engine.is_main else None
+    try:
+        record = _train(run, before, thresholds=thresholds, tmp=tmp, report=report)
+        full_state = engine.full_state_dict(run.model)  # FSDP: gathered (a collective)
+        if tmp is not None:
+            final = _final(run.model, options.config)
+            _write_model(final, model_dir, tmp, run.saved_dtype, full_state)
+            record.input_path, record.input_sha256 = str(model_dir), run.input_hash
+            record.output_path, record.output_sha256 = str(out_dir), weights_sha256(tmp)
+            record.wall_seconds = time.perf_counter() - started
+            (tmp / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+            _move_into_place(tmp, out_dir)
+        engine.shard.barrier()  # the others return once the folder is in place
+        record = engine.shard.broadcast(record)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record
+
+
+@dataclass
+class _Loaded:
+    """A run's model (adapted for LoRA), tokenizer, data and engine."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    job: _Job
+    engine: Engine
+    options: EraseOptions
+    input_hash: str  # of the input weights (first process only)
+    saved_dtype: str | None
+
+
+def _load(
+    model_dir: Path,
+    data: CorpusSpec,
+    forget: Sequence[Finding],
+    options: EraseOptions,
+    engine: Engine,
+) -> _Loaded:
+    from audit.distributed import device_for
+    from audit.model import load_model
+
+    input_hash = weights_sha256(model_dir) if engine.is_main else ""
+    loaded = load_model(model_dir, device_for(options.device, engine.shard), _train_dtype(options))
+    model = _adapted(loaded.model, options.config, engine)
     job = _prepare(
-        loaded.model,
+        model,
         loaded.tokenizer,
         context=loaded.context_length,
         data=data,
         forget=forget,
         options=options,
+        shard=engine.measure_shard,
     )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial_dir(out_dir)
-    try:
-        heldout = _heldout_texts(options)
-        ppl_before = _perplexity(loaded.model, loaded.tokenizer, heldout)
-        he_before = _humaneval(loaded.model, loaded.tokenizer, options.humaneval)
-        result = _unlearn(
-            loaded.model,
-            job,
-            before=before,
-            thresholds=thresholds,
-            config=options.config,
-            tmp=tmp,
-            report=report,
-        )
-        utility = _utility(ppl_before, _perplexity(loaded.model, loaded.tokenizer, heldout))
-        if he_before is not None:
-            he_after = _humaneval(loaded.model, loaded.tokenizer, options.humaneval)
-            utility |= {"humaneval_before": he_before, "humaneval_after": he_after}
-        _write_model(loaded.model, model_dir, tmp, saved_dtype)
-        record = _record(result, job, options=options, thresholds=thresholds, utility=utility)
-        record.input_path, record.input_sha256 = str(model_dir), input_hash
-        record.output_path, record.output_sha256 = str(out_dir), weights_sha256(tmp)
-        record.wall_seconds = time.perf_counter() - started
-        (tmp / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
-        _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    saved = _saved_dtype(model_dir)
+    return _Loaded(model, loaded.tokenizer, job, engine, options, input_hash, saved)
+
+
+def _train(
+    run: _Loaded,
+    before: Sequence[Measurement],
+    *,
+    thresholds: Thresholds,
+    tmp: Path | None,
+    report: Callable[[EpochLog], None] | None,
+) -> Remediation:
+    """Utility before, the unlearning loop, utility after: the record (not yet written)."""
+    model, tokenizer, options = run.model, run.tokenizer, run.options
+    heldout = _heldout_texts(options)
+    ppl_before = _perplexity(model, tokenizer, heldout)
+    he_before = _humaneval(model, tokenizer, options.humaneval)
+    result = _unlearn(
+        model,
+        run.job,
+        before=before,
+        thresholds=thresholds,
+        config=options.config,
+        tmp=tmp,
+        report=report if run.engine.is_main else None,
+        engine=run.engine,
+    )
+    utility = _utility(ppl_before, _perplexity(model, tokenizer, heldout))
+    if he_before is not None:
+        he_after = _humaneval(model, tokenizer, options.humaneval)
+        utility |= {"humaneval_before": he_before, "humaneval_after": he_after}
+    record = _record(result, run.job, options=options, thresholds=thresholds, utility=utility)
+    record.processes = run.engine.shard.world
+    record.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return record
+
+
+def _train_dtype(options: EraseOptions) -> str:
+    """Weights dtype for training. Full training needs float32 weights (a bf16 weight
+    does not move by a 3e-6 step; mixed precision keeps float32 master weights); a
+    LoRA base is frozen, so `auto` loads it as for measuring (bf16 on a GPU)."""
+    if options.dtype != "auto" or options.config.lora:
+        return options.dtype
+    return "float32"
+
+
+def _adapted(model: torch.nn.Module, config: UnlearnConfig, engine: Any) -> torch.nn.Module:
+    """The model to train: with LoRA adapters when asked for."""
+    if not config.lora:
+        return model
+    if getattr(engine, "fsdp", False):
+        raise InputError(
+            "--lora with FSDP is not supported: a LoRA run holds the frozen base once per "
+            "process (use DDP: accelerate launch --multi_gpu)"
+        )
+    from gate.unlearn.lora import add_adapters
+
+    return add_adapters(
+        model, rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets
+    )
+
+
+def _final(model: torch.nn.Module, config: UnlearnConfig) -> torch.nn.Module:
+    """The model to save: LoRA adapters merged into the base weights."""
+    if not config.lora:
+        return model
+    from gate.unlearn.lora import merged
+
+    return merged(model)
 
 
 @dataclass
@@ -242,6 +337,7 @@ def _prepare(
     data: CorpusSpec,
     forget: Sequence[Finding],
     options: EraseOptions,
+    shard: Shard = LOCAL,
 ) -> _Job:
     from audit.extraction import MeasureConfig
     from audit.model import pad_token_id
@@ -268,8 +364,8 @@ def _prepare(
         config.retain_windows,
         seed=config.seed,
     )
-    measure, distinct = measure_by_id(model, tokenizer, probes, measure_config)
-    screen = screen_by_id(model, tokenizer, probes, measure_config)
+    measure, distinct = measure_by_id(model, tokenizer, probes, measure_config, shard=shard)
+    screen = screen_by_id(model, tokenizer, probes, measure_config, shard=shard)
     pad_id = pad_token_id(tokenizer, model)
     return _Job(windows, retain, probes, measure, screen, window, retain_tokens, distinct, pad_id)
 
@@ -303,12 +399,15 @@ def measure_by_id(
     probes: Sequence[Probe],
     config: MeasureConfig,
     thresholds: Thresholds | None = None,
+    *,
+    shard: Shard = LOCAL,
 ) -> tuple[Callable[[Sequence[str]], list[Measurement]], int]:
     """A measure function for the loop: finding ids in, Measurements out.
 
     Probes with the same prefix and secret tokens (copies of a file) are measured once:
     greedy decoding is deterministic, so their results are the same. The thresholds
-    only set the `memorized` flag, which the loop does not read.
+    only set the `memorized` flag, which the loop does not read. Under a launcher,
+    `shard` shares the measuring out and every process gets every measurement.
     """
     from audit.extraction import measure_probes
 
@@ -318,7 +417,11 @@ def measure_by_id(
     def measure(ids: Sequence[str]) -> list[Measurement]:
         keys, unique = _distinct(probes, ids)
         found = dict(
-            zip(keys, measure_probes(model, tokenizer, unique, marks, config), strict=True)
+            zip(
+                keys,
+                measure_probes(model, tokenizer, unique, marks, config, shard=shard),
+                strict=True,
+            )
         )
         out = []
         for fid in ids:
@@ -335,6 +438,8 @@ def screen_by_id(
     tokenizer: PreTrainedTokenizerBase,
     probes: Sequence[Probe],
     config: MeasureConfig,
+    *,
+    shard: Shard = LOCAL,
 ) -> Callable[[Sequence[str]], dict[str, tuple[float, bool]]]:
     """MA and greedy extraction only (finding id -> (MA, extracted)), for the loop's screen.
 
@@ -349,7 +454,9 @@ def screen_by_id(
 
     def screen(ids: Sequence[str]) -> dict[str, tuple[float, bool]]:
         keys, unique = _distinct(probes, ids)
-        scores = dict(zip(keys, score_probes(model, tokenizer, unique, cheap), strict=True))
+        scores = dict(
+            zip(keys, score_probes(model, tokenizer, unique, cheap, shard=shard), strict=True)
+        )
         out = {}
         for fid in ids:
             probe = by_id[fid]
@@ -367,11 +474,13 @@ def _unlearn(
     before: Sequence[Measurement],
     thresholds: Thresholds,
     config: UnlearnConfig,
-    tmp: Path,
+    tmp: Path | None,
     report: Callable[[EpochLog], None] | None,
+    engine: Engine,
 ) -> UnlearnResult:
-    best = tmp / ".best"
-    best.mkdir()
+    best = None if tmp is None else tmp / ".best"  # only the first process writes
+    if best is not None:
+        best.mkdir()
     config = replace(config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens)
     result = Unlearner(
         model,
@@ -385,8 +494,10 @@ def _unlearn(
         best_dir=best,
         report=report,
         screen=job.screen,
+        engine=engine,
     ).run()
-    shutil.rmtree(best)
+    if best is not None:
+        shutil.rmtree(best)
     return result
 
 
@@ -435,13 +546,22 @@ def _saved_dtype(model_dir: Path) -> str | None:
     return value if value in ("float32", "bfloat16", "float16") else None
 
 
-def _write_model(model: torch.nn.Module, model_dir: Path, tmp: Path, dtype: str | None) -> None:
+def _write_model(
+    model: torch.nn.Module,
+    model_dir: Path,
+    tmp: Path,
+    dtype: str | None,
+    state: dict[str, Any] | None = None,
+) -> None:
     """Tokenizer and other non-weight files copied as they are; weights saved anew, in
-    the dtype the input was saved in."""
+    the dtype the input was saved in (`state`: the weights gathered from FSDP shards)."""
     import torch
 
     if dtype is not None:
-        model.to(getattr(torch, dtype))
+        if state is None:
+            model.to(getattr(torch, dtype))
+        else:
+            state = {k: v.to(getattr(torch, dtype)) for k, v in state.items()}
     for path in sorted(model_dir.iterdir()):
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name != RECORD_NAME:
             shutil.copyfile(path, tmp / path.name)
@@ -452,7 +572,8 @@ def _write_model(model: torch.nn.Module, model_dir: Path, tmp: Path, dtype: str 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no shard-writing bar
     try:
-        model.save_pretrained(str(tmp))  # type: ignore[operator]
+        extra = {} if state is None else {"state_dict": state}
+        model.save_pretrained(str(tmp), **extra)  # type: ignore[operator]
     finally:
         if bars:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
@@ -485,6 +606,13 @@ def peak_memory_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def peak_gpu_memory_bytes() -> int:
+    """Peak GPU memory torch allocated in this process (0 without CUDA)."""
+    import torch
+
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else 0
+
+
 def _record(
     result: UnlearnResult,
     job: _Job,
@@ -514,6 +642,7 @@ def _record(
         wall_seconds=0.0,
         unlearn_seconds=result.seconds,
         peak_memory_bytes=peak_memory_bytes(),
+        peak_gpu_memory_bytes=peak_gpu_memory_bytes(),
         input_path="",
         output_path="",
         input_sha256="",
