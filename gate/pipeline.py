@@ -13,6 +13,12 @@ Every stage reuses the code of its own command (`scan`, `calibrate`, `measure`,
 
 The input model folder is only read. The record is written last: a folder without
 record.json is an unfinished run.
+
+Under ``accelerate launch`` every process runs the gate: the first one scans and hands
+the findings to the others, the measuring is shared out (`audit.distributed`), erase
+trains on every process (DDP/FSDP), and only the first process writes to the run
+folder (on several machines, put it on a shared filesystem: every process loads the
+remediated model from it).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec
+from audit.distributed import LOCAL, Shard
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
 from audit.io import atomic_write_json, atomic_write_text
 from audit.measurements import Measurement, Thresholds, write_measurements
@@ -79,15 +86,21 @@ class _State:
     thresholds: Thresholds | None = None
     before: list[Measurement] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict, repr=False)
+    shard: Shard = LOCAL  # this process's place under accelerate launch
 
 
 def run_gate(run: GateRun) -> RunRecord:
     """Run the whole gate and write the record and reports; return the record."""
+    from audit.distributed import current
     from audit.model import check_model_dir
 
     check_model_dir(run.model_dir)
-    prepare_out_dir(run.out_dir, run.model_dir, run.force)
-    state = _State(run=run, builder=_builder(run), spec=run.policy.scan.corpus_spec(run.data))
+    shard = current()
+    if shard.is_main:
+        prepare_out_dir(run.out_dir, run.model_dir, run.force)
+    shard.barrier()
+    spec = run.policy.scan.corpus_spec(run.data)
+    state = _State(run=run, builder=_builder(run), spec=spec, shard=shard)
     try:
         record = _stages(state)
     except CodeEraserError as exc:
@@ -96,7 +109,8 @@ def run_gate(run: GateRun) -> RunRecord:
     except KeyboardInterrupt:
         _write_failed_record(state, int(ExitCode.INTERNAL), "interrupted")
         raise
-    _publish(record, run.out_dir)
+    if shard.is_main:
+        _publish(record, run.out_dir)
     return record
 
 
@@ -160,6 +174,17 @@ def _builder(run: GateRun) -> RecordBuilder:
 
 
 def _scan(state: _State) -> None:
+    """Scan on the first process; the others get its findings and counts."""
+    if state.shard.is_main:
+        _scan_here(state)
+    findings, corpus = state.shard.broadcast((state.findings, state.builder.record.corpus))
+    if not state.shard.is_main:
+        state.findings = findings
+        state.builder.set_findings(findings)
+        state.builder.record.corpus = corpus
+
+
+def _scan_here(state: _State) -> None:
     from audit import ui
     from audit.detectors import select_detectors
     from audit.scan import ScanOptions, ScanSummary, scan_corpus
@@ -207,12 +232,17 @@ def _calibrate(state: _State) -> Thresholds:
     run, unseen = state.run, state.run.policy.thresholds.unseen
     if unseen is None:  # the policy loader refuses this; kept for policies built in code
         raise PolicyError("thresholds: `auto` needs thresholds.unseen (or --unseen)")
-    loaded = load_model(run.model_dir, run.device, run.dtype)
+    loaded = load_model(run.model_dir, _device(state), run.dtype)
     with ui.progress() as progress:
         result = calibrate(
-            loaded.model, loaded.tokenizer, CorpusSpec(Path(unseen)), progress=progress
+            loaded.model,
+            loaded.tokenizer,
+            CorpusSpec(Path(unseen)),
+            progress=progress,
+            shard=state.shard,
         )
-    atomic_write_json(run.out_dir / "thresholds.json", result.to_dict())
+    if state.shard.is_main:
+        atomic_write_json(run.out_dir / "thresholds.json", result.to_dict())
     _say(
         f"Calibrated thresholds: MA {result.thresholds.ma:.3f}, EL_10 {result.thresholds.el_10:.3f}"
     )
@@ -227,11 +257,12 @@ def _measure_before(state: _State) -> None:
     state.measured = sample_findings(state.findings, extraction.max_findings, seed=0)
     state.texts = _texts(state.spec, state.measured)
     with state.builder.stage("measure"):
-        loaded = load_model(run.model_dir, run.device, run.dtype)
+        loaded = load_model(run.model_dir, _device(state), run.dtype)
         rows = _measure(state, loaded, extraction.prefix_tokens, _samples(run.policy, False))
     del loaded
     state.before = rows
-    write_measurements(run.out_dir / "measurements.before.jsonl", rows)
+    if state.shard.is_main:
+        write_measurements(run.out_dir / "measurements.before.jsonl", rows)
     info = MeasurementSet(
         name=BEFORE,
         model="original",
@@ -270,8 +301,9 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
     offending = set(verdict.offending_ids())
     forget = [m for m in state.before if m.finding_id in offending]
     out_model = run.out_dir / REMEDIATED
-    if out_model.exists():  # an earlier run's model in our own run folder
+    if out_model.exists() and state.shard.is_main:  # an earlier run's model in our folder
         shutil.rmtree(out_model)
+    state.shard.barrier()
     options = EraseOptions(
         config=UnlearnConfig.from_args(
             policy.remediation.method, policy.remediation.args.model_dump(by_alias=True)
@@ -300,13 +332,14 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
     from audit.model import load_model
 
     run, policy = state.run, state.run.policy
-    loaded = load_model(out_model, run.device, run.dtype)
+    loaded = load_model(out_model, _device(state), run.dtype)
     samples = _samples(policy, after=True)
     main = _measure(state, loaded, policy.extraction.prefix_tokens, samples)
     alt_prefix = policy.verify_prefix_tokens
     alt = _measure(state, loaded, alt_prefix, 0)
-    write_measurements(run.out_dir / "measurements.after.jsonl", main)
-    write_measurements(run.out_dir / f"measurements.after-prefix-{alt_prefix}.jsonl", alt)
+    if state.shard.is_main:
+        write_measurements(run.out_dir / "measurements.after.jsonl", main)
+        write_measurements(run.out_dir / f"measurements.after-prefix-{alt_prefix}.jsonl", alt)
     builder = state.builder
     builder.add_measurements(
         MeasurementSet(
@@ -354,7 +387,15 @@ def _measure(
             prefix_tokens=prefix_tokens,
             max_secret_tokens=state.run.policy.extraction.secret_tokens,
             progress=progress,
+            shard=state.shard,
         )
+
+
+def _device(state: _State) -> str:
+    """The device for this process (the launcher's under accelerate launch)."""
+    from audit.distributed import device_for
+
+    return device_for(state.run.device, state.shard)
 
 
 def _samples(policy: Policy, after: bool) -> int:
@@ -398,6 +439,8 @@ def _utility(remediation: dict[str, Any]) -> UtilityFigures:
 def _write_failed_record(state: _State, exit_code: int, message: str) -> None:
     from gate.record import write_record
 
+    if not state.shard.is_main:
+        return
     record = state.builder.finish(exit_code, "error", error=message)
     try:
         write_record(record, state.run.out_dir / "record.json")

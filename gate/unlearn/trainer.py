@@ -162,7 +162,7 @@ class UnlearnConfig:
             name = renames.get(key, key)
             if name not in fields:
                 raise InputError(f"unknown unlearning argument {key!r}")
-            values[name] = tuple(value) if isinstance(value, list) else value
+            values[name] = tuple(value or ()) if name == "lora_targets" else value
         return cls(**values)
 
     def hyper(self) -> Hyper:
