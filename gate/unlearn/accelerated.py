@@ -55,10 +55,13 @@ class AcceleratedEngine(Engine):
 
             forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
             cpu = forced or not torch.cuda.is_available()
+        # "no" leaves the choice to the launcher's config (mixed_precision: bf16 there)
+        asked = None if mixed_precision == "no" else mixed_precision
         try:
-            self.accelerator = accelerate.Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-        except ValueError as exc:  # e.g. fp16 on a CPU
+            self.accelerator = accelerate.Accelerator(mixed_precision=asked, cpu=cpu)
+        except ValueError as exc:  # e.g. bf16 on hardware without it
             raise InputError(f"--mixed-precision {mixed_precision}: {exc}") from None
+        self.mixed_precision = str(self.accelerator.mixed_precision)
         kind = accelerate.utils.DistributedType
         self.fsdp = self.accelerator.distributed_type == kind.FSDP
         if self.fsdp and not self.accelerator.is_fsdp2:

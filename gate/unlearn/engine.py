@@ -80,17 +80,22 @@ def plan_pieces(
 
 
 def enable_checkpointing(model: torch.nn.Module) -> None:
-    """Turn on transformers' gradient checkpointing (non-reentrant: works with frozen
-    inputs, as under LoRA, and with DDP)."""
+    """Turn on transformers' activation (gradient) checkpointing, non-reentrant: it works
+    with frozen inputs, as under LoRA, and with DDP."""
     from gate.errors import InputError
 
-    enable = getattr(model, "gradient_checkpointing_enable", None)
-    if not callable(enable) or not getattr(model, "supports_gradient_checkpointing", False):
+    if not getattr(model, "supports_gradient_checkpointing", False):
         raise InputError(
             f"{type(model).__name__} does not support gradient checkpointing "
             "(leave --gradient-checkpointing off)"
         )
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers ≥ 5.2x
+    if callable(enable):
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(  # type: ignore[operator]
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
 
 
 def checkpointed_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -106,6 +111,7 @@ class Engine:
     ) -> None:
         self.batch_tokens = batch_tokens
         self.checkpointing = checkpointing
+        self.mixed_precision = "no"  # in force (Accelerate's engine: autocast dtype)
         self._layers: list[torch.nn.Module] = []
 
     @property

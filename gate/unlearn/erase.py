@@ -114,6 +114,7 @@ class Remediation:
     utility: dict[str, Any] = field(default_factory=dict)  # held-out perplexity, if asked
     peak_gpu_memory_bytes: int = 0  # peak GPU memory allocated by torch (0: no GPU)
     processes: int = 1  # processes that trained together (accelerate launch)
+    mixed_precision: str = "no"  # autocast in force (the option, or the launcher's config)
     trainable_parameters: int = 0  # parameters updated (LoRA: the adapters only)
     tool: str = f"codeeraser {__version__}"
 
@@ -276,6 +277,7 @@ def _train(
         utility |= {"humaneval_before": he_before, "humaneval_after": he_after}
     record = _record(result, run.job, options=options, thresholds=thresholds, utility=utility)
     record.processes = run.engine.shard.world
+    record.mixed_precision = run.engine.mixed_precision
     record.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return record
 

@@ -21,6 +21,7 @@ Default target modules, per architecture: GPT-2 and StarCoder ``c_attn``, ``c_pr
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +70,15 @@ def add_adapters(
         task_type="CAUSAL_LM",
     )
     try:
-        adapted: torch.nn.Module = peft.get_peft_model(model, settings)
+        with warnings.catch_warnings():
+            # peft 0.21 asks transformers 5.2x `is_gradient_checkpointing`, which transformers
+            # deprecated in favour of `is_activation_checkpointing`: their matter, not the user's.
+            warnings.filterwarnings(
+                "ignore",
+                message="`is_gradient_checkpointing` is deprecated",
+                category=FutureWarning,
+            )
+            adapted: torch.nn.Module = peft.get_peft_model(model, settings)
     except ValueError as exc:
         first = str(exc).splitlines()[0][:200]
         raise InputError(f"LoRA target modules {chosen!r} do not fit this model: {first}") from None
