@@ -721,7 +721,7 @@ def _topk_table(result: dict[str, Any]) -> str:
         f"{r['kl_topk_mean']:.4f} | {r['relative_error']:.1%} | {r['bytes_per_position']} |"
         for r in result["rows"]
     ]
-    lines.append(f"| full | 1 | | | 0 | {4 * result['vocab']} |")
+    lines.append(f"| full | 1 | | | 0 | {4 * result['vocab'] + 4} |")
     return "\n".join(lines)
 
 

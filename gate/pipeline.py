@@ -301,6 +301,7 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
     offending = set(verdict.offending_ids())
     forget = [m for m in state.before if m.finding_id in offending]
     out_model = run.out_dir / REMEDIATED
+    heldout = _heldout_spec(policy)
     if out_model.exists() and state.shard.is_main:  # an earlier run's model in our folder
         shutil.rmtree(out_model)
     state.shard.barrier()
@@ -312,7 +313,8 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
         prefix_tokens=policy.extraction.prefix_tokens,
         batch_tokens=run.batch_tokens,
         retain=CorpusSpec(Path(policy.remediation.retain)) if policy.remediation.retain else None,
-        heldout=_heldout_spec(policy),
+        heldout=heldout,
+        heldout_findings=_scan_heldout(state, heldout),
     )
     assert state.thresholds is not None
     result = erase_model(
@@ -415,6 +417,22 @@ def _texts(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[str, str]:
 def _heldout_spec(policy: Policy) -> CorpusSpec | None:
     path = policy.utility.heldout or policy.thresholds.unseen
     return CorpusSpec(Path(path)) if path else None
+
+
+def _scan_heldout(state: _State, heldout: CorpusSpec | None) -> tuple[Path, ...]:
+    """Findings in the held-out code: their samples are left out of the perplexity, which
+    should say how well the model knows code, not how badly it guesses random keys."""
+    from audit.detectors import select_detectors
+    from audit.scan import ScanOptions, scan_corpus
+
+    if heldout is None:
+        return ()
+    options = ScanOptions(detectors=select_detectors(state.run.policy.scan.detectors))
+    path = state.run.out_dir / "heldout-findings.jsonl"
+    if state.shard.is_main:  # the others read it once it is there
+        write_findings(path, scan_corpus(heldout, options, jobs=state.run.jobs))
+    state.shard.barrier()
+    return (path,)
 
 
 def _utility(remediation: dict[str, Any]) -> UtilityFigures:

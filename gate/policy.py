@@ -166,6 +166,12 @@ class RemediationArgs(_Section):
     lora_rank: int = Field(default=16, ge=1)
     lora_alpha: float = Field(default=32.0, gt=0)
     lora_targets: list[str] | None = Field(default=None, min_length=1)  # none: per architecture
+    # Secret tokens the ascent works on: those the model still predicts greedily (measured
+    # to cost less utility on the demo), or all of them as in the paper.
+    ascend_on: Literal["predicted", "all"] = "predicted"
+    # One optimizer step on the forget batch then one on the retain batch (the reference),
+    # or one step on their summed loss.
+    schedule: Literal["alternating", "joint"] = "alternating"
 
 
 class VerifyOptions(_Section):
