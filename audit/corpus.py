@@ -30,6 +30,7 @@ OnBad = Literal["skip", "fail"]
 FORMATS: tuple[str, ...] = ("auto", "dir", "jsonl", "parquet", "hf")
 
 MAX_FILE_BYTES = 2_000_000  # folder files larger than this are skipped (minified, data)
+SKIP_HINT = "skip bad records (--on-bad-record skip; in a policy, scan.on_bad_record: skip)"
 
 _LANGUAGES = {
     ".py": "python",
@@ -138,6 +139,19 @@ def iter_samples(spec: CorpusSpec, stats: ReadStats | None = None) -> Iterator[S
         stats.samples += 1
         stats.bytes += len(sample.text)
         yield sample
+    if stats.samples == 0:
+        raise InputError(f"{spec.path}: {_nothing_read(stats)}")
+
+
+def _nothing_read(stats: ReadStats) -> str:
+    """Why a corpus gave no sample, and what to do."""
+    if not stats.skipped:
+        return "no samples in it (give the folder or file that holds the training code)"
+    skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(stats.skipped.items()))
+    return (
+        f"no text samples to read (skipped: {skipped}); give UTF-8 source files or records, "
+        "or change the excludes"
+    )
 
 
 def load_texts(spec: CorpusSpec, sample_ids: Iterable[str]) -> dict[str, str]:
@@ -218,8 +232,8 @@ def _record_sample(
         problem = "missing" if text is None else "not a string"
         if spec.on_bad_record == "fail":
             raise InputError(
-                f"{where}: text field {spec.text_field!r} is {problem} "
-                "(set --text-field, or --on-bad-record skip)"
+                f"{where}: text field {spec.text_field!r} is {problem}; set --text-field, "
+                f"or {SKIP_HINT}"
             )
         stats.skipped[f"text field {problem}"] += 1
         return None
@@ -234,10 +248,10 @@ def _iter_jsonl(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
     for lineno, raw in iter_lines(spec.path, what="record"):
         try:
             record = parse_jsonl_line(spec.path, lineno, raw, what="record")
-        except InputError:
+        except InputError as exc:
             if spec.on_bad_record == "fail":
-                raise
-            stats.skipped["bad JSON line"] += 1
+                raise InputError(f"{exc.message}; fix it, or {SKIP_HINT}") from None
+            stats.skipped["bad JSON line" if raw is not None else "line too long"] += 1
             continue
         yield from _some(_record_sample(spec, record, f"{spec.path.name}:{lineno}", stats))
 

@@ -6,31 +6,59 @@ sees a half-written file and an interrupted run leaves the previous file intact.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gate.errors import InputError
+
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a JSONL line longer than this is not a code record
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def output_error(path: Path, exc: OSError) -> InputError:
+    """An InputError (exit 2) for an output that cannot be written, naming the path and
+    what to do. Disk full and permission problems are the user's to fix."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InputError(
+            f"{path}: disk full while writing (free some space, or write elsewhere); "
+            "files already there were left as they were"
+        )
+    if exc.errno in _UNWRITABLE:
+        return InputError(f"{path}: not writable ({exc.strerror}); choose a writable location")
+    return InputError(f"{path}: cannot be written ({exc.strerror or type(exc).__name__})")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary_sibling(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from None
         raise
+
+
+def _temporary_sibling(path: Path) -> tuple[int, str]:
+    """A new temporary file next to `path` (its folder created if needed)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise output_error(path, exc) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -48,8 +76,7 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     if the iteration raises, the previous file at `path` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary_sibling(path)
     count = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
@@ -59,8 +86,10 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from None
         raise
     return count
 
@@ -71,23 +100,52 @@ def _open_binary(path: Path) -> Any:
     return path.open("rb")
 
 
-def iter_lines(path: Path, what: str = "record") -> Iterator[tuple[int, bytes]]:
-    """Yield (line number, raw line) for each non-blank line of a file, .gz included."""
+def iter_lines(
+    path: Path, what: str = "record", max_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, bytes | None]]:
+    """Yield (line number, raw line) for each non-blank line of a file, .gz included.
+
+    A line longer than `max_bytes` is never held in memory: it is read past in chunks
+    and yielded as None (which `parse_jsonl_line` reports), so a caller may skip it.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file (expected a JSONL file of {what}s)")
+    lineno = 0
     try:
         with _open_binary(path) as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if line.strip():
+            for lineno, line in _bounded_lines(handle, max_bytes):
+                if line is None or line.strip():
                     yield lineno, line
-    except (OSError, EOFError) as exc:
-        reason = type(exc).__name__
-        raise InputError(f"{path}: cannot be read ({reason}); is it truncated?") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        where = f" after line {lineno}" if lineno else ""
+        kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
+        raise InputError(
+            f"{path}: unreadable{where} ({kind}): the file is truncated or corrupt; copy it again"
+        ) from None
 
 
-def parse_jsonl_line(path: Path, lineno: int, raw: bytes, what: str = "record") -> dict[str, Any]:
-    """One JSON object from one line; errors name the file and line."""
+def _bounded_lines(handle: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    lineno = 0
+    while line := handle.readline(max_bytes + 1):
+        lineno += 1
+        if len(line) <= max_bytes:
+            yield lineno, line
+            continue
+        while line and not line.endswith(b"\n"):  # read past the rest of the long line
+            line = handle.readline(1 << 20)
+        yield lineno, None
+
+
+def parse_jsonl_line(
+    path: Path, lineno: int, raw: bytes | None, what: str = "record"
+) -> dict[str, Any]:
+    """One JSON object from one line (None: a line over MAX_LINE_BYTES); errors name the
+    file and line."""
+    if raw is None:
+        raise InputError(
+            f"{path}:{lineno}: line longer than {MAX_LINE_BYTES >> 20} MB (not one {what})"
+        )
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError:

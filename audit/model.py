@@ -61,6 +61,7 @@ def load_model(path: Path | str, device: str = "auto", dtype: str = "auto") -> L
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     tokenizer = load_tokenizer(path)
+    check_vocabulary(path, tokenizer, _config_vocab_size(path))
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -74,6 +75,7 @@ def load_model(path: Path | str, device: str = "auto", dtype: str = "auto") -> L
     except Exception as exc:  # any failure of a valid-looking model: corrupt, OOM, ...
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"{path}: the {model_type} model failed to load: {reason}") from None
+    check_vocabulary(path, tokenizer, _vocab_size(model))
     model.eval()
     context = context_length_of(model, tokenizer)
     log.info("loaded %s (%s) on %s in %s, context %d", path, model_type, dev, torch_dtype, context)
@@ -111,7 +113,35 @@ def check_model_dir(path: Path) -> str:
             f"{path}: no *.safetensors weights (save the model with save_pretrained; "
             "pickled .bin weights are not loaded)"
         )
+    check_vocabulary(path, load_tokenizer(path), _config_vocab_size(path))
     return model_type
+
+
+def check_vocabulary(path: Path, tokenizer: PreTrainedTokenizerBase, rows: int | None) -> None:
+    """Refuse a tokenizer with more tokens than the model has embedding rows: it belongs
+    to another model, and its ids would index past the embedding. (Fewer is normal:
+    embeddings are often padded to a round size.)"""
+    size = len(tokenizer)
+    if rows is not None and size > rows:
+        raise InputError(
+            f"{path}: the tokenizer has {size} tokens but the model's embedding has {rows} "
+            "rows: the tokenizer is from another model (save the model's own tokenizer "
+            "in the folder)"
+        )
+
+
+def _config_vocab_size(path: Path) -> int | None:
+    """`vocab_size` of the folder's config.json (or of its text config), if it says."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    for section in (config, config.get("text_config")):
+        if isinstance(section, dict) and isinstance(section.get("vocab_size"), int):
+            return int(section["vocab_size"])
+    return None
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:

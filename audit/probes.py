@@ -121,7 +121,7 @@ def _checked_text(finding: Finding, texts: Mapping[str, str]) -> str:
         raise InputError(
             f"finding {finding.id} ({finding.origin}:{finding.line}): the data at its span "
             "does not match its hash (the findings file is from another corpus, or the "
-            "data changed since the scan)"
+            "data changed since the scan): scan this data again"
         )
     return text
 

@@ -2,17 +2,39 @@
 
 Subcommands live in `gate/commands/` and are imported only when invoked, so that
 `--help` and `scan` start without importing torch.
+
+How a command ends, whatever happens inside it:
+
+- an expected error (`CodeEraserError`): ``Error: <message>`` and its exit code;
+- Ctrl-C or SIGTERM: ``Error: interrupted ...`` and exit 3 (never 1, which means
+  "the policy fails"); commands that can resume say how;
+- any other exception is a bug: one line naming its type and where it was raised,
+  exit 3. Its message is not shown, not even with ``-vv`` (which logs the traceback's
+  frames): an exception raised while a secret is in scope may carry it.
+  ``CODEERASER_DEBUG=1`` lets the exception through untouched, for a developer.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import signal
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
 
 from gate import __version__
 from gate.errors import CodeEraserError, ExitCode
+
+log = logging.getLogger(__name__)
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 # name -> "module:attribute"; each module defines one click command.
 COMMANDS: dict[str, str] = {
@@ -62,9 +84,82 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _sigterm_as_interrupt():
+                return super().invoke(ctx)
         except CodeEraserError as exc:
             raise _as_click(exc) from None
+        except KeyboardInterrupt:
+            raise _InternalProblem(
+                "interrupted; no output was left half-written (each file appears only "
+                "when complete): rerun the command"
+            ) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("CODEERASER_DEBUG") == "1":
+                raise
+            raise _InternalProblem(internal_error_message(exc)) from None
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so every cleanup runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def internal_error_message(exc: BaseException) -> str:
+    """One line for a bug: the exception's type and where it was raised, not its message.
+
+    The traceback's frames (file, line, function, source line) and the types of the
+    chained exceptions are logged at debug level (-vv); no message is, since it may
+    quote training data.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if _relative(f.filename) is not None] or frames
+    where = ""
+    if ours:
+        frame = ours[-1]
+        name = _relative(frame.filename) or Path(frame.filename).name
+        where = f" at {name}:{frame.lineno} in {frame.name}"
+    reason = f": {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else ""
+    log.debug("%s", redacted_traceback(exc))
+    return (
+        f"internal error ({type(exc).__name__}{reason}{where}); rerun with -vv for the "
+        "traceback, and report it if it is not a problem of this machine (memory, disk)"
+    )
+
+
+def redacted_traceback(exc: BaseException) -> str:
+    """The traceback of `exc` and its causes, with every exception message left out."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        lines = traceback.format_list(traceback.extract_tb(current.__traceback__))
+        parts.insert(0, "".join(lines) + f"{type(current).__name__} (message withheld)\n")
+        current = current.__cause__ or current.__context__
+    return "Traceback (most recent call last):\n" + "\nwhich led to:\n".join(parts)
+
+
+def _relative(filename: str) -> str | None:
+    """`filename` relative to the source root when it is in audit/ or gate/, else None."""
+    path = Path(filename).resolve()
+    if not path.is_relative_to(_PACKAGE_ROOT):
+        return None
+    relative = path.relative_to(_PACKAGE_ROOT)
+    return relative.as_posix() if relative.parts[:1] in (("audit",), ("gate",)) else None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -14,11 +14,19 @@ Every stage reuses the code of its own command (`scan`, `calibrate`, `measure`,
 The input model folder is only read. The record is written last: a folder without
 record.json is an unfinished run.
 
+Resuming (``--resume``): ``OUT/.codeeraser-run.json`` holds the fingerprints of the
+run's inputs (model, data, resolved policy, device, dtype, batch size) and what the
+finished stages need (the scan's counts). A resumed run with the same inputs reuses
+every stage output already there (each is written atomically, so one that exists is
+complete) and continues the erase stage from its checkpoint; with other inputs it is
+refused. Without ``--resume``, the stage outputs of an earlier run are removed first,
+so nothing stale is ever mistaken for this run's.
+
 Under ``accelerate launch`` every process runs the gate: the first one scans and hands
 the findings to the others, the measuring is shared out (`audit.distributed`), erase
 trains on every process (DDP/FSDP), and only the first process writes to the run
 folder (on several machines, put it on a shared filesystem: every process loads the
-remediated model from it).
+remediated model from it). ``--resume`` is for single-process runs.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from audit.corpus import CorpusSpec
 from audit.distributed import LOCAL, Shard
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
 from audit.io import atomic_write_json, atomic_write_text
-from audit.measurements import Measurement, Thresholds, write_measurements
-from gate.errors import CodeEraserError, ExitCode, InputError, PolicyError
+from audit.measurements import Measurement, Thresholds, read_measurements, write_measurements
+from gate import __version__
+from gate.errors import CodeEraserError, ExitCode, InputError, Interrupted, PolicyError
 from gate.policy import Policy
 from gate.record import (
     AFTER,
@@ -55,7 +64,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MARKER = ".codeeraser-gate"  # marks a folder as a gate run folder (ours to overwrite)
+RUN_STATE = ".codeeraser-run.json"  # the run's input fingerprints, for --resume
 REMEDIATED = "remediated-model"
+# What a gate run writes into its folder (removed before a run that does not resume).
+STAGE_OUTPUTS = (
+    "findings.jsonl", "thresholds.json", "measurements.before.jsonl", "heldout-findings.jsonl",
+    "measurements.after.jsonl", "measurements.after-prefix-*.jsonl", REMEDIATED,
+    f".{REMEDIATED}.partial", "record.json", "report.html", "results.sarif", "summary.md",
+    RUN_STATE,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,7 @@ class GateRun:
     jobs: int = 0  # scan worker processes (0: every core)
     batch_tokens: int = 16384  # padded tokens per measuring batch
     force: bool = False  # use an out folder that exists and is not a gate run folder
+    resume: bool = False  # reuse the finished stages of an interrupted run in out_dir
     invocation: Sequence[str] = ()
 
 
@@ -86,6 +104,8 @@ class _State:
     thresholds: Thresholds | None = None
     before: list[Measurement] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict, repr=False)
+    inputs: dict[str, Any] = field(default_factory=dict)  # fingerprints (RUN_STATE)
+    reuse: bool = False  # stage outputs in the folder are this run's: reuse them
     shard: Shard = LOCAL  # this process's place under accelerate launch
 
 
@@ -95,23 +115,50 @@ def run_gate(run: GateRun) -> RunRecord:
     from audit.model import check_model_dir
 
     check_model_dir(run.model_dir)
+    check_out_dir(run.out_dir, run.model_dir, run.force)
     shard = current()
-    if shard.is_main:
-        prepare_out_dir(run.out_dir, run.model_dir, run.force)
-    shard.barrier()
-    spec = run.policy.scan.corpus_spec(run.data)
-    state = _State(run=run, builder=_builder(run), spec=spec, shard=shard)
+    if run.resume and shard.distributed:
+        raise InputError(
+            "--resume works in a single process: rerun without it under accelerate launch"
+        )
+    inputs, reuse = _open(run, shard)
+    state = _State(
+        run=run,
+        builder=_builder(run, inputs["model"]),
+        spec=run.policy.scan.corpus_spec(run.data),
+        inputs=inputs,
+        reuse=reuse,
+        shard=shard,
+    )
     try:
         record = _stages(state)
     except CodeEraserError as exc:
         _write_failed_record(state, int(exc.exit_code), exc.message)
         raise
     except KeyboardInterrupt:
-        _write_failed_record(state, int(ExitCode.INTERNAL), "interrupted")
-        raise
+        message = (
+            f"interrupted; the stages finished so far are kept in {run.out_dir}: rerun the "
+            "same command with --resume to reuse them"
+        )
+        _write_failed_record(state, int(ExitCode.INTERNAL), message)
+        raise Interrupted(message) from None
     if shard.is_main:
         _publish(record, run.out_dir)
     return record
+
+
+def _open(run: GateRun, shard: Shard) -> tuple[dict[str, Any], bool]:
+    """The first process fingerprints the inputs and prepares the run folder (see
+    `resumable`, `open_run`); the others get the fingerprints from it."""
+    inputs: dict[str, Any] = {}
+    reuse = False
+    if shard.is_main:
+        inputs = run_inputs(run)
+        earlier = resumable(run, inputs)
+        prepare_out_dir(run.out_dir, run.model_dir, run.force)
+        reuse = open_run(run, inputs, earlier)
+    inputs, reuse = shard.broadcast((inputs, reuse))
+    return inputs, reuse
 
 
 def _stages(state: _State) -> RunRecord:
@@ -141,6 +188,18 @@ def _finish_before(builder: RecordBuilder, verdict: Verdict, run: GateRun) -> Ru
 
 def prepare_out_dir(out_dir: Path, model_dir: Path, force: bool) -> None:
     """Create the run folder; refuse one that holds something else (unless `force`)."""
+    check_out_dir(out_dir, model_dir, force)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "record.json").unlink(missing_ok=True)  # an old result is not this run's
+        atomic_write_text(out_dir / MARKER, "codeeraser gate run folder\n")
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot write the run folder ({exc.strerror})") from None
+
+
+def check_out_dir(out_dir: Path, model_dir: Path, force: bool) -> None:
+    """Refuse a run folder inside the model, or one that holds something else (unless
+    `force`); write nothing."""
     out, model = out_dir.resolve(), model_dir.resolve()
     if out == model or out.is_relative_to(model) or model.is_relative_to(out):
         raise InputError(f"{out_dir}: the output folder must be outside the model folder")
@@ -152,21 +211,81 @@ def prepare_out_dir(out_dir: Path, model_dir: Path, force: bool) -> None:
             f"{out_dir}: exists and is not a gate run folder "
             "(choose an empty or new --out, or --force to write into it)"
         )
+
+
+def run_inputs(run: GateRun) -> dict[str, Any]:
+    """Fingerprints of everything the run's results depend on."""
+    from gate.unlearn.checkpoint import digest
+
+    return {
+        "tool": __version__,
+        "model": fingerprint_path(run.model_dir),
+        "data": fingerprint_path(run.data),
+        "policy": digest(run.policy.resolved()),
+        "device": run.device,
+        "dtype": run.dtype,
+        "batch_tokens": run.batch_tokens,
+    }
+
+
+def resumable(run: GateRun, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """With --resume, the state of the earlier run in the folder (None: nothing to
+    reuse); a run of other inputs is refused. Writes nothing."""
+    earlier = _read_run_state(run.out_dir / RUN_STATE) if run.resume else None
+    if earlier is not None and earlier.get("inputs") != inputs:
+        changed = sorted(k for k in inputs if earlier["inputs"].get(k) != inputs[k])
+        raise InputError(
+            f"{run.out_dir}: cannot resume: the run there had other {', '.join(changed)}; "
+            "rerun without --resume to start over"
+        )
+    return earlier
+
+
+def open_run(run: GateRun, inputs: dict[str, Any], earlier: dict[str, Any] | None) -> bool:
+    """Record the run's inputs in its folder; True when the earlier run's stage outputs
+    are reused (see `resumable`); otherwise they are removed."""
+    path = run.out_dir / RUN_STATE
+    if earlier is None:
+        for pattern in STAGE_OUTPUTS:
+            for stale in run.out_dir.glob(pattern):
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
+    atomic_write_json(path, {"inputs": inputs, "stages": (earlier or {}).get("stages", {})})
+    return earlier is not None
+
+
+def _read_run_state(path: Path) -> dict[str, Any] | None:
+    import json
+
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "record.json").unlink(missing_ok=True)  # an old result is not this run's
-        atomic_write_text(out_dir / MARKER, "codeeraser gate run folder\n")
-    except OSError as exc:
-        raise InputError(f"{out_dir}: cannot write the run folder ({exc.strerror})") from None
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("inputs"), dict) else None
 
 
-def _builder(run: GateRun) -> RecordBuilder:
+def _stage_done(state: _State, name: str, info: dict[str, Any]) -> None:
+    """Remember what a finished stage's reuse needs besides its output file."""
+    path = state.run.out_dir / RUN_STATE
+    saved = _read_run_state(path) or {"inputs": state.inputs, "stages": {}}
+    saved["stages"][name] = info
+    atomic_write_json(path, saved)
+
+
+def _reusable(state: _State, *names: str) -> bool:
+    """All these stage outputs exist and belong to this run (--resume)."""
+    return state.reuse and all((state.run.out_dir / name).exists() for name in names)
+
+
+def _builder(run: GateRun, model_sha256: str) -> RecordBuilder:
     return RecordBuilder(
         model_path=run.model_dir,
         corpus=CorpusInfo(path=str(run.data), format=run.policy.scan.format),
         policy=run.policy,
         invocation=list(run.invocation),
-        model_sha256=fingerprint_path(run.model_dir),
+        model_sha256=model_sha256,
     )
 
 
@@ -190,6 +309,13 @@ def _scan_here(state: _State) -> None:
     from audit.scan import ScanOptions, ScanSummary, scan_corpus
 
     run, policy = state.run, state.run.policy
+    scanned = _read_run_state(run.out_dir / RUN_STATE) or {}
+    counts = scanned.get("stages", {}).get("scan")
+    if _reusable(state, "findings.jsonl") and isinstance(counts, dict):
+        state.findings = read_findings(run.out_dir / "findings.jsonl")
+        _set_scan(state, counts["samples"], counts["chars"])
+        _say(f"Scan: {len(state.findings)} secrets (reused {run.out_dir / 'findings.jsonl'}).")
+        return
     try:
         detectors = select_detectors(policy.scan.detectors)
     except InputError as exc:
@@ -207,11 +333,16 @@ def _scan_here(state: _State) -> None:
         )
         state.findings = list(subtract_baseline(found, baseline))
     write_findings(run.out_dir / "findings.jsonl", state.findings)
+    _stage_done(state, "scan", {"samples": summary.samples, "chars": summary.chars})
+    _set_scan(state, summary.samples, summary.chars)
+    _say(f"Scan: {len(state.findings)} secrets in {summary.samples} samples.")
+
+
+def _set_scan(state: _State, samples: int, chars: int) -> None:
     state.builder.set_findings(state.findings)
     corpus = state.builder.record.corpus
-    corpus.samples, corpus.bytes = summary.samples, summary.chars
-    corpus.fingerprint = fingerprint_path(run.data)
-    _say(f"Scan: {len(state.findings)} secrets in {summary.samples} samples.")
+    corpus.samples, corpus.bytes = samples, chars
+    corpus.fingerprint = state.inputs["data"]
 
 
 def _thresholds(state: _State) -> None:
@@ -232,6 +363,11 @@ def _calibrate(state: _State) -> Thresholds:
     run, unseen = state.run, state.run.policy.thresholds.unseen
     if unseen is None:  # the policy loader refuses this; kept for policies built in code
         raise PolicyError("thresholds: `auto` needs thresholds.unseen (or --unseen)")
+    if _reusable(state, "thresholds.json"):
+        import json
+
+        saved = json.loads((run.out_dir / "thresholds.json").read_text(encoding="utf-8"))
+        return Thresholds.from_dict(saved)
     loaded = load_model(run.model_dir, _device(state), run.dtype)
     with ui.progress() as progress:
         result = calibrate(
@@ -256,13 +392,17 @@ def _measure_before(state: _State) -> None:
     run, extraction = state.run, state.run.policy.extraction
     state.measured = sample_findings(state.findings, extraction.max_findings, seed=0)
     state.texts = _texts(state.spec, state.measured)
-    with state.builder.stage("measure"):
-        loaded = load_model(run.model_dir, _device(state), run.dtype)
-        rows = _measure(state, loaded, extraction.prefix_tokens, _samples(run.policy, False))
-    del loaded
+    path = run.out_dir / "measurements.before.jsonl"
+    if _reusable(state, path.name):
+        rows = read_measurements(path)
+    else:
+        with state.builder.stage("measure"):
+            loaded = load_model(run.model_dir, _device(state), run.dtype)
+            rows = _measure(state, loaded, extraction.prefix_tokens, _samples(run.policy, False))
+        del loaded
+        if state.shard.is_main:
+            write_measurements(path, rows)
     state.before = rows
-    if state.shard.is_main:
-        write_measurements(run.out_dir / "measurements.before.jsonl", rows)
     info = MeasurementSet(
         name=BEFORE,
         model="original",
@@ -279,7 +419,9 @@ def _remediate(state: _State, verdict: Verdict) -> RunRecord:
         remediation = _erase(state, verdict)
     out_model = Path(remediation["output_path"])
     builder.set_remediation(
-        RemediationInfo.from_stage(remediation), model_sha256=fingerprint_path(out_model)
+        RemediationInfo.from_stage(remediation),
+        # the model's files, not remediation.json (whose timings differ between equal runs)
+        model_sha256=fingerprint_path(out_model, exclude=("remediation.json",)),
     )
     with builder.stage("measure after"):
         main, alt = _measure_after(state, out_model)
@@ -301,6 +443,12 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
     offending = set(verdict.offending_ids())
     forget = [m for m in state.before if m.finding_id in offending]
     out_model = run.out_dir / REMEDIATED
+    if _reusable(state, f"{REMEDIATED}/remediation.json"):
+        import json
+
+        _say(f"Erase: reused {out_model}.")
+        done: dict[str, Any] = json.loads((out_model / "remediation.json").read_text())
+        return done
     heldout = _heldout_spec(policy)
     if out_model.exists() and state.shard.is_main:  # an earlier run's model in our folder
         shutil.rmtree(out_model)
@@ -315,6 +463,7 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
         retain=CorpusSpec(Path(policy.remediation.retain)) if policy.remediation.retain else None,
         heldout=heldout,
         heldout_findings=_scan_heldout(state, heldout),
+        resume=state.reuse,
     )
     assert state.thresholds is not None
     result = erase_model(
@@ -334,14 +483,21 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
     from audit.model import load_model
 
     run, policy = state.run, state.run.policy
-    loaded = load_model(out_model, _device(state), run.dtype)
     samples = _samples(policy, after=True)
-    main = _measure(state, loaded, policy.extraction.prefix_tokens, samples)
     alt_prefix = policy.verify_prefix_tokens
-    alt = _measure(state, loaded, alt_prefix, 0)
-    if state.shard.is_main:
-        write_measurements(run.out_dir / "measurements.after.jsonl", main)
-        write_measurements(run.out_dir / f"measurements.after-prefix-{alt_prefix}.jsonl", alt)
+    paths = (
+        run.out_dir / "measurements.after.jsonl",
+        run.out_dir / f"measurements.after-prefix-{alt_prefix}.jsonl",
+    )
+    if _reusable(state, *(p.name for p in paths)):
+        main, alt = read_measurements(paths[0]), read_measurements(paths[1])
+    else:
+        loaded = load_model(out_model, _device(state), run.dtype)
+        main = _measure(state, loaded, policy.extraction.prefix_tokens, samples)
+        alt = _measure(state, loaded, alt_prefix, 0)
+        if state.shard.is_main:
+            write_measurements(paths[0], main)
+            write_measurements(paths[1], alt)
     builder = state.builder
     builder.add_measurements(
         MeasurementSet(

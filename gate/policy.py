@@ -35,7 +35,9 @@ FORMATS: tuple[str, ...] = ("html", "json", "sarif", "md")
 class _Section(BaseModel):
     """Strict, closed models: a typo in a key or a value of the wrong type is an error."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class ScanOptions(_Section):
@@ -502,6 +504,7 @@ def _message(error: Any, loc: tuple[str | int, ...]) -> str:
         "missing": "required field is missing",
         "value_error": str(ctx.get("error", error["msg"])),
         "literal_error": f"must be one of {ctx.get('expected')}",
+        "finite_number": "must be a finite number (not .inf or .nan)",
     }
     return simple.get(kind, str(error["msg"]))
 

@@ -418,17 +418,26 @@ def read_record(path: Path) -> RunRecord:
 # ---------------------------------------------------------------- fingerprints
 
 
-def fingerprint_path(path: Path, chunk: int = 1 << 20) -> str:
+def fingerprint_path(path: Path, chunk: int = 1 << 20, exclude: tuple[str, ...] = ()) -> str:
     """SHA-256 over a file, or over a folder's files (relative path, size, content).
 
     Used for the model folder (before and after) and the corpus. Folders are walked in
     sorted order, so the same content gives the same fingerprint on every machine.
+    Files named in `exclude` (at the top of the folder) are left out.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and p.relative_to(path).as_posix() not in exclude
+        )
+    )
     for file in files:
         rel = file.name if file == path else file.relative_to(path).as_posix()
         digest.update(f"{rel}\0{file.stat().st_size}\0".encode())

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from gate.commands.measure import corpus_options, corpus_spec, model_options
-from gate.errors import Interrupted
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -285,20 +282,36 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
     is_flag=True,
     help="Replace --out if it exists (only once the new model is complete).",
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run from its checkpoint (next to --out); the other "
+    "options must be the same. Without a checkpoint, starts from the beginning.",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Checkpoint every N epochs (0: only when stopped by Ctrl-C or SIGTERM).",
+)
 def erase(**options: Any) -> None:
     """Erase the memorized secrets from a model and write the remediated model.
 
     The findings whose measurement says memorized (or extracted) are unlearned
     together, k at a time, until each one's MA and EL_10 are under the thresholds and
     greedy decoding no longer gives the secret. The input model is only read; the new
-    model folder appears at --out only when complete (Ctrl-C leaves none). Its path goes
-    to stdout, a summary to stderr; remediation.json holds the details (no secrets).
+    model folder appears at --out only when complete. The run checkpoints after every
+    epoch in a hidden folder next to --out; Ctrl-C or SIGTERM stops it after the current
+    step, and --resume continues it to the result an uninterrupted run gives. Its path
+    goes to stdout, a summary to stderr; remediation.json holds the details (no secrets).
 
     Under `accelerate launch` the processes train together (DDP, or FSDP with an
-    accelerate config); only the first one writes --out and prints.
+    accelerate config); only the first one writes --out and prints. Checkpoints and
+    --resume are for single-process runs.
 
-    Exit codes: 0 written (or nothing to erase), 2 bad input, 3 the model failed to load
-    or the run was interrupted.
+    Exit codes: 0 written (or nothing to erase), 2 bad input (or disk full), 3 the model
+    failed to load or the run was interrupted.
     """
     _run(**options)
 
@@ -390,32 +403,22 @@ def _options(settings: dict[str, Any], **extra: Any) -> Any:
         batch_tokens=settings["batch_tokens"],
         force=settings["force"],
         humaneval=settings["humaneval"],
+        resume=settings["resume"],
+        checkpoint_every=settings["checkpoint_every"],
         **extra,
     )
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def _erase_interruptibly(*args: Any, out_dir: Path, total: int, **kwargs: Any) -> Remediation:
-    """Run erase_model with a progress bar; SIGTERM is handled like Ctrl-C."""
+    """Run erase_model with a progress bar. Ctrl-C and SIGTERM (the CLI turns it into
+    Ctrl-C) stop it at a checkpoint; erase_model says how to resume."""
     from audit import ui
     from gate.unlearn.erase import erase_model
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        with ui.progress(click_column()) as progress:
-            task = progress.add_task("erasing", total=kwargs["options"].config.epochs, status="")
-            report = _reporter(progress, task, total)
-            return erase_model(*args, out_dir=out_dir, report=report, **kwargs)
-    except KeyboardInterrupt:
-        raise Interrupted(
-            f"interrupted: the partial output was removed and nothing was written to "
-            f"{out_dir}; the input model is unchanged"
-        ) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with ui.progress(click_column()) as progress:
+        task = progress.add_task("erasing", total=kwargs["options"].config.epochs, status="")
+        report = _reporter(progress, task, total)
+        return erase_model(*args, out_dir=out_dir, report=report, **kwargs)
 
 
 def click_column() -> Any:

@@ -66,6 +66,12 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Write into an --out folder that exists and is not a gate run folder.",
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Reuse the finished stages of an interrupted run in --out and continue its erase "
+    "stage from the checkpoint (same model, data and policy; else refused).",
+)
 @click.pass_context
 def gate(ctx: click.Context, /, **options: Any) -> None:
     """Audit a model before release: scan, measure, decide, erase if needed, report.
@@ -80,6 +86,9 @@ def gate(ctx: click.Context, /, **options: Any) -> None:
     On a pass, prints the path of the model to release on stdout (the original, or
     the remediated one). In GitHub Actions, also writes the job summary and the
     step outputs verdict, model-path and report.
+
+    Ctrl-C or SIGTERM stops the run (the erase stage at a checkpoint); rerun with
+    --resume to reuse what was finished and get the result an uninterrupted run gives.
 
     Exit codes: 0 passed (possibly after remediation), 1 the policy fails,
     2 usage, policy or input error, 3 internal or model-load error.
@@ -101,6 +110,7 @@ def run_from_options(
     batch_tokens: int,
     jobs: int,
     force: bool,
+    resume: bool = False,
 ) -> RunRecord:
     """Load the policy with the command-line overrides, run the gate, print the outcome."""
     from gate.commands.measure import launch_shard
@@ -122,6 +132,7 @@ def run_from_options(
         jobs=jobs,
         batch_tokens=batch_tokens,
         force=force,
+        resume=resume,
         invocation=["codeeraser", *sys.argv[1:]],
     )
     shard = launch_shard()  # under accelerate launch, only the first process prints

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from audit.model import LoadedModel
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 
 def model_options(command: F) -> F:
@@ -273,6 +275,14 @@ def _run_measure(
     seconds = time.perf_counter() - started
     if not shard.is_main:
         return
+    by_id = {f.id: f for f in chosen}
+    for row in rows:  # ids, previews and figures only, at -vv
+        finding = by_id[row.finding_id]
+        log.debug(
+            "%s %s (%s:%d): MA %.3f, EL_10 %.3f, extracted %s",
+            row.finding_id, finding.preview, finding.origin, finding.line, row.ma, row.el_10,
+            row.extracted,
+        )  # fmt: skip
     write_measurements(out, rows)
     if not ui.is_quiet():
         print_summary(

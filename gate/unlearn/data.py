@@ -156,7 +156,8 @@ def _checked_text(sample_id: str, group: Sequence[Finding], texts: Mapping[str, 
         if finding.start >= finding.end or not finding.matches(text):
             raise InputError(
                 f"finding {finding.id} ({finding.origin}:{finding.line}): the data at its "
-                "span does not match its hash (the findings file is from another corpus)"
+                "span does not match its hash (the findings file is from another corpus, or "
+                "the data changed since the scan): scan this data again"
             )
     return text
 

@@ -6,15 +6,24 @@ windows and probes, a retain set of clean code, runs the unlearning loop, and wr
 a complete model folder (safetensors weights, config, tokenizer files) plus
 ``remediation.json``.
 
-Nothing is lost: the input folder is only read; the output is written into a
-temporary sibling folder that is renamed into place only once it is complete, and
-removed if anything (Ctrl-C included) stops the run first.
+Nothing is lost: the input folder is only read; the run works in a hidden sibling of
+the output folder (`gate.unlearn.checkpoint`): it checkpoints there after every epoch,
+writes the model there, and renames it into place only once it is complete. A run
+that stops early leaves its latest checkpoint there (and nothing at the output path),
+so that ``--resume`` continues it.
+
+Under ``accelerate launch`` every process runs `erase_model` and trains (DDP, or FSDP
+with an accelerate config); only the first process writes the working folder and the
+output. Checkpoints (and ``--resume``) are for single-process runs: with several
+processes a stop would have to be agreed by all of them at the same step.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import resource
 import shutil
 import sys
@@ -28,9 +37,11 @@ from typing import TYPE_CHECKING, Any
 from audit.corpus import CorpusSpec, iter_samples, load_texts
 from audit.distributed import LOCAL, Shard
 from audit.findings import Finding
+from audit.io import output_error
 from audit.measurements import Measurement, Thresholds
 from gate import __version__
-from gate.errors import InputError
+from gate.errors import InputError, Interrupted
+from gate.unlearn.checkpoint import STOP, Checkpointer, digest, work_dir
 from gate.unlearn.data import (
     ForgetWindow,
     RetainWindow,
@@ -147,6 +158,8 @@ class EraseOptions:
     heldout_findings: tuple[Path, ...] = ()  # its samples named here are left out
     humaneval: int = 0  # HumanEval problems for pass@1 before and after (0: off)
     force: bool = False  # replace an existing output folder
+    resume: bool = False  # continue from the checkpoint of an interrupted run, if any
+    checkpoint_every: int = 1  # checkpoint every this many epochs (0: only when stopped)
 
 
 def check_output(out_dir: Path, model_dir: Path, force: bool) -> None:
@@ -173,8 +186,8 @@ def erase_model(
 ) -> Remediation:
     """Unlearn the memorized findings and write the remediated model to `out_dir`.
 
-    Under ``accelerate launch`` every process runs this; only the first writes `out_dir`,
-    and every process returns its record.
+    Under ``accelerate launch`` every process runs this; only the first writes (the
+    working folder and `out_dir`), and every process returns the record.
     """
     from gate.unlearn.engine import engine_for
 
@@ -185,101 +198,97 @@ def erase_model(
     if not forget:
         raise InputError("nothing to erase: no measured finding is memorized or extracted")
     engine = engine_for(options.config)
-    run = _load(model_dir, data, forget, options, engine)
+    if options.resume and engine.shard.distributed:
+        raise InputError(
+            "--resume works in a single process: checkpoints are not taken under "
+            "accelerate launch with several processes (rerun without --resume)"
+        )
+    input_hash = weights_sha256(model_dir) if engine.is_main else ""
+    run = Checkpointer(work_dir(out_dir), every=options.checkpoint_every)
     if engine.is_main:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial_dir(out_dir) if engine.is_main else None
+        run.open(_fingerprint(input_hash, before, options), resume=options.resume)
+    engine.shard.barrier()
     try:
-        record = _train(run, before, thresholds=thresholds, tmp=tmp, report=report)
-        full_state = engine.full_state_dict(run.model)  # FSDP: gathered (a collective)
-        if tmp is not None:
-            final = _final(run.model, options.config)
-            _write_model(final, model_dir, tmp, run.saved_dtype, full_state)
-            record.input_path, record.input_sha256 = str(model_dir), run.input_hash
-            record.output_path, record.output_sha256 = str(out_dir), weights_sha256(tmp)
+        model, record = _train(
+            run, model_dir, data, forget, before, engine=engine, thresholds=thresholds,
+            options=options, report=report,
+        )  # fmt: skip
+        full_state = engine.full_state_dict(model)  # FSDP: gathered (a collective)
+        if engine.is_main:
+            record.input_path, record.input_sha256 = str(model_dir), input_hash
             record.wall_seconds = time.perf_counter() - started
-            (tmp / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
-            _move_into_place(tmp, out_dir)
+            final = _final(model, options.config)
+            _write_output(final, model_dir, run, record=record, out_dir=out_dir, state=full_state)
+            run.remove()
         engine.shard.barrier()  # the others return once the folder is in place
         record = engine.shard.broadcast(record)
+    except KeyboardInterrupt:
+        _keep_checkpoint(run, engine)
+        raise Interrupted(run.interrupted_message()) from None
+    except InputError as exc:
+        _keep_checkpoint(run, engine)
+        if run.saved is None:
+            raise
+        raise InputError(
+            f"{exc.message}; the checkpoint of epoch {run.epoch} is intact: fix this and "
+            "rerun the same command with --resume to continue"
+        ) from None
     except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _keep_checkpoint(run, engine)
         raise
     return record
 
 
-@dataclass
-class _Loaded:
-    """A run's model (adapted for LoRA), tokenizer, data and engine."""
-
-    model: torch.nn.Module
-    tokenizer: PreTrainedTokenizerBase
-    job: _Job
-    engine: Engine
-    options: EraseOptions
-    input_hash: str  # of the input weights (first process only)
-    saved_dtype: str | None
-
-
-def _load(
-    model_dir: Path,
-    data: CorpusSpec,
-    forget: Sequence[Finding],
-    options: EraseOptions,
-    engine: Engine,
-) -> _Loaded:
-    from audit.distributed import device_for
-    from audit.model import load_model
-
-    input_hash = weights_sha256(model_dir) if engine.is_main else ""
-    loaded = load_model(model_dir, device_for(options.device, engine.shard), _train_dtype(options))
-    model = _adapted(loaded.model, options.config, engine)
-    job = _prepare(
-        model,
-        loaded.tokenizer,
-        context=loaded.context_length,
-        data=data,
-        forget=forget,
-        options=options,
-        shard=engine.measure_shard,
-    )
-    saved = _saved_dtype(model_dir)
-    return _Loaded(model, loaded.tokenizer, job, engine, options, input_hash, saved)
+def _keep_checkpoint(run: Checkpointer, engine: Engine) -> None:
+    """After a failure: the first process (the only one writing) keeps the checkpoint."""
+    if engine.is_main:
+        run.keep_checkpoint_only()
 
 
 def _train(
-    run: _Loaded,
+    run: Checkpointer,
+    model_dir: Path,
+    data: CorpusSpec,
+    forget: Sequence[Finding],
     before: Sequence[Measurement],
     *,
+    engine: Engine,
     thresholds: Thresholds,
-    tmp: Path | None,
+    options: EraseOptions,
     report: Callable[[EpochLog], None] | None,
-) -> Remediation:
-    """Utility before, the unlearning loop, utility after: the record (not yet written)."""
-    model, tokenizer, options = run.model, run.tokenizer, run.options
+) -> tuple[torch.nn.Module, Remediation]:
+    """Load, prepare, measure utility, unlearn (resuming `run`'s checkpoint), measure again."""
+    from audit.distributed import device_for
+    from audit.model import load_model
+
+    loaded = load_model(model_dir, device_for(options.device, engine.shard), _train_dtype(options))
+    model, tokenizer = _adapted(loaded.model, options.config, engine), loaded.tokenizer
+    job = _prepare(
+        model, tokenizer, context=loaded.context_length, data=data, forget=forget,
+        options=options, shard=engine.measure_shard,
+    )  # fmt: skip
+    run.check({"data": _data_fingerprint(job)})
     heldout = _heldout_texts(options)
-    ppl_before = _perplexity(model, tokenizer, heldout)
-    he_before = _humaneval(model, tokenizer, options.humaneval)
+    if "utility_before" not in run.extra:  # of the original model: kept in the checkpoints
+        run.extra["utility_before"] = {
+            "perplexity": _perplexity(model, tokenizer, heldout),
+            "humaneval": _humaneval(model, tokenizer, options.humaneval),
+        }
+    ppl_before = run.extra["utility_before"]["perplexity"]
+    he_before = run.extra["utility_before"]["humaneval"]
     result = _unlearn(
-        model,
-        run.job,
-        before=before,
-        thresholds=thresholds,
-        config=options.config,
-        tmp=tmp,
-        report=report if run.engine.is_main else None,
-        engine=run.engine,
-    )
+        model, job, before=before, thresholds=thresholds, config=options.config,
+        checkpoints=run, report=report if engine.is_main else None, engine=engine,
+    )  # fmt: skip
     utility = _utility(ppl_before, _perplexity(model, tokenizer, heldout))
     if he_before is not None:
         he_after = _humaneval(model, tokenizer, options.humaneval)
         utility |= {"humaneval_before": he_before, "humaneval_after": he_after}
-    record = _record(result, run.job, options=options, thresholds=thresholds, utility=utility)
-    record.processes = run.engine.shard.world
-    record.mixed_precision = run.engine.mixed_precision
+    record = _record(result, job, options=options, thresholds=thresholds, utility=utility)
+    record.processes = engine.shard.world
+    record.mixed_precision = engine.mixed_precision
     record.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return record
+    return model, record
 
 
 def _train_dtype(options: EraseOptions) -> str:
@@ -314,6 +323,67 @@ def _final(model: torch.nn.Module, config: UnlearnConfig) -> torch.nn.Module:
     from gate.unlearn.lora import merged
 
     return merged(model)
+
+
+def _fingerprint(
+    input_hash: str, before: Sequence[Measurement], options: EraseOptions
+) -> dict[str, Any]:
+    """What a checkpoint must share with a run that resumes it (see checkpoint.py)."""
+    settings = {
+        **asdict(options.config),
+        "device": options.device,
+        "dtype": options.dtype,
+        "prefix_tokens": options.prefix_tokens,
+        "batch_tokens": options.batch_tokens,
+        "humaneval": options.humaneval,
+        "retain": str(options.retain.path) if options.retain else None,
+        "heldout": str(options.heldout.path) if options.heldout else None,
+        "heldout_findings": [str(p) for p in options.heldout_findings],
+    }
+    return {
+        "model": input_hash,
+        "findings": digest([m.to_dict() for m in before]),
+        # as the checkpoint's state.json holds them (tuples, e.g. lora_targets, as lists)
+        "settings": json.loads(json.dumps(settings, default=str)),
+    }
+
+
+def _data_fingerprint(job: _Job) -> str:
+    """A digest of the token ids trained and measured on (no text is kept)."""
+    return digest(
+        {
+            "forget": [
+                (w.sample_id, w.input_ids, [asdict(s) for s in w.secrets]) for w in job.windows
+            ],
+            "retain": [(w.sample_id, w.input_ids) for w in job.retain],
+            "probes": [(p.finding_id, p.prefix_ids, p.secret_ids) for p in job.probes],
+        }
+    )
+
+
+def _write_output(
+    model: torch.nn.Module,
+    model_dir: Path,
+    run: Checkpointer,
+    *,
+    record: Remediation,
+    out_dir: Path,
+    state: dict[str, Any] | None = None,
+) -> None:
+    """Write the model (in the dtype the input was saved in; `state`: the weights
+    gathered from FSDP shards) and remediation.json into the run's output folder, then
+    rename it to `out_dir`."""
+    tmp = run.output_dir
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        _write_model(model, model_dir, tmp, _saved_dtype(model_dir), state)
+        record.output_path, record.output_sha256 = str(out_dir), weights_sha256(tmp)
+        (tmp / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+        _move_into_place(tmp, out_dir)
+    except OSError as exc:
+        raise output_error(Path(exc.filename) if exc.filename else tmp, exc) from None
 
 
 @dataclass
@@ -476,15 +546,16 @@ def _unlearn(
     before: Sequence[Measurement],
     thresholds: Thresholds,
     config: UnlearnConfig,
-    tmp: Path | None,
+    checkpoints: Checkpointer,
     report: Callable[[EpochLog], None] | None,
     engine: Engine,
 ) -> UnlearnResult:
-    best = None if tmp is None else tmp / ".best"  # only the first process writes
-    if best is not None:
-        best.mkdir()
+    """The loop. One process: checkpoints after every epoch, and a first Ctrl-C/SIGTERM
+    stops at the next safe point. Several processes: no checkpoints (all would have to
+    stop at the same step); the first process keeps the best weights on disk."""
     config = replace(config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens)
-    result = Unlearner(
+    single = not engine.shard.distributed
+    unlearner = Unlearner(
         model,
         job.windows,
         job.retain,
@@ -493,14 +564,16 @@ def _unlearn(
         thresholds=thresholds,
         config=config,
         pad_id=job.pad_id,
-        best_dir=best,
+        best_dir=checkpoints.best_dir if engine.is_main else None,
         report=report,
         screen=job.screen,
         engine=engine,
-    ).run()
-    if best is not None:
-        shutil.rmtree(best)
-    return result
+        hooks=checkpoints if single else None,
+    )
+    if not single:
+        return unlearner.run()
+    with STOP.deferring():
+        return unlearner.run()
 
 
 def _heldout_texts(options: EraseOptions) -> list[str] | None:
@@ -576,20 +649,13 @@ def _write_model(
     try:
         extra = {} if state is None else {"state_dict": state}
         model.save_pretrained(str(tmp), **extra)  # type: ignore[operator]
+    except Exception as exc:  # safetensors reports a full disk as its own error type
+        if isinstance(exc, OSError) or "os error 28" not in str(exc):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
-
-
-def _partial_dir(out_dir: Path) -> Path:
-    """An empty hidden sibling of `out_dir`, with the permissions a new folder gets."""
-    import os
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:

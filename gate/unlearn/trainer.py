@@ -25,6 +25,10 @@ The run stops when every finding is forgotten, when the epochs run out, when the
 leak has not improved for `patience` epochs, or when the loss stops being finite. The
 state with the lowest leak (extracted count, then findings not forgotten, then mean
 MA) is kept and restored at the end.
+
+`hooks` (`TrainerHooks`, implemented by `gate.unlearn.checkpoint.Checkpointer`) are
+called after every step and every epoch, the loop's safe points: to save a checkpoint,
+to stop there, and at the start to resume from one.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from audit.measurements import Measurement, Thresholds
 from gate.errors import InputError
@@ -224,6 +228,44 @@ class UnlearnResult:
         return sum(o.forgotten for o in self.outcomes)
 
 
+@dataclass
+class EpochProgress:
+    """Where the current epoch is: its forget batches, how many are done, loss parts so far."""
+
+    epoch: int
+    batches: list[list[int]]  # forget-window indices, in this epoch's order
+    done: int = 0  # batches trained on
+    parts: dict[str, list[float]] = field(default_factory=dict)
+
+    def pending(self) -> Iterator[list[int]]:
+        while self.done < len(self.batches):
+            yield self.batches[self.done]
+
+    def record(self, losses: Sequence[Loss]) -> None:
+        for loss in losses:
+            for name, value in loss.parts.items():
+                self.parts.setdefault(name, []).append(value)
+        self.done += 1
+
+
+class TrainerHooks(Protocol):
+    """Called by the loop at its safe points (`gate.unlearn.checkpoint` saves and resumes)."""
+
+    def resume(
+        self, unlearner: Unlearner, optimizer: torch.optim.Optimizer, result: UnlearnResult
+    ) -> int:
+        """Load a saved state into the loop; return the first epoch still to run."""
+        ...
+
+    def after_step(
+        self, unlearner: Unlearner, optimizer: torch.optim.Optimizer, result: UnlearnResult
+    ) -> None: ...
+
+    def after_epoch(
+        self, unlearner: Unlearner, optimizer: torch.optim.Optimizer, result: UnlearnResult
+    ) -> None: ...
+
+
 class BestState:
     """The weights with the lowest leak so far, on disk (default) or in memory."""
 
@@ -285,6 +327,7 @@ class Unlearner:
         report: Callable[[EpochLog], None] | None = None,
         screen: Screen | None = None,
         engine: Engine | None = None,
+        hooks: TrainerHooks | None = None,
     ) -> None:
         self.model, self.forget, self.retain = model, list(forget), list(retain)
         self.engine = engine or Engine(
@@ -312,6 +355,9 @@ class Unlearner:
         self.diverged = False
         self.rng = random.Random(config.seed)  # noqa: S311 - batch order, not a secret
         self._retain_order: list[int] = []
+        self.hooks = hooks
+        self.progress: EpochProgress | None = None  # the epoch under way
+        self.finished = False  # the loop has decided to stop (or ran out of epochs)
 
     def run(self) -> UnlearnResult:
         import torch
@@ -330,10 +376,15 @@ class Unlearner:
         self.best.offer(leak_score(list(self.latest.values()), self.thresholds), 0, self.model)
         self.model.eval()  # no dropout: the losses compare deterministic distributions
         result.stop_reason = f"ran out of epochs ({self.config.epochs})"
-        for epoch in range(1, self.config.epochs + 1):
+        first = self.hooks.resume(self, optimizer, result) if self.hooks else 1
+        for epoch in range(first, self.config.epochs + 1):
             reason = self._epoch(epoch, reference, optimizer, result)
             if reason:
                 result.stop_reason = reason
+            self.finished = bool(reason) or epoch == self.config.epochs
+            if self.hooks is not None:
+                self.hooks.after_epoch(self, optimizer, result)
+            if reason:
                 break
         self._finish(result)
         result.seconds = time.perf_counter() - start
@@ -369,24 +420,27 @@ class Unlearner:
         result: UnlearnResult,
     ) -> str:
         started = time.perf_counter()
-        parts: dict[str, list[float]] = {}
-        steps = 0
+        if self.progress is None or self.progress.epoch != epoch:  # else resumed mid-epoch
+            self.progress = EpochProgress(epoch, list(self._forget_batches()))
+        progress = self.progress
         result.epochs = epoch
-        for indices in self._forget_batches():
+        for indices in progress.pending():
             try:
                 losses = self.step(indices, reference, optimizer)
             except _NotFinite:
                 self.diverged = True
+                self.progress = None
                 return f"the loss stopped being finite at epoch {epoch}"
-            for loss in losses:
-                for name, value in loss.parts.items():
-                    parts.setdefault(name, []).append(value)
-            steps += 1
+            progress.record(losses)
             result.steps += 1
+            if self.hooks is not None:
+                self.hooks.after_step(self, optimizer, result)
+        self.progress = None
         ids, measured = self._remeasure(epoch)
         if not self.active:
             ids, measured = self._verify(epoch)
-        log = self._log(epoch, steps, parts, (ids, measured), time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        log = self._log(epoch, progress.done, progress.parts, (ids, measured), elapsed)
         result.history.append(log)
         if self.report is not None:
             self.report(log)

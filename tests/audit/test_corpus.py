@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audit.corpus import (
     CorpusSpec,
@@ -134,3 +137,114 @@ def test_sample_repr_hides_the_text() -> None:
     sample = Sample(id="a.py", origin="a.py", text="password = 'hunter2hunter2'", language="python")
     assert "hunter2" not in repr(sample)
     assert "a.py" in repr(sample)
+
+
+# ---------------------------------------------------------------- fuzzing
+
+_FUZZ = settings(max_examples=120, deadline=None, database=None)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_RECORD = st.dictionaries(
+    st.sampled_from(["content", "id", "path", "text", "x"]), _JSON, max_size=4
+)
+_LINE = (
+    _RECORD.map(lambda r: json.dumps(r).encode())
+    | st.binary(max_size=30)
+    | st.sampled_from([b"", b"  ", b"{", b"[]", b'{"content": "\xff"}', b"\xef\xbb\xbf{}"])
+)
+
+
+def _read_all(spec: CorpusSpec) -> list[Sample]:
+    """Every sample, or a one-line InputError naming the data: never another exception."""
+    try:
+        samples = list(iter_samples(spec))
+    except InputError as exc:
+        message = str(exc)
+    else:
+        assert all(isinstance(s.text, str) and isinstance(s.id, str) for s in samples)
+        return samples
+    assert "\n" not in message
+    assert spec.path.name in message, message
+    return []
+
+
+@_FUZZ
+@given(
+    lines=st.lists(_LINE, max_size=6),
+    packing=st.sampled_from(["plain", "gz", "cut gz", "garbled gz"]),
+    on_bad=st.sampled_from(["fail", "skip"]),
+)
+def test_fuzz_jsonl_gives_samples_or_an_input_error(
+    lines: list[bytes], packing: str, on_bad: str
+) -> None:
+    raw = b"\n".join(lines)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / ("data.jsonl" if packing == "plain" else "data.jsonl.gz")
+        data = raw if packing == "plain" else gzip.compress(raw, mtime=0)
+        if packing == "cut gz":
+            data = data[: len(data) * 2 // 3]
+        elif packing == "garbled gz":  # a few bytes flipped in the deflate stream
+            data = data[:12] + bytes(b ^ 0x55 for b in data[12:20]) + data[20:]
+        path.write_bytes(data)
+        _read_all(CorpusSpec(path, on_bad_record=on_bad))  # type: ignore[arg-type]
+
+
+@_FUZZ
+@given(
+    files=st.dictionaries(
+        st.lists(st.text("abcXY._-", min_size=1, max_size=6), min_size=1, max_size=3).map("/".join),
+        st.binary(max_size=40) | st.text(max_size=40).map(str.encode),
+        max_size=5,
+    )
+)
+def test_fuzz_a_folder_gives_samples_or_an_input_error(files: dict[str, bytes]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder) / "corpus"
+        root.mkdir()
+        for name, data in files.items():
+            path = root / name
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            except OSError:  # a name that is both a file and a folder: not a corpus problem
+                continue
+        for sample in _read_all(CorpusSpec(root)):
+            assert (root / sample.id).is_file()
+
+
+_ARROW = {
+    "string": (pa.string(), st.text(max_size=10)),
+    "int": (pa.int64(), st.integers(-(2**40), 2**40)),
+    "binary": (pa.binary(), st.binary(max_size=10)),
+    "list": (pa.list_(pa.string()), st.lists(st.text(max_size=3), max_size=2)),
+}
+
+
+@_FUZZ
+@given(
+    columns=st.dictionaries(
+        st.sampled_from(["content", "id", "path", "other"]),
+        st.sampled_from(sorted(_ARROW)),
+        max_size=3,
+    ),
+    draw=st.data(),
+)
+def test_fuzz_parquet_gives_samples_or_an_input_error(
+    columns: dict[str, str], draw: st.DataObject
+) -> None:
+    rows = draw.draw(st.integers(0, 4))
+    arrays = {}
+    for name, kind in columns.items():
+        arrow_type, values = _ARROW[kind]
+        cells = draw.draw(st.lists(st.none() | values, min_size=rows, max_size=rows))
+        arrays[name] = pa.array(cells, type=arrow_type)
+    table = pa.table(arrays) if arrays else pa.table({"empty": pa.array([], pa.int64())})
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "data.parquet"
+        pq.write_table(table, path)
+        _read_all(CorpusSpec(path, on_bad_record=draw.draw(st.sampled_from(["fail", "skip"]))))

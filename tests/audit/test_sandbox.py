@@ -60,3 +60,31 @@ def test_memory_and_output_are_capped() -> None:
     loud = run_python("print('x' * 10**7)\n", SandboxLimits(fsize_mb=1))
     assert loud.status == "failed"
     assert len(loud.stdout) <= 64 * 1024
+
+
+def _processes_with(marker: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(pid)
+    return found
+
+
+def test_a_fork_bomb_is_contained_and_leaves_no_process() -> None:
+    marker = f"codeeraser-fork-bomb-{uuid.uuid4().hex}"  # in the bomb's command line only
+    program = (
+        "import os, sys\n"
+        f"if sys.argv[-1] != {marker!r}:  # run again with the marker as an argument\n"
+        "    python = sys.executable\n"
+        f"    os.execv(python, [python, '-I', '-S', '-B', 'program.py', {marker!r}])\n"
+        "while True:\n"
+        "    os.fork()\n"
+    )
+    result = run_python(program, SandboxLimits(timeout_s=5))
+    assert result.status in ("failed", "timeout")
+    assert result.seconds < 8
+    assert _processes_with(marker) == []

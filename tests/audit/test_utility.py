@@ -107,3 +107,43 @@ def test_humaneval_runs_generated_code_and_counts_outcomes() -> None:
     assert sum(result.statuses.values()) == 2
     assert result.pass_at_1 == result.passed / 2
     assert "rlimits" in result.isolation
+
+
+def test_hostile_completions_are_contained_and_scored_as_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Generated code that writes outside its folder, opens a socket, fork-bombs or loops
+    forever, each before the right answer: every one is stopped and scored as a failure,
+    and none has an effect outside the sandbox."""
+    import os
+    import socket
+    import uuid
+
+    from audit import utility
+    from audit.sandbox import SandboxLimits
+
+    problems = humaneval_problems(limit=4)
+    target = tmp_path / f"escaped-{uuid.uuid4().hex}"
+    os.chmod(tmp_path, 0o777)  # anyone may write here: only the sandbox can stop it
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(0.2)
+        hostile = [
+            f"    open({str(target)!r}, 'w').write('x')\n",
+            "    import socket\n"
+            f"    socket.create_connection(('127.0.0.1', {server.getsockname()[1]}), timeout=1)\n",
+            "    import os\n    while True:\n        os.fork()\n",
+            "    while True:\n        pass\n",
+        ]
+        completions = [h + p["canonical_solution"] for h, p in zip(hostile, problems, strict=True)]
+        monkeypatch.setattr(utility, "_complete", lambda *args: completions)
+        limits = SandboxLimits(timeout_s=2, cpu_s=2)
+        result = humaneval(None, None, limit=4, limits=limits)  # type: ignore[arg-type]
+        with pytest.raises(TimeoutError):
+            server.accept()  # nobody connected
+    assert result.problems == 4
+    assert result.passed == 0
+    assert result.pass_at_1 == 0.0
+    assert result.statuses == {"failed": 3, "timeout": 1}
+    assert not target.exists()

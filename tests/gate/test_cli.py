@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
-from click.testing import CliRunner
+import pytest
+from click.testing import CliRunner, Result
 
 from gate import __version__
 from gate.cli import COMMANDS, cli
@@ -41,3 +43,67 @@ def test_help_does_not_import_torch() -> None:
         "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+FAKE_SECRET = "AKIA" + "QX7RW2ZK5N3M8PLT"  # looks like an AWS key id; never printed
+
+
+def _scan_raising(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, error: BaseException, *flags: str
+) -> Result:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr("audit.scan.scan_corpus", broken)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.py").write_text("x = 1\n")
+    args = [*flags, "scan", str(tmp_path / "data"), "--out", str(tmp_path / "f.jsonl")]
+    return CliRunner().invoke(cli, args)
+
+
+def test_an_unexpected_error_is_one_line_exit_3_without_its_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    result = _scan_raising(monkeypatch, tmp_path, ValueError(f"bad value {FAKE_SECRET}"))
+    assert result.exit_code == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("Error: internal error (ValueError at gate/commands/scan.py:")
+    assert "rerun with -vv" in lines[0]
+    assert FAKE_SECRET not in result.output
+
+
+def test_vv_logs_the_traceback_frames_but_no_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    try:
+        raise KeyError(FAKE_SECRET)
+    except KeyError as cause:
+        error = ValueError(f"while reading {FAKE_SECRET}")
+        error.__cause__ = cause
+    result = _scan_raising(monkeypatch, tmp_path, error, "-vv")
+    assert result.exit_code == 3
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "KeyError (message withheld)" in result.stderr
+    assert "ValueError (message withheld)" in result.stderr
+    assert "test_cli.py" in result.stderr  # the frames are there
+    assert FAKE_SECRET not in result.output
+
+
+def test_codeeraser_debug_lets_the_exception_through(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CODEERASER_DEBUG", "1")
+    result = _scan_raising(monkeypatch, tmp_path, ValueError("for a developer"))
+    assert isinstance(result.exception, ValueError)
+
+
+def test_an_interrupt_is_exit_3_not_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Click's own handling would print "Aborted!" and exit 1, which means "policy fails"."""
+    result = _scan_raising(monkeypatch, tmp_path, KeyboardInterrupt())
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines() == [
+        "Error: interrupted; no output was left half-written (each file appears only when "
+        "complete): rerun the command"
+    ]
+    assert not (tmp_path / "f.jsonl").exists()

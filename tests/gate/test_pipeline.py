@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -13,6 +18,7 @@ from click.testing import CliRunner, Result
 from gate.cli import cli
 from gate.pipeline import MARKER, REMEDIATED, prepare_out_dir
 from gate.record import fingerprint_path
+from gate.unlearn.checkpoint import work_dir
 from tests.gate.test_demo import secret_values
 
 if TYPE_CHECKING:
@@ -61,10 +67,14 @@ def _policy(tmp: Path, remediate: bool = True, limit: int = 0) -> Path:
     return path
 
 
-def _gate(build: DemoBuild, policy: Path, out: Path, *extra: str) -> Result:
+def _gate_args(build: DemoBuild, policy: Path, out: Path, *extra: str) -> list[str]:
     args = ["gate", "--model", str(build.model_dir), "--data", str(build.corpus_dir)]
     args += ["--policy", str(policy), "--out", str(out), "--heldout", str(build.heldout_dir)]
-    return CliRunner().invoke(cli, [*args, *extra])
+    return [*args, *extra]
+
+
+def _gate(build: DemoBuild, policy: Path, out: Path, *extra: str) -> Result:
+    return CliRunner().invoke(cli, _gate_args(build, policy, out, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +196,119 @@ def test_out_folder_rules(tmp_path: Path) -> None:
     (tmp_path / "run" / "record.json").write_text("{}")
     prepare_out_dir(tmp_path / "run", model, force=False)  # ours: reused, old record dropped
     assert not (tmp_path / "run" / "record.json").exists()
+
+
+# ---------------------------------------------------------------- --resume
+
+ROOT = Path(__file__).resolve().parents[2]
+VOLATILE = {
+    "started_at", "finished_at", "timings", "invocation", "wall_seconds", "unlearn_seconds",
+    "peak_memory_bytes", "seconds",
+}  # fmt: skip
+STAGE_FILES = (
+    "findings.jsonl",
+    "measurements.before.jsonl",
+    "measurements.after.jsonl",
+    "measurements.after-prefix-48.jsonl",
+)
+
+
+def normalized(value: Any, out: Path) -> Any:
+    """A record without what may differ between equal runs: times and the run folder."""
+    if isinstance(value, dict):
+        return {k: normalized(v, out) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [normalized(v, out) for v in value]
+    if isinstance(value, str):
+        return value.replace(str(out), "OUT")
+    return value
+
+
+def _stop_during_erase(args: list[str], out: Path) -> tuple[int, str]:
+    """A real gate process, sent SIGTERM once its erase stage has a checkpoint."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gate", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = work_dir(out / REMEDIATED) / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 300
+    while not state.exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    return process.returncode, stderr
+
+
+def test_a_gate_stopped_in_its_erase_stage_resumes_to_the_same_record(
+    tiny_demo: DemoBuild, remediated: tuple[Result, Path, str], tmp_path: Path
+) -> None:
+    """Stopped by SIGTERM during erase, rerun with --resume: the finished stages are
+    reused, the erase continues from its checkpoint, and the record is the uninterrupted
+    run's (timings and paths aside), measurement files byte for byte."""
+    _, ref, _ = remediated
+    policy = _policy(ref.parent)  # the file the uninterrupted run used
+    out = tmp_path / "run"
+    model_hash = fingerprint_path(tiny_demo.model_dir)
+    status, stderr = _stop_during_erase(_gate_args(tiny_demo, policy, out), out)
+    last = stderr.strip().splitlines()[-1]
+    assert status == 3, stderr
+    assert last.startswith("Error: interrupted"), last
+    assert "rerun the same command with --resume" in last
+    assert json.loads((out / "record.json").read_text())["outcome"] == "error"
+    assert not (out / REMEDIATED).exists()  # no half-finished model where the result goes
+    assert (out / "measurements.before.jsonl").is_file()
+
+    resumed = CliRunner().invoke(cli, _gate_args(tiny_demo, policy, out, "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert "reused" in resumed.stderr  # the scan was not run again
+    for name in STAGE_FILES:  # a second process measured exactly what the first did
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    record = json.loads((out / "record.json").read_text())
+    expected = json.loads((ref / "record.json").read_text())
+    assert record["outcome"] == "remediated"
+    assert normalized(record, out) == normalized(expected, ref)
+    assert fingerprint_path(tiny_demo.model_dir) == model_hash
+    assert not work_dir(out / REMEDIATED).exists()
+
+
+def test_resume_refuses_a_run_folder_of_other_inputs(
+    tiny_demo: DemoBuild, remediated: tuple[Result, Path, str], tmp_path: Path
+) -> None:
+    _, ref, _ = remediated
+    other = tmp_path / "other.yaml"
+    other.write_text(_policy(tmp_path).read_text().replace("max_epochs: 10", "max_epochs: 11"))
+    before = {p.name: p.stat().st_mtime_ns for p in ref.iterdir()}
+    result = CliRunner().invoke(cli, _gate_args(tiny_demo, other, ref, "--resume"))
+    after = {p.name: p.stat().st_mtime_ns for p in ref.iterdir()}
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {ref}: cannot resume: the run there had other policy; rerun without "
+        "--resume to start over"
+    ]
+    assert after == before  # nothing written, nothing removed
+
+
+def test_without_resume_nothing_of_an_earlier_run_is_left(
+    tiny_demo: DemoBuild, tmp_path: Path
+) -> None:
+    """A run that passes before remediation, in a folder where an earlier run erased: the
+    earlier remediated model and measurements go, so none is taken for this run's."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".codeeraser-gate").write_text("codeeraser gate run folder\n")
+    (out / REMEDIATED).mkdir()
+    (out / "measurements.after.jsonl").write_text("{}\n")
+    (out / "notes.txt").write_text("the user's")
+    policy = _policy(tmp_path, remediate=False, limit=1000)
+    result = CliRunner().invoke(cli, _gate_args(tiny_demo, policy, out))
+    assert result.exit_code == 0, result.output
+    assert not (out / REMEDIATED).exists()
+    assert not (out / "measurements.after.jsonl").exists()
+    assert (out / "notes.txt").read_text() == "the user's"

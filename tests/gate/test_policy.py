@@ -1,8 +1,15 @@
 from __future__ import annotations
 
+import copy
+import functools
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gate.errors import ExitCode, PolicyError
 from gate.policy import METHODS, Policy, field_paths, load_policy
@@ -45,6 +52,8 @@ BAD_POLICIES = [
     ("report:\n  formats: [pdf]\n", 2, "report.formats[0]", "must be one of"),
     ("utility:\n  max_perplexity_increase: -0.1\n", 2, "utility.max_perplexity_increase", "≥ 0"),
     ("thresholds:\n  ma: 1.5\n", 2, "thresholds.ma", "must be ≤ 1"),
+    ("remediation:\n  args:\n    lr: .inf\n", 3, "remediation.args.lr", "a finite number"),
+    ("rules:\n- metric: max_ma\n  limit: .nan\n", 3, "rules[0].limit", "a finite number"),
     (
         "rules:\n- metric: max_ma\n  limit: 0.5\n  secret_types: AWS\n",
         4,
@@ -233,3 +242,110 @@ def test_scan_options_give_the_corpus_spec(tmp_path: Path) -> None:
     spec = load_policy(write(tmp_path, text)).scan.corpus_spec(tmp_path / "d.jsonl")
     assert (spec.fmt, spec.text_field, spec.excludes) == ("jsonl", "code", ("tests/*",))
     assert spec.path == tmp_path / "d.jsonl"
+
+
+# ---------------------------------------------------------------- fuzzing
+
+_KEYS = sorted({part for path in field_paths() for part in path.split(".")} | {"x", "1", ""})
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**6), max_value=10**6)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(["auto", "codeeraser", "extracted_greedy", "block", "html", "1e-4", "-1"])
+    | st.text(max_size=12)
+)
+_YAML_DATA = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=6), inner, max_size=5)
+    ),
+    max_leaves=25,
+)
+_SETTINGS = settings(max_examples=150, deadline=None, database=None)
+
+
+def _loads_or_refuses(path: Path) -> None:
+    """A policy, or a one-line PolicyError naming the file: never another exception."""
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        message, code = str(exc), exc.exit_code
+    else:
+        assert isinstance(policy, Policy)
+        assert policy.rules
+        return
+    assert message.startswith((f"{path}:", f"{path} ")), message
+    assert "\n" not in message
+    assert code == ExitCode.USAGE
+
+
+def _set_path(data: Any, path: list[str | int], value: Any) -> None:
+    for part in path[:-1]:
+        data = data[part]
+    data[path[-1]] = value
+
+
+def _leaf_paths(data: Any, prefix: tuple[str | int, ...] = ()) -> list[list[str | int]]:
+    if isinstance(data, dict):
+        items: list[tuple[str | int, Any]] = list(data.items())
+    elif isinstance(data, list):
+        items = list(enumerate(data))
+    else:
+        return [list(prefix)]
+    paths = [list(prefix)] if prefix else []
+    for key, value in items:
+        paths += _leaf_paths(value, (*prefix, key))
+    return paths
+
+
+@functools.cache
+def _default_policy_data() -> dict[str, Any]:
+    return load_policy("default").resolved()
+
+
+@_SETTINGS
+@given(draw=st.data())
+def test_fuzz_a_mutated_valid_policy_is_a_policy_or_a_policy_error(draw: st.DataObject) -> None:
+    """The default policy, every field written out, with up to three values replaced."""
+    data = copy.deepcopy(_default_policy_data())
+    for _ in range(draw.draw(st.integers(1, 3))):
+        paths = _leaf_paths(data)
+        _set_path(data, draw.draw(st.sampled_from(paths)), draw.draw(_YAML_DATA))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "policy.yaml"
+        path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        _loads_or_refuses(path)
+
+
+@_SETTINGS
+@given(data=st.dictionaries(st.sampled_from(_KEYS), _YAML_DATA, max_size=6))
+def test_fuzz_any_yaml_mapping_is_a_policy_or_a_policy_error(data: dict[str, object]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "policy.yaml"
+        path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        _loads_or_refuses(path)
+
+
+@_SETTINGS
+@given(
+    text=st.text(
+        alphabet=st.sampled_from(list("abcdefgilmnoprstuxy_:-[]{},&*!|>'\"#%@` \t\n0123456789.")),
+        max_size=120,
+    )
+)
+def test_fuzz_any_text_is_a_policy_or_a_policy_error(text: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "policy.yaml"
+        path.write_text(text, encoding="utf-8")
+        _loads_or_refuses(path)
+
+
+@_SETTINGS
+@given(raw=st.binary(max_size=64))
+def test_fuzz_any_bytes_are_a_policy_or_a_policy_error(raw: bytes) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "policy.yaml"
+        path.write_bytes(raw)
+        _loads_or_refuses(path)

@@ -1,0 +1,228 @@
+"""Checkpoints of the unlearning loop: a run stopped anywhere and resumed ends exactly
+where an uninterrupted run ends (weights, outcomes, history), on a micro model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from audit.measurements import Measurement
+from gate.errors import InputError, Interrupted
+from gate.unlearn.checkpoint import Checkpointer, StopSignal, work_dir
+from gate.unlearn.data import ForgetWindow, collate
+from gate.unlearn.losses import masked_ce
+from gate.unlearn.reference import aligned_logprobs
+from gate.unlearn.trainer import UnlearnConfig, Unlearner, UnlearnResult
+from tests.gate.unlearn.conftest import micro_model
+from tests.gate.unlearn.test_trainer import THRESHOLDS, VOCAB, Data, _m
+
+FINGERPRINT = {"model": "m", "findings": "f", "settings": {"lr": 0.01}}
+
+
+def _ce(model: torch.nn.Module, windows: list[ForgetWindow], fid: str) -> float:
+    window = next(w for w in windows if fid in w.finding_ids)
+    batch = collate([window], 0, {fid})
+    with torch.no_grad():
+        return float(masked_ce(aligned_logprobs(model, batch), batch.labels, batch.active))
+
+
+def _measure_on(
+    model: torch.nn.Module, windows: list[ForgetWindow], margin: dict[str, float]
+) -> Callable[[Sequence[str]], list[Measurement]]:
+    """MA stand-in: memorized until the secret's CE rose by its margin (a function of the
+    weights alone, so a resumed run measures what the uninterrupted one measured)."""
+    start = {fid: _ce(model, windows, fid) for fid in margin}
+
+    def measure(ids: Sequence[str]) -> list[Measurement]:
+        return [
+            _m(fid, ma=0.0 if _ce(model, windows, fid) > start[fid] + margin[fid] else 0.9)
+            for fid in ids
+        ]
+
+    return measure
+
+
+class StopAt(Checkpointer):
+    """Asks for a stop after step `step` (or at the end of epoch `epoch`), as Ctrl-C would."""
+
+    def __init__(self, folder: Path, *, step: int = 0, epoch: int = 0) -> None:
+        super().__init__(folder, stop=StopSignal())
+        self.step, self.epoch_due = step, epoch
+
+    def after_step(self, unlearner: Unlearner, optimizer: Any, result: UnlearnResult) -> None:
+        self.stop.requested = self.stop.requested or result.steps == self.step
+        super().after_step(unlearner, optimizer, result)
+
+    def after_epoch(self, unlearner: Unlearner, optimizer: Any, result: UnlearnResult) -> None:
+        self.stop.requested = self.stop.requested or result.epochs == self.epoch_due
+        super().after_epoch(unlearner, optimizer, result)
+
+
+def _run(data: Data, hooks: Checkpointer, *, resume: bool = False) -> tuple[UnlearnResult, Any]:
+    findings, windows, retain = data
+    hooks.open(FINGERPRINT, resume=resume)
+    model = micro_model(VOCAB)
+    margin = {f.id: 0.4 * (i + 1) for i, f in enumerate(findings)}  # forgotten at different epochs
+    result = Unlearner(
+        model,
+        windows,
+        retain,
+        before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
+        measure=_measure_on(model, windows, margin),
+        thresholds=THRESHOLDS,
+        config=UnlearnConfig(lr=1e-2, batch_size=3, epochs=12, patience=0, ascend_on="all"),
+        pad_id=0,
+        best_dir=hooks.best_dir,
+        hooks=hooks,
+    ).run()
+    return result, model.state_dict()
+
+
+def _summary(result: UnlearnResult) -> dict[str, Any]:
+    return {
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "best_epoch": result.best_epoch,
+        "stop_reason": result.stop_reason,
+        "outcomes": [
+            (o.finding_id, o.forgotten_epoch, o.stop_reason, o.after) for o in result.outcomes
+        ],
+        "history": [{**asdict(h), "seconds": 0} for h in result.history],
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(
+    forget_and_retain: Data, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    result, weights = _run(forget_and_retain, Checkpointer(tmp_path_factory.mktemp("ref")))
+    summary = _summary(result)
+    assert summary["stop_reason"] == "every finding forgotten"
+    assert 3 <= summary["epochs"] < 12  # several epochs, two steps each: room to stop in
+    return summary, weights
+
+
+POINTS = {
+    "mid-epoch 1": {"step": 1},
+    "last step of epoch 2, before its re-measure": {"step": 4},
+    "mid-epoch 3": {"step": 5},
+    "end of epoch 2": {"epoch": 2},
+    "end of the last epoch": {"epoch": 99},  # after the loop decided to stop
+}
+
+
+@pytest.mark.parametrize("point", POINTS, ids=list(POINTS))
+def test_a_run_stopped_anywhere_resumes_to_the_same_result(
+    point: str,
+    forget_and_retain: Data,
+    uninterrupted: tuple[dict[str, Any], dict[str, torch.Tensor]],
+    tmp_path: Path,
+) -> None:
+    reference, weights = uninterrupted
+    where = dict(POINTS[point])
+    if where.get("epoch") == 99:
+        where["epoch"] = reference["epochs"]
+    with pytest.raises(Interrupted, match="rerun the same command with --resume"):
+        _run(forget_and_retain, StopAt(tmp_path, **where))
+    assert (tmp_path / "checkpoint" / "state.json").is_file()
+    result, resumed = _run(forget_and_retain, Checkpointer(tmp_path), resume=True)
+    assert _summary(result) == reference
+    assert resumed.keys() == weights.keys()
+    assert all(torch.equal(resumed[k], weights[k]) for k in weights)  # bit for bit
+
+
+def test_a_hard_stop_resumes_from_the_last_epoch_checkpoint(
+    forget_and_retain: Data,
+    uninterrupted: tuple[dict[str, Any], dict[str, torch.Tensor]],
+    tmp_path: Path,
+) -> None:
+    """A second Ctrl-C (or a kill) in the middle of an epoch: no save; the checkpoint of
+    the epoch before is intact and resuming from it gives the same result."""
+    reference, weights = uninterrupted
+
+    class Killed(Checkpointer):
+        def after_step(self, unlearner: Unlearner, optimizer: Any, result: UnlearnResult) -> None:
+            if result.steps == 5:
+                raise KeyboardInterrupt
+            super().after_step(unlearner, optimizer, result)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(forget_and_retain, Killed(tmp_path))
+    saved = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert saved["epochs_done"] == 2
+    result, resumed = _run(forget_and_retain, Checkpointer(tmp_path), resume=True)
+    assert _summary(result) == reference
+    assert all(torch.equal(resumed[k], weights[k]) for k in weights)
+
+
+def test_a_save_cut_between_its_renames_is_recovered(
+    forget_and_retain: Data, tmp_path: Path
+) -> None:
+    """The newest complete checkpoint wins, wherever the swap was cut."""
+    with pytest.raises(Interrupted):
+        _run(forget_and_retain, StopAt(tmp_path, epoch=3))
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.new")  # new written, not swapped
+    shutil.copytree(tmp_path / "checkpoint.new", tmp_path / "checkpoint.old")
+    state = json.loads((tmp_path / "checkpoint.old" / "state.json").read_text())
+    state["sequence"] -= 1
+    (tmp_path / "checkpoint.old" / "state.json").write_text(json.dumps(state))
+    (tmp_path / "checkpoint.new" / "junk").write_text("")
+    hooks = Checkpointer(tmp_path)
+    hooks.open(FINGERPRINT, resume=True)
+    assert hooks.epoch == 3
+    assert (tmp_path / "checkpoint" / "junk").exists()  # the one that was moved into place
+
+
+def test_an_incomplete_checkpoint_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "model.pt").write_bytes(b"half")  # no state.json: cut short
+    hooks = Checkpointer(tmp_path)
+    hooks.open(FINGERPRINT, resume=True)
+    assert hooks.saved is None
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(
+    forget_and_retain: Data, tmp_path: Path
+) -> None:
+    with pytest.raises(Interrupted):
+        _run(forget_and_retain, StopAt(tmp_path, epoch=1))
+    other = Checkpointer(tmp_path)
+    with pytest.raises(InputError, match=r"other settings \(lr 0.01 → 0.02\)"):
+        other.open({**FINGERPRINT, "settings": {"lr": 0.02}}, resume=True)
+    with pytest.raises(InputError, match="other model weights"):
+        Checkpointer(tmp_path).open({**FINGERPRINT, "model": "x"}, resume=True)
+    hooks = Checkpointer(tmp_path)
+    hooks.open(FINGERPRINT, resume=True)
+    with pytest.raises(InputError, match="other data; rerun the same command"):
+        hooks.check({"data": "changed"})
+    fresh = Checkpointer(tmp_path)
+    fresh.open({**FINGERPRINT, "model": "x"}, resume=False)  # no --resume: start over
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_the_stop_signal_defers_the_first_signal_only() -> None:
+    import os
+    import signal
+
+    stop = StopSignal()
+    seen = []
+    with stop.deferring():
+        os.kill(os.getpid(), signal.SIGTERM)
+        seen.append(stop.requested)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    seen.append(stop.requested)
+    assert seen == [True, False]  # asked to stop inside; reset after
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_work_folder_is_a_hidden_sibling(tmp_path: Path) -> None:
+    assert work_dir(tmp_path / "model-erased") == tmp_path / ".model-erased.partial"
