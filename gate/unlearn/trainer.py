@@ -510,17 +510,17 @@ class Unlearner:
 
         windows = [self.forget[i] for i in piece.indices]
         batch = collate(windows, self.pad_id, self.active).to(self._device())
+        ref, where = None, None
+        if self.method.forget_kl != "none":  # before the training forward: a reference
+            where = forget_positions(batch, self.method.forget_kl)  # that runs a model
+            ref = reference.forget(piece.indices, batch, where)  # then adds no peak
         logprobs = self.engine.logprobs(self.train_model, batch)  # (B, L, V)
         secret = batch.active  # (B, L)
         if self.config.ascend_on == "predicted":  # tokens the model still predicts greedily
             with torch.no_grad():
                 secret = secret & (logprobs.argmax(dim=-1) == batch.labels)
-        ref = None
-        if self.method.forget_kl != "none":
-            where = forget_positions(batch, self.method.forget_kl)
-            ref = reference.forget(piece.indices, batch, where)
-            if self.method.forget_kl == "secret":
-                ref = ref.select(secret[where])  # only the secret tokens ascended on
+        if ref is not None and where is not None and self.method.forget_kl == "secret":
+            ref = ref.select(secret[where])  # only the secret tokens ascended on
         view = ForgetView(
             logprobs=logprobs,
             labels=batch.labels,
@@ -540,8 +540,8 @@ class Unlearner:
 
     def _retain_piece(self, piece: Piece, reference: ReferenceSource) -> tuple[Loss | None, Piece]:
         batch = collate([self.retain[i] for i in piece.indices], self.pad_id).to(self._device())
-        logprobs = self.engine.logprobs(self.train_model, batch)
         ref = reference.retain(piece.indices, batch, batch.valid) if self.method.retain_kl else None
+        logprobs = self.engine.logprobs(self.train_model, batch)
         loss = self.method.retain_loss(RetainView(logprobs, batch.labels, batch.valid, ref))
         if loss is not None:
             loss = self._finite(loss)
