@@ -125,7 +125,7 @@ def test_erase_on_two_processes_completes_and_forgets(tiny_demo: Any, tmp_path: 
         "--findings", str(tiny_demo.planted),
         "--measurements", str(before),
         "--out", str(out),
-        "--lr", "5e-4", "--epochs", "30",
+        "--lr", "1e-3", "--epochs", "30",  # forgets in about 6 epochs
         "--train-batch-tokens", "384",  # 3 windows per micro-batch: both processes train
     ]  # fmt: skip
     run = subprocess.run(
