@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from audit.corpus import CorpusSpec
+from audit.distributed import Shard
 from audit.findings import Finding
 from gate.cli import cli
+from gate.errors import InputError
 from gate.unlearn.accelerated import AcceleratedEngine
 from gate.unlearn.data import ForgetWindow, RetainWindow
-from gate.unlearn.engine import engine_for
+from gate.unlearn.engine import Engine, engine_for
+from gate.unlearn.erase import EraseOptions, erase_model
 from gate.unlearn.trainer import UnlearnConfig, Unlearner
 from tests.audit.test_distributed import _launch, launch_env
 from tests.gate.unlearn.conftest import micro_model
@@ -146,3 +151,31 @@ def test_erase_on_two_processes_completes_and_forgets(tiny_demo: Any, tmp_path: 
     assert all(not o["after"]["extracted_greedy"] for o in outcomes)
     assert all(o["forgotten"] for o in outcomes), record["stop_reason"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["before.jsonl", "erased"]
+
+
+class _TwoProcesses(Engine):
+    """An engine that says it is rank 0 of two (nothing is launched)."""
+
+    @property
+    def shard(self) -> Shard:
+        return Shard(rank=0, world=2)
+
+
+def test_resume_under_several_processes_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "API_KEY = 'abcdefghijklmnop'\n"
+    finding = Finding.create(
+        sample_id="a.py", origin="a.py", text=text, start=11, end=27,
+        secret_type="Test Key", detector="test",
+    )  # fmt: skip
+    measured = replace(_m(finding.id, ma=1.0, extracted=True), memorized=True)
+    monkeypatch.setattr("gate.unlearn.engine.engine_for", lambda config: _TwoProcesses())
+    model = tmp_path / "model"
+    model.mkdir()
+    with pytest.raises(InputError, match="--resume works in a single process"):
+        erase_model(
+            model, CorpusSpec(tmp_path), [finding], [measured], thresholds=THRESHOLDS,
+            out_dir=tmp_path / "out", options=EraseOptions(resume=True),
+        )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
