@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec, iter_samples
+from audit.distributed import LOCAL, Shard
 from audit.extraction import MeasureConfig, score_probes
 from audit.measurements import Thresholds
 from audit.model import context_length_of
@@ -157,13 +158,14 @@ def calibrate(
     max_sequences: int = DEFAULT_MAX_SEQUENCES,
     config: MeasureConfig | None = None,
     progress: Progress | None = None,
+    shard: Shard = LOCAL,
 ) -> Calibration:
     """Mean MA and EL_n over unseen sequences: the thresholds below which a secret counts
     as forgotten. Sequences are cut to the model's context."""
     tokens = min(sequence_tokens, context_length_of(model, tokenizer))
     probes = unseen_sequences(unseen_spec, tokenizer, tokens=tokens, max_sequences=max_sequences)
     config = replace(config or MeasureConfig(), extraction=False, samples=0, el_ns=(3, 5, 10))
-    scores = score_probes(model, tokenizer, probes, config, progress=progress)
+    scores = score_probes(model, tokenizer, probes, config, progress=progress, shard=shard)
     figures = [
         SequenceFigures(p.sample_id, p.m + 1, s.ma, s.el[3], s.el[5], s.el[10])
         for p, s in zip(probes, scores, strict=True)

@@ -22,6 +22,11 @@ How the work is batched (every batch is cut by a token budget, so memory is boun
   sampling (Gumbel-max); each row draws from its own generator seeded by (seed,
   finding id, draw), so results do not depend on batch size or order.
 
+Under ``accelerate launch`` (`audit.distributed.Shard`) every process plans the same
+batches and runs every world-th one; the per-probe scores (and per-draw hits of the
+sampled attack) are gathered to every process. A batch holds the same rows whatever
+the number of processes, so the results are the same as a single process's.
+
 Batched results equal unbatched ones: padding is masked out and positions are the
 ones the unpadded sequence would have (tests/audit/test_extraction.py checks it).
 """
@@ -34,6 +39,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from audit import decoding, metrics
+from audit.distributed import LOCAL, Shard
 from audit.measurements import Measurement, Thresholds
 from audit.model import context_length_of, forward, model_device, new_cache, pad_token_id
 from audit.probes import (
@@ -128,16 +134,18 @@ def score_probes(
     config: MeasureConfig | None = None,
     *,
     progress: Progress | None = None,
+    shard: Shard = LOCAL,
 ) -> list[ProbeScores]:
     """MA, EL_n (for config.el_ns) and, if enabled, verbatim extraction for each probe.
 
     Probes with the same prompt and secret (copies of a file: duplication is what makes
     a model memorize, so real corpora are full of them) are scored once and the scores
     shared. The sampled attack of such a group is seeded by its smallest finding id, so
-    results do not depend on the order or the number of copies.
+    results do not depend on the order or the number of copies. Under a launcher,
+    `shard` splits the batches between the processes; every process gets every score.
     """
     unique, index = distinct_probes(probes)
-    scores = _score_distinct(model, tokenizer, unique, config, progress)
+    scores = _score_distinct(model, tokenizer, unique, config, progress, shard=shard)
     return [
         replace(scores[index[j]], finding_id=probe.finding_id) for j, probe in enumerate(probes)
     ]
@@ -165,6 +173,8 @@ def _score_distinct(
     probes: Sequence[Probe],
     config: MeasureConfig | None,
     progress: Progress | None,
+    *,
+    shard: Shard = LOCAL,
 ) -> list[ProbeScores]:
     import torch
 
@@ -173,19 +183,27 @@ def _score_distinct(
         return []
     tracker = _Tracker(progress)
     pad_id = pad_token_id(tokenizer, model)
+    draws: dict[Key, bool] = {}
     with _measuring(model), torch.no_grad():
-        hits, greedy = _ma_and_greedy(model, probes, pad_id, config, tracker)
-        sampled = None
+        hits, greedy = _ma_and_greedy(model, probes, pad_id, config, tracker, shard=shard)
+        scores = {
+            j: _scores(j, probes[j], hits[j], greedy=greedy, tokenizer=tokenizer, config=config)
+            for j in range(len(probes))
+            if hits[j]
+        }
         if config.extraction and config.samples:
             rows = _sample_rows(model, probes, config)
             sampler = _sampler_for(probes, config, model_device(model))
-            sampled = _decode(model, rows, pad_id, config, tracker, sampler=sampler)
-    return [
-        _scores(
-            j, probe, hits[j], greedy=greedy, sampled=sampled, tokenizer=tokenizer, config=config
-        )
-        for j, probe in enumerate(probes)
-    ]
+            sampled = _decode(model, rows, pad_id, config, tracker, sampler=sampler, shard=shard)
+            draws = {
+                key: metrics.verbatim_extracted(_text(tokenizer, ids), probes[key[0]].secret)
+                for key, ids in sampled.items()
+            }
+    scores = shard.gather(scores)
+    if config.extraction and config.samples:
+        draws = shard.gather(draws)
+        scores = {j: _with_draws(s, j, draws, config.samples) for j, s in scores.items()}
+    return [scores[j] for j in range(len(probes))]
 
 
 def memorization_accuracies(
@@ -239,13 +257,14 @@ def measure_probes(
     config: MeasureConfig | None = None,
     *,
     progress: Progress | None = None,
+    shard: Shard = LOCAL,
 ) -> list[Measurement]:
     """One Measurement per probe; EL_3/5/10 and greedy extraction are always measured."""
     config = config or MeasureConfig()
     config = replace(
         config, extraction=True, el_ns=tuple(sorted(set(config.el_ns) | set(MEASUREMENT_NS)))
     )
-    scores = score_probes(model, tokenizer, probes, config, progress=progress)
+    scores = score_probes(model, tokenizer, probes, config, progress=progress, shard=shard)
     return [_measurement(p, s, thresholds) for p, s in zip(probes, scores, strict=True)]
 
 
@@ -259,8 +278,10 @@ def measure_findings(
     prefix_tokens: int = DEFAULT_PREFIX_TOKENS,
     max_secret_tokens: int = DEFAULT_SECRET_TOKENS,
     progress: Progress | None = None,
+    shard: Shard = LOCAL,
 ) -> list[Measurement]:
-    """Build probes from findings and their sample texts, and measure them."""
+    """Build probes from findings and their sample texts, and measure them (this
+    process's share of them under a launcher; every process gets every measurement)."""
     config = config or MeasureConfig()
     probes = build_probes(
         findings,
@@ -272,7 +293,7 @@ def measure_findings(
         decode_margin=config.decode_margin,
     )
     return measure_probes(
-        loaded.model, loaded.tokenizer, probes, thresholds, config, progress=progress
+        loaded.model, loaded.tokenizer, probes, thresholds, config, progress=progress, shard=shard
     )
 
 
@@ -302,10 +323,10 @@ def _scores(
     hits: list[bool],
     *,
     greedy: dict[Key, list[int]],
-    sampled: dict[Key, list[int]] | None,
     tokenizer: PreTrainedTokenizerBase,
     config: MeasureConfig,
 ) -> ProbeScores:
+    """MA, EL and the greedy attack of probe j (the sampled attack is added afterwards)."""
     el = _el(j, probe, greedy, config.el_ns)
     extracted: bool | None = None
     leaked = 0
@@ -313,19 +334,23 @@ def _scores(
         text = _text(tokenizer, greedy[(j, 0)])
         extracted = metrics.verbatim_extracted(text, probe.secret)
         leaked = metrics.leaked_prefix_chars(text, probe.lead, probe.secret)
-    any_sample: bool | None = None
-    if sampled is not None:
-        draws = (_text(tokenizer, sampled[(j, k)]) for k in range(config.samples))
-        any_sample = any(metrics.verbatim_extracted(t, probe.secret) for t in draws)
     return ProbeScores(
         finding_id=probe.finding_id,
         ma=sum(hits) / len(hits),
         el=el,
         extracted_greedy=extracted,
-        extracted_sampled=any_sample,
-        samples=config.samples if sampled is not None else 0,
+        extracted_sampled=None,
+        samples=0,
         longest_leaked_prefix=leaked,
     )
+
+
+def _with_draws(
+    scores: ProbeScores, j: int, draws: Mapping[Key, bool], samples: int
+) -> ProbeScores:
+    """The scores of probe j with the sampled attack: extracted if any draw gave it."""
+    hit = any(draws[(j, k)] for k in range(samples))
+    return replace(scores, extracted_sampled=hit, samples=samples)
 
 
 def _text(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
@@ -468,12 +493,17 @@ def _ma_and_greedy(
     pad_id: int,
     config: MeasureConfig,
     tracker: _Tracker,
+    *,
+    shard: Shard = LOCAL,
 ) -> tuple[list[list[bool]], dict[Key, list[int]]]:
-    """MA hits and every greedy row's decode, chunk by chunk of probes."""
+    """MA hits and every greedy row's decode, chunk by chunk of probes (this shard's
+    chunks only: the other probes' hits stay empty)."""
     hits: list[list[bool]] = [[] for _ in probes]
     greedy: dict[Key, list[int]] = {}
-    with tracker.phase("MA, EL and greedy extraction", len(probes)) as advance:
-        for chunk in _probe_chunks(probes, config.batch_tokens):
+    chunks = shard.mine(list(_probe_chunks(probes, config.batch_tokens)))
+    total = sum(len(chunk) for chunk in chunks)
+    with tracker.phase("MA, EL and greedy extraction", total) as advance:
+        for chunk in chunks:
             done = _teacher_forced(
                 model, [probes[j] for j in chunk], pad_id, keep_cache=config.reuse_cache
             )
@@ -536,12 +566,16 @@ def _decode(
     tracker: _Tracker,
     *,
     sampler: Callable[[Sequence[_Row]], decoding.Chooser] | None = None,
+    shard: Shard = LOCAL,
 ) -> dict[Key, list[int]]:
-    """Decode every row (greedy, or with the sampler's chooser); key -> new token ids."""
+    """Decode every row of this shard's batches (greedy, or with the sampler's chooser);
+    key -> new token ids."""
     out: dict[Key, list[int]] = {}
     limit = context_length_of(model)
-    with tracker.phase("sampled attack" if sampler else "greedy decoding", len(rows)) as advance:
-        for batch in _batches(rows, config.batch_tokens):
+    batches = shard.mine(list(_batches(rows, config.batch_tokens)))
+    total = sum(len(batch) for batch in batches)
+    with tracker.phase("sampled attack" if sampler else "greedy decoding", total) as advance:
+        for batch in batches:
             decoded = decoding.decode_batch(
                 model,
                 [r.prompt for r in batch],

@@ -21,6 +21,12 @@ every stage output already there (each is written atomically, so one that exists
 complete) and continues the erase stage from its checkpoint; with other inputs it is
 refused. Without ``--resume``, the stage outputs of an earlier run are removed first,
 so nothing stale is ever mistaken for this run's.
+
+Under ``accelerate launch`` every process runs the gate: the first one scans and hands
+the findings to the others, the measuring is shared out (`audit.distributed`), erase
+trains on every process (DDP/FSDP), and only the first process writes to the run
+folder (on several machines, put it on a shared filesystem: every process loads the
+remediated model from it). ``--resume`` is for single-process runs.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec
+from audit.distributed import LOCAL, Shard
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
 from audit.io import atomic_write_json, atomic_write_text
 from audit.measurements import Measurement, Thresholds, read_measurements, write_measurements
@@ -99,24 +106,29 @@ class _State:
     texts: dict[str, str] = field(default_factory=dict, repr=False)
     inputs: dict[str, Any] = field(default_factory=dict)  # fingerprints (RUN_STATE)
     reuse: bool = False  # stage outputs in the folder are this run's: reuse them
+    shard: Shard = LOCAL  # this process's place under accelerate launch
 
 
 def run_gate(run: GateRun) -> RunRecord:
     """Run the whole gate and write the record and reports; return the record."""
+    from audit.distributed import current
     from audit.model import check_model_dir
 
     check_model_dir(run.model_dir)
     check_out_dir(run.out_dir, run.model_dir, run.force)
-    inputs = run_inputs(run)
-    earlier = resumable(run, inputs)
-    prepare_out_dir(run.out_dir, run.model_dir, run.force)
-    reuse = open_run(run, inputs, earlier)
+    shard = current()
+    if run.resume and shard.distributed:
+        raise InputError(
+            "--resume works in a single process: rerun without it under accelerate launch"
+        )
+    inputs, reuse = _open(run, shard)
     state = _State(
         run=run,
         builder=_builder(run, inputs["model"]),
         spec=run.policy.scan.corpus_spec(run.data),
         inputs=inputs,
         reuse=reuse,
+        shard=shard,
     )
     try:
         record = _stages(state)
@@ -130,8 +142,23 @@ def run_gate(run: GateRun) -> RunRecord:
         )
         _write_failed_record(state, int(ExitCode.INTERNAL), message)
         raise Interrupted(message) from None
-    _publish(record, run.out_dir)
+    if shard.is_main:
+        _publish(record, run.out_dir)
     return record
+
+
+def _open(run: GateRun, shard: Shard) -> tuple[dict[str, Any], bool]:
+    """The first process fingerprints the inputs and prepares the run folder (see
+    `resumable`, `open_run`); the others get the fingerprints from it."""
+    inputs: dict[str, Any] = {}
+    reuse = False
+    if shard.is_main:
+        inputs = run_inputs(run)
+        earlier = resumable(run, inputs)
+        prepare_out_dir(run.out_dir, run.model_dir, run.force)
+        reuse = open_run(run, inputs, earlier)
+    inputs, reuse = shard.broadcast((inputs, reuse))
+    return inputs, reuse
 
 
 def _stages(state: _State) -> RunRecord:
@@ -266,6 +293,17 @@ def _builder(run: GateRun, model_sha256: str) -> RecordBuilder:
 
 
 def _scan(state: _State) -> None:
+    """Scan on the first process; the others get its findings and counts."""
+    if state.shard.is_main:
+        _scan_here(state)
+    findings, corpus = state.shard.broadcast((state.findings, state.builder.record.corpus))
+    if not state.shard.is_main:
+        state.findings = findings
+        state.builder.set_findings(findings)
+        state.builder.record.corpus = corpus
+
+
+def _scan_here(state: _State) -> None:
     from audit import ui
     from audit.detectors import select_detectors
     from audit.scan import ScanOptions, ScanSummary, scan_corpus
@@ -330,12 +368,17 @@ def _calibrate(state: _State) -> Thresholds:
 
         saved = json.loads((run.out_dir / "thresholds.json").read_text(encoding="utf-8"))
         return Thresholds.from_dict(saved)
-    loaded = load_model(run.model_dir, run.device, run.dtype)
+    loaded = load_model(run.model_dir, _device(state), run.dtype)
     with ui.progress() as progress:
         result = calibrate(
-            loaded.model, loaded.tokenizer, CorpusSpec(Path(unseen)), progress=progress
+            loaded.model,
+            loaded.tokenizer,
+            CorpusSpec(Path(unseen)),
+            progress=progress,
+            shard=state.shard,
         )
-    atomic_write_json(run.out_dir / "thresholds.json", result.to_dict())
+    if state.shard.is_main:
+        atomic_write_json(run.out_dir / "thresholds.json", result.to_dict())
     _say(
         f"Calibrated thresholds: MA {result.thresholds.ma:.3f}, EL_10 {result.thresholds.el_10:.3f}"
     )
@@ -354,10 +397,11 @@ def _measure_before(state: _State) -> None:
         rows = read_measurements(path)
     else:
         with state.builder.stage("measure"):
-            loaded = load_model(run.model_dir, run.device, run.dtype)
+            loaded = load_model(run.model_dir, _device(state), run.dtype)
             rows = _measure(state, loaded, extraction.prefix_tokens, _samples(run.policy, False))
         del loaded
-        write_measurements(path, rows)
+        if state.shard.is_main:
+            write_measurements(path, rows)
     state.before = rows
     info = MeasurementSet(
         name=BEFORE,
@@ -406,8 +450,9 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
         done: dict[str, Any] = json.loads((out_model / "remediation.json").read_text())
         return done
     heldout = _heldout_spec(policy)
-    if out_model.exists():  # an earlier run's model in our own run folder
+    if out_model.exists() and state.shard.is_main:  # an earlier run's model in our folder
         shutil.rmtree(out_model)
+    state.shard.barrier()
     options = EraseOptions(
         config=UnlearnConfig.from_args(
             policy.remediation.method, policy.remediation.args.model_dump(by_alias=True)
@@ -447,11 +492,12 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
     if _reusable(state, *(p.name for p in paths)):
         main, alt = read_measurements(paths[0]), read_measurements(paths[1])
     else:
-        loaded = load_model(out_model, run.device, run.dtype)
+        loaded = load_model(out_model, _device(state), run.dtype)
         main = _measure(state, loaded, policy.extraction.prefix_tokens, samples)
         alt = _measure(state, loaded, alt_prefix, 0)
-        write_measurements(paths[0], main)
-        write_measurements(paths[1], alt)
+        if state.shard.is_main:
+            write_measurements(paths[0], main)
+            write_measurements(paths[1], alt)
     builder = state.builder
     builder.add_measurements(
         MeasurementSet(
@@ -499,7 +545,15 @@ def _measure(
             prefix_tokens=prefix_tokens,
             max_secret_tokens=state.run.policy.extraction.secret_tokens,
             progress=progress,
+            shard=state.shard,
         )
+
+
+def _device(state: _State) -> str:
+    """The device for this process (the launcher's under accelerate launch)."""
+    from audit.distributed import device_for
+
+    return device_for(state.run.device, state.shard)
 
 
 def _samples(policy: Policy, after: bool) -> int:
@@ -531,7 +585,9 @@ def _scan_heldout(state: _State, heldout: CorpusSpec | None) -> tuple[Path, ...]
         return ()
     options = ScanOptions(detectors=select_detectors(state.run.policy.scan.detectors))
     path = state.run.out_dir / "heldout-findings.jsonl"
-    write_findings(path, scan_corpus(heldout, options, jobs=state.run.jobs))
+    if state.shard.is_main:  # the others read it once it is there
+        write_findings(path, scan_corpus(heldout, options, jobs=state.run.jobs))
+    state.shard.barrier()
     return (path,)
 
 
@@ -557,6 +613,8 @@ def _utility(remediation: dict[str, Any]) -> UtilityFigures:
 def _write_failed_record(state: _State, exit_code: int, message: str) -> None:
     from gate.record import write_record
 
+    if not state.shard.is_main:
+        return
     record = state.builder.finish(exit_code, "error", error=message)
     try:
         write_record(record, state.run.out_dir / "record.json")

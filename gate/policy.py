@@ -160,6 +160,14 @@ class RemediationArgs(_Section):
     window_tokens: int = Field(default=512, ge=8)  # forget window around each secret
     retain_tokens: int = Field(default=128, ge=8)  # length of each retain sample
     seed: int = 0
+    # Scale: memory and speed settings (README "Scaling")
+    train_batch_tokens: int = Field(default=16384, ge=0)  # padded tokens per micro-batch
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast through Accelerate
+    lora: bool = False  # train LoRA adapters on the frozen model; the output is merged
+    lora_rank: int = Field(default=16, ge=1)
+    lora_alpha: float = Field(default=32.0, gt=0)
+    lora_targets: list[str] | None = Field(default=None, min_length=1)  # none: per architecture
     # Secret tokens the ascent works on: those the model still predicts greedily (measured
     # to cost less utility on the demo), or all of them as in the paper.
     ascend_on: Literal["predicted", "all"] = "predicted"

@@ -185,10 +185,12 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
 @click.option(
     "--kl-reference",
     "kl_reference",
-    type=click.Choice(["cached", "frozen"]),
-    default="cached",
+    type=click.Choice(["auto", "cached", "frozen", "base"]),
+    default="auto",
     show_default=True,
-    help="Original model's log-probs: cached once, or a frozen model copy (the reference's way).",
+    help="Original model's log-probs: cached once, a frozen model copy (the reference's "
+    "way), or the base model with the LoRA adapters off (exact, no memory; needs --lora). "
+    "auto: base with --lora, else cached.",
 )
 @click.option(
     "--kl-cache",
@@ -218,6 +220,55 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
     default=1.0,
     show_default=True,
     help="Gradient clipping (0: off).",
+)
+@click.option(
+    "--train-batch-tokens",
+    type=click.IntRange(min=0),
+    default=16384,
+    show_default=True,
+    help="Padded tokens per forward/backward micro-batch: a step's k windows are sorted by "
+    "length and cut to fit, gradients accumulate, one update per step (0: no cut).",
+)
+@click.option(
+    "--gradient-checkpointing",
+    is_flag=True,
+    help="Recompute activations in the backward pass (less memory, about a third more time).",
+)
+@click.option(
+    "--mixed-precision",
+    type=click.Choice(["no", "bf16", "fp16"]),
+    default="no",
+    show_default=True,
+    help="Autocast forward passes to bf16/fp16 with float32 master weights (through "
+    "Accelerate: pip install 'codeeraser[dist]').",
+)
+@click.option(
+    "--lora",
+    is_flag=True,
+    help="Train LoRA adapters on the frozen model instead of every weight (pip install "
+    "'codeeraser[lora]'); the output is the merged model.",
+)
+@click.option(
+    "--lora-rank",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="LoRA rank r.",
+)
+@click.option(
+    "--lora-alpha",
+    type=click.FloatRange(min=0, min_open=True),
+    default=32.0,
+    show_default=True,
+    help="LoRA alpha (the adapters' scale is alpha / r).",
+)
+@click.option(
+    "--lora-target",
+    "lora_targets",
+    multiple=True,
+    metavar="NAME",
+    help="Module name to adapt (repeatable). Default per architecture: GPT-2 c_attn, "
+    "c_proj, c_fc; Llama-style q/k/v/o_proj, gate/up/down_proj; else every linear layer.",
 )
 @click.option(
     "--seed",
@@ -255,6 +306,10 @@ def erase(**options: Any) -> None:
     step, and --resume continues it to the result an uninterrupted run gives. Its path
     goes to stdout, a summary to stderr; remediation.json holds the details (no secrets).
 
+    Under `accelerate launch` the processes train together (DDP, or FSDP with an
+    accelerate config); only the first one writes --out and prints. Checkpoints and
+    --resume are for single-process runs.
+
     Exit codes: 0 written (or nothing to erase), 2 bad input (or disk full), 3 the model
     failed to load or the run was interrupted.
     """
@@ -283,19 +338,22 @@ def _run(
     from audit.findings import read_findings
     from audit.measurements import read_measurements
     from audit.model import check_model_dir
+    from gate.commands.measure import launch_shard
     from gate.unlearn.erase import check_output, select_forget_set
 
     check_model_dir(model_dir)
     check_output(out_dir, model_dir, settings["force"])
+    shard = launch_shard()
     thresholds = resolve_thresholds(thresholds_spec)
     findings = read_findings(findings_path)
     measurements = read_measurements(measurements_path)
     forget, _ = select_forget_set(findings, measurements)
     if not forget:
-        ui.console.print(
-            f"Nothing to erase: none of the {len(measurements)} measured findings is "
-            "memorized or extracted; no model was written."
-        )
+        if shard.is_main:
+            ui.console.print(
+                f"Nothing to erase: none of the {len(measurements)} measured findings is "
+                "memorized or extracted; no model was written."
+            )
         return
     options = _options(
         settings,
@@ -313,6 +371,8 @@ def _run(
         options=options,
         total=len(forget),
     )
+    if not shard.is_main:
+        return
     if not ui.is_quiet():
         _summary(record)
     click.echo(str(out_dir))
@@ -325,10 +385,14 @@ def _options(settings: dict[str, Any], **extra: Any) -> Any:
     config_keys = {
         "method", "lr", "epochs", "batch_size", "alpha", "lam", "gamma", "patience",
         "window_tokens", "retain_tokens", "retain_windows", "schedule", "kl_cache",
-        "kl_topk", "kl_cache_mb", "max_grad_norm", "seed", "ascend_on",
+        "kl_topk", "kl_cache_mb", "max_grad_norm", "seed", "ascend_on", "train_batch_tokens",
+        "gradient_checkpointing", "mixed_precision", "lora", "lora_rank", "lora_alpha",
+        "lora_targets",
     }  # fmt: skip
+    chosen = {k: v for k, v in settings.items() if k in config_keys}
+    chosen["lora_targets"] = tuple(chosen.get("lora_targets", ()))
     config = UnlearnConfig(
-        **{k: v for k, v in settings.items() if k in config_keys},
+        **chosen,
         reference=settings["kl_reference"],
     )
     return EraseOptions(

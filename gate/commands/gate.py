@@ -113,6 +113,7 @@ def run_from_options(
     resume: bool = False,
 ) -> RunRecord:
     """Load the policy with the command-line overrides, run the gate, print the outcome."""
+    from gate.commands.measure import launch_shard
     from gate.pipeline import GateRun, run_gate
     from gate.policy import load_policy
 
@@ -134,8 +135,10 @@ def run_from_options(
         resume=resume,
         invocation=["codeeraser", *sys.argv[1:]],
     )
+    shard = launch_shard()  # under accelerate launch, only the first process prints
     record = run_gate(run)
-    print_outcome(record, out_dir)
+    if shard.is_main:
+        print_outcome(record, out_dir)
     return record
 
 

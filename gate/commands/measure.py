@@ -13,6 +13,7 @@ import click
 from audit.corpus import FORMATS, CorpusSpec
 
 if TYPE_CHECKING:
+    from audit.distributed import Shard
     from audit.findings import Finding
     from audit.measurements import Measurement, Thresholds
     from audit.model import LoadedModel
@@ -192,9 +193,24 @@ def measure(**options: Any) -> None:
     re-read from the data at the finding's span and never written. The path of the
     measurements file goes to stdout, a summary by secret type to stderr.
 
+    Under `accelerate launch` the findings are split between the processes and the
+    results gathered: only the first process writes the file and prints the summary.
+
     Exit codes: 0 measured (or nothing to measure), 2 bad input, 3 the model failed to load.
     """
     _run_measure(**options)
+
+
+def launch_shard() -> Shard:
+    """This process's shard under `accelerate launch` (LOCAL otherwise); every process
+    but the first stays quiet, so the terminal shows one progress bar and one summary."""
+    from audit import ui
+    from audit.distributed import current
+
+    shard = current()
+    if not shard.is_main:
+        ui.configure(quiet=True)
+    return shard
 
 
 def _run_measure(
@@ -221,6 +237,7 @@ def _run_measure(
     from audit import ui
     from audit.calibrate import resolve_thresholds
     from audit.corpus import texts_for_findings
+    from audit.distributed import device_for
     from audit.findings import read_findings, sample_findings
     from audit.measurements import write_measurements
     from audit.model import check_model_dir
@@ -228,10 +245,12 @@ def _run_measure(
     check_model_dir(model_dir)
     thresholds = resolve_thresholds(thresholds_spec)
     findings = read_findings(findings_path)
+    shard = launch_shard()
     if not findings:
-        write_measurements(out, [])
-        ui.console.print(f"Nothing to measure: {findings_path} holds no findings.")
-        click.echo(str(out))
+        if shard.is_main:
+            write_measurements(out, [])
+            ui.console.print(f"Nothing to measure: {findings_path} holds no findings.")
+            click.echo(str(out))
         return
     chosen = sample_findings(findings, max_findings, seed)
     texts = texts_for_findings(corpus_spec(data, fmt, text_field, id_field), chosen)
@@ -241,7 +260,7 @@ def _run_measure(
     config = MeasureConfig(
         batch_tokens=batch_tokens, samples=samples, temperature=temperature, top_k=top_k, seed=seed
     )
-    loaded = load_model(model_dir, device=device, dtype=dtype)
+    loaded = load_model(model_dir, device=device_for(device, shard), dtype=dtype)
     started = time.perf_counter()
     rows = _measure(
         loaded,
@@ -251,8 +270,11 @@ def _run_measure(
         config,
         prefix_tokens=prefix_tokens,
         secret_tokens=secret_tokens,
+        shard=shard,
     )
     seconds = time.perf_counter() - started
+    if not shard.is_main:
+        return
     by_id = {f.id: f for f in chosen}
     for row in rows:  # ids, previews and figures only, at -vv
         finding = by_id[row.finding_id]
@@ -263,7 +285,14 @@ def _run_measure(
         )  # fmt: skip
     write_measurements(out, rows)
     if not ui.is_quiet():
-        print_summary(rows, thresholds, seconds, loaded, skipped=len(findings) - len(chosen))
+        print_summary(
+            rows,
+            thresholds,
+            seconds,
+            loaded,
+            skipped=len(findings) - len(chosen),
+            processes=shard.world,
+        )
     click.echo(str(out))
 
 
@@ -276,6 +305,7 @@ def _measure(
     *,
     prefix_tokens: int,
     secret_tokens: int,
+    shard: Shard,
 ) -> list[Measurement]:
     from audit import ui
     from audit.extraction import measure_findings
@@ -290,6 +320,7 @@ def _measure(
             prefix_tokens=prefix_tokens,
             max_secret_tokens=secret_tokens,
             progress=progress,
+            shard=shard,
         )
 
 
@@ -300,6 +331,7 @@ def print_summary(
     loaded: LoadedModel,
     *,
     skipped: int = 0,
+    processes: int = 1,
 ) -> None:
     """A table by secret type on stderr: counts and means only, never a secret."""
     from rich.table import Table
@@ -333,8 +365,9 @@ def print_summary(
     cut = sum(r.truncated for r in rows)
     ui.console.print(
         f"{len(rows)} findings measured in {seconds:.1f} s ({rate:.1f} findings/s) on "
-        f"{loaded.device.type}, {str(loaded.dtype).removeprefix('torch.')}; "
-        f"{cut} secrets cut to fit (truncated)."
+        f"{loaded.device.type}, {str(loaded.dtype).removeprefix('torch.')}"
+        + (f", {processes} processes" if processes > 1 else "")
+        + f"; {cut} secrets cut to fit (truncated)."
         + (f" {skipped} findings not sampled (--max-findings)." if skipped else "")
     )
 

@@ -11,6 +11,11 @@ the output folder (`gate.unlearn.checkpoint`): it checkpoints there after every 
 writes the model there, and renames it into place only once it is complete. A run
 that stops early leaves its latest checkpoint there (and nothing at the output path),
 so that ``--resume`` continues it.
+
+Under ``accelerate launch`` every process runs `erase_model` and trains (DDP, or FSDP
+with an accelerate config); only the first process writes the working folder and the
+output. Checkpoints (and ``--resume``) are for single-process runs: with several
+processes a stop would have to be agreed by all of them at the same step.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec, iter_samples, load_texts
+from audit.distributed import LOCAL, Shard
 from audit.findings import Finding
 from audit.io import output_error
 from audit.measurements import Measurement, Thresholds
@@ -43,6 +49,7 @@ from gate.unlearn.data import (
     build_retain_windows,
     clamp_tokens,
 )
+from gate.unlearn.engine import Engine
 from gate.unlearn.trainer import EpochLog, UnlearnConfig, Unlearner, UnlearnResult
 
 if TYPE_CHECKING:
@@ -116,6 +123,10 @@ class Remediation:
     outcomes: list[dict[str, Any]]  # per finding: before / after metrics, stop reason
     history: list[dict[str, Any]]  # per epoch: loss parts, MA, EL_10, extracted, seconds
     utility: dict[str, Any] = field(default_factory=dict)  # held-out perplexity, if asked
+    peak_gpu_memory_bytes: int = 0  # peak GPU memory allocated by torch (0: no GPU)
+    processes: int = 1  # processes that trained together (accelerate launch)
+    mixed_precision: str = "no"  # autocast in force (the option, or the launcher's config)
+    trainable_parameters: int = 0  # parameters updated (LoRA: the adapters only)
     tool: str = f"codeeraser {__version__}"
 
     _TOP = (
@@ -173,29 +184,49 @@ def erase_model(
     options: EraseOptions | None = None,
     report: Callable[[EpochLog], None] | None = None,
 ) -> Remediation:
-    """Unlearn the memorized findings and write the remediated model to `out_dir`."""
+    """Unlearn the memorized findings and write the remediated model to `out_dir`.
+
+    Under ``accelerate launch`` every process runs this; only the first writes (the
+    working folder and `out_dir`), and every process returns the record.
+    """
+    from gate.unlearn.engine import engine_for
+
     options = options or EraseOptions()
     started = time.perf_counter()
     check_output(out_dir, model_dir, options.force)
     forget, before = select_forget_set(findings, measurements)
     if not forget:
         raise InputError("nothing to erase: no measured finding is memorized or extracted")
-    input_hash = weights_sha256(model_dir)
+    engine = engine_for(options.config)
+    if options.resume and engine.shard.distributed:
+        raise InputError(
+            "--resume works in a single process: checkpoints are not taken under "
+            "accelerate launch with several processes (rerun without --resume)"
+        )
+    input_hash = weights_sha256(model_dir) if engine.is_main else ""
     run = Checkpointer(work_dir(out_dir), every=options.checkpoint_every)
-    run.open(_fingerprint(input_hash, before, options), resume=options.resume)
+    if engine.is_main:
+        run.open(_fingerprint(input_hash, before, options), resume=options.resume)
+    engine.shard.barrier()
     try:
         model, record = _train(
-            run, model_dir, data, forget, before, thresholds=thresholds, options=options,
-            report=report,
+            run, model_dir, data, forget, before, engine=engine, thresholds=thresholds,
+            options=options, report=report,
         )  # fmt: skip
-        record.input_path, record.input_sha256 = str(model_dir), input_hash
-        record.wall_seconds = time.perf_counter() - started
-        _write_output(model, model_dir, run.output_dir, record=record, out_dir=out_dir)
+        full_state = engine.full_state_dict(model)  # FSDP: gathered (a collective)
+        if engine.is_main:
+            record.input_path, record.input_sha256 = str(model_dir), input_hash
+            record.wall_seconds = time.perf_counter() - started
+            final = _final(model, options.config)
+            _write_output(final, model_dir, run, record=record, out_dir=out_dir, state=full_state)
+            run.remove()
+        engine.shard.barrier()  # the others return once the folder is in place
+        record = engine.shard.broadcast(record)
     except KeyboardInterrupt:
-        run.keep_checkpoint_only()
+        _keep_checkpoint(run, engine)
         raise Interrupted(run.interrupted_message()) from None
     except InputError as exc:
-        run.keep_checkpoint_only()
+        _keep_checkpoint(run, engine)
         if run.saved is None:
             raise
         raise InputError(
@@ -203,10 +234,15 @@ def erase_model(
             "rerun the same command with --resume to continue"
         ) from None
     except BaseException:
-        run.keep_checkpoint_only()
+        _keep_checkpoint(run, engine)
         raise
-    run.remove()
     return record
+
+
+def _keep_checkpoint(run: Checkpointer, engine: Engine) -> None:
+    """After a failure: the first process (the only one writing) keeps the checkpoint."""
+    if engine.is_main:
+        run.keep_checkpoint_only()
 
 
 def _train(
@@ -216,20 +252,21 @@ def _train(
     forget: Sequence[Finding],
     before: Sequence[Measurement],
     *,
+    engine: Engine,
     thresholds: Thresholds,
     options: EraseOptions,
     report: Callable[[EpochLog], None] | None,
 ) -> tuple[torch.nn.Module, Remediation]:
     """Load, prepare, measure utility, unlearn (resuming `run`'s checkpoint), measure again."""
+    from audit.distributed import device_for
     from audit.model import load_model
 
-    # Training needs float32 weights: a bf16 weight does not move by a 3e-6 step.
-    dtype = "float32" if options.dtype == "auto" else options.dtype
-    loaded = load_model(model_dir, options.device, dtype)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    loaded = load_model(model_dir, device_for(options.device, engine.shard), _train_dtype(options))
+    model, tokenizer = _adapted(loaded.model, options.config, engine), loaded.tokenizer
     job = _prepare(
-        model, tokenizer, context=loaded.context_length, data=data, forget=forget, options=options
-    )
+        model, tokenizer, context=loaded.context_length, data=data, forget=forget,
+        options=options, shard=engine.measure_shard,
+    )  # fmt: skip
     run.check({"data": _data_fingerprint(job)})
     heldout = _heldout_texts(options)
     if "utility_before" not in run.extra:  # of the original model: kept in the checkpoints
@@ -239,16 +276,53 @@ def _train(
         }
     ppl_before = run.extra["utility_before"]["perplexity"]
     he_before = run.extra["utility_before"]["humaneval"]
-    with STOP.deferring():
-        result = _unlearn(
-            model, job, before=before, thresholds=thresholds, config=options.config,
-            checkpoints=run, report=report,
-        )  # fmt: skip
+    result = _unlearn(
+        model, job, before=before, thresholds=thresholds, config=options.config,
+        checkpoints=run, report=report if engine.is_main else None, engine=engine,
+    )  # fmt: skip
     utility = _utility(ppl_before, _perplexity(model, tokenizer, heldout))
     if he_before is not None:
         he_after = _humaneval(model, tokenizer, options.humaneval)
         utility |= {"humaneval_before": he_before, "humaneval_after": he_after}
-    return model, _record(result, job, options=options, thresholds=thresholds, utility=utility)
+    record = _record(result, job, options=options, thresholds=thresholds, utility=utility)
+    record.processes = engine.shard.world
+    record.mixed_precision = engine.mixed_precision
+    record.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return model, record
+
+
+def _train_dtype(options: EraseOptions) -> str:
+    """Weights dtype for training. Full training needs float32 weights (a bf16 weight
+    does not move by a 3e-6 step; mixed precision keeps float32 master weights); a
+    LoRA base is frozen, so `auto` loads it as for measuring (bf16 on a GPU)."""
+    if options.dtype != "auto" or options.config.lora:
+        return options.dtype
+    return "float32"
+
+
+def _adapted(model: torch.nn.Module, config: UnlearnConfig, engine: Any) -> torch.nn.Module:
+    """The model to train: with LoRA adapters when asked for."""
+    if not config.lora:
+        return model
+    if getattr(engine, "fsdp", False):
+        raise InputError(
+            "--lora with FSDP is not supported: a LoRA run holds the frozen base once per "
+            "process (use DDP: accelerate launch --multi_gpu)"
+        )
+    from gate.unlearn.lora import add_adapters
+
+    return add_adapters(
+        model, rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets
+    )
+
+
+def _final(model: torch.nn.Module, config: UnlearnConfig) -> torch.nn.Module:
+    """The model to save: LoRA adapters merged into the base weights."""
+    if not config.lora:
+        return model
+    from gate.unlearn.lora import merged
+
+    return merged(model)
 
 
 def _fingerprint(
@@ -269,7 +343,8 @@ def _fingerprint(
     return {
         "model": input_hash,
         "findings": digest([m.to_dict() for m in before]),
-        "settings": settings,
+        # as the checkpoint's state.json holds them (tuples, e.g. lora_targets, as lists)
+        "settings": json.loads(json.dumps(settings, default=str)),
     }
 
 
@@ -287,15 +362,23 @@ def _data_fingerprint(job: _Job) -> str:
 
 
 def _write_output(
-    model: torch.nn.Module, model_dir: Path, tmp: Path, *, record: Remediation, out_dir: Path
+    model: torch.nn.Module,
+    model_dir: Path,
+    run: Checkpointer,
+    *,
+    record: Remediation,
+    out_dir: Path,
+    state: dict[str, Any] | None = None,
 ) -> None:
-    """Write the model (in the dtype the input was saved in) and remediation.json into
-    `tmp`, then rename it to `out_dir`."""
+    """Write the model (in the dtype the input was saved in; `state`: the weights
+    gathered from FSDP shards) and remediation.json into the run's output folder, then
+    rename it to `out_dir`."""
+    tmp = run.output_dir
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
         tmp.mkdir(parents=True)
-        _write_model(model, model_dir, tmp, _saved_dtype(model_dir))
+        _write_model(model, model_dir, tmp, _saved_dtype(model_dir), state)
         record.output_path, record.output_sha256 = str(out_dir), weights_sha256(tmp)
         (tmp / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
         _move_into_place(tmp, out_dir)
@@ -326,6 +409,7 @@ def _prepare(
     data: CorpusSpec,
     forget: Sequence[Finding],
     options: EraseOptions,
+    shard: Shard = LOCAL,
 ) -> _Job:
     from audit.extraction import MeasureConfig
     from audit.model import pad_token_id
@@ -352,8 +436,8 @@ def _prepare(
         config.retain_windows,
         seed=config.seed,
     )
-    measure, distinct = measure_by_id(model, tokenizer, probes, measure_config)
-    screen = screen_by_id(model, tokenizer, probes, measure_config)
+    measure, distinct = measure_by_id(model, tokenizer, probes, measure_config, shard=shard)
+    screen = screen_by_id(model, tokenizer, probes, measure_config, shard=shard)
     pad_id = pad_token_id(tokenizer, model)
     return _Job(windows, retain, probes, measure, screen, window, retain_tokens, distinct, pad_id)
 
@@ -387,12 +471,15 @@ def measure_by_id(
     probes: Sequence[Probe],
     config: MeasureConfig,
     thresholds: Thresholds | None = None,
+    *,
+    shard: Shard = LOCAL,
 ) -> tuple[Callable[[Sequence[str]], list[Measurement]], int]:
     """A measure function for the loop: finding ids in, Measurements out.
 
     Probes with the same prefix and secret tokens (copies of a file) are measured once:
     greedy decoding is deterministic, so their results are the same. The thresholds
-    only set the `memorized` flag, which the loop does not read.
+    only set the `memorized` flag, which the loop does not read. Under a launcher,
+    `shard` shares the measuring out and every process gets every measurement.
     """
     from audit.extraction import measure_probes
 
@@ -402,7 +489,11 @@ def measure_by_id(
     def measure(ids: Sequence[str]) -> list[Measurement]:
         keys, unique = _distinct(probes, ids)
         found = dict(
-            zip(keys, measure_probes(model, tokenizer, unique, marks, config), strict=True)
+            zip(
+                keys,
+                measure_probes(model, tokenizer, unique, marks, config, shard=shard),
+                strict=True,
+            )
         )
         out = []
         for fid in ids:
@@ -419,6 +510,8 @@ def screen_by_id(
     tokenizer: PreTrainedTokenizerBase,
     probes: Sequence[Probe],
     config: MeasureConfig,
+    *,
+    shard: Shard = LOCAL,
 ) -> Callable[[Sequence[str]], dict[str, tuple[float, bool]]]:
     """MA and greedy extraction only (finding id -> (MA, extracted)), for the loop's screen.
 
@@ -433,7 +526,9 @@ def screen_by_id(
 
     def screen(ids: Sequence[str]) -> dict[str, tuple[float, bool]]:
         keys, unique = _distinct(probes, ids)
-        scores = dict(zip(keys, score_probes(model, tokenizer, unique, cheap), strict=True))
+        scores = dict(
+            zip(keys, score_probes(model, tokenizer, unique, cheap, shard=shard), strict=True)
+        )
         out = {}
         for fid in ids:
             probe = by_id[fid]
@@ -453,9 +548,14 @@ def _unlearn(
     config: UnlearnConfig,
     checkpoints: Checkpointer,
     report: Callable[[EpochLog], None] | None,
+    engine: Engine,
 ) -> UnlearnResult:
+    """The loop. One process: checkpoints after every epoch, and a first Ctrl-C/SIGTERM
+    stops at the next safe point. Several processes: no checkpoints (all would have to
+    stop at the same step); the first process keeps the best weights on disk."""
     config = replace(config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens)
-    return Unlearner(
+    single = not engine.shard.distributed
+    unlearner = Unlearner(
         model,
         job.windows,
         job.retain,
@@ -464,11 +564,16 @@ def _unlearn(
         thresholds=thresholds,
         config=config,
         pad_id=job.pad_id,
-        best_dir=checkpoints.best_dir,
+        best_dir=checkpoints.best_dir if engine.is_main else None,
         report=report,
         screen=job.screen,
-        hooks=checkpoints,
-    ).run()
+        engine=engine,
+        hooks=checkpoints if single else None,
+    )
+    if not single:
+        return unlearner.run()
+    with STOP.deferring():
+        return unlearner.run()
 
 
 def _heldout_texts(options: EraseOptions) -> list[str] | None:
@@ -516,13 +621,22 @@ def _saved_dtype(model_dir: Path) -> str | None:
     return value if value in ("float32", "bfloat16", "float16") else None
 
 
-def _write_model(model: torch.nn.Module, model_dir: Path, tmp: Path, dtype: str | None) -> None:
+def _write_model(
+    model: torch.nn.Module,
+    model_dir: Path,
+    tmp: Path,
+    dtype: str | None,
+    state: dict[str, Any] | None = None,
+) -> None:
     """Tokenizer and other non-weight files copied as they are; weights saved anew, in
-    the dtype the input was saved in."""
+    the dtype the input was saved in (`state`: the weights gathered from FSDP shards)."""
     import torch
 
     if dtype is not None:
-        model.to(getattr(torch, dtype))
+        if state is None:
+            model.to(getattr(torch, dtype))
+        else:
+            state = {k: v.to(getattr(torch, dtype)) for k, v in state.items()}
     for path in sorted(model_dir.iterdir()):
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name != RECORD_NAME:
             shutil.copyfile(path, tmp / path.name)
@@ -533,7 +647,8 @@ def _write_model(model: torch.nn.Module, model_dir: Path, tmp: Path, dtype: str 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no shard-writing bar
     try:
-        model.save_pretrained(str(tmp))  # type: ignore[operator]
+        extra = {} if state is None else {"state_dict": state}
+        model.save_pretrained(str(tmp), **extra)  # type: ignore[operator]
     except Exception as exc:  # safetensors reports a full disk as its own error type
         if isinstance(exc, OSError) or "os error 28" not in str(exc):
             raise
@@ -557,6 +672,13 @@ def peak_memory_bytes() -> int:
     """Peak resident memory of this process so far (ru_maxrss)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def peak_gpu_memory_bytes() -> int:
+    """Peak GPU memory torch allocated in this process (0 without CUDA)."""
+    import torch
+
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else 0
 
 
 def _record(
@@ -588,6 +710,7 @@ def _record(
         wall_seconds=0.0,
         unlearn_seconds=result.seconds,
         peak_memory_bytes=peak_memory_bytes(),
+        peak_gpu_memory_bytes=peak_gpu_memory_bytes(),
         input_path="",
         output_path="",
         input_sha256="",

@@ -34,7 +34,6 @@ to stop there, and at the start to resume from one.
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import tempfile
 import time
@@ -53,6 +52,7 @@ from gate.unlearn.data import (
     RetainWindow,
     collate,
 )
+from gate.unlearn.engine import DEFAULT_TRAIN_BATCH_TOKENS, Engine, Piece
 from gate.unlearn.methods import (
     ForgetView,
     Hyper,
@@ -67,7 +67,6 @@ from gate.unlearn.reference import (
     CacheMode,
     FrozenReference,
     ReferenceSource,
-    aligned_logprobs,
     build_cache,
     forget_positions,
 )
@@ -77,7 +76,8 @@ if TYPE_CHECKING:
 
 Schedule = Literal["joint", "alternating"]
 AscendOn = Literal["all", "predicted"]
-RefKind = Literal["cached", "frozen"]
+RefKind = Literal["auto", "cached", "frozen", "base"]
+MixedPrecision = Literal["no", "bf16", "fp16"]
 Measure = Callable[[Sequence[str]], list[Measurement]]  # finding ids -> measurements
 Screen = Callable[[Sequence[str]], dict[str, tuple[float, bool]]]  # ids -> (MA, extracted)
 
@@ -98,7 +98,9 @@ class UnlearnConfig:
     retain_tokens: int = DEFAULT_RETAIN_TOKENS  # retain window length (clamped to context)
     retain_windows: int = DEFAULT_RETAIN_WINDOWS  # retain windows in the retain set
     schedule: Schedule = "alternating"  # the reference's two updates per batch, or one
-    reference: RefKind = "cached"  # p0 from cached log-probs, or a frozen model copy
+    # p0 for the KL terms: cached log-probs, a frozen model copy, or (LoRA) the base model
+    # with the adapters switched off; auto: base under LoRA, else cached
+    reference: RefKind = "auto"
     kl_cache: CacheMode = "auto"  # full | topk | auto (full when it fits kl_cache_mb)
     kl_topk: int = DEFAULT_TOPK  # tokens per position in a top-k cache
     kl_cache_mb: int = DEFAULT_BUDGET_MB  # memory `auto` may spend on an exact cache
@@ -109,6 +111,14 @@ class UnlearnConfig:
     # forget ("all", the paper), or only those the model still predicts greedily
     # ("predicted"): a token it no longer predicts stops soaking up the unbounded ascent.
     ascend_on: AscendOn = "predicted"
+    # Scale (gate.unlearn.engine, gate.unlearn.accelerated, gate.unlearn.lora):
+    train_batch_tokens: int = DEFAULT_TRAIN_BATCH_TOKENS  # padded tokens per micro-batch (0: k)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass
+    mixed_precision: MixedPrecision = "no"  # bf16/fp16 autocast through Accelerate
+    lora: bool = False  # train LoRA adapters on a frozen base; the output is merged
+    lora_rank: int = 16  # r of the adapters
+    lora_alpha: float = 32.0  # their scale is alpha / r
+    lora_targets: tuple[str, ...] = ()  # module names to adapt (empty: per architecture)
 
     def __post_init__(self) -> None:
         get_method(self.method)  # an unknown name lists the valid ones
@@ -122,8 +132,28 @@ class UnlearnConfig:
             raise InputError(f"unknown schedule {self.schedule!r} (joint or alternating)")
         if self.ascend_on not in ("all", "predicted"):
             raise InputError(f"unknown ascend_on {self.ascend_on!r} (all or predicted)")
-        if self.reference not in ("cached", "frozen"):
-            raise InputError(f"unknown KL reference {self.reference!r} (cached or frozen)")
+        if self.reference not in ("auto", "cached", "frozen", "base"):
+            raise InputError(
+                f"unknown KL reference {self.reference!r} (auto, cached, frozen or base)"
+            )
+        self._check_scale()
+
+    def _check_scale(self) -> None:
+        if self.reference == "base" and not self.lora:
+            raise InputError("the base-model KL reference needs LoRA (--lora)")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise InputError(f"unknown mixed precision {self.mixed_precision!r} (no, bf16, fp16)")
+        if self.train_batch_tokens < 0 or self.lora_rank < 1 or not self.lora_alpha > 0:
+            raise InputError(
+                "train batch tokens must be >= 0, the LoRA rank >= 1 and LoRA alpha > 0"
+            )
+
+    @property
+    def kl_reference(self) -> RefKind:
+        """The reference in force: `auto` resolved (base under LoRA, else cached)."""
+        if self.reference == "auto":
+            return "base" if self.lora else "cached"
+        return self.reference
 
     @classmethod
     def from_args(cls, method: str, args: Mapping[str, Any]) -> UnlearnConfig:
@@ -136,7 +166,7 @@ class UnlearnConfig:
             name = renames.get(key, key)
             if name not in fields:
                 raise InputError(f"unknown unlearning argument {key!r}")
-            values[name] = value
+            values[name] = tuple(value or ()) if name == "lora_targets" else value
         return cls(**values)
 
     def hyper(self) -> Hyper:
@@ -296,9 +326,14 @@ class Unlearner:
         best_dir: Path | None = None,
         report: Callable[[EpochLog], None] | None = None,
         screen: Screen | None = None,
+        engine: Engine | None = None,
         hooks: TrainerHooks | None = None,
     ) -> None:
         self.model, self.forget, self.retain = model, list(forget), list(retain)
+        self.engine = engine or Engine(
+            batch_tokens=config.train_batch_tokens, checkpointing=config.gradient_checkpointing
+        )
+        self.train_model = model  # what training forwards go through (a DDP wrapper, ...)
         self.measure, self.thresholds, self.config = measure, thresholds, config
         self.pad_id, self.report, self.screen = pad_id, report, screen
         self.method: UnlearningMethod = get_method(config.method)(config.hyper())
@@ -316,7 +351,7 @@ class Unlearner:
         for fid in self.outcomes.keys() - self.active:
             self.outcomes[fid].forgotten_epoch = 0
             self.outcomes[fid].stop_reason = "not memorized before unlearning"
-        self.best = BestState(best_dir)
+        self.best = self.engine.best_state(best_dir)
         self.diverged = False
         self.rng = random.Random(config.seed)  # noqa: S311 - batch order, not a secret
         self._retain_order: list[int] = []
@@ -331,12 +366,13 @@ class Unlearner:
         result = UnlearnResult(list(self.outcomes.values()))
         reference = self.reference_source()
         result.reference_kind, result.reference_bytes = reference.kind, reference.nbytes
-        optimizer = torch.optim.AdamW(
-            self.model.parameters(),
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],  # LoRA: the adapters
             lr=self.config.lr,
             betas=(0.9, 0.98),
             weight_decay=self.config.weight_decay,
         )
+        self.train_model, optimizer = self.engine.prepare(self.model, optimizer)
         self.best.offer(leak_score(list(self.latest.values()), self.thresholds), 0, self.model)
         self.model.eval()  # no dropout: the losses compare deterministic distributions
         result.stop_reason = f"ran out of epochs ({self.config.epochs})"
@@ -355,9 +391,14 @@ class Unlearner:
         return result
 
     def reference_source(self) -> ReferenceSource:
-        """p0 for the KL terms: the cache built now, or a frozen copy of the model."""
-        if self.config.reference == "frozen":
+        """p0 for the KL terms: the cache built now, a frozen copy of the model, or (LoRA)
+        the model with its adapters switched off."""
+        if self.config.kl_reference == "frozen":
             return FrozenReference(self.model)
+        if self.config.kl_reference == "base":
+            from gate.unlearn.lora import BaseReference
+
+            return BaseReference(self.model)
         return build_cache(
             self.model,
             self.forget,
@@ -454,31 +495,32 @@ class Unlearner:
         return losses
 
     def _update(self, optimizer: torch.optim.Optimizer) -> None:
-        import torch
-
-        if self.config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-        optimizer.step()
+        self.engine.step(self.train_model, optimizer, self.config.max_grad_norm)
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def _backward_forget(self, indices: list[int], reference: ReferenceSource) -> Loss:
+        """Backward of the forget loss of windows `indices`, micro-batch by micro-batch."""
+        pieces = self.engine.pieces(indices, self.forget)
+        return _combined([self._forget_piece(piece, reference) for piece in pieces])
+
+    def _forget_piece(self, piece: Piece, reference: ReferenceSource) -> tuple[Loss, Piece]:
         import torch
 
-        windows = [self.forget[i] for i in indices]
+        windows = [self.forget[i] for i in piece.indices]
         batch = collate(windows, self.pad_id, self.active).to(self._device())
-        logprobs = aligned_logprobs(self.model, batch)  # (B, L, V)
+        ref, where = None, None
+        if self.method.forget_kl != "none":  # before the training forward: a reference
+            where = forget_positions(batch, self.method.forget_kl)  # that runs a model
+            ref = reference.forget(piece.indices, batch, where)  # then adds no peak
+        logprobs = self.engine.logprobs(self.train_model, batch)  # (B, L, V)
         secret = batch.active  # (B, L)
         if self.config.ascend_on == "predicted":  # tokens the model still predicts greedily
             with torch.no_grad():
                 secret = secret & (logprobs.argmax(dim=-1) == batch.labels)
-        ref = None
-        if self.method.forget_kl != "none":
-            where = forget_positions(batch, self.method.forget_kl)
-            ref = reference.forget(indices, batch, where)
-            if self.method.forget_kl == "secret":
-                ref = ref.select(secret[where])  # only the secret tokens ascended on
+        if ref is not None and where is not None and self.method.forget_kl == "secret":
+            ref = ref.select(secret[where])  # only the secret tokens ascended on
         view = ForgetView(
             logprobs=logprobs,
             labels=batch.labels,
@@ -487,19 +529,29 @@ class Unlearner:
             context=batch.context,
             reference=ref,
         )
-        loss = _finite(self.method.forget_loss(view))
-        torch.autograd.backward(loss.value)
-        return loss
+        loss = self._finite(self.method.forget_loss(view))
+        self.engine.backward(loss.value * piece.weight)
+        return loss, piece
 
     def _backward_retain(self, indices: list[int], reference: ReferenceSource) -> Loss | None:
-        import torch
+        done = [self._retain_piece(p, reference) for p in self.engine.pieces(indices, self.retain)]
+        present = [(loss, piece) for loss, piece in done if loss is not None]
+        return _combined(present) if present else None
 
-        batch = collate([self.retain[i] for i in indices], self.pad_id).to(self._device())
-        logprobs = aligned_logprobs(self.model, batch)
-        ref = reference.retain(indices, batch, batch.valid) if self.method.retain_kl else None
+    def _retain_piece(self, piece: Piece, reference: ReferenceSource) -> tuple[Loss | None, Piece]:
+        batch = collate([self.retain[i] for i in piece.indices], self.pad_id).to(self._device())
+        ref = reference.retain(piece.indices, batch, batch.valid) if self.method.retain_kl else None
+        logprobs = self.engine.logprobs(self.train_model, batch)
         loss = self.method.retain_loss(RetainView(logprobs, batch.labels, batch.valid, ref))
         if loss is not None:
-            torch.autograd.backward(_finite(loss).value)
+            loss = self._finite(loss)
+            self.engine.backward(loss.value * piece.weight)
+        return loss, piece
+
+    def _finite(self, loss: Loss) -> Loss:
+        """The loss, if it is finite on every process; else no step is taken with it."""
+        if not self.engine.all_finite(float(loss.value.detach())):
+            raise _NotFinite
         return loss
 
     def _remeasure(self, epoch: int) -> tuple[list[str], list[Measurement]]:
@@ -577,10 +629,21 @@ class _NotFinite(Exception):
     """A loss became NaN or infinite: no step is taken with it."""
 
 
-def _finite(loss: Loss) -> Loss:
-    if not math.isfinite(float(loss.value.detach())):
-        raise _NotFinite
-    return loss
+def _combined(done: Sequence[tuple[Loss, Piece]]) -> Loss:
+    """One step's loss from its micro-batches: their values and parts weighted by their
+    share of the step's windows (a process's own share under Accelerate)."""
+    import torch
+
+    total = sum(piece.weight for _, piece in done) or 1.0
+    value = (
+        sum((loss.value.detach() * piece.weight for loss, piece in done), torch.zeros(())) / total
+    )
+    names = {name for loss, _ in done for name in loss.parts}
+    parts = {
+        name: sum(loss.parts.get(name, 0.0) * piece.weight for loss, piece in done) / total
+        for name in names
+    }
+    return Loss(value, parts)
 
 
 def new_best_dir() -> tempfile.TemporaryDirectory[str]:

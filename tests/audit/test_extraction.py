@@ -152,9 +152,9 @@ def test_copies_are_scored_once_and_share_their_scores(
     scored: list[int] = []
     real = extraction._score_distinct
 
-    def counting(*args: Any) -> Any:
+    def counting(*args: Any, **kwargs: Any) -> Any:
         scored.append(len(args[2]))
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(extraction, "_score_distinct", counting)
     both = score_probes(model, tok, [*copies, *probes], config)
