@@ -1,12 +1,16 @@
-"""Benchmark: GA, CU and CodeEraser on the demo model; our loop against the reference's
-schedule; peak memory of cached p0 against a frozen model copy; top-k KL error.
+"""Benchmark: GA, CU and CodeEraser on the demo model; schedule and α; our loop against
+the reference's (with our metric code, and with its own); peak memory of cached p0
+against a frozen model copy; top-k KL error.
 
     python bench/erase.py                 # every part; tables on stdout
-    python bench/erase.py --part methods  # one part: methods | schedule | memory | topk
+    python bench/erase.py --part schedule # one part: acceptance | schedule | methods |
+                                          #   sweep | memory | topk
 
-Every unlearning run and every memory probe runs in a fresh subprocess, so each peak
-RSS (``ru_maxrss``) belongs to that run alone. Results also go to
-``bench/results/erase.json``. Torch uses one thread per process (the machine is shared).
+The CodeEraser settings come from policies/demo.yaml (`remediation.args`). Every
+unlearning run and every memory probe runs in a fresh subprocess, so each peak RSS
+(``ru_maxrss``) belongs to that run alone; a run two tables share is made once. Results
+also go to ``bench/results/erase.json``. Torch uses one thread per process (the machine
+is shared).
 """
 
 from __future__ import annotations
