@@ -1,12 +1,16 @@
-"""Benchmark: GA, CU and CodeEraser on the demo model; our loop against the reference's
-schedule; peak memory of cached p0 against a frozen model copy; top-k KL error.
+"""Benchmark: GA, CU and CodeEraser on the demo model; schedule and α; our loop against
+the reference's (with our metric code, and with its own); peak memory of cached p0
+against a frozen model copy; top-k KL error.
 
     python bench/erase.py                 # every part; tables on stdout
-    python bench/erase.py --part methods  # one part: methods | schedule | memory | topk
+    python bench/erase.py --part schedule # one part: acceptance | schedule | methods |
+                                          #   sweep | memory | topk
 
-Every unlearning run and every memory probe runs in a fresh subprocess, so each peak
-RSS (``ru_maxrss``) belongs to that run alone. Results also go to
-``bench/results/erase.json``. Torch uses one thread per process (the machine is shared).
+The CodeEraser settings come from policies/demo.yaml (`remediation.args`). Every
+unlearning run and every memory probe runs in a fresh subprocess, so each peak RSS
+(``ru_maxrss``) belongs to that run alone; a run two tables share is made once. Results
+also go to ``bench/results/erase.json``. Torch uses one thread per process (the machine
+is shared).
 """
 
 from __future__ import annotations
@@ -30,17 +34,26 @@ sys.path.insert(0, str(ROOT))
 from gate.unlearn.trainer import Unlearner, is_forgotten, leak_score  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "erase.json"
-# Settings for the demo model (2 layers, 128 wide, 128-token context), chosen by the
-# sweep in BENCHMARKS.md: the paper's lr 3e-6 is for billion-parameter models and
-# barely moves a model this small, and its γ = 0.1, α = 1 hold the model too loosely.
-DEMO: dict[str, Any] = {
-    "lr": 1e-3,
-    "epochs": 100,
-    "batch_size": 32,
-    "patience": 10,
-    "gamma": 3.0,
-    "alpha": 100.0,
-}
+# UnlearnConfig field -> `codeeraser erase` option, where the two names differ.
+OPTION = {"lam": "lambda", "reference": "kl-reference"}
+REFERENCE_OWN_BUDGET_S = 240.0  # wall-time cap of the reference loop with its own metric code
+
+
+def demo_settings() -> dict[str, Any]:
+    """The demo's CodeEraser settings: `remediation.args` of policies/demo.yaml, as
+    UnlearnConfig fields, so the bench and `codeeraser demo` cannot drift apart."""
+    from gate.policy import load_policy
+    from gate.unlearn.trainer import UnlearnConfig
+
+    remediation = load_policy("demo").remediation
+    config = UnlearnConfig.from_args(remediation.method, remediation.args.model_dump(by_alias=True))
+    fields = asdict(config)
+    renames = {"lambda": "lam", "max_epochs": "epochs"}
+    names = [renames.get(key, key) for key in remediation.args.model_dump(by_alias=True)]
+    return {name: fields[name] for name in names}  # the method is the run's own
+
+
+DEMO = demo_settings()
 SAMPLES = 20  # sampled-attack draws per finding after unlearning
 
 
@@ -86,15 +99,32 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+_DONE: dict[tuple[str, ...], dict[str, Any]] = {}  # runs already made in this bench
+
+
 def _child(args: list[str]) -> dict[str, Any]:
-    """Run this script with `args` in a fresh process; it prints one JSON line last."""
+    """Run this script with `args` in a fresh process; it prints one JSON line last.
+
+    A run with the same arguments as an earlier one in this bench is not repeated: its
+    result is reused (the runs are deterministic), so a row shared by two tables is one run.
+    """
+    key = tuple(args)
+    if key in _DONE:
+        return _DONE[key]
     done = subprocess.run(
         [sys.executable, __file__, *args], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"{args}: exit {done.returncode}\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    _DONE[key] = result
     return result
+
+
+def _run(method: str, variant: str, stop: str = "full", **overrides: Any) -> dict[str, Any]:
+    """One unlearning run in a child process; `overrides` change the demo settings."""
+    sets = [x for k, v in sorted(overrides.items()) for x in ("--set", f"{k}={json.dumps(v)}")]
+    return _child(["--run", method, variant, stop, *sets])
 
 
 # --- one unlearning run (child process) ---------------------------------------------
@@ -135,6 +165,7 @@ def _job(demo: Any, thresholds: Any) -> Any:
         "sampled": sampled,
         "screen": screen,
         "pad": pad_token_id(loaded.tokenizer, loaded.model),
+        "probes": probes,
     }
 
 
@@ -154,11 +185,11 @@ def _means(rows: list[Any]) -> dict[str, float]:
 def run_unlearning(
     method: str, variant: str, stop: str, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """One run on the demo: `variant` ours | reference; `stop` full | extraction."""
+    """One run on the demo: `variant` ours | reference | reference-own; `stop` full |
+    extraction."""
     _threads()
     from audit.measurements import Thresholds
     from audit.utility import perplexity
-    from gate.unlearn.trainer import UnlearnConfig
 
     demo = _demo()
     thresholds = _thresholds(demo)
@@ -168,18 +199,10 @@ def run_unlearning(
     model, tok = job["loaded"].model, job["loaded"].tokenizer
     heldout = _heldout(demo)
     ids = [f.id for f in job["findings"]]
-    before = job["sampled"](ids)
+    before = job["measure"](ids)  # greedy: the tables show MA/EL before, not the attack
+    job["before"] = {m.finding_id: m for m in before}
     ppl_before = perplexity(model, tok, heldout)
-    reference = variant == "reference"
-    settings = {
-        "method": method,
-        "schedule": "alternating",
-        "reference": "frozen" if reference else "cached",
-        **DEMO,
-        **(overrides or {}),
-    }
-    config = UnlearnConfig(**settings)
-    loop = ReferenceLoop if reference else Unlearner
+    config, loop, measure, screen = _loop_for(method, variant, job, overrides or {})
     with tempfile.TemporaryDirectory() as best:
         start = time.perf_counter()
         result = loop(
@@ -187,12 +210,12 @@ def run_unlearning(
             job["windows"],
             job["retain"],
             before=before,
-            measure=job["measure"],
+            measure=measure,
             thresholds=thresholds,
             config=config,
             pad_id=job["pad"],
             best_dir=Path(best),
-            screen=job["screen"],
+            screen=screen,
         ).run()
         seconds = time.perf_counter() - start
     after = job["sampled"](ids)
@@ -217,6 +240,7 @@ def run_unlearning(
         "stop_reason": result.stop_reason,
         "seconds": seconds,
         "seconds_per_forgotten": seconds / forgotten if forgotten else None,
+        "seconds_per_epoch": seconds / max(1, result.epochs),
         "history": [
             {
                 "epoch": h.epoch,
@@ -233,6 +257,56 @@ def run_unlearning(
         "reference_bytes": result.reference_bytes,
         "peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def _loop_for(
+    method: str, variant: str, job: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[Any, Any, Any, Any]:
+    """(config, loop class, measure, screen) for `variant`.
+
+    ours: our loop with the demo settings. reference: ReferenceLoop (the reference's
+    alternating schedule, a frozen copy for p0) with our measuring code. reference-own:
+    the same loop measuring with the reference's own algorithms (bench/measure.py),
+    stopped after REFERENCE_OWN_BUDGET_S seconds of wall time.
+    """
+    from gate.unlearn.trainer import UnlearnConfig
+
+    if variant == "ours":
+        config = UnlearnConfig(**{**DEMO, "method": method, **overrides})
+        return config, Unlearner, job["measure"], job["screen"]
+    settings = {**DEMO, "method": method, "schedule": "alternating", "reference": "frozen"}
+    config = UnlearnConfig(**{**settings, **overrides})
+    if variant == "reference":
+        return config, ReferenceLoop, job["measure"], job["screen"]
+    measure, screen = reference_metrics(job)
+    return config, CappedReferenceLoop, measure, screen
+
+
+def reference_metrics(job: dict[str, Any]) -> tuple[Any, Any]:
+    """measure and screen functions built on the reference implementation's metric code:
+    MA by one generate() call per secret position, EL_10 by uncached greedy decoding of
+    every prefix + secret[:i], every finding measured (no sharing between copies). The
+    reference computes the metrics its stopping rule reads; EL_3/EL_5 stay as before.
+    A secret is extracted greedily exactly when every teacher-forced position is right
+    (MA = 1)."""
+    from measure import reference_el, reference_ma  # bench/measure.py, next to this script
+
+    loaded = job["loaded"]
+    by_id = {p.finding_id: p for p in job["probes"]}
+
+    def screen(ids: list[str]) -> dict[str, tuple[float, bool]]:
+        scores = reference_ma(loaded, [by_id[fid] for fid in ids])
+        return {fid: (ma, ma == 1.0) for fid, ma in zip(ids, scores, strict=True)}
+
+    def measure(ids: list[str]) -> list[Any]:
+        probes = [by_id[fid] for fid in ids]
+        mas, els = reference_ma(loaded, probes), reference_el(loaded, probes, 10)
+        return [
+            replace(job["before"][fid], ma=ma, el_10=el, extracted_greedy=ma == 1.0)
+            for fid, ma, el in zip(ids, mas, els, strict=True)
+        ]
+
+    return measure, screen
 
 
 class ReferenceLoop(Unlearner):
@@ -286,6 +360,24 @@ class ReferenceLoop(Unlearner):
         if el < self.thresholds.el_10 or self.el_stale >= 5:
             return "mean MA and EL_10 under the thresholds (or EL_10 stalled)"
         return ""
+
+
+class CappedReferenceLoop(ReferenceLoop):
+    """ReferenceLoop that stops at the end of the first epoch that ends after
+    REFERENCE_OWN_BUDGET_S seconds (an epoch that measures EL_10 the reference's way
+    takes minutes on its own)."""
+
+    started = 0.0
+
+    def run(self) -> Any:
+        self.started = time.perf_counter()
+        return super().run()
+
+    def _stop_reason(self, epoch: int) -> str:
+        reason = super()._stop_reason(epoch)
+        if not reason and time.perf_counter() - self.started > REFERENCE_OWN_BUDGET_S:
+            return f"capped: wall time over {REFERENCE_OWN_BUDGET_S:.0f} s"
+        return reason
 
 
 # --- peak memory of one training step (child process) -------------------------------
@@ -506,11 +598,11 @@ def part_acceptance() -> dict[str, Any]:
         common = ["--data", str(demo.corpus_dir), "--findings", str(demo.planted),
                   "--thresholds", str(thresholds)]  # fmt: skip
         _cli("measure", "--model", str(demo.model_dir), *common, "--out", str(work / "m0.jsonl"))
-        settings = [f"--{k.replace('_', '-')}={v}" for k, v in DEMO.items()]
+        settings = [f"--{OPTION.get(k, k).replace('_', '-')}={v}" for k, v in DEMO.items()]
         start = time.perf_counter()
         heldout = ["--heldout", str(demo.heldout_dir), "--heldout-findings", str(demo.controls)]
         out = ["--measurements", str(work / "m0.jsonl"), "--out", str(work / "erased")]
-        _cli("erase", "--model", str(demo.model_dir), *common, *out, *heldout, *settings)
+        erased = _cli("erase", "--model", str(demo.model_dir), *common, *out, *heldout, *settings)
         seconds = time.perf_counter() - start
         _cli("measure", "--model", str(work / "erased"), *common, "--samples", str(SAMPLES),
              "--out", str(work / "m1.jsonl"))  # fmt: skip
@@ -540,8 +632,11 @@ def part_acceptance() -> dict[str, Any]:
             "stop_reason": record["stop_reason"],
             "erase_seconds": seconds,
             "settings": DEMO,
+            "erase_options": settings,
+            "erase_output": (erased.stderr + erased.stdout).replace(tmp, "<tmp>"),
         }
     print(_acceptance_table(result))
+    print(result["erase_output"])
     return result
 
 
@@ -570,46 +665,41 @@ def _acceptance_table(r: dict[str, Any]) -> str:
 
 
 def part_methods() -> list[dict[str, Any]]:
-    runs = [_child(["--run", m, "ours", "full"]) for m in ("ga", "cu")]
-    runs.append(_child(["--run", "codeeraser", "ours", "full", "--set", 'ascend_on="all"']))
-    runs.append(_child(["--run", "codeeraser", "ours", "full"]))
-    runs.append(_child(["--run", "codeeraser", "ours", "extraction"]))
+    runs = [_run("ga", "ours"), _run("cu", "ours"), _run("codeeraser", "ours", ascend_on="all")]
+    runs.append(_run("codeeraser", "ours"))
+    runs.append(_run("codeeraser", "ours", "extraction"))
     print(_methods_table(runs))
     return runs
 
 
-SWEEP: list[dict[str, Any]] = [  # codeeraser settings tried on the demo, DEMO last
-    {"lr": 3e-6, "ascend_on": "predicted"},  # the paper's learning rate
-    {"gamma": 0.1, "alpha": 1.0, "ascend_on": "all"},  # the paper's γ, α and S
-    {"gamma": 0.1, "alpha": 1.0, "ascend_on": "predicted"},
-    {"ascend_on": "all"},
-    {"lr": 3e-4, "ascend_on": "predicted"},
-    {"ascend_on": "predicted"},  # DEMO
+SWEEP: list[dict[str, Any]] = [  # schedule and α on the demo; the demo settings last
+    {"schedule": "alternating", "alpha": 100.0},
+    {"schedule": "alternating", "alpha": 1000.0},
+    {"schedule": "joint", "alpha": 100.0},
+    {"schedule": "joint", "alpha": 300.0},
+    {},  # the demo settings (policies/demo.yaml)
 ]
 
 
 def part_sweep() -> list[dict[str, Any]]:
-    runs = []
-    for change in SWEEP:
-        sets = [f"{k}={json.dumps(v)}" for k, v in change.items()]
-        args = ["--run", "codeeraser", "ours", "full"]
-        runs.append(_child(args + [x for item in sets for x in ("--set", item)]))
+    runs = [_run("codeeraser", "ours", **change) for change in SWEEP]
     print(_sweep_table(runs))
     return runs
 
 
 def _sweep_table(runs: list[dict[str, Any]]) -> str:
     lines = [
-        "| lr | γ | α | λ | S | epochs | forgotten | extracted after | MA after | "
-        "held-out ppl change | s |",
-        "|" + "---|" * 11,
+        "| schedule | lr | γ | α | λ | S | epochs | stop | forgotten | extracted after | "
+        "MA after | held-out ppl change | s |",
+        "|" + "---|" * 13,
     ]
     for r in runs:
         c, a = r["config"], r["after"]
         change = r["perplexity_after"] / r["perplexity_before"] - 1
         lines.append(
-            f"| {c['lr']:g} | {c['gamma']:g} | {c['alpha']:g} | {c['lam']:g} | {c['ascend_on']} | "
-            f"{r['epochs']} | {r['forgotten']}/{a['findings']} | {a['extracted_greedy']} | "
+            f"| {c['schedule']} | {c['lr']:g} | {c['gamma']:g} | {c['alpha']:g} | {c['lam']:g} | "
+            f"{c['ascend_on']} | {r['epochs']} | {r['stop_reason']} | "
+            f"{r['forgotten']}/{a['findings']} | {a['extracted_greedy']} | "
             f"{_pct(a['ma'])} | {change:+.1%} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines)
@@ -617,9 +707,10 @@ def _sweep_table(runs: list[dict[str, Any]]) -> str:
 
 def part_schedule() -> list[dict[str, Any]]:
     runs = [
-        _child(["--run", "codeeraser", "ours", "full"]),
-        _child(["--run", "codeeraser", "ours", "full", "--set", 'schedule="joint"']),
-        _child(["--run", "codeeraser", "reference", "full"]),
+        _run("codeeraser", "ours"),
+        _run("codeeraser", "ours", schedule="alternating"),
+        _run("codeeraser", "reference"),
+        _run("codeeraser", "reference-own"),
     ]
     print(_schedule_table(runs))
     return runs
@@ -673,26 +764,57 @@ def _label(run: dict[str, Any]) -> str:
     return f"codeeraser (S: {run['config']['ascend_on']} secret tokens)"
 
 
+LOOPS = {
+    "ours": "ours",
+    "reference": "reference, our metric code",
+    "reference-own": "reference, with its own metric code",
+}
+
+
 def _schedule_table(runs: list[dict[str, Any]]) -> str:
     lines = [
-        "| loop | schedule | p0 for KL | epochs | updates | forgotten | extracted after | "
-        "held-out ppl change | s total | s / forgotten sample | peak RSS MB |",
-        "|" + "---|" * 11,
+        "| loop | schedule | p0 for KL | epochs | stop | updates | forgotten | extracted after | "
+        "held-out ppl change | s total | s / epoch | s / forgotten sample | peak RSS MB |",
+        "|" + "---|" * 13,
     ]
     for r in runs:
         per = r["seconds_per_forgotten"]
         updates = r["steps"] * (2 if r["config"]["schedule"] == "alternating" else 1)
         change = r["perplexity_after"] / r["perplexity_before"] - 1
         lines.append(
-            f"| {r['variant']} | {r['config']['schedule']} | {r['reference']} | {r['epochs']} | "
-            f"{updates} | {r['forgotten']}/{r['after']['findings']} | "
-            f"{r['after']['extracted_greedy']} | {change:+.1%} | {r['seconds']:.1f} | "
+            f"| {LOOPS[r['variant']]} | {r['config']['schedule']} | {r['reference']} | "
+            f"{r['epochs']} | {r['stop_reason']} | {updates} | "
+            f"{r['forgotten']}/{r['after']['findings']} | {r['after']['extracted_greedy']} | "
+            f"{change:+.1%} | {r['seconds']:.1f} | {r['seconds_per_epoch']:.2f} | "
             f"{f'{per:.3f}' if per else '-'} | {r['peak_rss_mb']:.0f} |"
         )
-    if runs[0]["seconds_per_forgotten"] and runs[-1]["seconds_per_forgotten"]:
-        ours, ref = runs[0]["seconds_per_forgotten"], runs[-1]["seconds_per_forgotten"]
-        lines.append(f"\nreference / ours, seconds per forgotten sample: {ref / ours:.2f}×")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *_ratios(runs)])
+
+
+def _ratios(runs: list[dict[str, Any]]) -> list[str]:
+    """Reference / ours, seconds per forgotten sample, for each reference row."""
+    ours = runs[0]["seconds_per_forgotten"]
+    by_variant = {r["variant"]: r for r in runs}
+    lines = []
+    for variant in ("reference", "reference-own"):
+        r = by_variant.get(variant)
+        if r is None or not ours:
+            continue
+        per = r["seconds_per_forgotten"]
+        text = f"{per / ours:.2f}×" if per else "- (nothing forgotten)"
+        lines.append(f"- {LOOPS[variant]} / ours, s per forgotten sample: {text}")
+    own, ref = by_variant.get("reference-own"), by_variant.get("reference")
+    if own and ref and ours and ref["forgotten"] and own["stop_reason"].startswith("capped"):
+        # the two reference runs train identically (same seed, same losses, same measured
+        # values); only the metric code differs, so the capped run's seconds per epoch
+        # times the uncapped run's epochs estimates its total
+        total = own["seconds_per_epoch"] * ref["epochs"]
+        lines.append(
+            f"- reference with its own metric code, extrapolated to the {ref['epochs']} epochs "
+            f"of the uncapped reference run: {total:.0f} s, "
+            f"{total / ref['forgotten'] / ours:.2f}× ours per forgotten sample"
+        )
+    return lines
 
 
 def _memory_table(rows: list[dict[str, Any]]) -> str:
@@ -750,20 +872,26 @@ def main() -> int:
         return 0
     parts = {
         "acceptance": part_acceptance,
-        "sweep": part_sweep,
-        "methods": part_methods,
         "schedule": part_schedule,
+        "methods": part_methods,
+        "sweep": part_sweep,
         "memory": part_memory,
         "topk": part_topk,
     }
     chosen = [args.part] if args.part else list(parts)
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    failed = []
     for name in chosen:
         print(f"\n## {name}\n", flush=True)
-        results[name] = parts[name]()
+        try:
+            results[name] = parts[name]()
+        except RuntimeError as exc:  # a child run failed: go on with the other parts
+            print(f"part {name} failed: {exc}", flush=True)
+            failed.append(name)
+            continue
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
