@@ -21,7 +21,7 @@ PRESET_NAMES = ("tiny", "demo")  # gate.demo.PRESETS, listed here to keep --help
     type=click.Choice(PRESET_NAMES),
     default="demo",
     show_default=True,
-    help="demo: 20 secrets in 300 files (~3 min on 2 cores); tiny: 6 secrets (~30 s).",
+    help="demo: 20 secrets in 300 files (build ~2.5 min on 2 cores); tiny: 6 secrets (~30 s).",
 )
 @click.option(
     "--build-only",
