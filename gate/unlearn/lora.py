@@ -21,17 +21,16 @@ Default target modules, per architecture: GPT-2 and StarCoder ``c_attn``, ``c_pr
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from gate.errors import InputError
-from gate.unlearn.losses import Reference, full_reference
+from gate.unlearn.reference import LiveReference
 
 if TYPE_CHECKING:
     import torch
-
-    from gate.unlearn.data import TokenBatch
 
 INSTALL_HINT = "pip install 'codeeraser[lora]'"
 _GPT2_STYLE = ("c_attn", "c_proj", "c_fc")
@@ -106,7 +105,7 @@ def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-class BaseReference:
+class BaseReference(LiveReference):
     """p0 as the base model with its adapters switched off (exact; holds no memory)."""
 
     kind = "base"
@@ -117,23 +116,9 @@ class BaseReference:
             raise InputError("the base-model KL reference needs a LoRA model (--lora)")
         self.model = model
 
-    def forget(
-        self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
-    ) -> Reference:
-        return self._at(batch, positions)
-
-    def retain(
-        self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
-    ) -> Reference:
-        return self._at(batch, positions)
-
-    def _at(self, batch: TokenBatch, positions: torch.Tensor) -> Reference:
-        import torch
-
-        from gate.unlearn.reference import aligned_logprobs
-
-        with torch.no_grad(), self.model.disable_adapter():  # type: ignore[operator]
-            return full_reference(aligned_logprobs(self.model, batch)[positions])
+    def _as_p0(self) -> contextlib.AbstractContextManager[object]:
+        context: contextlib.AbstractContextManager[object] = self.model.disable_adapter()  # type: ignore[operator]
+        return context
 
 
 def _peft() -> Any:

@@ -22,6 +22,7 @@ batch at a time.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,15 +100,10 @@ class CachedReference:
         return _concat([self.retain_tables[i] for i in indices]).to(self.device)
 
 
-class FrozenReference:
-    """A frozen copy of the model, run on every batch (the reference's way)."""
+class LiveReference:
+    """p0 computed on every batch by a model (`self.model`, set by the subclass)."""
 
-    kind = "frozen"
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = copy.deepcopy(model)
-        self.model.requires_grad_(False)
-        self.nbytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+    model: torch.nn.Module
 
     def forget(
         self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
@@ -119,11 +115,26 @@ class FrozenReference:
     ) -> Reference:
         return self._at(batch, positions)
 
+    def _as_p0(self) -> contextlib.AbstractContextManager[object]:
+        """The context in which `self.model` is p0 (nothing to switch by default)."""
+        return contextlib.nullcontext()
+
     def _at(self, batch: TokenBatch, positions: torch.Tensor) -> Reference:
         import torch
 
-        with torch.no_grad():
+        with torch.no_grad(), self._as_p0():
             return full_reference(aligned_logprobs(self.model, batch)[positions])
+
+
+class FrozenReference(LiveReference):
+    """A frozen copy of the model, run on every batch (the reference's way)."""
+
+    kind = "frozen"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = copy.deepcopy(model)
+        self.model.requires_grad_(False)
+        self.nbytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
 
 
 def build_cache(
