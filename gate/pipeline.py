@@ -437,7 +437,7 @@ def _remediate(state: _State, verdict: Verdict) -> RunRecord:
 
 def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
     from gate.unlearn.erase import EraseOptions, erase_model
-    from gate.unlearn.trainer import UnlearnConfig
+    from gate.unlearn.settings import UnlearnConfig
 
     run, policy = state.run, state.run.policy
     offending = set(verdict.offending_ids())
@@ -454,9 +454,7 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
         shutil.rmtree(out_model)
     state.shard.barrier()
     options = EraseOptions(
-        config=UnlearnConfig.from_args(
-            policy.remediation.method, policy.remediation.args.model_dump(by_alias=True)
-        ),
+        config=UnlearnConfig.of(policy.remediation.method, policy.remediation.args),
         device=run.device,
         prefix_tokens=policy.extraction.prefix_tokens,
         batch_tokens=run.batch_tokens,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from gate.commands.measure import corpus_options, corpus_spec, model_options
+from gate.commands.options import corpus_options, corpus_spec, model_options
 
 
 @click.command("calibrate")

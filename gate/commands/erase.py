@@ -7,15 +7,23 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gate.commands.measure import corpus_options, corpus_spec, model_options
+from gate.commands.options import (
+    corpus_options,
+    corpus_spec,
+    heldout_option,
+    model_options,
+    options_from,
+    prefix_tokens_option,
+    thresholds_option,
+    values_of,
+)
+from gate.unlearn.settings import UnlearnArgs, UnlearnConfig
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from gate.unlearn.erase import Remediation
     from gate.unlearn.trainer import EpochLog
-
-_METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without importing torch
 
 
 @click.command("erase")
@@ -44,101 +52,9 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
     help="Folder for the remediated model (weights, config, tokenizer, remediation.json). "
     "It appears only once complete.",
 )
-@click.option(
-    "--thresholds",
-    "thresholds_spec",
-    metavar="FILE|paper:MODEL",
-    help="Forgetting thresholds (a file from `codeeraser calibrate`, or paper:<model>); "
-    "use the ones the measurements were made against. Default: paper:codeparrot-small.",
-)
-@click.option(
-    "--method",
-    type=click.Choice(_METHODS),
-    default="codeeraser",
-    show_default=True,
-    help="codeeraser: ascent on the secret tokens only, descent on the code around them, "
-    "KL to the original; cu: ascent on whole windows with KL; ga: plain gradient ascent.",
-)
-@click.option(
-    "--lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=3e-6,
-    show_default=True,
-    help="AdamW learning rate (constant).",
-)
-@click.option(
-    "--epochs",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Most epochs (passes over the secrets still to forget).",
-)
-@click.option(
-    "--batch-size",
-    "batch_size",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="k: forget windows (and retain windows) per step.",
-)
-@click.option(
-    "--alpha",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="α: weight of the retain KL.",
-)
-@click.option(
-    "--lambda",
-    "lam",
-    type=click.FloatRange(min=0),
-    default=0.1,
-    show_default=True,
-    help="λ: weight of the KL terms.",
-)
-@click.option(
-    "--gamma",
-    type=click.FloatRange(min=0),
-    default=0.1,
-    show_default=True,
-    help="γ: weight of the descent on the code around a secret (codeeraser).",
-)
-@click.option(
-    "--ascend-on",
-    type=click.Choice(["predicted", "all"]),
-    default="predicted",
-    show_default=True,
-    help="Secret tokens ascended on (codeeraser): the ones the model still predicts "
-    "greedily, or all of them (the paper; costs more utility).",
-)
-@click.option(
-    "--patience",
-    type=click.IntRange(min=0),
-    default=5,
-    show_default=True,
-    help="Stop after this many epochs without a lower leak (0: never).",
-)
-@click.option(
-    "--window-tokens",
-    type=click.IntRange(min=2),
-    default=512,
-    show_default=True,
-    help="Forget window length (cut to the model's context).",
-)
-@click.option(
-    "--retain-tokens",
-    type=click.IntRange(min=2),
-    default=128,
-    show_default=True,
-    help="Retain window length (cut to the model's context).",
-)
-@click.option(
-    "--retain-windows",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Retain windows drawn from the clean code.",
-)
+@thresholds_option
+@options_from(UnlearnConfig, only=("method",))
+@options_from(UnlearnArgs)
 @click.option(
     "--retain",
     "retain_path",
@@ -146,12 +62,7 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
     help="Clean code to keep the model's behaviour on (folder or JSONL). Default: the "
     "samples of --data that have no finding.",
 )
-@click.option(
-    "--heldout",
-    "heldout_path",
-    type=click.Path(path_type=Path),
-    help="Held-out code: held-out perplexity is measured before and after (in remediation.json).",
-)
+@heldout_option
 @click.option(
     "--heldout-findings",
     "heldout_findings",
@@ -167,116 +78,7 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
     help="HumanEval problems to score pass@1 on before and after (0: off; 164: all). "
     "Generated code runs in a sandbox; tiny models score 0.",
 )
-@click.option(
-    "--prefix-tokens",
-    type=click.IntRange(min=0),
-    default=128,
-    show_default=True,
-    help="Tokens of code before a secret the attacker prompts with (as in measure).",
-)
-@click.option(
-    "--schedule",
-    type=click.Choice(["alternating", "joint"]),
-    default="alternating",
-    show_default=True,
-    help="alternating: an update on the forget batch, then one on the retain batch (the "
-    "reference's); joint: one update from both losses.",
-)
-@click.option(
-    "--kl-reference",
-    "kl_reference",
-    type=click.Choice(["auto", "cached", "frozen", "base"]),
-    default="auto",
-    show_default=True,
-    help="Original model's log-probs: cached once, a frozen model copy (the reference's "
-    "way), or the base model with the LoRA adapters off (exact, no memory; needs --lora). "
-    "auto: base with --lora, else cached.",
-)
-@click.option(
-    "--kl-cache",
-    type=click.Choice(["auto", "full", "topk"]),
-    default="auto",
-    show_default=True,
-    help="Cached log-probs: full vocabulary (exact), top-k + a tail bucket, or auto (full "
-    "when it fits --kl-cache-mb).",
-)
-@click.option(
-    "--kl-topk",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Tokens kept per position by the top-k cache.",
-)
-@click.option(
-    "--kl-cache-mb",
-    type=click.IntRange(min=0),
-    default=512,
-    show_default=True,
-    help="Memory an exact cache may use before auto switches to top-k.",
-)
-@click.option(
-    "--max-grad-norm",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="Gradient clipping (0: off).",
-)
-@click.option(
-    "--train-batch-tokens",
-    type=click.IntRange(min=0),
-    default=16384,
-    show_default=True,
-    help="Padded tokens per forward/backward micro-batch: a step's k windows are sorted by "
-    "length and cut to fit, gradients accumulate, one update per step (0: no cut).",
-)
-@click.option(
-    "--gradient-checkpointing",
-    is_flag=True,
-    help="Recompute activations in the backward pass (less memory, about a third more time).",
-)
-@click.option(
-    "--mixed-precision",
-    type=click.Choice(["no", "bf16", "fp16"]),
-    default="no",
-    show_default=True,
-    help="Autocast forward passes to bf16/fp16 with float32 master weights (through "
-    "Accelerate: pip install 'codeeraser[dist]').",
-)
-@click.option(
-    "--lora",
-    is_flag=True,
-    help="Train LoRA adapters on the frozen model instead of every weight (pip install "
-    "'codeeraser[lora]'); the output is the merged model.",
-)
-@click.option(
-    "--lora-rank",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="LoRA rank r.",
-)
-@click.option(
-    "--lora-alpha",
-    type=click.FloatRange(min=0, min_open=True),
-    default=32.0,
-    show_default=True,
-    help="LoRA alpha (the adapters' scale is alpha / r).",
-)
-@click.option(
-    "--lora-target",
-    "lora_targets",
-    multiple=True,
-    metavar="NAME",
-    help="Module name to adapt (repeatable). Default per architecture: GPT-2 c_attn, "
-    "c_proj, c_fc; Llama-style q/k/v/o_proj, gate/up/down_proj; else every linear layer.",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed of the batch order and the retain sample.",
-)
+@prefix_tokens_option
 @click.option(
     "--force",
     is_flag=True,
@@ -328,7 +130,7 @@ def _run(
     out_dir: Path,
     thresholds_spec: str | None,
     retain_path: Path | None,
-    heldout_path: Path | None,
+    heldout: Path | None,
     heldout_findings: tuple[Path, ...],
     **settings: Any,
 ) -> None:
@@ -358,7 +160,7 @@ def _run(
     options = _options(
         settings,
         retain=CorpusSpec(retain_path) if retain_path else None,
-        heldout=CorpusSpec(heldout_path) if heldout_path else None,
+        heldout=CorpusSpec(heldout) if heldout else None,
         heldout_findings=heldout_findings,
     )
     record = _erase_interruptibly(
@@ -380,23 +182,9 @@ def _run(
 
 def _options(settings: dict[str, Any], **extra: Any) -> Any:
     from gate.unlearn.erase import EraseOptions
-    from gate.unlearn.trainer import UnlearnConfig
 
-    config_keys = {
-        "method", "lr", "epochs", "batch_size", "alpha", "lam", "gamma", "patience",
-        "window_tokens", "retain_tokens", "retain_windows", "schedule", "kl_cache",
-        "kl_topk", "kl_cache_mb", "max_grad_norm", "seed", "ascend_on", "train_batch_tokens",
-        "gradient_checkpointing", "mixed_precision", "lora", "lora_rank", "lora_alpha",
-        "lora_targets",
-    }  # fmt: skip
-    chosen = {k: v for k, v in settings.items() if k in config_keys}
-    chosen["lora_targets"] = tuple(chosen.get("lora_targets", ()))
-    config = UnlearnConfig(
-        **chosen,
-        reference=settings["kl_reference"],
-    )
     return EraseOptions(
-        config=config,
+        config=UnlearnConfig.model_validate(values_of(UnlearnConfig, settings)),
         device=settings["device"],
         dtype=settings["dtype"],
         prefix_tokens=settings["prefix_tokens"],

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gate.commands.measure import model_options
+from gate.commands.options import heldout_option, jobs_option, model_options
 
 if TYPE_CHECKING:
     from gate.record import RunRecord
@@ -47,20 +47,8 @@ if TYPE_CHECKING:
     type=click.Path(path_type=Path),
     help="Code the model never saw, for `auto` thresholds (overrides thresholds.unseen).",
 )
-@click.option(
-    "--heldout",
-    type=click.Path(path_type=Path),
-    help="Held-out code for the perplexity budget (overrides utility.heldout; "
-    "default: the unseen code).",
-)
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    envvar="CODEERASER_JOBS",
-    help="Scan worker processes (0: every core).",
-)
+@heldout_option
+@jobs_option
 @click.option(
     "--force",
     is_flag=True,

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from audit.corpus import FORMATS, CorpusSpec
+from gate.commands.options import (
+    corpus_options,
+    corpus_spec,
+    model_options,
+    prefix_tokens_option,
+    thresholds_option,
+)
 
 if TYPE_CHECKING:
     from audit.distributed import Shard
@@ -18,97 +24,7 @@ if TYPE_CHECKING:
     from audit.measurements import Measurement, Thresholds
     from audit.model import LoadedModel
 
-F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
-
-
-def model_options(command: F) -> F:
-    """--model, --device, --dtype and --batch-tokens, shared by measure and calibrate."""
-    for option in reversed(
-        [
-            click.option(
-                "--model",
-                "model_dir",
-                required=True,
-                type=click.Path(path_type=Path),
-                help="Folder of the model to audit (save_pretrained: config, safetensors, "
-                "tokenizer). It is only read.",
-            ),
-            click.option(
-                "--device",
-                type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-                default="auto",
-                show_default=True,
-                help="Where to run the model (auto: cuda, then mps, then cpu).",
-            ),
-            click.option(
-                "--dtype",
-                type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-                default="auto",
-                show_default=True,
-                help="Weights dtype (auto: bfloat16 on a GPU, float32 on CPU).",
-            ),
-            click.option(
-                "--batch-tokens",
-                type=click.IntRange(min=1),
-                default=16384,
-                show_default=True,
-                help="Padded tokens per batch; bounds memory (raise it on a large GPU).",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-def corpus_options(data_option: str, data_help: str) -> Callable[[F], F]:
-    """The data path and how to read it (as in `codeeraser scan`)."""
-
-    def decorate(command: F) -> F:
-        for option in reversed(
-            [
-                click.option(
-                    data_option,
-                    "data",
-                    required=True,
-                    type=click.Path(path_type=Path),
-                    help=data_help,
-                ),
-                click.option(
-                    "--format",
-                    "fmt",
-                    type=click.Choice(FORMATS),
-                    default="auto",
-                    show_default=True,
-                    help="How the data is stored: folder, JSONL(.gz), Parquet, saved HF dataset.",
-                ),
-                click.option(
-                    "--text-field",
-                    default="content",
-                    show_default=True,
-                    help="Record field with the text.",
-                ),
-                click.option(
-                    "--id-field",
-                    default="id",
-                    show_default=True,
-                    help="Record field with the sample id (else <file>:<line or row>).",
-                ),
-            ]
-        ):
-            command = option(command)
-        return command
-
-    return decorate
-
-
-def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusSpec:
-    return CorpusSpec(
-        path=data,
-        fmt=fmt,  # type: ignore[arg-type]  # click.Choice guarantees a valid literal
-        text_field=text_field,
-        id_field=id_field,
-    )
 
 
 @click.command("measure")
@@ -128,13 +44,7 @@ def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusS
     show_default=True,
     help="Measurements file to write (JSONL, one per finding; no secret values).",
 )
-@click.option(
-    "--prefix-tokens",
-    type=click.IntRange(min=0),
-    default=128,
-    show_default=True,
-    help="Tokens of code before the secret the attacker prompts with.",
-)
+@prefix_tokens_option
 @click.option(
     "--secret-tokens",
     type=click.IntRange(min=1),
@@ -163,14 +73,7 @@ def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusS
     show_default=True,
     help="The sampled attack draws among the k likeliest tokens (0: all).",
 )
-@click.option(
-    "--thresholds",
-    "thresholds_spec",
-    metavar="FILE|paper:MODEL",
-    help="Forgetting thresholds: a file from `codeeraser calibrate`, or the paper's values "
-    "for a model (paper:codeparrot-small, paper:codegen-350m-mono, paper:codegen-2b-mono, "
-    "paper:qwen2.5-coder-7b). Default: paper:codeparrot-small.",
-)
+@thresholds_option
 @click.option(
     "--max-findings",
     type=click.IntRange(min=1),

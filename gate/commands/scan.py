@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from audit.corpus import FORMATS, CorpusSpec
 from audit.errors import Interrupted
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from gate.commands.options import data_format_options, jobs_option, options_from
+from gate.policy import ScanOptions as PolicyScanOptions
 
 if TYPE_CHECKING:
     from audit.scan import ScanSummary
@@ -23,23 +24,7 @@ log = logging.getLogger(__name__)
 
 @click.command("scan")
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="auto",
-    show_default=True,
-    help="How DATA is stored: a folder, JSONL(.gz), Parquet, or a saved HF dataset.",
-)
-@click.option(
-    "--text-field", default="content", show_default=True, help="Record field with the text."
-)
-@click.option(
-    "--id-field",
-    default="id",
-    show_default=True,
-    help="Record field with the sample id (else <file>:<line or row>).",
-)
+@data_format_options
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -59,20 +44,8 @@ log = logging.getLogger(__name__)
     metavar="GLOB",
     help="Skip samples whose path matches GLOB (repeatable), e.g. 'tests/*'.",
 )
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=0),
-    default=0,
-    envvar="CODEERASER_JOBS",
-    help="Worker processes (0: every core). Results do not depend on it.  [default: 0]",
-)
-@click.option(
-    "--on-bad-record",
-    type=click.Choice(["fail", "skip"]),
-    default="fail",
-    show_default=True,
-    help="A record that is not JSON or lacks the text field: stop, or skip and count it.",
-)
+@jobs_option
+@options_from(PolicyScanOptions, only=("on_bad_record",))
 @click.option(
     "--detector",
     "detectors",
@@ -115,14 +88,15 @@ def scan(
     if list_detectors:
         _print_detectors()
         return
-    spec = CorpusSpec(
-        path=data,
-        fmt=fmt,  # type: ignore[arg-type]  # click.Choice guarantees a valid literal
-        text_field=text_field,
-        id_field=id_field,
-        excludes=excludes,
-        on_bad_record=on_bad_record,  # type: ignore[arg-type]
-    )
+    spec = PolicyScanOptions.model_validate(
+        {
+            "format": fmt,
+            "text_field": text_field,
+            "id_field": id_field,
+            "excludes": list(excludes),
+            "on_bad_record": on_bad_record,
+        }
+    ).corpus_spec(data)
     accepted = read_findings(baseline) if baseline else []
     options = ScanOptions(detectors=detectors or None)
     summary = ScanSummary()

@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 from audit.distributed import INSTALL_HINT, LOCAL, Shard, launched_world_size
 from audit.errors import InputError
 from gate.unlearn.best import BestState
-from gate.unlearn.engine import DEFAULT_TRAIN_BATCH_TOKENS, Engine
+from gate.unlearn.engine import Engine
+from gate.unlearn.settings import DEFAULT_TRAIN_BATCH_TOKENS
 
 if TYPE_CHECKING:
     import torch
 
-    from gate.unlearn.trainer import UnlearnConfig
+    from gate.unlearn.settings import UnlearnConfig
 
 
 class AcceleratedEngine(Engine):

@@ -28,14 +28,15 @@ from typing import TYPE_CHECKING
 
 from audit.errors import InputError
 from audit.findings import Finding
+from gate.unlearn.settings import (
+    DEFAULT_RETAIN_TOKENS,
+    DEFAULT_RETAIN_WINDOWS,
+    DEFAULT_WINDOW_TOKENS,
+)
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
-
-DEFAULT_WINDOW_TOKENS = 512  # forget window length (paper)
-DEFAULT_RETAIN_TOKENS = 128  # retain window length (paper)
-DEFAULT_RETAIN_WINDOWS = 64  # retain windows kept (cycled through, k at a time)
 
 
 @dataclass(frozen=True)

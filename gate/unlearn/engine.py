@@ -32,12 +32,10 @@ from typing import TYPE_CHECKING, Any
 from audit.distributed import LOCAL, Shard
 from gate.unlearn.best import BestState
 from gate.unlearn.data import ForgetWindow, RetainWindow, TokenBatch
+from gate.unlearn.settings import DEFAULT_TRAIN_BATCH_TOKENS
 
 if TYPE_CHECKING:
     import torch
-
-
-DEFAULT_TRAIN_BATCH_TOKENS = 16384  # padded tokens per micro-batch: 32 windows of 512
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ from gate.unlearn.data import (
     clamp_tokens,
 )
 from gate.unlearn.engine import Engine
-from gate.unlearn.trainer import EpochLog, UnlearnConfig, Unlearner, UnlearnResult
+from gate.unlearn.settings import UnlearnConfig
+from gate.unlearn.trainer import EpochLog, Unlearner, UnlearnResult
 
 if TYPE_CHECKING:
     import torch
@@ -330,7 +331,7 @@ def _fingerprint(
 ) -> dict[str, Any]:
     """What a checkpoint must share with a run that resumes it (see checkpoint.py)."""
     settings = {
-        **asdict(options.config),
+        **options.config.model_dump(),
         "device": options.device,
         "dtype": options.dtype,
         "prefix_tokens": options.prefix_tokens,
@@ -553,7 +554,9 @@ def _unlearn(
     """The loop. One process: checkpoints after every epoch, and a first Ctrl-C/SIGTERM
     stops at the next safe point. Several processes: no checkpoints (all would have to
     stop at the same step); the first process keeps the best weights on disk."""
-    config = replace(config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens)
+    config = config.model_copy(
+        update={"window_tokens": job.window_tokens, "retain_tokens": job.retain_tokens}
+    )
     single = not engine.shard.distributed
     unlearner = Unlearner(
         model,
@@ -689,11 +692,11 @@ def _record(
     thresholds: Thresholds,
     utility: dict[str, Any],
 ) -> Remediation:
-    config = replace(
-        options.config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens
+    config = options.config.model_copy(
+        update={"window_tokens": job.window_tokens, "retain_tokens": job.retain_tokens}
     )
     args = {
-        **asdict(config),
+        **config.model_dump(),
         "prefix_tokens": options.prefix_tokens,
         "device": options.device,
         "dtype": options.dtype,

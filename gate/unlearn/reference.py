@@ -27,7 +27,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gate.unlearn.data import ForgetWindow, RetainWindow, TokenBatch, collate
 from gate.unlearn.losses import (
@@ -37,16 +37,12 @@ from gate.unlearn.losses import (
     full_reference,
     topk_reference,
 )
+from gate.unlearn.settings import DEFAULT_BUDGET_MB, DEFAULT_TOPK, CacheMode
 
 if TYPE_CHECKING:
     import torch
 
     from gate.unlearn.methods import KLPositions
-
-CacheMode = Literal["auto", "full", "topk"]
-CACHE_MODES: tuple[str, ...] = ("auto", "full", "topk")
-DEFAULT_TOPK = 64  # tokens kept per position by the top-k cache
-DEFAULT_BUDGET_MB = 512  # the most memory `auto` spends on an exact cache
 
 
 class ReferenceSource(Protocol):

@@ -169,7 +169,7 @@ def build_record(
         RemediationInfo.from_stage(
             {
                 "method": "codeeraser",
-                "args": policy.remediation.args.model_dump(by_alias=True),
+                "args": policy.remediation.args.model_dump(mode="json", by_alias=True),
                 "forget_findings": forget,
                 "forget_samples": len({f.sample_id for f in items if f.id in forget}),
                 "epochs": 7,

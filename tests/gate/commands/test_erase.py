@@ -212,7 +212,7 @@ def test_measurements_of_unknown_findings_are_input_errors(tiny_demo: Any, work:
 
 
 def test_the_method_choices_are_the_registered_methods() -> None:
-    from gate.commands import erase as command
     from gate.unlearn.methods import METHODS
+    from gate.unlearn.settings import METHOD_NAMES
 
-    assert set(command._METHODS) == set(METHODS)
+    assert set(METHOD_NAMES) == set(METHODS)

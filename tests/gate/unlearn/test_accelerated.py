@@ -23,7 +23,8 @@ from gate.unlearn.accelerated import AcceleratedEngine, engine_for
 from gate.unlearn.data import ForgetWindow, RetainWindow
 from gate.unlearn.engine import Engine
 from gate.unlearn.erase import EraseOptions, erase_model
-from gate.unlearn.trainer import UnlearnConfig, Unlearner
+from gate.unlearn.settings import UnlearnConfig
+from gate.unlearn.trainer import Unlearner
 from tests.audit.test_distributed import _launch, launch_env
 from tests.gate.unlearn.conftest import micro_model
 from tests.gate.unlearn.test_trainer import THRESHOLDS, Scripted, _m

@@ -19,7 +19,8 @@ from gate.unlearn.checkpoint import Checkpointer, StopSignal, work_dir
 from gate.unlearn.data import ForgetWindow, collate
 from gate.unlearn.losses import masked_ce
 from gate.unlearn.reference import aligned_logprobs
-from gate.unlearn.trainer import UnlearnConfig, Unlearner, UnlearnResult
+from gate.unlearn.settings import UnlearnConfig
+from gate.unlearn.trainer import Unlearner, UnlearnResult
 from tests.gate.unlearn.conftest import micro_model
 from tests.gate.unlearn.test_trainer import THRESHOLDS, VOCAB, Data, _m
 
