@@ -90,13 +90,6 @@ if TYPE_CHECKING:
     help="Continue an interrupted run from its checkpoint (next to --out); the other "
     "options must be the same. Without a checkpoint, starts from the beginning.",
 )
-@click.option(
-    "--checkpoint-every",
-    type=click.IntRange(min=0),
-    default=1,
-    show_default=True,
-    help="Checkpoint every N epochs (0: only when stopped by Ctrl-C or SIGTERM).",
-)
 def erase(**options: Any) -> None:
     """Erase the memorized secrets from a model and write the remediated model.
 
@@ -192,7 +185,6 @@ def _options(settings: dict[str, Any], **extra: Any) -> Any:
         force=settings["force"],
         humaneval=settings["humaneval"],
         resume=settings["resume"],
-        checkpoint_every=settings["checkpoint_every"],
         **extra,
     )
 

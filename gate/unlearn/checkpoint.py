@@ -15,7 +15,7 @@ An erase run works in a hidden sibling of its output folder, ``.NAME.partial/``:
 A checkpoint is written as ``checkpoint.new/`` (state.json last, every file synced),
 then swapped in by renames; at any moment one complete checkpoint exists, and a crash
 mid-save leaves the previous one intact. Checkpoints are taken after every epoch
-(`every`), and at a stop request after the current step.
+(the `checkpoint_every` setting), and at a stop request after the current step.
 
 Stopping: while the loop runs, the first Ctrl-C or SIGTERM only asks for a stop
 (`STOP`); the loop finishes its step, saves, and raises `Interrupted` ("rerun with
@@ -119,9 +119,8 @@ STOP = StopSignal()  # signals are per process: one for all runs
 class Checkpointer:
     """Saves and restores the loop's state in a run's working folder (a `TrainerHooks`)."""
 
-    def __init__(self, folder: Path, every: int = 1, stop: StopSignal = STOP) -> None:
+    def __init__(self, folder: Path, stop: StopSignal = STOP) -> None:
         self.folder = folder
-        self.every = every  # checkpoint every this many epochs (0: only when stopping)
         self.stop = stop
         self.fingerprint: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}  # saved with every checkpoint (e.g. utility before)
@@ -229,7 +228,8 @@ class Checkpointer:
     def after_epoch(
         self, unlearner: Unlearner, optimizer: torch.optim.Optimizer, result: UnlearnResult
     ) -> None:
-        due = self.every > 0 and result.epochs % self.every == 0
+        every = unlearner.config.checkpoint_every  # 0: only when stopping
+        due = every > 0 and result.epochs % every == 0
         if due or unlearner.finished or self.stop.requested:
             self.save(unlearner, optimizer, result)
         if self.stop.requested:

@@ -160,7 +160,6 @@ class EraseOptions:
     humaneval: int = 0  # HumanEval problems for pass@1 before and after (0: off)
     force: bool = False  # replace an existing output folder
     resume: bool = False  # continue from the checkpoint of an interrupted run, if any
-    checkpoint_every: int = 1  # checkpoint every this many epochs (0: only when stopped)
 
 
 def check_output(out_dir: Path, model_dir: Path, force: bool) -> None:
@@ -205,7 +204,7 @@ def erase_model(
             "accelerate launch with several processes (rerun without --resume)"
         )
     input_hash = weights_sha256(model_dir) if engine.is_main else ""
-    run = Checkpointer(work_dir(out_dir), every=options.checkpoint_every)
+    run = Checkpointer(work_dir(out_dir))
     if engine.is_main:
         run.open(_fingerprint(input_hash, before, options), resume=options.resume)
     engine.shard.barrier()
@@ -331,7 +330,7 @@ def _fingerprint(
 ) -> dict[str, Any]:
     """What a checkpoint must share with a run that resumes it (see checkpoint.py)."""
     settings = {
-        **options.config.model_dump(),
+        **options.config.result_settings(),
         "device": options.device,
         "dtype": options.dtype,
         "prefix_tokens": options.prefix_tokens,

@@ -78,11 +78,17 @@ def setting(
     metavar: str | None = None,
     ge: float | None = None,
     gt: float | None = None,
+    bookkeeping: bool = False,
 ) -> Any:
     """A field of the schema: `text` for --help and the docs; `key`: the policy key when
     it is not the field name (`also`: further accepted keys); `flag`: the option when it
-    is not ``--<key>``; `ge`, `gt`: its lower bound."""
-    extra = {name: value for name, value in (("flag", flag), ("metavar", metavar)) if value}
+    is not ``--<key>``; `ge`, `gt`: its lower bound; `bookkeeping`: the setting does not
+    change the result (a resumed run may change it)."""
+    extra: dict[str, str | bool] = {
+        name: value
+        for name, value in (("flag", flag), ("metavar", metavar), ("bookkeeping", bookkeeping))
+        if value
+    }
     names = (key, *also) if key else also
     options: dict[str, Any] = {"description": text, "ge": ge, "gt": gt}
     if names:
@@ -181,6 +187,19 @@ class UnlearnArgs(BaseModel):
         metavar="NAME",
     )
     seed: int = setting(0, "Seed of the batch order and the retain sample.")
+    # Bookkeeping: how the run is kept safe, not what it computes.
+    checkpoint_every: int = setting(
+        1,
+        "Checkpoint every N epochs (0: only when stopped by Ctrl-C or SIGTERM).",
+        ge=0,
+        bookkeeping=True,
+    )
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings the result depends on (all but the bookkeeping ones), by name."""
+        fields = type(self).model_fields
+        kept = {n for n, f in fields.items() if not _extra(f.json_schema_extra, "bookkeeping")}
+        return self.model_dump(include=kept)
 
     @model_validator(mode="after")
     def _base_needs_lora(self) -> UnlearnArgs:
@@ -224,6 +243,10 @@ class UnlearnConfig(UnlearnArgs):
     def args(self) -> UnlearnArgs:
         """The settings without the method."""
         return UnlearnArgs.model_validate(self.model_dump(exclude={"method"}))
+
+
+def _extra(extra: object, key: str) -> object:
+    return extra.get(key) if isinstance(extra, dict) else None
 
 
 def describe(exc: ValidationError) -> str:
