@@ -15,7 +15,8 @@ An erase run works in a hidden sibling of its output folder, ``.NAME.partial/``:
 A checkpoint is written as ``checkpoint.new/`` (state.json last, every file synced),
 then swapped in by renames; at any moment one complete checkpoint exists, and a crash
 mid-save leaves the previous one intact. Checkpoints are taken after every epoch
-(the `checkpoint_every` setting), and at a stop request after the current step.
+(the `checkpoint_every` setting), after the step that ends `checkpoint_minutes` since
+the last one, and at a stop request after the current step.
 
 Stopping: while the loop runs, the first Ctrl-C or SIGTERM only asks for a stop
 (`STOP`); the loop finishes its step, saves, and raises `Interrupted` ("rerun with
@@ -39,6 +40,7 @@ import random
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -119,9 +121,13 @@ STOP = StopSignal()  # signals are per process: one for all runs
 class Checkpointer:
     """Saves and restores the loop's state in a run's working folder (a `TrainerHooks`)."""
 
-    def __init__(self, folder: Path, stop: StopSignal = STOP) -> None:
+    def __init__(
+        self, folder: Path, stop: StopSignal = STOP, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.folder = folder
         self.stop = stop
+        self.clock = clock  # seconds, for the `checkpoint_minutes` setting
+        self._saved_at = clock()
         self.fingerprint: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}  # saved with every checkpoint (e.g. utility before)
         self.saved: dict[str, Any] | None = None  # state.json of the latest checkpoint
@@ -224,6 +230,9 @@ class Checkpointer:
         if self.stop.requested:
             self.save(unlearner, optimizer, result)
             raise Interrupted(self.stopped_message(unlearner))
+        minutes = unlearner.config.checkpoint_minutes  # 0: off
+        if minutes > 0 and self.clock() - self._saved_at >= minutes * 60:
+            self.save(unlearner, optimizer, result)
 
     def after_epoch(
         self, unlearner: Unlearner, optimizer: torch.optim.Optimizer, result: UnlearnResult
@@ -286,6 +295,7 @@ class Checkpointer:
         _write(new / STATE, lambda f: f.write(json.dumps(state).encode()))
         self._swap(new)
         self.saved = state
+        self._saved_at = self.clock()
 
     def _save_best(self, unlearner: Unlearner, new: Path) -> None:
         import torch

@@ -194,6 +194,13 @@ class UnlearnArgs(BaseModel):
         ge=0,
         bookkeeping=True,
     )
+    checkpoint_minutes: float = setting(
+        0.0,
+        "Also checkpoint after the step that ends this many minutes since the last "
+        "checkpoint, mid-epoch too (0: off).",
+        ge=0,
+        bookkeeping=True,
+    )
 
     def result_settings(self) -> dict[str, Any]:
         """The settings the result depends on (all but the bookkeeping ones), by name."""
