@@ -31,7 +31,7 @@ pytest: $(STAMP)
 # The documentation site (mkdocs.yml): --strict fails on a page left out of the nav,
 # a broken link or anchor, or a missing included file.
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 test: lint typecheck pytest docs
 
