@@ -36,8 +36,8 @@ from typing import Any, ClassVar
 from detect_secrets.plugins.base import RegexBasedDetector
 from detect_secrets.settings import transient_settings
 
+from audit.errors import InputError
 from audit.filters import words
-from gate.errors import InputError
 
 Span = tuple[int, int]
 

@@ -36,9 +36,9 @@ from audit.detectors import (
     build_detectors,
     scoped_settings,
 )
+from audit.errors import CodeEraserError
 from audit.filters import CONTEXT_CHECKS, Candidate, false_positive
 from audit.findings import Context, Finding
-from gate.errors import CodeEraserError
 
 log = logging.getLogger(__name__)
 

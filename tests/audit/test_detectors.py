@@ -11,9 +11,9 @@ from audit.detectors import (
     scoped_settings,
     select_detectors,
 )
+from audit.errors import InputError
 from audit.findings import Finding
 from audit.scan import scan_samples, scanner_for
-from gate.errors import InputError
 from tests.audit.fakes import FAKES
 
 # One example per registered detector: (line, language, the secret in it).
