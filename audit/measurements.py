@@ -7,7 +7,7 @@ when ``ma >= thresholds.ma`` or ``el_10 >= thresholds.el_10``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,28 @@ class Thresholds:
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> Thresholds:
         return cls(ma=float(obj["ma"]), el_10=float(obj["el_10"]), source=str(obj["source"]))
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    """Held-out perplexity and what it was computed over."""
+
+    perplexity: float
+    nll: float  # mean negative log-likelihood per token, nats
+    tokens: int  # tokens scored
+    windows: int
+    texts: int
+
+
+@dataclass(frozen=True)
+class HumanEvalResult:
+    """pass@1 over the problems run, and how each run ended."""
+
+    pass_at_1: float
+    passed: int
+    problems: int
+    statuses: dict[str, int] = field(default_factory=dict)  # passed / failed / timeout / error
+    isolation: tuple[str, ...] = ()  # sandbox protections that were in force
 
 
 def write_thresholds(path: Path, thresholds: Thresholds, **extra: Any) -> None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec, iter_samples
 from audit.errors import InputError
 from audit.findings import read_findings
+from audit.measurements import HumanEvalResult, Perplexity
 from audit.model import context_length_of, pad_token_id
 from audit.sandbox import SandboxLimits, run_python
 
@@ -32,17 +32,6 @@ if TYPE_CHECKING:
 
 DEFAULT_BATCH_TOKENS = 16384  # padded tokens per forward pass
 STOP_SEQUENCES = ("\nclass ", "\ndef ", "\n#", "\nif ", "\nprint(")  # Codex paper's stops
-
-
-@dataclass(frozen=True)
-class Perplexity:
-    """Held-out perplexity and what it was computed over."""
-
-    perplexity: float
-    nll: float  # mean negative log-likelihood per token, nats
-    tokens: int  # tokens scored
-    windows: int
-    texts: int
 
 
 def clean_texts(spec: CorpusSpec, findings_files: Sequence[Path] = ()) -> list[tuple[str, str]]:
@@ -113,17 +102,6 @@ def _window_nll(model: torch.nn.Module, windows: list[list[int]], pad_id: int) -
 
 
 # --- HumanEval -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HumanEvalResult:
-    """pass@1 over the problems run, and how each run ended."""
-
-    pass_at_1: float
-    passed: int
-    problems: int
-    statuses: dict[str, int] = field(default_factory=dict)  # passed / failed / timeout / error
-    isolation: tuple[str, ...] = ()  # sandbox protections that were in force
 
 
 def humaneval_problems(limit: int | None = None) -> list[dict[str, Any]]:

@@ -581,6 +581,7 @@ def part_acceptance() -> dict[str, Any]:
     from audit.measurements import read_measurements
     from gate.commands.options import as_arguments
     from gate.unlearn.erase import weights_sha256
+    from gate.unlearn.remediation import Remediation
     from gate.unlearn.settings import UnlearnArgs
 
     demo = _demo()
@@ -601,12 +602,14 @@ def part_acceptance() -> dict[str, Any]:
         seconds = time.perf_counter() - start
         _cli("measure", "--model", str(work / "erased"), *common, "--samples", str(SAMPLES),
              "--out", str(work / "m1.jsonl"))  # fmt: skip
-        record = json.loads((work / "erased" / "remediation.json").read_text())
+        record = Remediation.read(work / "erased")
         limits = json.loads(thresholds.read_text())
         before = read_measurements(work / "m0.jsonl")
         memorized = {m.finding_id for m in before if m.memorized}
         after = [m for m in read_measurements(work / "m1.jsonl") if m.finding_id in memorized]
-        utility = record["details"]["utility"]
+        utility = record.utility
+        assert utility.perplexity_before is not None
+        assert utility.perplexity_after is not None
         result = {
             "thresholds": {"ma": limits["ma"], "el_10": limits["el_10"]},
             "findings": len(before),
@@ -618,13 +621,13 @@ def part_acceptance() -> dict[str, Any]:
             / len(memorized),
             "mean_ma_after": sum(m.ma for m in after) / len(after),
             "mean_el_10_after": sum(m.el_10 for m in after) / len(after),
-            "perplexity_before": utility["perplexity_before"]["perplexity"],
-            "perplexity_after": utility["perplexity_after"]["perplexity"],
-            "perplexity_change": utility["perplexity_change"],
+            "perplexity_before": utility.perplexity_before.perplexity,
+            "perplexity_after": utility.perplexity_after.perplexity,
+            "perplexity_change": utility.perplexity_increase,
             "input_sha256_before": input_hash,
             "input_sha256_after": weights_sha256(demo.model_dir),
-            "epochs": record["epochs"],
-            "stop_reason": record["stop_reason"],
+            "epochs": record.epochs,
+            "stop_reason": record.stop_reason,
             "erase_seconds": seconds,
             "settings": DEMO,
             "erase_options": settings,

@@ -52,11 +52,11 @@ from gate.record import (
     CorpusInfo,
     MeasurementSet,
     RecordBuilder,
-    RemediationInfo,
     RunRecord,
     fingerprint_path,
 )
-from gate.verdict import UtilityFigures, Verdict, evaluate, worst_case
+from gate.unlearn.remediation import RECORD_NAME, Remediation
+from gate.verdict import Verdict, evaluate, worst_case
 
 if TYPE_CHECKING:
     from audit.model import LoadedModel
@@ -417,17 +417,15 @@ def _remediate(state: _State, verdict: Verdict) -> RunRecord:
     run, builder = state.run, state.builder
     with builder.stage("erase"):
         remediation = _erase(state, verdict)
-    out_model = Path(remediation["output_path"])
+    out_model = Path(remediation.output_path)
     builder.set_remediation(
-        RemediationInfo.from_stage(remediation),
+        remediation,
         # the model's files, not remediation.json (whose timings differ between equal runs)
-        model_sha256=fingerprint_path(out_model, exclude=("remediation.json",)),
+        model_sha256=fingerprint_path(out_model, exclude=(RECORD_NAME,)),
     )
     with builder.stage("measure after"):
         main, alt = _measure_after(state, out_model)
-    utility = _utility(remediation)
-    builder.set_utility(utility)
-    after = evaluate(worst_case(main, alt), state.measured, run.policy, utility)
+    after = evaluate(worst_case(main, alt), state.measured, run.policy, remediation.utility)
     builder.set_verdict("after", after)
     if after.passed:
         _say(f"Remediated model passes the policy: {out_model}")
@@ -435,7 +433,7 @@ def _remediate(state: _State, verdict: Verdict) -> RunRecord:
     return builder.finish(ExitCode.FAILED, "failed")
 
 
-def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
+def _erase(state: _State, verdict: Verdict) -> Remediation:
     from gate.unlearn.erase import EraseOptions, erase_model
     from gate.unlearn.settings import UnlearnConfig
 
@@ -443,12 +441,9 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
     offending = set(verdict.offending_ids())
     forget = [m for m in state.before if m.finding_id in offending]
     out_model = run.out_dir / REMEDIATED
-    if _reusable(state, f"{REMEDIATED}/remediation.json"):
-        import json
-
+    if _reusable(state, f"{REMEDIATED}/{RECORD_NAME}"):
         _say(f"Erase: reused {out_model}.")
-        done: dict[str, Any] = json.loads((out_model / "remediation.json").read_text())
-        return done
+        return Remediation.read(out_model)
     heldout = _heldout_spec(policy)
     if out_model.exists() and state.shard.is_main:  # an earlier run's model in our folder
         shutil.rmtree(out_model)
@@ -464,7 +459,7 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
         resume=state.reuse,
     )
     assert state.thresholds is not None
-    result = erase_model(
+    return erase_model(
         run.model_dir,
         state.spec,
         state.measured,
@@ -474,7 +469,6 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
         options=options,
         report=_epoch_line,
     )
-    return result.to_dict()
 
 
 def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], list[Measurement]]:
@@ -587,25 +581,6 @@ def _scan_heldout(state: _State, heldout: CorpusSpec | None) -> tuple[Path, ...]
         write_findings(path, scan_corpus(heldout, options, jobs=state.run.jobs))
     state.shard.barrier()
     return (path,)
-
-
-def _utility(remediation: dict[str, Any]) -> UtilityFigures:
-    """The erase stage's utility figures (held-out perplexity, HumanEval) for the verdict."""
-    figures = remediation.get("details", {}).get("utility", {})
-
-    def value(key: str, field_name: str) -> float | None:
-        entry = figures.get(key)
-        if isinstance(entry, dict):
-            entry = entry.get(field_name)
-        return float(entry) if isinstance(entry, int | float) else None
-
-    return UtilityFigures(
-        perplexity_before=value("perplexity_before", "perplexity"),
-        perplexity_after=value("perplexity_after", "perplexity"),
-        humaneval_before=value("humaneval_before", "pass_at_1"),
-        humaneval_after=value("humaneval_after", "pass_at_1"),
-        extra={k: v for k, v in figures.items() if not k.startswith(("perplexity_", "humaneval_"))},
-    )
 
 
 def _write_failed_record(state: _State, exit_code: int, message: str) -> None:

@@ -22,8 +22,8 @@ from gate.unlearn.settings import UnlearnArgs, UnlearnConfig
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from gate.unlearn.erase import Remediation
-    from gate.unlearn.trainer import EpochLog
+    from audit.measurements import Measurement
+    from gate.unlearn.remediation import EpochLog, Remediation
 
 
 @click.command("erase")
@@ -220,41 +220,40 @@ def _reporter(progress: Progress, task: TaskID, total: int) -> Any:
     return report
 
 
-def _mean(rows: list[dict[str, Any]], key: str) -> float:
-    return sum(float(r[key]) for r in rows) / max(1, len(rows))
+def _mean(rows: list[Measurement], key: str) -> float:
+    return sum(float(getattr(r, key)) for r in rows) / max(1, len(rows))
 
 
 def _summary(record: Remediation) -> None:
     from gate import ui
 
-    before = [o["before"] for o in record.outcomes]
-    after = [o["after"] for o in record.outcomes if o["after"] is not None]
-    limits = record.thresholds
+    before = [o.before for o in record.outcomes]
+    after = [o.after for o in record.outcomes if o.after is not None]
+    limits, utility = record.thresholds, record.utility
     ui.console.print(
         f"{record.method}: {record.forgotten} of {len(before)} findings forgotten in "
         f"{record.epochs} epochs ({record.stop_reason}; best epoch {record.best_epoch})."
     )
     ui.console.print(
-        f"Extracted greedily: {sum(b['extracted_greedy'] for b in before)} → "
-        f"{sum(a['extracted_greedy'] for a in after)}; mean MA {_mean(before, 'ma'):.3f} → "
-        f"{_mean(after, 'ma'):.3f} (threshold {limits['ma']:.3f}); mean EL_10 "
+        f"Extracted greedily: {sum(b.extracted_greedy for b in before)} → "
+        f"{sum(a.extracted_greedy for a in after)}; mean MA {_mean(before, 'ma'):.3f} → "
+        f"{_mean(after, 'ma'):.3f} (threshold {limits.ma:.3f}); mean EL_10 "
         f"{_mean(before, 'el_10'):.3f} → {_mean(after, 'el_10'):.3f} "
-        f"(threshold {limits['el_10']:.3f})."
+        f"(threshold {limits.el_10:.3f})."
     )
-    if "humaneval_before" in record.utility:
+    if utility.humaneval_before is not None and utility.humaneval_after is not None:
         ui.console.print(
-            f"HumanEval pass@1: {record.utility['humaneval_before']['pass_at_1']:.3f} → "
-            f"{record.utility['humaneval_after']['pass_at_1']:.3f} "
-            f"({record.utility['humaneval_after']['problems']} problems)."
+            f"HumanEval pass@1: {utility.humaneval_before.pass_at_1:.3f} → "
+            f"{utility.humaneval_after.pass_at_1:.3f} "
+            f"({utility.humaneval_after.problems} problems)."
         )
-    if "perplexity_change" in record.utility:
-        change = record.utility["perplexity_change"]
+    if utility.perplexity_before is not None and utility.perplexity_after is not None:
         ui.console.print(
-            f"Held-out perplexity: {record.utility['perplexity_before']['perplexity']:.3f} → "
-            f"{record.utility['perplexity_after']['perplexity']:.3f} ({change:+.1%})."
+            f"Held-out perplexity: {utility.perplexity_before.perplexity:.3f} → "
+            f"{utility.perplexity_after.perplexity:.3f} ({utility.perplexity_increase:+.1%})."
         )
     ui.console.print(
         f"{record.wall_seconds:.1f} s, peak memory {record.peak_memory_bytes / 2**20:.0f} MB; "
-        f"p0 for the KL terms: {record.kl_reference['kind']} "
-        f"({record.kl_reference['bytes'] / 2**20:.1f} MB)."
+        f"p0 for the KL terms: {record.kl_reference.kind} "
+        f"({record.kl_reference.bytes / 2**20:.1f} MB)."
     )

@@ -51,7 +51,8 @@ from typing import IO, TYPE_CHECKING, Any
 from audit.errors import InputError, Interrupted
 from audit.io import output_error
 from audit.measurements import Measurement
-from gate.unlearn.trainer import EpochLog, EpochProgress
+from gate.unlearn.remediation import EpochLog
+from gate.unlearn.trainer import EpochProgress
 
 if TYPE_CHECKING:
     import torch

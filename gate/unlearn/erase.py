@@ -39,8 +39,7 @@ from audit.distributed import LOCAL, Shard
 from audit.errors import InputError, Interrupted
 from audit.findings import Finding
 from audit.io import output_error
-from audit.measurements import Measurement, Thresholds
-from gate import __version__
+from audit.measurements import HumanEvalResult, Measurement, Perplexity, Thresholds
 from gate.unlearn.checkpoint import STOP, Checkpointer, digest, work_dir
 from gate.unlearn.data import (
     ForgetWindow,
@@ -50,8 +49,16 @@ from gate.unlearn.data import (
     clamp_tokens,
 )
 from gate.unlearn.engine import Engine
+from gate.unlearn.remediation import (
+    RECORD_NAME,
+    EpochLog,
+    KLReference,
+    Remediation,
+    SampleCounts,
+)
 from gate.unlearn.settings import UnlearnConfig
-from gate.unlearn.trainer import EpochLog, Unlearner, UnlearnResult
+from gate.unlearn.trainer import Unlearner, UnlearnResult
+from gate.verdict import UtilityFigures
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +68,6 @@ if TYPE_CHECKING:
     from audit.probes import Probe
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
-RECORD_NAME = "remediation.json"
 
 
 def weights_sha256(folder: Path) -> str:
@@ -93,56 +99,6 @@ def select_forget_set(
             )
         chosen.append((finding, m))
     return [f for f, _ in chosen], [m for _, m in chosen]
-
-
-@dataclass
-class Remediation:
-    """remediation.json: what was erased, how, and what it cost (no secret in here).
-
-    `to_dict` writes the fields the run record reads (`gate.record.RemediationInfo`) at
-    the top level and everything else under ``details``.
-    """
-
-    method: str
-    args: dict[str, Any]  # the unlearning settings in force
-    forget_findings: list[str]  # ids of the findings erased
-    forget_samples: int  # training samples they are in
-    epochs: int  # epochs run
-    best_epoch: int  # the epoch whose weights were kept
-    steps: int  # forget batches trained on
-    stop_reason: str
-    wall_seconds: float  # the whole erase, loading and writing included
-    unlearn_seconds: float  # the unlearning loop alone
-    peak_memory_bytes: int  # peak resident memory of the process
-    input_path: str
-    output_path: str
-    input_sha256: str  # `weights_sha256` of the input folder (unchanged by erase)
-    output_sha256: str
-    thresholds: dict[str, Any]
-    samples: dict[str, int]  # forget findings / windows, distinct probes, retain windows
-    kl_reference: dict[str, Any]  # how p0 was held for the KL terms, and its bytes
-    outcomes: list[dict[str, Any]]  # per finding: before / after metrics, stop reason
-    history: list[dict[str, Any]]  # per epoch: loss parts, MA, EL_10, extracted, seconds
-    utility: dict[str, Any] = field(default_factory=dict)  # held-out perplexity, if asked
-    peak_gpu_memory_bytes: int = 0  # peak GPU memory allocated by torch (0: no GPU)
-    processes: int = 1  # processes that trained together (accelerate launch)
-    mixed_precision: str = "no"  # autocast in force (the option, or the launcher's config)
-    trainable_parameters: int = 0  # parameters updated (LoRA: the adapters only)
-    tool: str = f"codeeraser {__version__}"
-
-    _TOP = (
-        "method", "args", "forget_findings", "forget_samples", "epochs", "stop_reason",
-        "wall_seconds", "peak_memory_bytes", "output_path", "input_sha256", "output_sha256",
-    )  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        top = {key: data.pop(key) for key in self._TOP}
-        return {**top, "details": data}
-
-    @property
-    def forgotten(self) -> int:
-        return sum(1 for o in self.outcomes if o["forgotten"])
 
 
 @dataclass(frozen=True)
@@ -270,20 +226,17 @@ def _train(
     run.check({"data": _data_fingerprint(job)})
     heldout = _heldout_texts(options)
     if "utility_before" not in run.extra:  # of the original model: kept in the checkpoints
-        run.extra["utility_before"] = {
-            "perplexity": _perplexity(model, tokenizer, heldout),
-            "humaneval": _humaneval(model, tokenizer, options.humaneval),
-        }
-    ppl_before = run.extra["utility_before"]["perplexity"]
-    he_before = run.extra["utility_before"]["humaneval"]
+        before_utility = UtilityFigures(
+            perplexity_before=_perplexity(model, tokenizer, heldout),
+            humaneval_before=_humaneval(model, tokenizer, options.humaneval),
+        )
+        run.extra["utility_before"] = before_utility.model_dump(mode="json")
+    utility_before = UtilityFigures.model_validate(run.extra["utility_before"])
     result = _unlearn(
         model, job, before=before, thresholds=thresholds, config=options.config,
         checkpoints=run, report=report if engine.is_main else None, engine=engine,
     )  # fmt: skip
-    utility = _utility(ppl_before, _perplexity(model, tokenizer, heldout))
-    if he_before is not None:
-        he_after = _humaneval(model, tokenizer, options.humaneval)
-        utility |= {"humaneval_before": he_before, "humaneval_after": he_after}
+    utility = _utility_after(utility_before, model, tokenizer, heldout, options.humaneval)
     record = _record(result, job, options=options, thresholds=thresholds, utility=utility)
     record.processes = engine.shard.world
     record.mixed_precision = engine.mixed_precision
@@ -380,7 +333,7 @@ def _write_output(
         tmp.mkdir(parents=True)
         _write_model(model, model_dir, tmp, _saved_dtype(model_dir), state)
         record.output_path, record.output_sha256 = str(out_dir), weights_sha256(tmp)
-        (tmp / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+        record.write(tmp)
         _move_into_place(tmp, out_dir)
     except OSError as exc:
         raise output_error(Path(exc.filename) if exc.filename else tmp, exc) from None
@@ -588,29 +541,35 @@ def _heldout_texts(options: EraseOptions) -> list[str] | None:
 
 def _perplexity(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str] | None
-) -> dict[str, Any] | None:
+) -> Perplexity | None:
     if texts is None:
         return None
     from audit.utility import perplexity
 
-    return asdict(perplexity(model, tokenizer, texts))
+    return perplexity(model, tokenizer, texts)
 
 
 def _humaneval(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems: int
-) -> dict[str, Any] | None:
+) -> HumanEvalResult | None:
     if problems <= 0:
         return None
     from audit.utility import humaneval
 
-    return asdict(humaneval(model, tokenizer, limit=problems))
+    return humaneval(model, tokenizer, limit=problems)
 
 
-def _utility(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
-    if before is None or after is None:
-        return {}
-    change = after["perplexity"] / before["perplexity"] - 1.0
-    return {"perplexity_before": before, "perplexity_after": after, "perplexity_change": change}
+def _utility_after(
+    before: UtilityFigures,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    heldout: list[str] | None,
+    problems: int,
+) -> UtilityFigures:
+    """The figures before, with the remediated model's beside them."""
+    ppl = _perplexity(model, tokenizer, heldout) if before.perplexity_before is not None else None
+    he = _humaneval(model, tokenizer, problems) if before.humaneval_before is not None else None
+    return before.model_copy(update={"perplexity_after": ppl, "humaneval_after": he})
 
 
 def _saved_dtype(model_dir: Path) -> str | None:
@@ -689,69 +648,35 @@ def _record(
     *,
     options: EraseOptions,
     thresholds: Thresholds,
-    utility: dict[str, Any],
+    utility: UtilityFigures,
 ) -> Remediation:
     config = options.config.model_copy(
         update={"window_tokens": job.window_tokens, "retain_tokens": job.retain_tokens}
     )
-    args = {
-        **config.model_dump(),
-        "prefix_tokens": options.prefix_tokens,
-        "device": options.device,
-        "dtype": options.dtype,
-    }
     return Remediation(
-        method=config.method,
-        args=args,
+        config=config,
+        prefix_tokens=options.prefix_tokens,
+        device=options.device,
+        dtype=options.dtype,
         forget_findings=[o.finding_id for o in result.outcomes],
         forget_samples=len({o.before.sample_id for o in result.outcomes}),
         epochs=result.epochs,
         best_epoch=result.best_epoch,
         steps=result.steps,
         stop_reason=result.stop_reason,
-        wall_seconds=0.0,
         unlearn_seconds=result.seconds,
         peak_memory_bytes=peak_memory_bytes(),
         peak_gpu_memory_bytes=peak_gpu_memory_bytes(),
-        input_path="",
-        output_path="",
-        input_sha256="",
-        output_sha256="",
-        thresholds=thresholds.to_dict(),
-        samples={
-            "forget_findings": len(result.outcomes),
-            "forget_windows": len(job.windows),
-            "distinct_probes": job.distinct_probes,
-            "retain_windows": len(job.retain),
-            "forgotten": result.forgotten,
-        },
-        kl_reference={"kind": result.reference_kind, "bytes": result.reference_bytes},
-        outcomes=[_outcome(o) for o in result.outcomes],
-        history=[asdict(h) for h in result.history],
+        thresholds=thresholds,
+        samples=SampleCounts(
+            forget_findings=len(result.outcomes),
+            forget_windows=len(job.windows),
+            distinct_probes=job.distinct_probes,
+            retain_windows=len(job.retain),
+            forgotten=result.forgotten,
+        ),
+        kl_reference=KLReference(kind=result.reference_kind, bytes=result.reference_bytes),
+        outcomes=list(result.outcomes),
+        history=list(result.history),
         utility=utility,
     )
-
-
-def _metrics(m: Measurement | None) -> dict[str, Any] | None:
-    if m is None:
-        return None
-    return {
-        "ma": m.ma,
-        "el_3": m.el_3,
-        "el_5": m.el_5,
-        "el_10": m.el_10,
-        "extracted_greedy": m.extracted_greedy,
-    }
-
-
-def _outcome(outcome: Any) -> dict[str, Any]:
-    return {
-        "finding_id": outcome.finding_id,
-        "sample_id": outcome.before.sample_id,
-        "secret_type": outcome.before.secret_type,
-        "forgotten": outcome.forgotten,
-        "forgotten_epoch": outcome.forgotten_epoch,
-        "stop_reason": outcome.stop_reason,
-        "before": _metrics(outcome.before),
-        "after": _metrics(outcome.after),
-    }

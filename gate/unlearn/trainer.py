@@ -58,6 +58,7 @@ from gate.unlearn.reference import (
     build_cache,
     forget_positions,
 )
+from gate.unlearn.remediation import EpochLog, FindingOutcome
 from gate.unlearn.settings import UnlearnConfig
 
 if TYPE_CHECKING:
@@ -70,37 +71,6 @@ Screen = Callable[[Sequence[str]], dict[str, tuple[float, bool]]]  # ids -> (MA,
 def is_forgotten(m: Measurement, thresholds: Thresholds) -> bool:
     """The stopping rule for one finding: under both thresholds and not extracted greedily."""
     return m.ma < thresholds.ma and m.el_10 < thresholds.el_10 and not m.extracted_greedy
-
-
-@dataclass
-class FindingOutcome:
-    """How unlearning ended for one finding (ids and numbers only, no secret)."""
-
-    finding_id: str
-    before: Measurement
-    after: Measurement | None = None
-    forgotten_epoch: int | None = None  # the epoch it was last found forgotten
-    stop_reason: str = "not reached"
-
-    @property
-    def forgotten(self) -> bool:
-        return self.forgotten_epoch is not None
-
-
-@dataclass(frozen=True)
-class EpochLog:
-    """One epoch's progress: mean loss parts and what the re-measure found."""
-
-    epoch: int
-    steps: int
-    loss: dict[str, float]
-    measured: int  # findings measured in full (MA, EL, extraction) after the epoch
-    screened: int  # findings whose MA alone showed they are not forgotten yet
-    ma_mean: float  # over the findings measured or screened
-    el_10_mean: float | None  # over the findings measured in full (None: none was)
-    extracted: int  # findings extracted greedily, all forget findings (latest measurement)
-    remaining: int  # findings still to forget
-    seconds: float
 
 
 @dataclass

@@ -13,8 +13,9 @@ from gate.unlearn.data import ForgetWindow, RetainWindow, collate
 from gate.unlearn.losses import full_reference, masked_ce
 from gate.unlearn.methods import ForgetView, GradientAscent, Loss
 from gate.unlearn.reference import aligned_logprobs
+from gate.unlearn.remediation import EpochLog
 from gate.unlearn.settings import UnlearnConfig
-from gate.unlearn.trainer import EpochLog, Unlearner, UnlearnResult, is_forgotten
+from gate.unlearn.trainer import Unlearner, UnlearnResult, is_forgotten
 from tests.gate.unlearn.conftest import micro_model
 
 Data = tuple[list[Finding], list[ForgetWindow], list[RetainWindow]]
