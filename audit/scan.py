@@ -480,6 +480,8 @@ def scan_corpus(
     for chunk, results in _scan_chunks(chunks, options, resolve_jobs(jobs)):
         for result in results:
             summary.add(result)
+            for found in result.allowlisted:
+                log.info("%s:%d: %s allowlisted inline", found.origin, found.line, found.preview)
             yield from result.findings
         chars = sum(len(s.text) for s in chunk)
         summary.samples += len(chunk)
