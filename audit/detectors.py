@@ -334,7 +334,7 @@ _STRONG = (
     r"pass(?:word|wd|phrase)|pwd|secret|token|api_?key|apikey|access_?key|auth_?key|"
     r"private_?key|priv_?key|client_?key|credentials?|db_?pass|contrase(?:ñ|n)a|passwort"
 )
-_WEAK = r"[\w.\-]{0,40}?(?:key|auth|license|licence|sas|dsn)"
+_WEAK = r"[\w.\-]{0,40}?(?:key|auth|license|licence|sas)"
 _NAME = rf"(?:[A-Za-z_$@][\w$@.\-]{{0,60}}?)?(?:{_STRONG})[\w.\-]{{0,60}}|{_WEAK}"
 _OPS = r":::=|::=|:=|\?=|\+=|\.=|=>|===?|!==?|=|:|\("
 _QUOTED = r"(?P<q>[\"'`])(?P<qv>(?:(?!(?P=q))[^\n\\]){1,256})(?P=q)"
@@ -377,7 +377,7 @@ class KeywordDetector(Detector):
     name = "KeywordDetector"
     secret_type = KEYWORD_TYPE
     keywords = ("pass", "pwd", "secret", "token", "key", "credential", "contrase", "auth",
-                "sas", "dsn", "licen")  # fmt: skip
+                "sas", "licen")  # fmt: skip
     priority = PRIORITY_ASSIGNED
 
     def spans(self, text: str, language: str | None) -> Iterator[Span]:
