@@ -123,6 +123,7 @@ _ALLOWLIST = re.compile(r"pragma:[ \t]?(?:allow|white)list[ \t]+secret", re.IGNO
 _ALLOWLIST_NEXT = re.compile(
     r"pragma:[ \t]?(?:allow|white)list[ \t]+nextline[ \t]+secret", re.IGNORECASE
 )
+_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_DEPTH = 3  # decode layers of encoded blobs
 
 
@@ -212,7 +213,11 @@ class Scanner:
     def _hits(self, low: str) -> list[tuple[int, int, int]]:
         if self.automaton is None:
             return []
-        return self.automaton.find_matches_as_indexes(low, overlapping=True)  # type: ignore[no-any-return]
+        try:
+            return self.automaton.find_matches_as_indexes(low, overlapping=True)  # type: ignore[no-any-return]
+        except UnicodeEncodeError:  # a lone surrogate (from JSON): same length without it
+            clean = _SURROGATE.sub("?", low)
+            return self.automaton.find_matches_as_indexes(clean, overlapping=True)  # type: ignore[no-any-return]
 
     def _line_spans(
         self, text: str, start: int, detectors: set[Detector], language: str | None
