@@ -31,9 +31,9 @@ from functools import cached_property, lru_cache
 from typing import ClassVar
 from urllib.parse import unquote
 
-from gate.errors import InputError  # audit.errors once main moves it
 from audit.filters import words
 from audit.providers import RULES, UUID, Rule
+from gate.errors import InputError  # audit.errors once main moves it
 
 Span = tuple[int, int]
 Inner = Callable[[str], str | None]  # decoded text -> the secret type found in it, or None
@@ -86,7 +86,9 @@ class Detector:
         """`anchored` mode: the secret that starts at `pos`, if any."""
         return None
 
-    def run_spans(self, text: str, start: int, end: int, inner: Inner) -> Iterator[tuple[Span, str]]:
+    def run_spans(
+        self, text: str, start: int, end: int, inner: Inner
+    ) -> Iterator[tuple[Span, str]]:
         """`run` mode: (span, secret type) of the secrets in the run `text[start:end]`."""
         return iter(())
 
@@ -134,7 +136,9 @@ class JwtDetector(Detector):
     secret_type = "JSON Web Token"
     keywords = ("eyj",)
     mode = "anchored"
-    _REGEX = re.compile(r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*")
+    _REGEX = re.compile(
+        r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"
+    )
 
     def match_at(self, text: str, pos: int) -> Span | None:
         match = self._REGEX.match(text, pos)
@@ -204,7 +208,7 @@ class IPAddressDetector(Detector):
     name = "IPAddressDetector"
     secret_type = "IP Address"
     keywords = ()
-    mode = "ip"  # type: ignore[assignment]
+    mode = "ip"
     priority = PRIORITY_GENERIC
     _V4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
     _V6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
@@ -235,7 +239,9 @@ class ConnectionStringDetector(Detector):
     keywords = ("://", "password=", "pwd=", "password =", "pwd =")
     priority = PRIORITY_ASSIGNED
     _REGEXES = (
-        re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]{0,20}://[^\s:/@'\"`]{1,64}:([^\s@'\"`/]{1,128})@[\w\-\[]"),
+        re.compile(
+            r"\b[A-Za-z][A-Za-z0-9+.\-]{0,20}://[^\s:/@'\"`]{1,64}:([^\s@'\"`/]{1,128})@[\w\-\[]"
+        ),
         re.compile(r"(?<![\w])(?:password|pwd)\s*=\s*([^;'\"\s]{1,128})(?=;)", re.IGNORECASE),
     )
 
@@ -298,7 +304,9 @@ class KubernetesSecretDetector(Detector):
     priority = PRIORITY_ASSIGNED
     _KIND = re.compile(r"^kind:[ \t]*[\"']?Secret[\"']?[ \t]*$", re.MULTILINE)
     _MAP = re.compile(r"^(?P<indent>[ \t]*)(?:data|stringData):[ \t]*\n", re.MULTILINE)
-    _ENTRY = re.compile(r"(?P<indent>[ \t]+)[\w.\-]+:[ \t]*[\"']?(?P<v>[^\s\"'#]+)[\"']?[ \t]*(?:\n|$)")
+    _ENTRY = re.compile(
+        r"(?P<indent>[ \t]+)[\w.\-]+:[ \t]*[\"']?(?P<v>[^\s\"'#]+)[\"']?[ \t]*(?:\n|$)"
+    )
 
     def spans(self, text: str, language: str | None) -> Iterator[Span]:
         for document in _yaml_documents(text):
@@ -384,7 +392,9 @@ class KeywordDetector(Detector):
         yield from self._assignments(text, language)
         for regex in (_XML_ELEMENT, _KEY_VALUE, _STRING_PAIR):
             for match in regex.finditer(text):
-                if _value_ok(match.group("name"), match.group("v"), quoted=regex is not _XML_ELEMENT):
+                if _value_ok(
+                    match.group("name"), match.group("v"), quoted=regex is not _XML_ELEMENT
+                ):
                     yield match.span("v")
 
     def _assignments(self, line: str, language: str | None) -> Iterator[Span]:
@@ -395,7 +405,11 @@ class KeywordDetector(Detector):
                 continue
             if match.group("op") == "(" and not _is_setter(match.group("name"), language):
                 continue
-            if _value_ok(match.group("name"), match.group(group), quoted=quoted or language in CONFIG_LANGUAGES):
+            if _value_ok(
+                match.group("name"),
+                match.group(group),
+                quoted=quoted or language in CONFIG_LANGUAGES,
+            ):
                 yield match.span(group)
 
 
@@ -485,11 +499,14 @@ class Base64HighEntropyString(Detector):
     priority = PRIORITY_GENERIC
     limit = 4.5
 
-    def run_spans(self, text: str, start: int, end: int, inner: Inner) -> Iterator[tuple[Span, str]]:
+    def run_spans(
+        self, text: str, start: int, end: int, inner: Inner
+    ) -> Iterator[tuple[Span, str]]:
         value = text[start:end]
-        if _quoted(text, start, end) and _B64_CHARS.issuperset(value):
-            if not _HEX_CHARS.issuperset(value) and shannon_entropy(value) > self.limit:
-                yield (start, end), self.secret_type
+        if not (_quoted(text, start, end) and _B64_CHARS.issuperset(value)):
+            return
+        if not _HEX_CHARS.issuperset(value) and shannon_entropy(value) > self.limit:
+            yield (start, end), self.secret_type
 
 
 class HexHighEntropyString(Detector):
@@ -502,13 +519,20 @@ class HexHighEntropyString(Detector):
     priority = PRIORITY_GENERIC
     limit = 3.0
 
-    def run_spans(self, text: str, start: int, end: int, inner: Inner) -> Iterator[tuple[Span, str]]:
+    def run_spans(
+        self, text: str, start: int, end: int, inner: Inner
+    ) -> Iterator[tuple[Span, str]]:
         value = text[start:end]
-        if _quoted(text, start, end) and _HEX_CHARS.issuperset(value) and not value.isdigit():
-            if shannon_entropy(value) > self.limit:
-                yield (start, end), self.secret_type
+        if not (_quoted(text, start, end) and _HEX_CHARS.issuperset(value)):
+            return
+        if not value.isdigit() and shannon_entropy(value) > self.limit:
+            yield (start, end), self.secret_type
 
 
+_INNER_TYPES = frozenset(
+    {KEYWORD_TYPE, "JSON Web Token", "Private Key", "Basic Auth Credentials",
+     "HTTP Authorization Credentials"}
+)  # fmt: skip
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 _B64_RUN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9_\-]{16,}={0,2}")
 
@@ -528,10 +552,11 @@ class EncodedSecretDetector(Detector):
     layers = 3
 
     def secret_types(self) -> frozenset[str]:
-        return PROVIDER_TYPES | {KEYWORD_TYPE, "JSON Web Token", "Private Key",
-                                 "Basic Auth Credentials", "HTTP Authorization Credentials"}  # fmt: skip
+        return PROVIDER_TYPES | _INNER_TYPES
 
-    def run_spans(self, text: str, start: int, end: int, inner: Inner) -> Iterator[tuple[Span, str]]:
+    def run_spans(
+        self, text: str, start: int, end: int, inner: Inner
+    ) -> Iterator[tuple[Span, str]]:
         for (s, e), blob in _blobs(text, start, end):
             found = inner(blob)
             if found is not None:
@@ -560,7 +585,9 @@ def decode_blob(value: str) -> str | None:
         raw = bytes.fromhex(value)
     elif len(value) >= 16 and _mixed(value):
         try:
-            raw = base64.b64decode(_padded(value), altchars=b"-_" if "-" in value or "_" in value else None)
+            raw = base64.b64decode(
+                _padded(value), altchars=b"-_" if "-" in value or "_" in value else None
+            )
         except (binascii.Error, ValueError):
             return None
     if raw is None:

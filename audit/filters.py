@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 
-
 def words(text: str) -> frozenset[str]:
     """A set of words written as one whitespace-separated string."""
     return frozenset(text.split())

@@ -106,12 +106,8 @@ class _Raw:
 
 
 # Characters of a token run: what base64, hex, URL-safe and percent-encoded blobs use.
-_RUN_CHARS = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-.~%"
-)
-_RUN_TABLE = bytes(
-    ord("a") if chr(c) in _RUN_CHARS else ord(" ") for c in range(256)
-)
+_RUN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-.~%")
+_RUN_TABLE = bytes(ord("a") if chr(c) in _RUN_CHARS else ord(" ") for c in range(256))
 _DIGIT_TABLE = bytes(
     ord("0") if chr(c).isdigit() else ord(".") if c == ord(".") else ord(" ") for c in range(256)
 )
@@ -140,7 +136,9 @@ class Scanner:
         for detector in keyed:
             for keyword in detector.keywords:
                 self.by_needle[index[keyword]].append(detector)
-        self.automaton = AhoCorasick(needles, implementation=Implementation.DFA) if needles else None
+        self.automaton = (
+            AhoCorasick(needles, implementation=Implementation.DFA) if needles else None
+        )
         self.run_detectors = tuple(d for d in self.detectors if d.mode == "run")
         self.min_run = min((d.min_run for d in self.run_detectors), default=0)
         self.ip = next((d for d in self.detectors if d.mode == "ip"), None)
@@ -203,7 +201,10 @@ class Scanner:
                 else:
                     lines[low.rfind("\n", 0, pos) + 1].add(detector)
         for detector in whole:
-            raw.update(_Raw(s, e, detector, detector.secret_type) for s, e in detector.spans(text, language))
+            raw.update(
+                _Raw(s, e, detector, detector.secret_type)
+                for s, e in detector.spans(text, language)
+            )
         for start, detectors in lines.items():
             raw.update(self._line_spans(text, start, detectors, language))
         raw.update(self._run_spans(text, depth))
@@ -214,10 +215,10 @@ class Scanner:
         if self.automaton is None:
             return []
         try:
-            return self.automaton.find_matches_as_indexes(low, overlapping=True)  # type: ignore[no-any-return]
+            return self.automaton.find_matches_as_indexes(low, overlapping=True)
         except UnicodeEncodeError:  # a lone surrogate (from JSON): same length without it
             clean = _SURROGATE.sub("?", low)
-            return self.automaton.find_matches_as_indexes(clean, overlapping=True)  # type: ignore[no-any-return]
+            return self.automaton.find_matches_as_indexes(clean, overlapping=True)
 
     def _line_spans(
         self, text: str, start: int, detectors: set[Detector], language: str | None
@@ -227,7 +228,9 @@ class Scanner:
             for detector in detectors:
                 for s, e in detector.spans(segment, language):
                     if e > s:
-                        yield _Raw(start + offset + s, start + offset + e, detector, detector.secret_type)
+                        yield _Raw(
+                            start + offset + s, start + offset + e, detector, detector.secret_type
+                        )
 
     def _run_spans(self, text: str, depth: int) -> Iterator[_Raw]:
         if not self.run_detectors:
@@ -331,9 +334,7 @@ def _segments(line: str, detectors: set[Detector]) -> list[tuple[int, str]]:
     if len(line) <= MAX_LINE:
         return [(0, line)]
     low = lower_same_length(line)
-    columns = sorted(
-        {pos for d in detectors for k in d.keywords for pos in _find_all(low, k)}
-    )
+    columns = sorted({pos for d in detectors for k in d.keywords for pos in _find_all(low, k)})
     windows: list[list[int]] = []
     for column in columns:
         start, end = max(0, column - WINDOW), min(len(line), column + WINDOW)

@@ -698,7 +698,9 @@ def _family(secret_type: str) -> str:
     return secret_type
 
 
-def _variants(mode: str, template: str, language: str | None, rng: random.Random, render: Any) -> Any:
+def _variants(
+    mode: str, template: str, language: str | None, rng: random.Random, render: Any
+) -> Any:
     """The case as written, and for a token format the token in other syntaxes."""
     text, spans = render(template, rng)
     yield text, spans, language
@@ -711,12 +713,18 @@ def _variants(mode: str, template: str, language: str | None, rng: random.Random
         yield line, [(start, start + len(token))], lang
 
 
-def _negative_texts(negatives: Any, positives: Any, rng: random.Random, render: Any) -> list[tuple[str, str | None]]:
+def _negative_texts(
+    negatives: Any, positives: Any, rng: random.Random, render: Any
+) -> list[tuple[str, str | None]]:
     from audit.detectors import build_detectors
     from tests.audit.fakes import FAKES
 
-    fakes = {**FAKES, "stripe_body": FAKES["stripe"][8:], "uuid": "-".join(
-        Fakes(rng).r(HEX, k) for k in (8, 4, 4, 4, 12)), "sha": hashlib.sha256(b"x").hexdigest()}
+    fakes = {
+        **FAKES,
+        "stripe_body": FAKES["stripe"][8:],
+        "uuid": "-".join(Fakes(rng).r(HEX, k) for k in (8, 4, 4, 4, 12)),
+        "sha": hashlib.sha256(b"x").hexdigest(),
+    }
     out = [(t.format(**fakes), lang) for t, lang in HARD_NEGATIVES]
     for cases in negatives.values():
         out += [(render(t, rng)[0], lang) for t, lang in cases]
@@ -731,19 +739,29 @@ def _negative_texts(negatives: Any, positives: Any, rng: random.Random, render: 
 
 
 def suite_report(result: dict[str, Any]) -> str:
-    rows = ["| secret type | cases | found at the exact span | inside a finding | recall |",
-            "|---|---:|---:|---:|---:|"]
+    rows = [
+        "| secret type | cases | found at the exact span | inside a finding | recall |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for family, row in result["families"].items():
         recall = row.get("found", 0) / row["n"]
-        rows.append(f"| {family} | {row['n']} | {row.get('found', 0)} | {row.get('covered', 0)} | {recall:.2f} |")
-    total = Counter()
+        rows.append(
+            f"| {family} | {row['n']} | {row.get('found', 0)} | {row.get('covered', 0)} "
+            f"| {recall:.2f} |"
+        )
+    total: Counter[str] = Counter()
     for row in result["families"].values():
         total.update(row)
     worst = min(r.get("found", 0) / r["n"] for r in result["families"].values())
-    rows.append(f"| **all {len(result['families'])} types** | {total['n']} | {total['found']} "
-                f"| {total['covered']} | lowest {worst:.2f} |")
+    rows.append(
+        f"| **all {len(result['families'])} types** | {total['n']} | {total['found']} "
+        f"| {total['covered']} | lowest {worst:.2f} |"
+    )
     share = result["negatives_flagged"] / result["negatives"]
-    rows.append(f"\nNegatives flagged: {result['negatives_flagged']} of {result['negatives']} ({share:.1%}).")
+    rows.append(
+        f"\nNegatives flagged: {result['negatives_flagged']} of {result['negatives']} "
+        f"({share:.1%})."
+    )
     return "\n".join(rows)
 
 
@@ -796,11 +814,14 @@ def profile_stages(corpus: Path) -> dict[str, float]:
     profiler.disable()
     wall = time.perf_counter() - started
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+
     def cum(name: str) -> float:
-        return sum(v[3] for k, v in stats.items() if k[2] == name)
+        return float(sum(v[3] for k, v in stats.items() if k[2] == name))
+
     return {"total (profiled)": wall, "keyword automaton": cum("_hits"),
             "tree-sitter parsing": cum("_parse"), "filters": cum("false_positive"),
-            "line detectors": cum("_line_spans"), "token runs (entropy, encoded)": cum("_run_spans"),
+            "line detectors": cum("_line_spans"),
+            "token runs (entropy, encoded)": cum("_run_spans"),
             "IP candidates": cum("_ip_spans")}  # fmt: skip
 
 
@@ -812,7 +833,8 @@ def compare_report(c: dict[str, Any], stages: dict[str, float]) -> str:
         "| scanner | wall s | MB/s per core | vs detect-secrets |",
         "|---|---:|---:|---:|",
         f"| detect-secrets scan --all-files | {c['ds']:.2f} | {c['mb'] / c['ds']:.2f} | 1.0× |",
-        f"| codeeraser scan --jobs 1 | {c['ours']:.2f} | {c['mb'] / c['ours']:.2f} | {ratio:.1f}× |",
+        f"| codeeraser scan --jobs 1 | {c['ours']:.2f} | {c['mb'] / c['ours']:.2f} "
+        f"| {ratio:.1f}× |",
         "",
         f"Start-up (`codeeraser scan --list-detectors`, median of 5): {c['startup']:.2f} s; "
         f"scanning alone: {c['mb'] / max(c['ours'] - c['startup'], 1e-9):.1f} MB/s per core.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import re
 import string
+from collections.abc import Callable
 
 ALNUM = string.ascii_letters + string.digits
 FILL: dict[str, str] = {
@@ -30,7 +31,10 @@ _FIELD = re.compile(r"\{(UUID|[A-Za-z]):?(\d*)\}")
 
 # detector -> [(template, language)]: each must be found, at exactly the marked span.
 POSITIVES: dict[str, list[tuple[str, str | None]]] = {
-    "GitHubTokenDetector": [('token = "[[ghp_{A:36}]]"', "python"), ("GH=[[gho_{A:36}]]", "dotenv")],
+    "GitHubTokenDetector": [
+        ('token = "[[ghp_{A:36}]]"', "python"),
+        ("GH=[[gho_{A:36}]]", "dotenv"),
+    ],
     "GitHubFineGrainedTokenDetector": [("token: [[github_pat_{A:22}_{A:59}]]", "yaml")],
     "GitLabTokenDetector": [
         ('GITLAB = "[[glpat-{U:20}]]"', "python"),
@@ -119,8 +123,11 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
         ('url = "[[https://hooks.slack.com/services/T{Z:8}/B{Z:10}/{A:24}]]"', "python")
     ],
     "MicrosoftTeamsWebhookDetector": [
-        ("webhook: [[https://contoso.webhook.office.com/webhookb2/{UUID}@{UUID}/IncomingWebhook/"
-         "{a:32}/{UUID}]]", "yaml")  # fmt: skip
+        (
+            "webhook: [[https://contoso.webhook.office.com/webhookb2/{UUID}@{UUID}/IncomingWebhook/"
+            "{a:32}/{UUID}]]",
+            "yaml",
+        )
     ],
     "DiscordWebhookDetector": [
         ('hook = "[[https://discord.com/api/webhooks/{D:18}/{U:68}]]"', "python")
@@ -148,10 +155,14 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
     "MailchimpDetector": [('MC = "[[{H:32}-us12]]"', "python")],
     "MailgunKeyDetector": [('mailgun_api_key = "[[key-{H:32}]]"', "python")],
     "TwilioKeyDetector": [('TWILIO = "[[SK{H:32}]]"', "python")],
-    "StripeDetector": [('stripe.api_key = "[[sk_live_{A:99}]]"', "python"),
-                       ("STRIPE=[[rk_test_{A:24}]]", "dotenv")],  # fmt: skip
-    "SquareTokenDetector": [('SQUARE = "[[sq0csp-{U:43}]]"', "python"),
-                            ('t = "[[EAAA{U:60}]]"', "python")],  # fmt: skip
+    "StripeDetector": [
+        ('stripe.api_key = "[[sk_live_{A:99}]]"', "python"),
+        ("STRIPE=[[rk_test_{A:24}]]", "dotenv"),
+    ],
+    "SquareTokenDetector": [
+        ('SQUARE = "[[sq0csp-{U:43}]]"', "python"),
+        ('t = "[[EAAA{U:60}]]"', "python"),
+    ],
     "ShopifyTokenDetector": [('"X-Shopify-Access-Token": "[[shpat_{H:32}]]"', "json")],
     "ShippoTokenDetector": [('k = "[[shippo_live_{H:40}]]"', "python")],
     "EasyPostTokenDetector": [('k = "[[EZAK{A:54}]]"', "python")],
@@ -220,18 +231,28 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
     "JwtDetector": [("Authorization: Bearer [[{JWT}]]", None)],
     "PrivateKeyDetector": [('KEY = """[[{PEM}]]"""', "python")],
     "EmailDetector": [("# Maintainer: [[{l:7}.{l:5}@contoso-mail.io]]", "python")],
-    "IPAddressDetector": [("server = [[52.14.200.7]]", "ini"), ("addr = [[2a03:2880:f12f:83:face:b00c:0:25de]]", None)],
-    "ConnectionStringDetector": [('dsn = "postgresql://app:[[{A:16}]]@db.corp.io:5432/app"', "python"),
-                                 ('"Server=db;User Id=sa;Password=[[{A:14}]];"', None)],  # fmt: skip
-    "CurlCredentialDetector": [("curl -u [[deploy:{A:16}]] https://api.corp.io/v1", "bash"),
-                               ("curl --user '[[admin:{A:12}!]]' https://x.io", "bash")],  # fmt: skip
+    "IPAddressDetector": [
+        ("server = [[52.14.200.7]]", "ini"),
+        ("addr = [[2a03:2880:f12f:83:face:b00c:0:25de]]", None),
+    ],
+    "ConnectionStringDetector": [
+        ('dsn = "postgresql://app:[[{A:16}]]@db.corp.io:5432/app"', "python"),
+        ('"Server=db;User Id=sa;Password=[[{A:14}]];"', None),
+    ],
+    "CurlCredentialDetector": [
+        ("curl -u [[deploy:{A:16}]] https://api.corp.io/v1", "bash"),
+        ("curl --user '[[admin:{A:12}!]]' https://x.io", "bash"),
+    ],
     "AuthorizationHeaderDetector": [
         ('curl -H "Authorization: Bearer [[{U:40}]]" https://api.corp.io', "bash"),
         ('headers = {"X-Api-Key": "[[{A:32}]]"}', "python"),
     ],
     "KubernetesSecretDetector": [
-        ("apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  password: [[{B:24}]]\n"
-         "  user: [[{B:12}]]\n", "yaml")  # fmt: skip
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  password: [[{B:24}]]\n"
+            "  user: [[{B:12}]]\n",
+            "yaml",
+        )
     ],
     "KeywordDetector": [
         ('password = "[[Tr0ub4dor&3{D:3}]]"', "python"),
@@ -264,7 +285,10 @@ NEGATIVES: dict[str, list[tuple[str, str | None]]] = {
     "EmailDetector": [('icon = "logo@2x.png"', "python")],
     "IPAddressDetector": [("version 1.2.3", None), ("x = a[1::2]", "python"), ("256.1.1.1", None)],
     "ConnectionStringDetector": [("see https://docs.corp.io/page", None)],
-    "CurlCredentialDetector": [("curl -u $USER: https://x.io", "bash"), ("curl https://x.io", "bash")],
+    "CurlCredentialDetector": [
+        ("curl -u $USER: https://x.io", "bash"),
+        ("curl https://x.io", "bash"),
+    ],
     "AuthorizationHeaderDetector": [("Authorization: Bearer", None), ("X-Api-Key: short", None)],
     "KubernetesSecretDetector": [("kind: ConfigMap\ndata:\n  mode: {B:24}\n", "yaml")],
     "KeywordDetector": [
@@ -275,7 +299,10 @@ NEGATIVES: dict[str, list[tuple[str, str | None]]] = {
         ("token_count = 42", None),
     ],
     "IniContinuationDetector": [("[db]\nuser =\n    admin\n", "ini")],
-    "Base64HighEntropyString": [("x = 'aaaaaaaaaaaaaaaaaaaaaaaa'", "python"), ("name = {B:30}", "python")],
+    "Base64HighEntropyString": [
+        ("x = 'aaaaaaaaaaaaaaaaaaaaaaaa'", "python"),
+        ("name = {B:30}", "python"),
+    ],
     "HexHighEntropyString": [("x = '1111111111111111111111'", "python")],
     "EncodedSecretDetector": [('x = "{B64:just some ordinary words here}"', "python")],
 }
@@ -300,7 +327,7 @@ def _expand_special(template: str, rng: random.Random) -> str:
     from urllib.parse import quote
 
     template = template.replace("{JWT}", _jwt(rng)).replace("{PEM}", _pem(rng))
-    encoders = {
+    encoders: dict[str, Callable[[str], str]] = {
         "B64": lambda s: base64.b64encode(s.encode()).decode(),
         "HEXOF": lambda s: s.encode().hex(),
         "PCT": lambda s: quote(s, safe=""),
@@ -308,7 +335,9 @@ def _expand_special(template: str, rng: random.Random) -> str:
     pattern = re.compile(r"\{(B64|HEXOF|PCT):((?:[^{}]|\{[A-Za-z]:\d+\}|\{UUID\})*)\}")
     while (match := pattern.search(template)) is not None:
         inner = _FIELD.sub(lambda m: _field(m.group(1), m.group(2), rng), match.group(2))
-        template = template[: match.start()] + encoders[match.group(1)](inner) + template[match.end() :]
+        template = (
+            template[: match.start()] + encoders[match.group(1)](inner) + template[match.end() :]
+        )
     return template
 
 

@@ -64,3 +64,11 @@ def test_secret_types_covers_every_detector() -> None:
     types = set(secret_types())
     assert {d.secret_type for d in build_detectors()} - {"Encoded Secret"} <= types
     assert secret_types(["EmailDetector"]) == ["Email Address"]
+
+
+def test_the_docs_list_every_detector() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "secret-types.md").read_text()
+    missing = [name for name in detector_names() if f"| {name} |" not in doc]
+    assert not missing, f"add to docs/secret-types.md: {missing}"

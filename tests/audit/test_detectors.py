@@ -9,6 +9,7 @@ from audit.scan import scan_samples, scan_text
 from gate.errors import InputError
 from tests.audit.fakes import FAKES
 
+
 def _findings(line: str, language: str | None, origin: str = "sample.txt") -> list[Finding]:
     sample = Sample(id=origin, origin=origin, text=line, language=language)
     return list(scan_samples([sample])[0].findings)
