@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec, iter_samples
 from audit.distributed import LOCAL, Shard
+from audit.errors import InputError
 from audit.extraction import MeasureConfig, score_probes
 from audit.measurements import Thresholds
 from audit.model import context_length_of
 from audit.probes import Probe
-from gate.errors import InputError
 
 if TYPE_CHECKING:
     import torch

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from audit.errors import InputError
 from audit.findings import Finding
 from audit.io import iter_lines, parse_jsonl_line
-from gate.errors import InputError
 
 Format = Literal["auto", "dir", "jsonl", "parquet", "hf"]
 OnBad = Literal["skip", "fail"]

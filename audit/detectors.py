@@ -31,9 +31,9 @@ from functools import cached_property, lru_cache
 from typing import ClassVar
 from urllib.parse import unquote
 
+from audit.errors import InputError
 from audit.filters import words
 from audit.providers import RULES, UUID, Rule
-from gate.errors import InputError  # audit.errors once main moves it
 
 Span = tuple[int, int]
 Inner = Callable[[str], str | None]  # decoded text -> the secret type found in it, or None

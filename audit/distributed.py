@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gate.errors import InputError
+from audit.errors import InputError
 
 T = TypeVar("T")
 K = TypeVar("K")

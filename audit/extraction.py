@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from audit import decoding, metrics
 from audit.distributed import LOCAL, Shard
+from audit.errors import InputError
 from audit.measurements import Measurement, Thresholds
 from audit.model import context_length_of, forward, model_device, new_cache, pad_token_id
 from audit.probes import (
@@ -49,7 +50,6 @@ from audit.probes import (
     Probe,
     build_probes,
 )
-from gate.errors import InputError
 
 if TYPE_CHECKING:
     import torch

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from audit.errors import InputError
 from audit.io import atomic_write_jsonl, read_jsonl
-from gate.errors import InputError
 
 # Prefixes that providers publish as part of the key format: showing them tells a
 # reviewer what kind of key it is and reveals nothing secret.

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from gate.errors import InputError
+from audit.errors import InputError
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a JSONL line longer than this is not a code record
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from audit.errors import InputError
 from audit.io import atomic_write_json, atomic_write_jsonl, read_jsonl
-from gate.errors import InputError
 
 
 @dataclass(frozen=True)

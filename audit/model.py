@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from gate.errors import InputError, ModelLoadError
+from audit.errors import InputError, ModelLoadError
 
 if TYPE_CHECKING:
     import torch

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from audit.errors import InputError
 from audit.findings import Finding
-from gate.errors import InputError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -40,9 +40,9 @@ from audit.detectors import (
     KubernetesSecretDetector,
     build_detectors,
 )
+from audit.errors import CodeEraserError
 from audit.filters import CONTEXT_CHECKS, Candidate, false_positive
 from audit.findings import Context, Finding
-from gate.errors import CodeEraserError
 
 log = logging.getLogger(__name__)
 

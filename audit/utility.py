@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec, iter_samples
+from audit.errors import InputError
 from audit.findings import read_findings
 from audit.model import context_length_of, pad_token_id
 from audit.sandbox import SandboxLimits, run_python
-from gate.errors import InputError
 
 if TYPE_CHECKING:
     from pathlib import Path

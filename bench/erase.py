@@ -67,7 +67,7 @@ def _threads() -> None:
 
 
 def _demo() -> Any:
-    from gate.demo import build_demo
+    from gate.demo.build import build_demo
 
     return build_demo("demo")
 

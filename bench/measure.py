@@ -172,7 +172,7 @@ def matmul_rate(size: int = 512, repeats: int = 20) -> float:
 
 
 def demo_inputs(preset: str) -> tuple[Path, list[tuple[Path, Path]]]:
-    from gate.demo import build_demo
+    from gate.demo.build import build_demo
 
     demo = build_demo(preset)
     return demo.model_dir, [(demo.corpus_dir, demo.planted), (demo.heldout_dir, demo.controls)]

@@ -399,7 +399,7 @@ def main() -> int:
         help="memory variants of the larger GPT-2",
     )
     options = parser.parse_args()
-    from gate.demo import build_demo
+    from gate.demo.build import build_demo
 
     demo = build_demo("demo")
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

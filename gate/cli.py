@@ -30,8 +30,8 @@ from typing import Any
 
 import click
 
+from audit.errors import CodeEraserError, ExitCode
 from gate import __version__
-from gate.errors import CodeEraserError, ExitCode
 
 log = logging.getLogger(__name__)
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def cli(verbose: int, quiet: bool) -> None:
 
     Exit codes: 0 passed, 1 policy failed, 2 usage/policy/input error, 3 internal error.
     """
-    from audit import ui
+    from gate import ui
 
     ui.configure(verbose, quiet)
 

@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec
 from audit.distributed import LOCAL, Shard
+from audit.errors import CodeEraserError, ExitCode, InputError, Interrupted, PolicyError
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
 from audit.io import atomic_write_json, atomic_write_text
 from audit.measurements import Measurement, Thresholds, read_measurements, write_measurements
 from gate import __version__
-from gate.errors import CodeEraserError, ExitCode, InputError, Interrupted, PolicyError
 from gate.policy import Policy
 from gate.record import (
     AFTER,
@@ -304,9 +304,9 @@ def _scan(state: _State) -> None:
 
 
 def _scan_here(state: _State) -> None:
-    from audit import ui
     from audit.detectors import select_detectors
     from audit.scan import ScanOptions, ScanSummary, scan_corpus
+    from gate import ui
 
     run, policy = state.run, state.run.policy
     scanned = _read_run_state(run.out_dir / RUN_STATE) or {}
@@ -356,9 +356,9 @@ def _thresholds(state: _State) -> None:
 
 
 def _calibrate(state: _State) -> Thresholds:
-    from audit import ui
     from audit.calibrate import calibrate
     from audit.model import load_model
+    from gate import ui
 
     run, unseen = state.run, state.run.policy.thresholds.unseen
     if unseen is None:  # the policy loader refuses this; kept for policies built in code
@@ -524,8 +524,8 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
 def _measure(
     state: _State, loaded: LoadedModel, prefix_tokens: int, samples: int
 ) -> list[Measurement]:
-    from audit import ui
     from audit.extraction import MeasureConfig, measure_findings
+    from gate import ui
 
     sampled = state.run.policy.extraction.sampled
     config = MeasureConfig(
@@ -639,7 +639,7 @@ def _epoch_line(entry: Any) -> None:
 
 
 def _say(message: str) -> None:
-    from audit import ui
+    from gate import ui
 
     if not ui.is_quiet():
         ui.console.print(message)

@@ -21,8 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from audit.corpus import CorpusSpec
+from audit.errors import PolicyError
 from audit.measurements import Thresholds
-from gate.errors import PolicyError
 from gate.resources import builtin_policy, builtin_policy_names
 from gate.rule_metrics import METRICS, metric_names
 

@@ -43,11 +43,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from audit.errors import InputError
 from audit.findings import Finding
 from audit.io import atomic_write_text
 from audit.measurements import Measurement, Thresholds
 from gate import __version__
-from gate.errors import InputError
 from gate.policy import Policy
 from gate.verdict import RuleResult, UtilityFigures, Verdict, worst_case
 

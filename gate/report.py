@@ -20,10 +20,10 @@ from urllib.parse import quote
 import jinja2
 import yaml
 
+from audit.errors import InputError
 from audit.io import atomic_write_json, atomic_write_text
 from audit.measurements import Measurement
 from gate.charts import Chart, histogram
-from gate.errors import InputError
 from gate.record import BEFORE, FindingRow, RunRecord, VerdictInfo, write_record
 from gate.resources import templates_dir
 from gate.rule_metrics import METRICS

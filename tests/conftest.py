@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from gate.demo import DemoBuild
+    from gate.demo.build import DemoBuild
 
 os.environ["OMP_NUM_THREADS"] = "1"
 if "torch" in sys.modules:  # imported by a plugin before this file: set it directly
@@ -32,7 +32,7 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoBuild:
     """
     import torch
 
-    from gate.demo import build_demo
+    from gate.demo.build import build_demo
 
     torch.set_num_threads(1)
     cache = os.environ.get("CODEERASER_TEST_CACHE")

@@ -61,11 +61,11 @@ def calibrate(
 
     Exit codes: 0 written, 2 bad input (no sample long enough), 3 the model failed to load.
     """
-    from audit import ui
     from audit.calibrate import calibrate as run_calibration
     from audit.extraction import MeasureConfig
     from audit.io import atomic_write_json
     from audit.model import check_model_dir, load_model
+    from gate import ui
 
     check_model_dir(model_dir)
     spec = corpus_spec(data, fmt, text_field, id_field)

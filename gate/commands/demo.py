@@ -10,9 +10,9 @@ import click
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from gate.demo import DemoBuild
+    from gate.demo.build import DemoBuild
 
-PRESET_NAMES = ("tiny", "demo")  # gate.demo.PRESETS, listed here to keep --help free of torch
+PRESET_NAMES = ("tiny", "demo")  # gate.demo.build.PRESETS, listed here to keep --help free of torch
 
 
 @click.command("demo")
@@ -81,8 +81,8 @@ def demo(
     Exit codes: the gate's (0 passed, possibly after remediation; 1 failed), 2 bad
     option, 3 internal error.
     """
-    from audit import ui
-    from gate.demo import build_demo, build_dir
+    from gate import ui
+    from gate.demo.build import build_demo, build_dir
 
     target = build_dir(preset, cache_dir, seed)
     if (rebuild or not target.is_dir()) and not ui.is_quiet():

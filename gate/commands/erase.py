@@ -332,12 +332,12 @@ def _run(
     heldout_findings: tuple[Path, ...],
     **settings: Any,
 ) -> None:
-    from audit import ui
     from audit.calibrate import resolve_thresholds
     from audit.corpus import CorpusSpec
     from audit.findings import read_findings
     from audit.measurements import read_measurements
     from audit.model import check_model_dir
+    from gate import ui
     from gate.commands.measure import launch_shard
     from gate.unlearn.erase import check_output, select_forget_set
 
@@ -412,7 +412,7 @@ def _options(settings: dict[str, Any], **extra: Any) -> Any:
 def _erase_interruptibly(*args: Any, out_dir: Path, total: int, **kwargs: Any) -> Remediation:
     """Run erase_model with a progress bar. Ctrl-C and SIGTERM (the CLI turns it into
     Ctrl-C) stop it at a checkpoint; erase_model says how to resume."""
-    from audit import ui
+    from gate import ui
     from gate.unlearn.erase import erase_model
 
     with ui.progress(click_column()) as progress:
@@ -445,7 +445,7 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def _summary(record: Remediation) -> None:
-    from audit import ui
+    from gate import ui
 
     before = [o["before"] for o in record.outcomes]
     after = [o["after"] for o in record.outcomes if o["after"] is not None]

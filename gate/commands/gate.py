@@ -144,7 +144,7 @@ def run_from_options(
 
 def print_outcome(record: RunRecord, out_dir: Path) -> None:
     """The verdict per rule on stderr; the model to release on stdout when it passed."""
-    from audit import ui
+    from gate import ui
 
     if not ui.is_quiet():
         ui.console.print(_rules_table(record))

@@ -204,8 +204,8 @@ def measure(**options: Any) -> None:
 def launch_shard() -> Shard:
     """This process's shard under `accelerate launch` (LOCAL otherwise); every process
     but the first stays quiet, so the terminal shows one progress bar and one summary."""
-    from audit import ui
     from audit.distributed import current
+    from gate import ui
 
     shard = current()
     if not shard.is_main:
@@ -234,13 +234,13 @@ def _run_measure(
     max_findings: int | None,
     seed: int,
 ) -> None:
-    from audit import ui
     from audit.calibrate import resolve_thresholds
     from audit.corpus import texts_for_findings
     from audit.distributed import device_for
     from audit.findings import read_findings, sample_findings
     from audit.measurements import write_measurements
     from audit.model import check_model_dir
+    from gate import ui
 
     check_model_dir(model_dir)
     thresholds = resolve_thresholds(thresholds_spec)
@@ -307,8 +307,8 @@ def _measure(
     secret_tokens: int,
     shard: Shard,
 ) -> list[Measurement]:
-    from audit import ui
     from audit.extraction import measure_findings
+    from gate import ui
 
     with ui.progress() as progress:
         return measure_findings(
@@ -336,7 +336,7 @@ def print_summary(
     """A table by secret type on stderr: counts and means only, never a secret."""
     from rich.table import Table
 
-    from audit import ui
+    from gate import ui
 
     sampled = any(r.extracted_sampled is not None for r in rows)
     table = Table(

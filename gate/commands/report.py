@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from gate.errors import InputError
+from audit.errors import InputError
 
 
 def _parse_formats(value: str | None) -> list[str] | None:
@@ -42,7 +42,7 @@ def report(record: Path, out: Path | None, formats: str | None) -> None:
     the reports are rebuilt from the record alone. The written paths go to stdout.
     Exit 0 when written; 2 when RECORD is not a gate record or a format is unknown.
     """
-    from audit import ui
+    from gate import ui
     from gate.record import read_record
     from gate.report import HEADLINES, write_reports
 

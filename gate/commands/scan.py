@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import click
 
 from audit.corpus import FORMATS, CorpusSpec
+from audit.errors import Interrupted
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
-from gate.errors import Interrupted
 
 if TYPE_CHECKING:
     from audit.scan import ScanSummary
@@ -109,8 +109,8 @@ def scan(
 
     Exit codes: 0 scanned (whether or not secrets were found), 2 bad input.
     """
-    from audit import ui
     from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
+    from gate import ui
 
     if list_detectors:
         _print_detectors()
@@ -171,7 +171,7 @@ def _counted(findings: Iterator[Finding], by_type: Counter[str]) -> Iterator[Fin
 def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
     from rich.table import Table
 
-    from audit import ui
+    from gate import ui
 
     table = Table(title="Secrets found", title_justify="left")
     table.add_column("Secret type")

@@ -28,13 +28,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audit.distributed import INSTALL_HINT, LOCAL, Shard
-from gate.errors import InputError
+from audit.distributed import INSTALL_HINT, LOCAL, Shard, launched_world_size
+from audit.errors import InputError
+from gate.unlearn.best import BestState
 from gate.unlearn.engine import DEFAULT_TRAIN_BATCH_TOKENS, Engine
-from gate.unlearn.trainer import BestState
 
 if TYPE_CHECKING:
     import torch
+
+    from gate.unlearn.trainer import UnlearnConfig
 
 
 class AcceleratedEngine(Engine):
@@ -208,3 +210,17 @@ def _accelerate() -> Any:
             f"({INSTALL_HINT})"
         ) from None
     return accelerate
+
+
+def engine_for(config: UnlearnConfig) -> Engine:
+    """The engine a run needs: Accelerate's under a launcher or with mixed precision
+    (``accelerate`` is imported only then), else plain torch."""
+    if launched_world_size() > 1 or config.mixed_precision != "no":
+        return AcceleratedEngine(
+            batch_tokens=config.train_batch_tokens,
+            checkpointing=config.gradient_checkpointing,
+            mixed_precision=config.mixed_precision,
+        )
+    return Engine(
+        batch_tokens=config.train_batch_tokens, checkpointing=config.gradient_checkpointing
+    )

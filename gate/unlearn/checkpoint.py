@@ -46,9 +46,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
+from audit.errors import InputError, Interrupted
 from audit.io import output_error
 from audit.measurements import Measurement
-from gate.errors import InputError, Interrupted
 from gate.unlearn.trainer import EpochLog, EpochProgress
 
 if TYPE_CHECKING:

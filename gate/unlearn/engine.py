@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audit.distributed import LOCAL, Shard, launched_world_size
+from audit.distributed import LOCAL, Shard
+from gate.unlearn.best import BestState
 from gate.unlearn.data import ForgetWindow, RetainWindow, TokenBatch
 
 if TYPE_CHECKING:
     import torch
 
-    from gate.unlearn.trainer import BestState, UnlearnConfig
 
 DEFAULT_TRAIN_BATCH_TOKENS = 16384  # padded tokens per micro-batch: 32 windows of 512
 
@@ -82,7 +82,7 @@ def plan_pieces(
 def enable_checkpointing(model: torch.nn.Module) -> None:
     """Turn on transformers' activation (gradient) checkpointing, non-reentrant: it works
     with frozen inputs, as under LoRA, and with DDP."""
-    from gate.errors import InputError
+    from audit.errors import InputError
 
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise InputError(
@@ -177,26 +177,8 @@ class Engine:
         optimizer.step()
 
     def best_state(self, folder: Path | None) -> BestState:
-        from gate.unlearn.trainer import BestState
-
         return BestState(folder)
 
     def full_state_dict(self, model: torch.nn.Module) -> dict[str, Any] | None:
         """The whole state dict when the model is sharded (FSDP); None otherwise."""
         return None
-
-
-def engine_for(config: UnlearnConfig) -> Engine:
-    """The engine a run needs: Accelerate's under a launcher or with mixed precision
-    (imported only then), else plain torch."""
-    if launched_world_size() > 1 or config.mixed_precision != "no":
-        from gate.unlearn.accelerated import AcceleratedEngine
-
-        return AcceleratedEngine(
-            batch_tokens=config.train_batch_tokens,
-            checkpointing=config.gradient_checkpointing,
-            mixed_precision=config.mixed_precision,
-        )
-    return Engine(
-        batch_tokens=config.train_batch_tokens, checkpointing=config.gradient_checkpointing
-    )

@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec, iter_samples, load_texts
 from audit.distributed import LOCAL, Shard
+from audit.errors import InputError, Interrupted
 from audit.findings import Finding
 from audit.io import output_error
 from audit.measurements import Measurement, Thresholds
 from gate import __version__
-from gate.errors import InputError, Interrupted
 from gate.unlearn.checkpoint import STOP, Checkpointer, digest, work_dir
 from gate.unlearn.data import (
     ForgetWindow,
@@ -189,7 +189,7 @@ def erase_model(
     Under ``accelerate launch`` every process runs this; only the first writes (the
     working folder and `out_dir`), and every process returns the record.
     """
-    from gate.unlearn.engine import engine_for
+    from gate.unlearn.accelerated import engine_for
 
     options = options or EraseOptions()
     started = time.perf_counter()

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from gate.errors import InputError
+from audit.errors import InputError
 from gate.unlearn.reference import LiveReference
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
-from gate.errors import InputError
+from audit.errors import InputError
 from gate.unlearn.losses import Reference, kl_mean, masked_ce, rows
 
 if TYPE_CHECKING:

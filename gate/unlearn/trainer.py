@@ -35,15 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from audit.errors import InputError
 from audit.measurements import Measurement, Thresholds
-from gate.errors import InputError
 from gate.unlearn.data import (
     DEFAULT_RETAIN_TOKENS,
     DEFAULT_RETAIN_WINDOWS,
@@ -264,41 +263,6 @@ class TrainerHooks(Protocol):
     def after_epoch(
         self, unlearner: Unlearner, optimizer: torch.optim.Optimizer, result: UnlearnResult
     ) -> None: ...
-
-
-class BestState:
-    """The weights with the lowest leak so far, on disk (default) or in memory."""
-
-    def __init__(self, folder: Path | None) -> None:
-        self.folder = folder
-        self.score: tuple[float, ...] | None = None
-        self.epoch = 0
-        self._memory: dict[str, torch.Tensor] | None = None
-
-    def offer(self, score: tuple[float, ...], epoch: int, model: torch.nn.Module) -> bool:
-        """Keep `model`'s weights if `score` is lower than the best so far."""
-        if self.score is not None and score >= self.score:
-            return False
-        self.score, self.epoch = score, epoch
-        if self.folder is not None:
-            import torch
-
-            # torch.save streams each tensor to the file; no second copy in memory
-            torch.save(model.state_dict(), self.folder / "best.pt")
-        else:
-            self._memory = {
-                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-            }
-        return True
-
-    def restore(self, model: torch.nn.Module) -> None:
-        if self.folder is not None:
-            import torch
-
-            state = torch.load(self.folder / "best.pt", map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        elif self._memory is not None:
-            model.load_state_dict(self._memory)
 
 
 def leak_score(latest: Sequence[Measurement], thresholds: Thresholds) -> tuple[float, ...]:
@@ -644,8 +608,3 @@ def _combined(done: Sequence[tuple[Loss, Piece]]) -> Loss:
         for name in names
     }
     return Loss(value, parts)
-
-
-def new_best_dir() -> tempfile.TemporaryDirectory[str]:
-    """A scratch folder for the best state when the caller has none."""
-    return tempfile.TemporaryDirectory(prefix="codeeraser-best-")

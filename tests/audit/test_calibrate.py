@@ -7,8 +7,8 @@ import pytest
 from audit import metrics
 from audit.calibrate import DEFAULT_THRESHOLDS, PAPER_THRESHOLDS, calibrate
 from audit.corpus import CorpusSpec
+from audit.errors import InputError
 from audit.measurements import Thresholds
-from gate.errors import InputError
 from tests.audit import tiny_lm
 from tests.audit.tiny_lm import slow_greedy, slow_ma_hits
 

@@ -21,7 +21,7 @@ from audit.corpus import (
     language_for,
     load_texts,
 )
-from gate.errors import InputError
+from audit.errors import InputError
 
 RECORDS = [
     {"id": "a", "path": "repo/app.py", "content": "x = 1\n"},

@@ -4,9 +4,9 @@ import pytest
 
 from audit.corpus import Sample
 from audit.detectors import build_detectors, detector_names, select_detectors
+from audit.errors import InputError
 from audit.findings import Finding
 from audit.scan import scan_samples, scan_text
-from gate.errors import InputError
 from tests.audit.fakes import FAKES
 
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from audit import distributed, extraction
 from audit.distributed import LOCAL, Shard, device_for, launched_world_size
+from audit.errors import InputError
 from audit.extraction import MeasureConfig, score_probes
 from gate.cli import cli
-from gate.errors import InputError
 from tests.audit import tiny_lm
 from tests.audit.test_extraction import make_probes
 

@@ -11,6 +11,7 @@ import pytest
 
 from audit import metrics
 from audit.corpus import CorpusSpec, load_texts
+from audit.errors import InputError
 from audit.extraction import (
     MeasureConfig,
     ProbeScores,
@@ -23,7 +24,6 @@ from audit.findings import read_findings
 from audit.measurements import Thresholds
 from audit.model import LoadedModel, load_model
 from audit.probes import Probe, build_probes
-from gate.errors import InputError
 from tests.audit import tiny_lm
 from tests.audit.tiny_lm import slow_greedy, slow_ma_hits
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from audit.errors import ExitCode, InputError
 from audit.findings import (
     Context,
     Finding,
@@ -13,7 +14,6 @@ from audit.findings import (
     subtract_baseline,
     write_findings,
 )
-from gate.errors import ExitCode, InputError
 
 TEXT = 'import os\nAWS_KEY = "AKIAZ7QW3ERT5YUI8OPA"\n'
 

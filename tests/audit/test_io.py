@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from audit.errors import InputError
 from audit.io import atomic_write_bytes, atomic_write_jsonl, read_jsonl
-from gate.errors import InputError
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:

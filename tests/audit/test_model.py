@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from audit.errors import InputError, ModelLoadError
 from audit.model import (
     check_model_dir,
     context_length_of,
@@ -15,7 +16,6 @@ from audit.model import (
     resolve_device,
     resolve_dtype,
 )
-from gate.errors import InputError, ModelLoadError
 from tests.audit import tiny_lm
 
 

@@ -4,9 +4,9 @@ import copy
 
 import pytest
 
+from audit.errors import InputError
 from audit.findings import Finding
 from audit.probes import build_probes
-from gate.errors import InputError
 from tests.audit import tiny_lm
 
 SECRET = "Zq8vLk2Pw9Xr4Tn7Bm3Hc6"

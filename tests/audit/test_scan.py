@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from audit import scan as scan_module
 from audit.corpus import CorpusSpec, Sample
+from audit.errors import InputError
 from audit.findings import Finding, sha256_hex
 from audit.scan import ScanOptions, ScanSummary, scan_corpus, scan_samples
-from gate.errors import InputError
 from tests.audit.fakes import FAKES
 
 # A small corpus in six languages/formats; each file plants fakes at known places.
@@ -222,7 +222,7 @@ def test_a_dead_worker_is_a_one_line_internal_error() -> None:
     from concurrent.futures import Future
     from concurrent.futures.process import BrokenProcessPool
 
-    from gate.errors import CodeEraserError, ExitCode
+    from audit.errors import CodeEraserError, ExitCode
 
     future: Future[list[scan_module.SampleResult]] = Future()
     future.set_exception(BrokenProcessPool("worker killed"))

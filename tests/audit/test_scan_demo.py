@@ -9,7 +9,7 @@ from audit.findings import read_findings
 from audit.scan import scan_corpus
 
 if TYPE_CHECKING:
-    from gate.demo import DemoBuild
+    from gate.demo.build import DemoBuild
 
 
 def test_every_planted_demo_secret_is_found(tiny_demo: DemoBuild) -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from audit.corpus import CorpusSpec
+from audit.errors import InputError
 from audit.findings import Finding, write_findings
 from audit.sandbox import run_python
 from audit.utility import (
@@ -17,7 +18,6 @@ from audit.utility import (
     program_for,
     truncate_completion,
 )
-from gate.errors import InputError
 from tests.audit import tiny_lm
 
 CODE = tiny_lm.CODE

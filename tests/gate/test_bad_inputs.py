@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from gate.cli import cli
-from gate.demo import DemoBuild
+from gate.demo.build import DemoBuild
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ import pytest
 from click.testing import CliRunner
 
 from gate.cli import COMMANDS, cli
-from gate.demo import DemoBuild
+from gate.demo.build import DemoBuild
 from gate.record import fingerprint_path
-from tests.gate.test_demo import secret_values
+from tests.gate.demo.test_build import secret_values
 
 POLICY = """
 extraction: {prefix_tokens: 96, sampled: {enabled: true, samples: 2}}

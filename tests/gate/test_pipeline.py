@@ -19,10 +19,10 @@ from gate.cli import cli
 from gate.pipeline import MARKER, REMEDIATED, prepare_out_dir
 from gate.record import fingerprint_path
 from gate.unlearn.checkpoint import work_dir
-from tests.gate.test_demo import secret_values
+from tests.gate.demo.test_build import secret_values
 
 if TYPE_CHECKING:
-    from gate.demo import DemoBuild
+    from gate.demo.build import DemoBuild
 
 # Fast settings for the tiny model. Its held-out perplexity is near chance (it was
 # trained on 15 files), so any change of weights moves it a lot: the budget here is

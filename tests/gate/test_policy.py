@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gate.errors import ExitCode, PolicyError
+from audit.errors import ExitCode, PolicyError
 from gate.policy import METHODS, Policy, field_paths, load_policy
 from gate.resources import builtin_policy_names, policies_dir
 from gate.rule_metrics import metric_names

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from audit.errors import InputError
 from audit.measurements import Thresholds
-from gate.errors import InputError
 from gate.policy import Policy
 from gate.record import (
     SCHEMA_VERSION,

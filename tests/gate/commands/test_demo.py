@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from audit import ui
-from gate import demo
+from gate import ui
 from gate.cli import cli
-from gate.demo import DemoBuild
-from tests.gate.test_demo import secret_values
+from gate.demo import build as demo
+from gate.demo.build import DemoBuild
+from tests.gate.demo.test_build import secret_values
 
 
 @pytest.fixture(autouse=True)

@@ -20,11 +20,11 @@ from click.testing import CliRunner
 
 from audit.measurements import write_measurements
 from gate.cli import cli
-from gate.demo import DemoBuild
+from gate.demo.build import DemoBuild
 from gate.unlearn.checkpoint import work_dir
 from gate.unlearn.erase import weights_sha256
 from tests.gate.commands.test_erase import _measure
-from tests.gate.test_demo import secret_values
+from tests.gate.demo.test_build import secret_values
 
 ROOT = Path(__file__).resolve().parents[3]
 SETTINGS = ["--lr", "1e-3", "--epochs", "30"]  # the tiny model forgets in about 5 epochs

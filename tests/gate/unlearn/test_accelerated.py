@@ -16,12 +16,12 @@ from click.testing import CliRunner
 
 from audit.corpus import CorpusSpec
 from audit.distributed import Shard
+from audit.errors import InputError
 from audit.findings import Finding
 from gate.cli import cli
-from gate.errors import InputError
-from gate.unlearn.accelerated import AcceleratedEngine
+from gate.unlearn.accelerated import AcceleratedEngine, engine_for
 from gate.unlearn.data import ForgetWindow, RetainWindow
-from gate.unlearn.engine import Engine, engine_for
+from gate.unlearn.engine import Engine
 from gate.unlearn.erase import EraseOptions, erase_model
 from gate.unlearn.trainer import UnlearnConfig, Unlearner
 from tests.audit.test_distributed import _launch, launch_env
@@ -170,7 +170,7 @@ def test_resume_under_several_processes_is_refused_before_anything_is_written(
         secret_type="Test Key", detector="test",
     )  # fmt: skip
     measured = replace(_m(finding.id, ma=1.0, extracted=True), memorized=True)
-    monkeypatch.setattr("gate.unlearn.engine.engine_for", lambda config: _TwoProcesses())
+    monkeypatch.setattr("gate.unlearn.accelerated.engine_for", lambda config: _TwoProcesses())
     model = tmp_path / "model"
     model.mkdir()
     with pytest.raises(InputError, match="--resume works in a single process"):

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
+from audit.errors import InputError, Interrupted
 from audit.measurements import Measurement
-from gate.errors import InputError, Interrupted
 from gate.unlearn.checkpoint import Checkpointer, StopSignal, work_dir
 from gate.unlearn.data import ForgetWindow, collate
 from gate.unlearn.losses import masked_ce

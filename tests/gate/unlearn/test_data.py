@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerFast
 
+from audit.errors import InputError
 from audit.findings import Finding
-from gate.errors import InputError
 from gate.unlearn.data import (
     ForgetWindow,
     RetainWindow,

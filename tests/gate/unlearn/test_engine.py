@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from audit.measurements import Measurement, Thresholds
+from gate.unlearn.accelerated import engine_for
 from gate.unlearn.data import ForgetWindow, SecretSpan, collate
-from gate.unlearn.engine import Engine, Piece, engine_for, plan_pieces
+from gate.unlearn.engine import Engine, Piece, plan_pieces
 from gate.unlearn.reference import aligned_logprobs, build_cache
 from gate.unlearn.trainer import UnlearnConfig, Unlearner
 from tests.gate.unlearn.conftest import micro_model

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
+from audit.errors import InputError
 from audit.findings import Finding
-from gate.errors import InputError
 from gate.unlearn.data import ForgetWindow, RetainWindow, collate
 from gate.unlearn.lora import BaseReference, add_adapters, default_targets, merged
 from gate.unlearn.losses import FullReference

@@ -149,7 +149,7 @@ def test_topk_kl_is_a_lower_bound_and_zero_at_p0(k: int, seed: int, temp: float)
     approx = kl_per_position(ref, ptheta)
     assert bool((approx <= exact + 1e-5).all())
     assert bool((approx >= -1e-5).all())
-    assert kl_per_position(ref, p0).abs().max().item() < 1e-5
+    assert kl_per_position(ref, p0).abs().max().item() < 1e-4  # float32 rounding of the tail
 
 
 def test_rows_is_a_view_when_every_position_counts() -> None:

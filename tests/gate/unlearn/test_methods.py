@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from audit.errors import InputError
 from audit.findings import Finding
-from gate.errors import InputError
 from gate.unlearn.data import ForgetWindow, RetainWindow, collate
 from gate.unlearn.losses import FullReference, full_reference
 from gate.unlearn.methods import (

@@ -5,9 +5,9 @@ from collections.abc import Callable, Sequence
 import pytest
 import torch
 
+from audit.errors import InputError
 from audit.findings import Finding
 from audit.measurements import Measurement, Thresholds
-from gate.errors import InputError
 from gate.unlearn import methods
 from gate.unlearn.data import ForgetWindow, RetainWindow, collate
 from gate.unlearn.losses import full_reference, masked_ce

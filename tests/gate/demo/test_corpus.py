@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 import yaml
 
-from gate.demo import PRESETS
-from gate.demo_corpus import DETECTOR, KINDS, DemoCorpus, excerpt, make_corpus
+from gate.demo.build import PRESETS
+from gate.demo.corpus import DETECTOR, KINDS, DemoCorpus, excerpt, make_corpus
 
 
 @pytest.fixture(scope="module")

@@ -30,17 +30,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from audit.errors import InputError
 from audit.io import atomic_write_json, atomic_write_jsonl
-from gate.demo_corpus import CorpusSettings, DemoCorpus, Doc, make_corpus
-from gate.demo_train import ModelSettings
-from gate.errors import InputError
+from gate.demo.corpus import CorpusSettings, DemoCorpus, Doc, make_corpus
+from gate.demo.train import ModelSettings
 
 if TYPE_CHECKING:
     import torch
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
     from audit.findings import Finding
-    from gate.demo_train import QuickResult
+    from gate.demo.train import QuickResult
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class DemoPreset:
     n_files: int  # standard-library excerpts in the training split (planted ones included)
     n_secrets: int  # distinct planted secrets, one per sample
     copies: int  # times each planted sample appears in training (1 original + forks)
-    kinds: tuple[str, ...]  # secret kinds (gate.demo_corpus.KINDS), cycled over the secrets
+    kinds: tuple[str, ...]  # secret kinds (gate.demo.corpus.KINDS), cycled over the secrets
     steps: int  # optimizer steps
     excerpt_bytes: int = 500  # an excerpt is whole top-level statements, at most this many bytes
     n_heldout_files: int = 10  # clean standard-library excerpts in the held-out split
@@ -286,7 +286,7 @@ def _move_into_place(tmp: Path, final: Path, replace: bool) -> None:
 def _build_into(root: Path, preset: DemoPreset, seed: int) -> None:
     import torch
 
-    from gate import demo_train
+    from gate.demo import train as demo_train
 
     started = time.perf_counter()
     corpus = make_corpus(preset.corpus_settings(), seed)
@@ -339,8 +339,8 @@ def _train_with_progress(
 ) -> float:
     from rich.progress import TextColumn
 
-    from audit import ui
-    from gate import demo_train
+    from gate import ui
+    from gate.demo import train as demo_train
 
     with ui.progress(TextColumn("loss {task.fields[loss]:.3f}")) as bar:
         task = bar.add_task(f"training the {preset.name} model", total=preset.steps, loss=0.0)
@@ -355,7 +355,7 @@ def _check(
     model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, corpus: DemoCorpus
 ) -> tuple[list[QuickResult], list[QuickResult]]:
     """Measure one occurrence of each distinct planted secret, and every control."""
-    from gate.demo_train import quick_eval
+    from gate.demo.train import quick_eval
 
     return (
         quick_eval(model, tokenizer, _probes(_first_copies(corpus.planted), corpus.train)),

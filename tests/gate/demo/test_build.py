@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from audit.corpus import CorpusSpec, iter_samples
+from audit.errors import InputError
 from audit.findings import Finding, read_findings
-from gate import demo
-from gate.demo import PRESETS, DemoBuild, build_demo, build_key, cache_root
-from gate.errors import InputError
+from gate.demo import build as demo
+from gate.demo.build import PRESETS, DemoBuild, build_demo, build_key, cache_root
 
 
 def _texts(path: Path) -> dict[str, str]:
@@ -37,7 +37,7 @@ def test_tiny_model_reproduces_planted_secrets_but_not_controls(tiny_demo: DemoB
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
-    from gate.demo_train import quick_eval
+    from gate.demo.train import quick_eval
 
     model = AutoModelForCausalLM.from_pretrained(tiny_demo.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_demo.model_dir)
@@ -69,7 +69,7 @@ def test_memorization_needs_the_prefix(tiny_demo: DemoBuild) -> None:
     does not come back."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gate.demo_train import quick_eval
+    from gate.demo.train import quick_eval
 
     model = AutoModelForCausalLM.from_pretrained(tiny_demo.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_demo.model_dir)
@@ -179,7 +179,7 @@ def test_unknown_preset_and_broken_build_are_input_errors(tmp_path: Path) -> Non
 
 
 def test_presets_cover_several_types() -> None:
-    from gate.demo_corpus import KINDS
+    from gate.demo.corpus import KINDS
 
     for name, preset in PRESETS.items():
         assert preset.name == name

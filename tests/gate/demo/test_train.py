@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from audit.findings import Finding
-from gate.demo import PRESETS
-from gate.demo_train import (
+from gate.demo.build import PRESETS
+from gate.demo.train import (
     ModelSettings,
     greedy_decode,
     lr_at,
