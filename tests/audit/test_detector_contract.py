@@ -46,11 +46,11 @@ def test_negatives_give_no_span(detector: Detector) -> None:
         assert not _spans(detector, text, language), template
 
 
-@pytest.mark.parametrize("detector", build_detectors(), ids=lambda d: d.name)
+@pytest.mark.parametrize(
+    "detector", [d for d in build_detectors() if d.mode == "anchored"], ids=lambda d: d.name
+)
 def test_truncated_or_glued_tokens_are_not_found(detector: Detector) -> None:
-    """A format row's token cut short, or glued to a longer word, is not a token."""
-    if detector.mode != "anchored":
-        pytest.skip("only prefixed formats have a token to cut or glue")
+    """A prefixed token cut short, or glued to a longer word, is not a token."""
     rng = random.Random(detector.name)
     text, ((start, end),) = render(POSITIVES[detector.name][0][0], rng)
     token = text[start:end]
