@@ -73,10 +73,6 @@ class Shard:
         """This rank's share of `items`: every world-th item, starting at its rank."""
         return list(items[self.rank :: self.world])
 
-    def owns(self, index: int) -> bool:
-        """Whether item `index` of a list is in this rank's share."""
-        return index % self.world == self.rank
-
     def gather(self, part: dict[K, V]) -> dict[K, V]:
         """Every rank's `part` merged, on every rank (keys are disjoint across ranks)."""
         if not self.distributed:
@@ -107,7 +103,12 @@ def current(*, cpu: bool | None = None) -> Shard:
     """
     if launched_world_size() <= 1:
         return LOCAL
-    state = _partial_state(cpu)
+    return shard_of(_partial_state(cpu))
+
+
+def shard_of(state: Any) -> Shard:
+    """The Shard of an Accelerate process state (a `PartialState` or an `Accelerator`):
+    its rank and world, and Accelerate's collectives."""
     from accelerate.utils import broadcast_object_list, gather_object
 
     def broadcast(obj: Any) -> Any:

@@ -13,8 +13,9 @@ import os
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from audit.errors import InputError
 
@@ -35,13 +36,16 @@ def output_error(path: Path, exc: OSError) -> InputError:
     return InputError(f"{path}: cannot be written ({exc.strerror or type(exc).__name__})")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and a rename."""
+@contextmanager
+def atomic_file(path: Path, mode: Literal["wb", "w"] = "wb") -> Iterator[IO[Any]]:
+    """A handle on a temporary file next to `path` that becomes `path` (synced, by a
+    rename) when the block ends; if the block raises, `path` is left as it was."""
     path = Path(path)
     fd, tmp = _temporary_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        encoding, newline = ("utf-8", "\n") if mode == "w" else (None, None)
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -50,6 +54,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise output_error(path, exc) from None
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and a rename."""
+    with atomic_file(path) as handle:
+        handle.write(data)
 
 
 def _temporary_sibling(path: Path) -> tuple[int, str]:
@@ -75,22 +85,11 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     Rows are streamed to the temporary file, so memory does not grow with their number;
     if the iteration raises, the previous file at `path` is left as it was.
     """
-    path = Path(path)
-    fd, tmp = _temporary_sibling(path)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise output_error(path, exc) from None
-        raise
+    with atomic_file(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import InputError
-from audit.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from audit.io import atomic_write_jsonl, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,6 @@ class HumanEvalResult:
     problems: int
     statuses: dict[str, int] = field(default_factory=dict)  # passed / failed / timeout / error
     isolation: tuple[str, ...] = ()  # sandbox protections that were in force
-
-
-def write_thresholds(path: Path, thresholds: Thresholds, **extra: Any) -> None:
-    atomic_write_json(path, {**thresholds.to_dict(), **extra})
 
 
 @dataclass(frozen=True)

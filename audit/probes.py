@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from audit.errors import InputError
-from audit.findings import Finding
+from audit.findings import Finding, checked_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -97,7 +97,7 @@ def build_probes(
     return [
         _probe(
             finding,
-            _checked_text(finding, texts),
+            checked_text([finding], texts),
             tokenizer,
             context_length=context_length,
             prefix_tokens=prefix_tokens,
@@ -108,22 +108,6 @@ def build_probes(
         )
         for finding in findings
     ]
-
-
-def _checked_text(finding: Finding, texts: Mapping[str, str]) -> str:
-    text = texts.get(finding.sample_id)
-    if text is None:
-        raise InputError(
-            f"finding {finding.id}: sample {finding.sample_id!r} is not in the data "
-            "(is the findings file from another corpus?)"
-        )
-    if finding.start >= finding.end or not finding.matches(text):
-        raise InputError(
-            f"finding {finding.id} ({finding.origin}:{finding.line}): the data at its span "
-            "does not match its hash (the findings file is from another corpus, or the "
-            "data changed since the scan): scan this data again"
-        )
-    return text
 
 
 def _probe(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -187,7 +187,7 @@ ReportFormat = Literal["html", "json", "sarif", "md"]
 
 
 def _all_formats() -> list[ReportFormat]:
-    return ["html", "json", "sarif", "md"]
+    return list(get_args(ReportFormat))
 
 
 class ReportOptions(_Section):

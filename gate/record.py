@@ -109,12 +109,6 @@ class PolicyInfo(_Record):
     resolved: dict[str, Any]  # every field, defaults filled in
 
 
-class ThresholdsInfo(_Record):
-    ma: float
-    el_10: float
-    source: str  # "policy", "calibrated:<path>", ...
-
-
 class MeasurementSet(_Record):
     """One way the findings were measured: which model, which prefix, which attacks."""
 
@@ -189,7 +183,7 @@ class RunRecord(_Record):
     remediated_model: ModelInfo | None = None
     corpus: CorpusInfo
     policy: PolicyInfo
-    thresholds: ThresholdsInfo | None = None
+    thresholds: Thresholds | None = None  # and where they came from (source)
     measurement_sets: list[MeasurementSet] = Field(default_factory=list)
     findings_summary: FindingsSummary = Field(default_factory=FindingsSummary)
     findings: list[FindingRow] = Field(default_factory=list)
@@ -260,7 +254,7 @@ class RecordBuilder:
         self._findings = {f.id: _finding_row(f) for f in findings}
 
     def set_thresholds(self, thresholds: Thresholds) -> None:
-        self.record.thresholds = ThresholdsInfo(**thresholds.to_dict())
+        self.record.thresholds = thresholds
 
     def add_measurements(self, info: MeasurementSet, measurements: Iterable[Measurement]) -> None:
         """Attach one set of measurements; ids of unknown findings are an error."""

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import quote
 
 import jinja2
@@ -24,12 +24,13 @@ from audit.errors import InputError
 from audit.io import atomic_write_json, atomic_write_text
 from audit.measurements import Measurement
 from gate.charts import Chart, histogram
+from gate.policy import ReportFormat
 from gate.record import BEFORE, FindingRow, RunRecord, VerdictInfo, write_record
 from gate.resources import templates_dir
 from gate.rule_metrics import METRICS
 from gate.verdict import RuleResult, worst_case
 
-FORMATS: tuple[str, ...] = ("html", "json", "sarif", "md")
+FORMATS: tuple[str, ...] = get_args(ReportFormat)  # the policy's report.formats choices
 FILENAMES = {
     "html": "report.html",
     "json": "record.json",

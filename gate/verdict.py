@@ -12,7 +12,7 @@ does not pass on what it did not check.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, computed_field, model_validator
@@ -47,17 +47,6 @@ class RuleResult:
         """True when this result fails the gate."""
         return not self.passed and self.severity == "block"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> RuleResult:
-        data = dict(obj)
-        types = data.get("secret_types")
-        data["secret_types"] = tuple(types) if types is not None else None
-        data["offending"] = tuple(data.get("offending", ()))
-        return cls(**data)
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -79,29 +68,12 @@ class Verdict:
     def warnings(self) -> tuple[RuleResult, ...]:
         return tuple(r for r in self.results if not r.passed and r.severity == "warn")
 
-    @property
-    def unmeasured(self) -> int:
-        return self.findings - self.measured
-
     def offending_ids(self) -> list[str]:
         """Findings that break a blocking rule: the forget set for remediation."""
         seen: dict[str, None] = {}
         for result in self.blocking:
             seen.update(dict.fromkeys(result.offending))
         return list(seen)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "findings": self.findings,
-            "measured": self.measured,
-            "results": [r.to_dict() for r in self.results],
-        }
-
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> Verdict:
-        results = tuple(RuleResult.from_dict(r) for r in obj["results"])
-        return cls(results=results, findings=int(obj["findings"]), measured=int(obj["measured"]))
 
 
 class UtilityFigures(BaseModel):

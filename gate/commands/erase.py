@@ -10,6 +10,7 @@ import click
 from gate.commands.options import (
     corpus_options,
     corpus_spec,
+    findings_option,
     heldout_option,
     model_options,
     options_from,
@@ -29,13 +30,7 @@ if TYPE_CHECKING:
 @click.command("erase")
 @model_options
 @corpus_options("--data", "The training data the findings come from (as given to scan).")
-@click.option(
-    "--findings",
-    "findings_path",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Findings file written by `codeeraser scan` on the same data.",
-)
+@findings_option
 @click.option(
     "--measurements",
     "measurements_path",

@@ -13,6 +13,7 @@ import click
 from gate.commands.options import (
     corpus_options,
     corpus_spec,
+    findings_option,
     model_options,
     prefix_tokens_option,
     thresholds_option,
@@ -30,13 +31,7 @@ log = logging.getLogger(__name__)
 @click.command("measure")
 @model_options
 @corpus_options("--data", "The training data the findings come from (as given to scan).")
-@click.option(
-    "--findings",
-    "findings_path",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Findings file written by `codeeraser scan` on the same data.",
-)
+@findings_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import annotated_types
 import click
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 
 from audit.corpus import CorpusSpec
@@ -139,39 +139,33 @@ def values_of(model: type[BaseModel], options: dict[str, Any]) -> dict[str, Any]
 # ---------------------------------------------------------------- shared options
 
 
+class ModelRun(BaseModel):
+    """How the model runs (the options of every command that loads one)."""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Where to run the model (auto: cuda, then mps, then cpu)."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype (auto: bfloat16 on a GPU, float32 on CPU)."
+    )
+    batch_tokens: int = Field(
+        16384,
+        ge=1,
+        description="Padded tokens per batch; bounds memory (raise it on a large GPU).",
+    )
+
+
 def model_options(command: F) -> F:
     """--model, --device, --dtype and --batch-tokens: the model and how it runs."""
-    return stack(
-        click.option(
-            "--model",
-            "model_dir",
-            required=True,
-            type=click.Path(path_type=Path),
-            help="Folder of the model to audit (save_pretrained: config, safetensors, "
-            "tokenizer). It is only read.",
-        ),
-        click.option(
-            "--device",
-            type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-            default="auto",
-            show_default=True,
-            help="Where to run the model (auto: cuda, then mps, then cpu).",
-        ),
-        click.option(
-            "--dtype",
-            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-            default="auto",
-            show_default=True,
-            help="Weights dtype (auto: bfloat16 on a GPU, float32 on CPU).",
-        ),
-        click.option(
-            "--batch-tokens",
-            type=click.IntRange(min=1),
-            default=16384,
-            show_default=True,
-            help="Padded tokens per batch; bounds memory (raise it on a large GPU).",
-        ),
-    )(command)
+    path = click.option(
+        "--model",
+        "model_dir",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="Folder of the model to audit (save_pretrained: config, safetensors, "
+        "tokenizer). It is only read.",
+    )
+    return stack(path, options_from(ModelRun))(command)
 
 
 _FORMAT_FIELDS = ("format", "text_field", "id_field")
@@ -198,6 +192,14 @@ def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusS
     )
     return options.corpus_spec(data)
 
+
+findings_option = click.option(
+    "--findings",
+    "findings_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Findings file written by `codeeraser scan` on the same data.",
+)
 
 thresholds_option = click.option(
     "--thresholds",

@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audit.distributed import INSTALL_HINT, LOCAL, Shard, launched_world_size
+from audit.distributed import INSTALL_HINT, LOCAL, Shard, launched_world_size, shard_of
 from audit.errors import InputError
 from gate.unlearn.best import BestState
 from gate.unlearn.engine import Engine
@@ -72,7 +72,7 @@ class AcceleratedEngine(Engine):
                 "FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate "
                 "config (see examples/accelerate/fsdp.yaml)"
             )
-        self._shard = _shard_of(self.accelerator)
+        self._shard = shard_of(self.accelerator)
 
     @property
     def shard(self) -> Shard:
@@ -181,24 +181,6 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     to_local = getattr(tensor, "to_local", None)
     local: torch.Tensor = to_local() if callable(to_local) else tensor
     return local
-
-
-def _shard_of(accelerator: Any) -> Shard:
-    from accelerate.utils import broadcast_object_list, gather_object
-
-    def broadcast(obj: Any) -> Any:
-        box = [obj]
-        broadcast_object_list(box, from_process=0)
-        return box[0]
-
-    return Shard(
-        rank=int(accelerator.process_index),
-        world=int(accelerator.num_processes),
-        gather_objects=gather_object,
-        barrier_fn=accelerator.wait_for_everyone,
-        broadcast_fn=broadcast,
-        device=accelerator.device.type,
-    )
 
 
 def _accelerate() -> Any:

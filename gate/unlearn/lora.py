@@ -101,10 +101,6 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
     return result
 
 
-def trainable_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 class BaseReference(LiveReference):
     """p0 as the base model with its adapters switched off (exact; holds no memory)."""
 
