@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import json
 import os
 import tempfile
@@ -21,6 +22,11 @@ from audit.errors import InputError
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a JSONL line longer than this is not a code record
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 of a JSON-able object (keys sorted): a fingerprint of settings or data."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def output_error(path: Path, exc: OSError) -> InputError:

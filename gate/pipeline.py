@@ -1,26 +1,10 @@
 """The gate: scan → measure → verdict → (erase → measure again → verdict) → reports.
 
 Every stage reuses the code of its own command (`scan`, `calibrate`, `measure`,
-`erase`) and keeps its output in the run folder, so a run can be inspected afterwards:
-
-    OUT/findings.jsonl                  scan
-    OUT/thresholds.json                 calibration (only for `auto` thresholds)
-    OUT/measurements.before.jsonl       the original model
-    OUT/remediated-model/               erase (with remediation.json)
-    OUT/measurements.after.jsonl        the remediated model, same prompts + sampled attack
-    OUT/measurements.after-prefix-N.jsonl  ... and a second prefix length
-    OUT/record.json, report.html, results.sarif, summary.md
-
-The input model folder is only read. The record is written last: a folder without
-record.json is an unfinished run.
-
-Resuming (``--resume``): ``OUT/.codeeraser-run.json`` holds the fingerprints of the
-run's inputs (model, data, resolved policy, device, dtype, batch size) and what the
-finished stages need (the scan's counts). A resumed run with the same inputs reuses
-every stage output already there (each is written atomically, so one that exists is
-complete) and continues the erase stage from its checkpoint; with other inputs it is
-refused. Without ``--resume``, the stage outputs of an earlier run are removed first,
-so nothing stale is ever mistaken for this run's.
+`erase`) and keeps its output in the run folder (`gate.run_folder`: the layout, and
+which outputs of an earlier run a ``--resume`` reuses; a resumed erase stage continues
+from its checkpoint). The input model folder is only read. The record is written last:
+a folder without record.json is an unfinished run.
 
 Under ``accelerate launch`` every process runs the gate: the first one scans and hands
 the findings to the others, the measuring is shared out (`audit.distributed`), erase
@@ -42,9 +26,8 @@ from audit.corpus import CorpusSpec
 from audit.distributed import LOCAL, Shard
 from audit.errors import CodeEraserError, ExitCode, InputError, Interrupted, PolicyError
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
-from audit.io import atomic_write_json, atomic_write_text
+from audit.io import atomic_write_json
 from audit.measurements import Measurement, Thresholds, read_measurements, write_measurements
-from gate import __version__
 from gate.policy import Policy
 from gate.record import (
     AFTER,
@@ -55,6 +38,7 @@ from gate.record import (
     RunRecord,
     fingerprint_path,
 )
+from gate.run_folder import REMEDIATED, RunFolder, RunInputs, ScanCounts, check_out_dir
 from gate.unlearn.remediation import RECORD_NAME, Remediation
 from gate.verdict import Verdict, evaluate, worst_case
 
@@ -62,17 +46,6 @@ if TYPE_CHECKING:
     from audit.model import LoadedModel
 
 log = logging.getLogger(__name__)
-
-MARKER = ".codeeraser-gate"  # marks a folder as a gate run folder (ours to overwrite)
-RUN_STATE = ".codeeraser-run.json"  # the run's input fingerprints, for --resume
-REMEDIATED = "remediated-model"
-# What a gate run writes into its folder (removed before a run that does not resume).
-STAGE_OUTPUTS = (
-    "findings.jsonl", "thresholds.json", "measurements.before.jsonl", "heldout-findings.jsonl",
-    "measurements.after.jsonl", "measurements.after-prefix-*.jsonl", REMEDIATED,
-    f".{REMEDIATED}.partial", "record.json", "report.html", "results.sarif", "summary.md",
-    RUN_STATE,
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,13 +72,12 @@ class _State:
     run: GateRun
     builder: RecordBuilder
     spec: CorpusSpec
+    folder: RunFolder  # its inputs, and whether an earlier run's outputs are reused
     findings: list[Finding] = field(default_factory=list)
     measured: list[Finding] = field(default_factory=list)  # after extraction.max_findings
     thresholds: Thresholds | None = None
     before: list[Measurement] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict, repr=False)
-    inputs: dict[str, Any] = field(default_factory=dict)  # fingerprints (RUN_STATE)
-    reuse: bool = False  # stage outputs in the folder are this run's: reuse them
     shard: Shard = LOCAL  # this process's place under accelerate launch
 
 
@@ -121,13 +93,12 @@ def run_gate(run: GateRun) -> RunRecord:
         raise InputError(
             "--resume works in a single process: rerun without it under accelerate launch"
         )
-    inputs, reuse = _open(run, shard)
+    folder = _open(run, shard)
     state = _State(
         run=run,
-        builder=_builder(run, inputs["model"]),
+        builder=_builder(run, folder.inputs.model),
         spec=run.policy.scan.corpus_spec(run.data),
-        inputs=inputs,
-        reuse=reuse,
+        folder=folder,
         shard=shard,
     )
     try:
@@ -147,18 +118,22 @@ def run_gate(run: GateRun) -> RunRecord:
     return record
 
 
-def _open(run: GateRun, shard: Shard) -> tuple[dict[str, Any], bool]:
-    """The first process fingerprints the inputs and prepares the run folder (see
-    `resumable`, `open_run`); the others get the fingerprints from it."""
-    inputs: dict[str, Any] = {}
-    reuse = False
+def _open(run: GateRun, shard: Shard) -> RunFolder:
+    """The first process fingerprints the inputs and prepares the run folder
+    (`RunFolder.open`); the others get it from the first."""
+    folder: RunFolder | None = None
     if shard.is_main:
-        inputs = run_inputs(run)
-        earlier = resumable(run, inputs)
-        prepare_out_dir(run.out_dir, run.model_dir, run.force)
-        reuse = open_run(run, inputs, earlier)
-    inputs, reuse = shard.broadcast((inputs, reuse))
-    return inputs, reuse
+        inputs = RunInputs.of(
+            run.model_dir, run.data, run.policy, device=run.device, dtype=run.dtype,
+            batch_tokens=run.batch_tokens,
+        )  # fmt: skip
+        folder = RunFolder.open(
+            run.out_dir, run.model_dir, inputs, resume=run.resume, force=run.force
+        )
+    opened = shard.broadcast(folder)
+    if opened is None:  # the first process always opens it
+        raise RuntimeError("the run folder was not opened by the first process")
+    return opened
 
 
 def _stages(state: _State) -> RunRecord:
@@ -184,99 +159,6 @@ def _finish_before(builder: RecordBuilder, verdict: Verdict, run: GateRun) -> Ru
 
 
 # ---------------------------------------------------------------- set-up
-
-
-def prepare_out_dir(out_dir: Path, model_dir: Path, force: bool) -> None:
-    """Create the run folder; refuse one that holds something else (unless `force`)."""
-    check_out_dir(out_dir, model_dir, force)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "record.json").unlink(missing_ok=True)  # an old result is not this run's
-        atomic_write_text(out_dir / MARKER, "codeeraser gate run folder\n")
-    except OSError as exc:
-        raise InputError(f"{out_dir}: cannot write the run folder ({exc.strerror})") from None
-
-
-def check_out_dir(out_dir: Path, model_dir: Path, force: bool) -> None:
-    """Refuse a run folder inside the model, or one that holds something else (unless
-    `force`); write nothing."""
-    out, model = out_dir.resolve(), model_dir.resolve()
-    if out == model or out.is_relative_to(model) or model.is_relative_to(out):
-        raise InputError(f"{out_dir}: the output folder must be outside the model folder")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a folder (choose another --out)")
-    foreign = out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists()
-    if foreign and not force:
-        raise InputError(
-            f"{out_dir}: exists and is not a gate run folder "
-            "(choose an empty or new --out, or --force to write into it)"
-        )
-
-
-def run_inputs(run: GateRun) -> dict[str, Any]:
-    """Fingerprints of everything the run's results depend on."""
-    from gate.unlearn.checkpoint import digest
-
-    return {
-        "tool": __version__,
-        "model": fingerprint_path(run.model_dir),
-        "data": fingerprint_path(run.data),
-        "policy": digest(run.policy.resolved()),
-        "device": run.device,
-        "dtype": run.dtype,
-        "batch_tokens": run.batch_tokens,
-    }
-
-
-def resumable(run: GateRun, inputs: dict[str, Any]) -> dict[str, Any] | None:
-    """With --resume, the state of the earlier run in the folder (None: nothing to
-    reuse); a run of other inputs is refused. Writes nothing."""
-    earlier = _read_run_state(run.out_dir / RUN_STATE) if run.resume else None
-    if earlier is not None and earlier.get("inputs") != inputs:
-        changed = sorted(k for k in inputs if earlier["inputs"].get(k) != inputs[k])
-        raise InputError(
-            f"{run.out_dir}: cannot resume: the run there had other {', '.join(changed)}; "
-            "rerun without --resume to start over"
-        )
-    return earlier
-
-
-def open_run(run: GateRun, inputs: dict[str, Any], earlier: dict[str, Any] | None) -> bool:
-    """Record the run's inputs in its folder; True when the earlier run's stage outputs
-    are reused (see `resumable`); otherwise they are removed."""
-    path = run.out_dir / RUN_STATE
-    if earlier is None:
-        for pattern in STAGE_OUTPUTS:
-            for stale in run.out_dir.glob(pattern):
-                if stale.is_dir():
-                    shutil.rmtree(stale)
-                else:
-                    stale.unlink()
-    atomic_write_json(path, {"inputs": inputs, "stages": (earlier or {}).get("stages", {})})
-    return earlier is not None
-
-
-def _read_run_state(path: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) and isinstance(state.get("inputs"), dict) else None
-
-
-def _stage_done(state: _State, name: str, info: dict[str, Any]) -> None:
-    """Remember what a finished stage's reuse needs besides its output file."""
-    path = state.run.out_dir / RUN_STATE
-    saved = _read_run_state(path) or {"inputs": state.inputs, "stages": {}}
-    saved["stages"][name] = info
-    atomic_write_json(path, saved)
-
-
-def _reusable(state: _State, *names: str) -> bool:
-    """All these stage outputs exist and belong to this run (--resume)."""
-    return state.reuse and all((state.run.out_dir / name).exists() for name in names)
 
 
 def _builder(run: GateRun, model_sha256: str) -> RecordBuilder:
@@ -309,11 +191,10 @@ def _scan_here(state: _State) -> None:
     from gate import ui
 
     run, policy = state.run, state.run.policy
-    scanned = _read_run_state(run.out_dir / RUN_STATE) or {}
-    counts = scanned.get("stages", {}).get("scan")
-    if _reusable(state, "findings.jsonl") and isinstance(counts, dict):
+    counts = state.folder.scan_counts()
+    if state.folder.reusable("findings.jsonl") and counts is not None:
         state.findings = read_findings(run.out_dir / "findings.jsonl")
-        _set_scan(state, counts["samples"], counts["chars"])
+        _set_scan(state, counts)
         _say(f"Scan: {len(state.findings)} secrets (reused {run.out_dir / 'findings.jsonl'}).")
         return
     try:
@@ -333,16 +214,17 @@ def _scan_here(state: _State) -> None:
         )
         state.findings = list(subtract_baseline(found, baseline))
     write_findings(run.out_dir / "findings.jsonl", state.findings)
-    _stage_done(state, "scan", {"samples": summary.samples, "chars": summary.chars})
-    _set_scan(state, summary.samples, summary.chars)
+    counts = ScanCounts(samples=summary.samples, chars=summary.chars)
+    state.folder.scan_done(counts)
+    _set_scan(state, counts)
     _say(f"Scan: {len(state.findings)} secrets in {summary.samples} samples.")
 
 
-def _set_scan(state: _State, samples: int, chars: int) -> None:
+def _set_scan(state: _State, counts: ScanCounts) -> None:
     state.builder.set_findings(state.findings)
     corpus = state.builder.record.corpus
-    corpus.samples, corpus.bytes = samples, chars
-    corpus.fingerprint = state.inputs["data"]
+    corpus.samples, corpus.bytes = counts.samples, counts.chars
+    corpus.fingerprint = state.folder.inputs.data
 
 
 def _thresholds(state: _State) -> None:
@@ -363,7 +245,7 @@ def _calibrate(state: _State) -> Thresholds:
     run, unseen = state.run, state.run.policy.thresholds.unseen
     if unseen is None:  # the policy loader refuses this; kept for policies built in code
         raise PolicyError("thresholds: `auto` needs thresholds.unseen (or --unseen)")
-    if _reusable(state, "thresholds.json"):
+    if state.folder.reusable("thresholds.json"):
         import json
 
         saved = json.loads((run.out_dir / "thresholds.json").read_text(encoding="utf-8"))
@@ -393,7 +275,7 @@ def _measure_before(state: _State) -> None:
     state.measured = sample_findings(state.findings, extraction.max_findings, seed=0)
     state.texts = _texts(state.spec, state.measured)
     path = run.out_dir / "measurements.before.jsonl"
-    if _reusable(state, path.name):
+    if state.folder.reusable(path.name):
         rows = read_measurements(path)
     else:
         with state.builder.stage("measure"):
@@ -441,7 +323,7 @@ def _erase(state: _State, verdict: Verdict) -> Remediation:
     offending = set(verdict.offending_ids())
     forget = [m for m in state.before if m.finding_id in offending]
     out_model = run.out_dir / REMEDIATED
-    if _reusable(state, f"{REMEDIATED}/{RECORD_NAME}"):
+    if state.folder.reusable(f"{REMEDIATED}/{RECORD_NAME}"):
         _say(f"Erase: reused {out_model}.")
         return Remediation.read(out_model)
     heldout = _heldout_spec(policy)
@@ -456,7 +338,7 @@ def _erase(state: _State, verdict: Verdict) -> Remediation:
         retain=CorpusSpec(Path(policy.remediation.retain)) if policy.remediation.retain else None,
         heldout=heldout,
         heldout_findings=_scan_heldout(state, heldout),
-        resume=state.reuse,
+        resume=state.folder.reuse,
     )
     assert state.thresholds is not None
     return erase_model(
@@ -481,7 +363,7 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
         run.out_dir / "measurements.after.jsonl",
         run.out_dir / f"measurements.after-prefix-{alt_prefix}.jsonl",
     )
-    if _reusable(state, *(p.name for p in paths)):
+    if state.folder.reusable(*(p.name for p in paths)):
         main, alt = read_measurements(paths[0]), read_measurements(paths[1])
     else:
         loaded = load_model(out_model, _device(state), run.dtype)

@@ -32,7 +32,6 @@ machine the result is the one an uninterrupted run gives, bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -69,11 +68,6 @@ _KEYS = {"sequence", "epochs_done", "fingerprint", "extra", "loop"}
 def work_dir(out_dir: Path) -> Path:
     """The run's working folder: a hidden sibling of the output folder."""
     return out_dir.parent / f".{out_dir.name}.partial"
-
-
-def digest(obj: Any) -> str:
-    """SHA-256 of a JSON-able object (keys sorted)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- stop requests

@@ -38,9 +38,9 @@ from audit.corpus import CorpusSpec, iter_samples, load_texts
 from audit.distributed import LOCAL, Shard
 from audit.errors import InputError, Interrupted
 from audit.findings import Finding
-from audit.io import output_error
+from audit.io import digest, output_error
 from audit.measurements import HumanEvalResult, Measurement, Perplexity, Thresholds
-from gate.unlearn.checkpoint import STOP, Checkpointer, digest, work_dir
+from gate.unlearn.checkpoint import STOP, Checkpointer, work_dir
 from gate.unlearn.data import (
     ForgetWindow,
     RetainWindow,

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gate.cli import cli
-from gate.pipeline import MARKER, REMEDIATED, prepare_out_dir
 from gate.record import fingerprint_path
+from gate.run_folder import MARKER, REMEDIATED, prepare_out_dir
 from gate.unlearn.checkpoint import work_dir
 from tests.gate.demo.test_build import secret_values
 
