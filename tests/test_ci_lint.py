@@ -62,7 +62,7 @@ def test_every_uses_is_pinned_to_a_commit_with_its_tag() -> None:
             if match and not match.group(1).startswith("./"):
                 seen += 1
                 assert PINNED.match(match.group(1).strip()), f"{path.name}: {line.strip()}"
-    assert seen == 9  # checkout, setup-python, cache restore and save, upload, codeql, gate
+    assert seen >= 9  # checkout, setup-python, cache restore and save, upload, codeql, gate
 
 
 def _unpin(text: str) -> str:
