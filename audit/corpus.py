@@ -63,12 +63,33 @@ _LANGUAGES = {
     ".conf": "ini",
     ".env": "dotenv",
     ".properties": "ini",
+    ".txt": "text",
+    ".log": "log",
+    ".md": "markdown",
+    ".rst": "text",
+    ".tf": "terraform",
+    ".tfvars": "terraform",
+    ".hcl": "terraform",
+    ".mk": "makefile",
+    ".xml": "xml",
+    ".config": "xml",
+    ".csproj": "xml",
+    ".props": "xml",
+    ".nuspec": "xml",
 }
+_MAKEFILES = frozenset({"makefile", "gnumakefile", "makefile.am", "makefile.in"})
+# Compressed files in a folder are read through their decompressor, up to MAX_FILE_BYTES
+# of text; the sample keeps the file's own path, its language is the inner name's.
+COMPRESSED = (".gz", ".xz", ".zst")
 
 
 def language_for(path: str) -> str | None:
     """The language of a file from its name (``.env`` files included), or None."""
     name = path.rsplit("/", 1)[-1].lower()
+    for suffix in COMPRESSED:
+        name = name.removesuffix(suffix)
+    if name in _MAKEFILES:
+        return "makefile"
     if name == ".env" or name.startswith(".env.") or name.endswith(".env"):
         return "dotenv"
     dot = name.rfind(".")
@@ -221,9 +242,12 @@ def _read_file(path: Path, stats: ReadStats) -> str | None:
         if size > MAX_FILE_BYTES:
             stats.skipped["too large"] += 1
             return None
-        data = path.read_bytes()
+        data = _decompressed(path) if path.suffix.lower() in COMPRESSED else path.read_bytes()
     except OSError:
         stats.skipped["unreadable"] += 1
+        return None
+    if data is None:
+        stats.skipped["compressed: corrupt or over the size limit"] += 1
         return None
     if b"\0" in data[:8192]:
         stats.skipped["binary"] += 1
@@ -233,6 +257,38 @@ def _read_file(path: Path, stats: ReadStats) -> str | None:
     except UnicodeDecodeError:
         stats.skipped["not UTF-8"] += 1
         return None
+
+
+def _decompressed(path: Path) -> bytes | None:
+    """The content of a .gz/.xz/.zst file, or None if it is corrupt or decompresses to
+    more than MAX_FILE_BYTES (read in bounded steps: a zip bomb never fills memory)."""
+    import gzip
+    import lzma
+
+    import zstandard
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".zst":
+            with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as f:
+                data = _read_upto(f, MAX_FILE_BYTES + 1)
+        else:
+            opener = gzip.open if suffix == ".gz" else lzma.open
+            with opener(path, "rb") as f:
+                data = _read_upto(f, MAX_FILE_BYTES + 1)
+    except (OSError, EOFError, lzma.LZMAError, ValueError, zstandard.ZstdError):
+        return None
+    return data if len(data) <= MAX_FILE_BYTES else None
+
+
+def _read_upto(stream: Any, limit: int) -> bytes:
+    """At most `limit` bytes of a stream whose reads may return less than asked."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := stream.read(min(1 << 20, limit - size))):
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 def _record_sample(
