@@ -15,6 +15,8 @@ record's ``path`` field when it has one, else ``<file name>:<line or row>``.
 from __future__ import annotations
 
 import fnmatch
+import gzip
+import lzma
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -262,8 +264,6 @@ def _read_file(path: Path, stats: ReadStats) -> str | None:
 def _decompressed(path: Path) -> bytes | None:
     """The content of a .gz/.xz/.zst file, or None if it is corrupt or decompresses to
     more than MAX_FILE_BYTES (read in bounded steps: a zip bomb never fills memory)."""
-    import gzip
-    import lzma
 
     import zstandard
 

@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import torch
+
 from audit.errors import InputError
 
 T = TypeVar("T")
@@ -137,8 +139,6 @@ def _partial_state(cpu: bool | None) -> Any:
             f"Accelerate ({INSTALL_HINT})"
         ) from None
     if cpu is None:
-        import torch
-
         forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
         cpu = forced or not torch.cuda.is_available()
     return PartialState(cpu=cpu)

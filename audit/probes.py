@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from audit.errors import InputError
 from audit.findings import Finding, checked_text
+from audit.model import start_token_id
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -90,8 +91,6 @@ def build_probes(
             f"the model's context ({context_length} tokens) is too short to measure anything"
         )
     if start_token is None:
-        from audit.model import start_token_id
-
         start_token = start_token_id(tokenizer)
     bos = _document_start(tokenizer)
     return [

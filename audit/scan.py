@@ -30,7 +30,7 @@ from itertools import chain
 from ahocorasick_rs import AhoCorasick, Implementation
 
 from audit.context import SourceContext
-from audit.corpus import CorpusSpec, ReadStats, Sample, iter_samples
+from audit.corpus import CorpusSpec, ReadStats, Sample, iter_samples, language_for
 from audit.detectors import (
     CODE_LANGUAGES,
     KEYWORD_TYPE,
@@ -565,7 +565,6 @@ def scan_text(
 ) -> SampleResult:
     """Scan one document (e.g. one record of a data pipeline): its findings, those
     allowlisted inline, and filter counts. `language` defaults to the origin's."""
-    from audit.corpus import language_for
 
     chosen = language if language is not None else language_for(origin)
     sample = Sample(id=origin, origin=origin, text=text, language=chosen)

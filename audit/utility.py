@@ -17,7 +17,11 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
+
 from audit.corpus import CorpusSpec, iter_samples
+from audit.decoding import decode_batch
 from audit.errors import InputError
 from audit.findings import read_findings
 from audit.measurements import HumanEvalResult, Perplexity
@@ -27,7 +31,6 @@ from audit.sandbox import SandboxLimits, run_python
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import torch
     from transformers import PreTrainedTokenizerBase
 
 DEFAULT_BATCH_TOKENS = 16384  # padded tokens per forward pass
@@ -49,7 +52,6 @@ def perplexity(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
 ) -> Perplexity:
     """Token-weighted perplexity of `model` on `texts` (windows of the context length)."""
-    import torch
 
     width = context_length or context_length_of(model, tokenizer)
     windows: list[list[int]] = []
@@ -79,8 +81,6 @@ def perplexity(
 
 def _window_nll(model: torch.nn.Module, windows: list[list[int]], pad_id: int) -> tuple[float, int]:
     """Summed NLL and token count of right-padded windows."""
-    import torch
-    import torch.nn.functional as F
 
     device = next(model.parameters()).device
     width = max(len(w) for w in windows)
@@ -161,9 +161,6 @@ def _complete(
     batch_size: int,
 ) -> list[str]:
     """Greedy completions, prompts cut from the left to leave room in the context."""
-    import torch
-
-    from audit.decoding import decode_batch
 
     context = context_length_of(model, tokenizer)
     steps = max(1, min(max_new_tokens, context // 2))

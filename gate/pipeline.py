@@ -15,6 +15,7 @@ remediated model from it). ``--resume`` is for single-process runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -22,12 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audit.corpus import CorpusSpec
-from audit.distributed import LOCAL, Shard
+from audit.calibrate import calibrate
+from audit.corpus import CorpusSpec, texts_for_findings
+from audit.detectors import select_detectors
+from audit.distributed import LOCAL, Shard, current, device_for
 from audit.errors import CodeEraserError, ExitCode, InputError, Interrupted, PolicyError
-from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from audit.extraction import MeasureConfig, measure_findings
+from audit.findings import (
+    Finding,
+    read_findings,
+    sample_findings,
+    subtract_baseline,
+    write_findings,
+)
 from audit.io import atomic_write_json
 from audit.measurements import Measurement, Thresholds, read_measurements, write_measurements
+from audit.model import check_model_dir, load_model
+from audit.scan import ScanOptions, ScanSummary, scan_corpus
+from gate import ui
 from gate.policy import Policy
 from gate.record import (
     AFTER,
@@ -37,9 +50,13 @@ from gate.record import (
     RecordBuilder,
     RunRecord,
     fingerprint_path,
+    write_record,
 )
+from gate.report import write_and_publish
 from gate.run_folder import REMEDIATED, RunFolder, RunInputs, ScanCounts, check_out_dir
+from gate.unlearn.erase import erase_model
 from gate.unlearn.remediation import RECORD_NAME, Remediation
+from gate.unlearn.settings import EraseOptions, UnlearnConfig
 from gate.verdict import Verdict, evaluate, worst_case
 
 if TYPE_CHECKING:
@@ -83,8 +100,6 @@ class _State:
 
 def run_gate(run: GateRun) -> RunRecord:
     """Run the whole gate and write the record and reports; return the record."""
-    from audit.distributed import current
-    from audit.model import check_model_dir
 
     check_model_dir(run.model_dir)
     check_out_dir(run.out_dir, run.model_dir, run.force)
@@ -186,9 +201,6 @@ def _scan(state: _State) -> None:
 
 
 def _scan_here(state: _State) -> None:
-    from audit.detectors import select_detectors
-    from audit.scan import ScanOptions, ScanSummary, scan_corpus
-    from gate import ui
 
     run, policy = state.run, state.run.policy
     counts = state.folder.scan_counts()
@@ -238,16 +250,11 @@ def _thresholds(state: _State) -> None:
 
 
 def _calibrate(state: _State) -> Thresholds:
-    from audit.calibrate import calibrate
-    from audit.model import load_model
-    from gate import ui
 
     run, unseen = state.run, state.run.policy.thresholds.unseen
     if unseen is None:  # the policy loader refuses this; kept for policies built in code
         raise PolicyError("thresholds: `auto` needs thresholds.unseen (or --unseen)")
     if state.folder.reusable("thresholds.json"):
-        import json
-
         saved = json.loads((run.out_dir / "thresholds.json").read_text(encoding="utf-8"))
         return Thresholds.from_dict(saved)
     loaded = load_model(run.model_dir, _device(state), run.dtype)
@@ -268,8 +275,6 @@ def _calibrate(state: _State) -> Thresholds:
 
 
 def _measure_before(state: _State) -> None:
-    from audit.findings import sample_findings
-    from audit.model import load_model
 
     run, extraction = state.run, state.run.policy.extraction
     state.measured = sample_findings(state.findings, extraction.max_findings, seed=0)
@@ -316,8 +321,6 @@ def _remediate(state: _State, verdict: Verdict) -> RunRecord:
 
 
 def _erase(state: _State, verdict: Verdict) -> Remediation:
-    from gate.unlearn.erase import EraseOptions, erase_model
-    from gate.unlearn.settings import UnlearnConfig
 
     run, policy = state.run, state.run.policy
     offending = set(verdict.offending_ids())
@@ -354,7 +357,6 @@ def _erase(state: _State, verdict: Verdict) -> Remediation:
 
 
 def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], list[Measurement]]:
-    from audit.model import load_model
 
     run, policy = state.run, state.run.policy
     samples = _samples(policy, after=True)
@@ -398,8 +400,6 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
 def _measure(
     state: _State, loaded: LoadedModel, prefix_tokens: int, samples: int
 ) -> list[Measurement]:
-    from audit.extraction import MeasureConfig, measure_findings
-    from gate import ui
 
     sampled = state.run.policy.extraction.sampled
     config = MeasureConfig(
@@ -425,7 +425,6 @@ def _measure(
 
 def _device(state: _State) -> str:
     """The device for this process (the launcher's under accelerate launch)."""
-    from audit.distributed import device_for
 
     return device_for(state.run.device, state.shard)
 
@@ -439,7 +438,6 @@ def _samples(policy: Policy, after: bool) -> int:
 
 
 def _texts(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[str, str]:
-    from audit.corpus import texts_for_findings
 
     return texts_for_findings(spec, findings)
 
@@ -452,8 +450,6 @@ def _heldout_spec(policy: Policy) -> CorpusSpec | None:
 def _scan_heldout(state: _State, heldout: CorpusSpec | None) -> tuple[Path, ...]:
     """Findings in the held-out code: their samples are left out of the perplexity, which
     should say how well the model knows code, not how badly it guesses random keys."""
-    from audit.detectors import select_detectors
-    from audit.scan import ScanOptions, scan_corpus
 
     if heldout is None:
         return ()
@@ -466,7 +462,6 @@ def _scan_heldout(state: _State, heldout: CorpusSpec | None) -> tuple[Path, ...]
 
 
 def _write_failed_record(state: _State, exit_code: int, message: str) -> None:
-    from gate.record import write_record
 
     if not state.shard.is_main:
         return
@@ -478,7 +473,6 @@ def _write_failed_record(state: _State, exit_code: int, message: str) -> None:
 
 
 def _publish(record: RunRecord, out_dir: Path) -> None:
-    from gate.report import write_and_publish
 
     write_and_publish(record, out_dir)
 
@@ -494,7 +488,6 @@ def _epoch_line(entry: Any) -> None:
 
 
 def _say(message: str) -> None:
-    from gate import ui
 
     if not ui.is_quiet():
         ui.console.print(message)

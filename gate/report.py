@@ -23,6 +23,7 @@ import yaml
 from audit.errors import InputError
 from audit.io import atomic_write_json, atomic_write_text
 from audit.measurements import Measurement
+from gate import github
 from gate.charts import Chart, histogram
 from gate.policy import ReportFormat
 from gate.record import BEFORE, FindingRow, RunRecord, VerdictInfo, write_record
@@ -86,7 +87,6 @@ def write_and_publish(
 ) -> dict[str, Path]:
     """What the gate does at the end: record.json and the policy's reports, then, in
     GitHub Actions, the job summary and the step outputs (see `gate.github`)."""
-    from gate import github
 
     formats = dict.fromkeys(["json", *_policy_formats(record)])
     written = write_reports(record, out_dir, formats)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from audit.io import atomic_write_json
+from gate import ui
 from gate.commands.options import corpus_options, corpus_spec, model_options
 
 
@@ -63,9 +65,7 @@ def calibrate(
     """
     from audit.calibrate import calibrate as run_calibration
     from audit.extraction import MeasureConfig
-    from audit.io import atomic_write_json
     from audit.model import check_model_dir, load_model
-    from gate import ui
 
     check_model_dir(model_dir)
     spec = corpus_spec(data, fmt, text_field, id_field)

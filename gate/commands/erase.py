@@ -6,7 +6,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.progress import TextColumn
 
+from audit.corpus import CorpusSpec
+from audit.findings import read_findings
+from audit.measurements import read_measurements
+from gate import ui
+from gate.commands.measure import launch_shard
 from gate.commands.options import (
     corpus_options,
     corpus_spec,
@@ -18,7 +24,7 @@ from gate.commands.options import (
     thresholds_option,
     values_of,
 )
-from gate.unlearn.settings import UnlearnArgs, UnlearnConfig
+from gate.unlearn.settings import EraseOptions, UnlearnArgs, UnlearnConfig
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -123,12 +129,7 @@ def _run(
     **settings: Any,
 ) -> None:
     from audit.calibrate import resolve_thresholds
-    from audit.corpus import CorpusSpec
-    from audit.findings import read_findings
-    from audit.measurements import read_measurements
     from audit.model import check_model_dir
-    from gate import ui
-    from gate.commands.measure import launch_shard
     from gate.unlearn.erase import check_output, select_forget_set
 
     check_model_dir(model_dir)
@@ -168,9 +169,7 @@ def _run(
     click.echo(str(out_dir))
 
 
-def _options(settings: dict[str, Any], **extra: Any) -> Any:
-    from gate.unlearn.erase import EraseOptions
-
+def _options(settings: dict[str, Any], **extra: Any) -> EraseOptions:
     return EraseOptions(
         config=UnlearnConfig.model_validate(values_of(UnlearnConfig, settings)),
         device=settings["device"],
@@ -187,7 +186,6 @@ def _options(settings: dict[str, Any], **extra: Any) -> Any:
 def _erase_interruptibly(*args: Any, out_dir: Path, total: int, **kwargs: Any) -> Remediation:
     """Run erase_model with a progress bar. Ctrl-C and SIGTERM (the CLI turns it into
     Ctrl-C) stop it at a checkpoint; erase_model says how to resume."""
-    from gate import ui
     from gate.unlearn.erase import erase_model
 
     with ui.progress(click_column()) as progress:
@@ -197,7 +195,6 @@ def _erase_interruptibly(*args: Any, out_dir: Path, total: int, **kwargs: Any) -
 
 
 def click_column() -> Any:
-    from rich.progress import TextColumn
 
     return TextColumn("{task.fields[status]}")
 
@@ -220,7 +217,6 @@ def _mean(rows: list[Measurement], key: str) -> float:
 
 
 def _summary(record: Remediation) -> None:
-    from gate import ui
 
     before = [o.before for o in record.outcomes]
     after = [o.after for o in record.outcomes if o.after is not None]

@@ -7,8 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.table import Table
 
+from gate import ui
+from gate.commands.measure import launch_shard
 from gate.commands.options import heldout_option, jobs_option, model_options
+from gate.policy import load_policy
+from gate.report import format_value
 
 if TYPE_CHECKING:
     from gate.record import RunRecord
@@ -101,9 +106,7 @@ def run_from_options(
     resume: bool = False,
 ) -> RunRecord:
     """Load the policy with the command-line overrides, run the gate, print the outcome."""
-    from gate.commands.measure import launch_shard
     from gate.pipeline import GateRun, run_gate
-    from gate.policy import load_policy
 
     overrides = {
         "thresholds.unseen": str(unseen) if unseen else None,
@@ -132,7 +135,6 @@ def run_from_options(
 
 def print_outcome(record: RunRecord, out_dir: Path) -> None:
     """The verdict per rule on stderr; the model to release on stdout when it passed."""
-    from gate import ui
 
     if not ui.is_quiet():
         ui.console.print(_rules_table(record))
@@ -151,7 +153,6 @@ def _headline(record: RunRecord) -> str:
 
 
 def _rules_table(record: RunRecord) -> Any:
-    from rich.table import Table
 
     table = Table(title="Policy rules")
     for column in ("rule", "severity", "limit", "before", "after"):
@@ -172,7 +173,6 @@ def _rules_table(record: RunRecord) -> Any:
 
 def _value(metric: str, value: float | None) -> str:
     """As the reports print it: counts whole, rates in percent, perplexity as a change."""
-    from gate.report import format_value
 
     return format_value(metric, value)
 

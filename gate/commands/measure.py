@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.table import Table
 
+from audit.corpus import texts_for_findings
+from audit.findings import read_findings, sample_findings
+from audit.measurements import write_measurements
+from gate import ui
 from gate.commands.options import (
     corpus_options,
     corpus_spec,
@@ -103,7 +108,6 @@ def launch_shard() -> Shard:
     """This process's shard under `accelerate launch` (LOCAL otherwise); every process
     but the first stays quiet, so the terminal shows one progress bar and one summary."""
     from audit.distributed import current
-    from gate import ui
 
     shard = current()
     if not shard.is_main:
@@ -132,13 +136,10 @@ def _run_measure(
     max_findings: int | None,
     seed: int,
 ) -> None:
-    from audit.calibrate import resolve_thresholds
-    from audit.corpus import texts_for_findings
+    from audit.calibrate import resolve_thresholds  # the hand-off: these import torch
     from audit.distributed import device_for
-    from audit.findings import read_findings, sample_findings
-    from audit.measurements import write_measurements
-    from audit.model import check_model_dir
-    from gate import ui
+    from audit.extraction import MeasureConfig
+    from audit.model import check_model_dir, load_model
 
     check_model_dir(model_dir)
     thresholds = resolve_thresholds(thresholds_spec)
@@ -152,9 +153,6 @@ def _run_measure(
         return
     chosen = sample_findings(findings, max_findings, seed)
     texts = texts_for_findings(corpus_spec(data, fmt, text_field, id_field), chosen)
-    from audit.extraction import MeasureConfig
-    from audit.model import load_model
-
     config = MeasureConfig(
         batch_tokens=batch_tokens, samples=samples, temperature=temperature, top_k=top_k, seed=seed
     )
@@ -206,7 +204,6 @@ def _measure(
     shard: Shard,
 ) -> list[Measurement]:
     from audit.extraction import measure_findings
-    from gate import ui
 
     with ui.progress() as progress:
         return measure_findings(
@@ -232,9 +229,6 @@ def print_summary(
     processes: int = 1,
 ) -> None:
     """A table by secret type on stderr: counts and means only, never a secret."""
-    from rich.table import Table
-
-    from gate import ui
 
     sampled = any(r.extracted_sampled is not None for r in rows)
     table = Table(

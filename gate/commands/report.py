@@ -7,6 +7,9 @@ from pathlib import Path
 import click
 
 from audit.errors import InputError
+from gate import ui
+from gate.record import read_record
+from gate.report import HEADLINES, write_reports
 
 
 def _parse_formats(value: str | None) -> list[str] | None:
@@ -42,9 +45,6 @@ def report(record: Path, out: Path | None, formats: str | None) -> None:
     the reports are rebuilt from the record alone. The written paths go to stdout.
     Exit 0 when written; 2 when RECORD is not a gate record or a format is unknown.
     """
-    from gate import ui
-    from gate.record import read_record
-    from gate.report import HEADLINES, write_reports
 
     wanted = _parse_formats(formats)
     run = read_record(record)

@@ -7,17 +7,17 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
+from rich.table import Table
 
+from audit.detectors import build_detectors
 from audit.errors import Interrupted
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
+from gate import ui
 from gate.commands.options import data_format_options, jobs_option, options_from
 from gate.policy import ScanOptions as PolicyScanOptions
-
-if TYPE_CHECKING:
-    from audit.scan import ScanSummary
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,6 @@ def scan(
 
     Exit codes: 0 scanned (whether or not secrets were found), 2 bad input.
     """
-    from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
-    from gate import ui
 
     if list_detectors:
         _print_detectors()
@@ -143,9 +141,6 @@ def _counted(findings: Iterator[Finding], by_type: Counter[str]) -> Iterator[Fin
 
 
 def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
-    from rich.table import Table
-
-    from gate import ui
 
     table = Table(title="Secrets found", title_justify="left")
     table.add_column("Secret type")
@@ -176,7 +171,6 @@ def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
 
 
 def _print_detectors() -> None:
-    from audit.detectors import build_detectors
 
     for detector in build_detectors():
         types = sorted(detector.secret_types())

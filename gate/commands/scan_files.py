@@ -20,8 +20,10 @@ from pathlib import Path
 import click
 
 from audit.corpus import CorpusSpec, ReadStats, detect_format, file_sample
+from audit.detectors import build_detectors
 from audit.errors import ExitCode, InputError
 from audit.findings import Finding, baseline_key, read_findings, write_findings
+from audit.scan import ScanOptions, resolve_jobs, scan_corpus, scan_samples
 from gate.commands.options import jobs_option, options_from
 from gate.policy import ScanOptions as PolicyScanOptions
 
@@ -109,8 +111,6 @@ def _same_file(path: Path, other: Path) -> bool:
 def _scan(
     files: list[Path], spec: CorpusSpec, detectors: tuple[str, ...] | None, jobs: int
 ) -> Iterator[Located]:
-    from audit.detectors import build_detectors
-    from audit.scan import ScanOptions, resolve_jobs, scan_corpus, scan_samples
 
     build_detectors(detectors)  # an unknown name fails before any file is read
     for path in files:

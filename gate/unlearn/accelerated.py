@@ -24,9 +24,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
 
 from audit.distributed import INSTALL_HINT, LOCAL, Shard, launched_world_size, shard_of
 from audit.errors import InputError
@@ -35,8 +39,6 @@ from gate.unlearn.engine import Engine
 from gate.unlearn.settings import DEFAULT_TRAIN_BATCH_TOKENS
 
 if TYPE_CHECKING:
-    import torch
-
     from gate.unlearn.settings import UnlearnConfig
 
 
@@ -54,8 +56,6 @@ class AcceleratedEngine(Engine):
         super().__init__(batch_tokens=batch_tokens, checkpointing=checkpointing)
         accelerate = _accelerate()
         if cpu is None:
-            import torch
-
             forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
             cpu = forced or not torch.cuda.is_available()
         # "no" leaves the choice to the launcher's config (mixed_precision: bf16 there)
@@ -99,9 +99,6 @@ class AcceleratedEngine(Engine):
         self.accelerator.backward(loss)
 
     def all_finite(self, value: float) -> bool:
-        import math
-
-        import torch
 
         flag = torch.tensor([1.0 if math.isfinite(value) else 0.0], device=self.device)
         return bool(self.accelerator.gather(flag).min() > 0)
@@ -147,13 +144,10 @@ class SharedBestState(BestState):
         if self.engine.fsdp:
             self._shards = {k: _local(v).detach().to("cpu", copy=True) for k, v in trained.items()}
         elif self.folder is not None:
-            import torch
-
             torch.save({k: v.detach().cpu() for k, v in trained.items()}, self.folder / "best.pt")
         return True
 
     def restore(self, model: torch.nn.Module) -> None:
-        import torch
 
         trained = _trainable(model)
         with torch.no_grad():
@@ -166,8 +160,6 @@ class SharedBestState(BestState):
                 for name, saved in state.items():
                     trained[name].copy_(saved)
             if self.engine.shard.distributed:
-                import torch.distributed as dist
-
                 for parameter in trained.values():
                     dist.broadcast(parameter.data, src=0)
 

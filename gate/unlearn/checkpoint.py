@@ -47,6 +47,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
+import torch
+
 from audit.errors import InputError, Interrupted
 from audit.io import output_error
 from audit.measurements import Measurement
@@ -54,8 +56,6 @@ from gate.unlearn.remediation import EpochLog
 from gate.unlearn.trainer import EpochProgress
 
 if TYPE_CHECKING:
-    import torch
-
     from gate.unlearn.trainer import Unlearner, UnlearnResult
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,6 @@ class Checkpointer:
         """Load the latest checkpoint into the loop; the first epoch still to run."""
         if self.saved is None:
             return 1
-        import torch
 
         device = next(unlearner.model.parameters()).device
         model_state = torch.load(self.path / "model.pt", map_location=device, weights_only=True)
@@ -269,7 +268,6 @@ class Checkpointer:
         self, unlearner: Unlearner, optimizer: torch.optim.Optimizer, result: UnlearnResult
     ) -> None:
         """Write a complete new checkpoint, then swap it in."""
-        import torch
 
         new = self.folder / "checkpoint.new"
         if new.exists():
@@ -293,7 +291,6 @@ class Checkpointer:
         self._saved_at = self.clock()
 
     def _save_best(self, unlearner: Unlearner, new: Path) -> None:
-        import torch
 
         best = unlearner.best
         if best.score is None:
@@ -369,7 +366,6 @@ def _changed(before: dict[str, Any], now: dict[str, Any]) -> str:
 
 
 def _dump_loop(unlearner: Unlearner, result: UnlearnResult) -> dict[str, Any]:
-    import torch
 
     progress = unlearner.progress
     return {
@@ -394,7 +390,6 @@ def _dump_loop(unlearner: Unlearner, result: UnlearnResult) -> dict[str, Any]:
 
 
 def _load_loop(unlearner: Unlearner, result: UnlearnResult, loop: dict[str, Any]) -> None:
-    import torch
 
     result.epochs, result.steps = int(loop["epochs"]), int(loop["steps"])
     result.stop_reason = str(loop["stop_reason"])

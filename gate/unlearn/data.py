@@ -26,6 +26,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
+
 from audit.errors import InputError
 from audit.findings import Finding, checked_text
 from gate.unlearn.settings import (
@@ -35,7 +37,6 @@ from gate.unlearn.settings import (
 )
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedTokenizerBase
 
 
@@ -238,7 +239,6 @@ def collate(
     active: Iterable[str] | None = None,
 ) -> TokenBatch:
     """Stack windows, right-padded with `pad_id`; `active` picks the secrets to forget."""
-    import torch
 
     length = max(len(w.input_ids) for w in windows)
     rows = len(windows)

@@ -30,16 +30,24 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from transformers.utils import logging as hf_logging
+
 from audit.corpus import CorpusSpec, iter_samples, load_texts
-from audit.distributed import LOCAL, Shard
+from audit.distributed import LOCAL, Shard, device_for
 from audit.errors import InputError, Interrupted
+from audit.extraction import MeasureConfig, measure_probes, score_probes
 from audit.findings import Finding
 from audit.io import digest, output_error
 from audit.measurements import HumanEvalResult, Measurement, Perplexity, Thresholds
+from audit.model import load_model, pad_token_id
+from audit.probes import build_probes
+from audit.utility import clean_texts, humaneval, perplexity
+from gate.unlearn.accelerated import engine_for
 from gate.unlearn.checkpoint import STOP, Checkpointer, work_dir
 from gate.unlearn.data import (
     ForgetWindow,
@@ -49,6 +57,7 @@ from gate.unlearn.data import (
     clamp_tokens,
 )
 from gate.unlearn.engine import Engine
+from gate.unlearn.lora import add_adapters, merged
 from gate.unlearn.remediation import (
     RECORD_NAME,
     EpochLog,
@@ -56,15 +65,13 @@ from gate.unlearn.remediation import (
     Remediation,
     SampleCounts,
 )
-from gate.unlearn.settings import UnlearnConfig
+from gate.unlearn.settings import EraseOptions, UnlearnConfig
 from gate.unlearn.trainer import Unlearner, UnlearnResult
 from gate.verdict import UtilityFigures
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedTokenizerBase
 
-    from audit.extraction import MeasureConfig
     from audit.probes import Probe
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
@@ -101,23 +108,6 @@ def select_forget_set(
     return [f for f, _ in chosen], [m for _, m in chosen]
 
 
-@dataclass(frozen=True)
-class EraseOptions:
-    """Everything about an erase run besides the model, data and findings."""
-
-    config: UnlearnConfig = field(default_factory=UnlearnConfig)
-    device: str = "auto"
-    dtype: str = "auto"
-    prefix_tokens: int = 128  # the attacker's prompt, as in `measure`
-    batch_tokens: int = 16384  # padded tokens per measuring batch
-    retain: CorpusSpec | None = None  # clean code; default: corpus samples with no finding
-    heldout: CorpusSpec | None = None  # held-out code for perplexity before and after
-    heldout_findings: tuple[Path, ...] = ()  # its samples named here are left out
-    humaneval: int = 0  # HumanEval problems for pass@1 before and after (0: off)
-    force: bool = False  # replace an existing output folder
-    resume: bool = False  # continue from the checkpoint of an interrupted run, if any
-
-
 def check_output(out_dir: Path, model_dir: Path, force: bool) -> None:
     """Refuse an output folder that is the input, inside it, or exists (without force)."""
     out, model = out_dir.resolve(), model_dir.resolve()
@@ -145,7 +135,6 @@ def erase_model(
     Under ``accelerate launch`` every process runs this; only the first writes (the
     working folder and `out_dir`), and every process returns the record.
     """
-    from gate.unlearn.accelerated import engine_for
 
     options = options or EraseOptions()
     started = time.perf_counter()
@@ -214,8 +203,6 @@ def _train(
     report: Callable[[EpochLog], None] | None,
 ) -> tuple[torch.nn.Module, Remediation]:
     """Load, prepare, measure utility, unlearn (resuming `run`'s checkpoint), measure again."""
-    from audit.distributed import device_for
-    from audit.model import load_model
 
     loaded = load_model(model_dir, device_for(options.device, engine.shard), _train_dtype(options))
     model, tokenizer = _adapted(loaded.model, options.config, engine), loaded.tokenizer
@@ -262,7 +249,6 @@ def _adapted(model: torch.nn.Module, config: UnlearnConfig, engine: Any) -> torc
             "--lora with FSDP is not supported: a LoRA run holds the frozen base once per "
             "process (use DDP: accelerate launch --multi_gpu)"
         )
-    from gate.unlearn.lora import add_adapters
 
     return add_adapters(
         model, rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets
@@ -273,7 +259,6 @@ def _final(model: torch.nn.Module, config: UnlearnConfig) -> torch.nn.Module:
     """The model to save: LoRA adapters merged into the base weights."""
     if not config.lora:
         return model
-    from gate.unlearn.lora import merged
 
     return merged(model)
 
@@ -364,9 +349,6 @@ def _prepare(
     options: EraseOptions,
     shard: Shard = LOCAL,
 ) -> _Job:
-    from audit.extraction import MeasureConfig
-    from audit.model import pad_token_id
-    from audit.probes import build_probes
 
     config = options.config
     window = clamp_tokens(config.window_tokens, context, "window tokens")
@@ -434,7 +416,6 @@ def measure_by_id(
     only set the `memorized` flag, which the loop does not read. Under a launcher,
     `shard` shares the measuring out and every process gets every measurement.
     """
-    from audit.extraction import measure_probes
 
     marks = thresholds or Thresholds(ma=1.0, el_10=1.0, source="unused")
     by_id = {p.finding_id: p for p in probes}
@@ -472,7 +453,6 @@ def screen_by_id(
     (the whole secret from the prefix, which also serves the verbatim attack) instead of
     the m − n + 1 rows EL_10 needs; its MA is the same teacher-forced pass.
     """
-    from audit.extraction import score_probes
 
     cheap = replace(config, el_ns=(SCREEN_N,), extraction=True, samples=0)
     by_id = {p.finding_id: p for p in probes}
@@ -534,7 +514,6 @@ def _unlearn(
 def _heldout_texts(options: EraseOptions) -> list[str] | None:
     if options.heldout is None:
         return None
-    from audit.utility import clean_texts
 
     return [text for _, text in clean_texts(options.heldout, options.heldout_findings)]
 
@@ -544,7 +523,6 @@ def _perplexity(
 ) -> Perplexity | None:
     if texts is None:
         return None
-    from audit.utility import perplexity
 
     return perplexity(model, tokenizer, texts)
 
@@ -554,7 +532,6 @@ def _humaneval(
 ) -> HumanEvalResult | None:
     if problems <= 0:
         return None
-    from audit.utility import humaneval
 
     return humaneval(model, tokenizer, limit=problems)
 
@@ -591,7 +568,6 @@ def _write_model(
 ) -> None:
     """Tokenizer and other non-weight files copied as they are; weights saved anew, in
     the dtype the input was saved in (`state`: the weights gathered from FSDP shards)."""
-    import torch
 
     if dtype is not None:
         if state is None:
@@ -603,7 +579,6 @@ def _write_model(
             shutil.copyfile(path, tmp / path.name)
     for stale in tmp.glob("*.safetensors.index.json"):
         stale.unlink()
-    from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no shard-writing bar
@@ -637,7 +612,6 @@ def peak_memory_bytes() -> int:
 
 def peak_gpu_memory_bytes() -> int:
     """Peak GPU memory torch allocated in this process (0 without CUDA)."""
-    import torch
 
     return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else 0
 

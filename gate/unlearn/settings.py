@@ -17,6 +17,8 @@ neither torch nor the loop: ``codeeraser erase --help`` reads it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -30,6 +32,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from audit.corpus import CorpusSpec
 from audit.errors import InputError
 
 Method = Literal["codeeraser", "ga", "cu"]  # registered in gate.unlearn.methods
@@ -254,6 +257,23 @@ class UnlearnConfig(UnlearnArgs):
 
 def _extra(extra: object, key: str) -> object:
     return extra.get(key) if isinstance(extra, dict) else None
+
+
+@dataclass(frozen=True)
+class EraseOptions:
+    """Everything about an erase run besides the model, data and findings."""
+
+    config: UnlearnConfig = field(default_factory=UnlearnConfig)
+    device: str = "auto"
+    dtype: str = "auto"
+    prefix_tokens: int = 128  # the attacker's prompt, as in `measure`
+    batch_tokens: int = 16384  # padded tokens per measuring batch
+    retain: CorpusSpec | None = None  # clean code; default: corpus samples with no finding
+    heldout: CorpusSpec | None = None  # held-out code for perplexity before and after
+    heldout_findings: tuple[Path, ...] = ()  # its samples named here are left out
+    humaneval: int = 0  # HumanEval problems for pass@1 before and after (0: off)
+    force: bool = False  # replace an existing output folder
+    resume: bool = False  # continue from the checkpoint of an interrupted run, if any
 
 
 def describe(exc: ValidationError) -> str:

@@ -38,12 +38,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
+
+import torch
 
 from audit.errors import InputError
 from audit.measurements import Measurement, Thresholds
 from gate.unlearn.data import ForgetWindow, RetainWindow, collate
 from gate.unlearn.engine import Engine, Piece
+from gate.unlearn.lora import BaseReference
 from gate.unlearn.methods import (
     ForgetView,
     Hyper,
@@ -60,9 +63,6 @@ from gate.unlearn.reference import (
 )
 from gate.unlearn.remediation import EpochLog, FindingOutcome
 from gate.unlearn.settings import UnlearnConfig
-
-if TYPE_CHECKING:
-    import torch
 
 Measure = Callable[[Sequence[str]], list[Measurement]]  # finding ids -> measurements
 Screen = Callable[[Sequence[str]], dict[str, tuple[float, bool]]]  # ids -> (MA, extracted)
@@ -191,7 +191,6 @@ class Unlearner:
         self.finished = False  # the loop has decided to stop (or ran out of epochs)
 
     def run(self) -> UnlearnResult:
-        import torch
 
         start = time.perf_counter()
         result = UnlearnResult(list(self.outcomes.values()))
@@ -227,8 +226,6 @@ class Unlearner:
         if self.config.kl_reference == "frozen":
             return FrozenReference(self.model)
         if self.config.kl_reference == "base":
-            from gate.unlearn.lora import BaseReference
-
             return BaseReference(self.model)
         return build_cache(
             self.model,
@@ -337,7 +334,6 @@ class Unlearner:
         return _combined([self._forget_piece(piece, reference) for piece in pieces])
 
     def _forget_piece(self, piece: Piece, reference: ReferenceSource) -> tuple[Loss, Piece]:
-        import torch
 
         windows = [self.forget[i] for i in piece.indices]
         batch = collate(windows, self.pad_id, self.active).to(self._device())
@@ -463,7 +459,6 @@ class _NotFinite(Exception):
 def _combined(done: Sequence[tuple[Loss, Piece]]) -> Loss:
     """One step's loss from its micro-batches: their values and parts weighted by their
     share of the step's windows (a process's own share under Accelerate)."""
-    import torch
 
     total = sum(piece.weight for _, piece in done) or 1.0
     value = (

@@ -54,7 +54,7 @@ def _scan_raising(
     def broken(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr("audit.scan.scan_corpus", broken)
+    monkeypatch.setattr("gate.commands.scan.scan_corpus", broken)  # as the command sees it
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "a.py").write_text("x = 1\n")
     args = [*flags, "scan", str(tmp_path / "data"), "--out", str(tmp_path / "f.jsonl")]

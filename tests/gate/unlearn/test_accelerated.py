@@ -21,9 +21,9 @@ from gate.cli import cli
 from gate.unlearn.accelerated import AcceleratedEngine, engine_for
 from gate.unlearn.data import ForgetWindow, RetainWindow
 from gate.unlearn.engine import Engine
-from gate.unlearn.erase import EraseOptions, erase_model
+from gate.unlearn.erase import erase_model
 from gate.unlearn.remediation import Remediation
-from gate.unlearn.settings import UnlearnConfig
+from gate.unlearn.settings import EraseOptions, UnlearnConfig
 from gate.unlearn.trainer import Unlearner
 from tests.audit.test_distributed import _launch, launch_env
 from tests.gate.unlearn.conftest import micro_model
@@ -170,7 +170,7 @@ def test_resume_under_several_processes_is_refused_before_anything_is_written(
         secret_type="Test Key", detector="test",
     )  # fmt: skip
     measured = replace(_m(finding.id, ma=1.0, extracted=True), memorized=True)
-    monkeypatch.setattr("gate.unlearn.accelerated.engine_for", lambda config: _TwoProcesses())
+    monkeypatch.setattr("gate.unlearn.erase.engine_for", lambda config: _TwoProcesses())
     model = tmp_path / "model"
     model.mkdir()
     with pytest.raises(InputError, match="--resume works in a single process"):
