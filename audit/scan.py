@@ -39,6 +39,7 @@ from audit.detectors import (
 from audit.errors import CodeEraserError
 from audit.filters import CONTEXT_CHECKS, Candidate, false_positive
 from audit.findings import Context, Finding
+from audit.redact import redact_finding
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class ScanSummary:
     skipped: Counter[str] = field(default_factory=Counter)
     filtered: Counter[str] = field(default_factory=Counter)
     baseline_accepted: int = 0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (origin, reason)
 
     def add(self, result: SampleResult) -> None:
         self.by_type.update(f.secret_type for f in result.findings)
@@ -134,6 +136,13 @@ class Scanner:
             if not any(s < end and start < e for s, e in reported)
         )
         return SampleResult(tuple(findings), tuple(sorted(filtered.items())))
+
+    def has_hints(self, text: str) -> bool:
+        """False when no detector's prefilter hint occurs in `text`: it holds no secret."""
+        low = lower_same_length(text)
+        return any(k in low for d in self.text_detectors for k in d.keywords) or bool(
+            self._candidate_lines(low)
+        )
 
     def _raw_spans(self, text: str, filename: str, language: str | None) -> set[_Raw]:
         raw: set[_Raw] = set()
@@ -315,7 +324,14 @@ def scan_samples(
     """Scan samples in this process, inside detect-secrets' scoped settings."""
     scanner = scanner_for(detectors)
     with scoped_settings():
-        return [scanner.scan(sample) for sample in samples]
+        return [_redacted(scanner.scan(sample)) for sample in samples]
+
+
+def _redacted(result: SampleResult) -> SampleResult:
+    """Secrets in a sample's id, origin or context names do not reach its findings."""
+    if not result.findings:
+        return result
+    return replace(result, findings=tuple(redact_finding(f) for f in result.findings))
 
 
 def _worker_scan(chunk: list[Sample], detectors: tuple[str, ...] | None) -> list[SampleResult]:
@@ -356,6 +372,7 @@ def scan_corpus(
         if progress is not None:
             progress(len(chunk), chars)
     summary.skipped.update(stats.skipped)
+    summary.skipped_files.extend(stats.skipped_files)
 
 
 def _chunks(samples: Iterator[Sample], options: ScanOptions) -> Iterator[list[Sample]]:
