@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from gate.commands.measure import corpus_options, corpus_spec, model_options
+from gate.paths import check_paths, path_option
 
 
 @click.command("calibrate")
@@ -65,11 +66,19 @@ def calibrate(
     from audit.extraction import MeasureConfig
     from audit.io import atomic_write_json
     from audit.model import check_model_dir, load_model
+    from audit.redact import redact_path
     from gate import ui
 
+    check_paths(
+        [
+            *path_option("--model", model_dir, "folder", "model folder"),
+            *path_option("--unseen", data, "data"),
+        ],
+        path_option("--out", out, "file"),
+    )
     check_model_dir(model_dir)
     spec = corpus_spec(data, fmt, text_field, id_field)
-    loaded = load_model(model_dir, device=device, dtype=dtype)
+    loaded = load_model(model_dir, device=device, dtype=dtype)  # every tensor accounted for
     started = time.perf_counter()
     with ui.progress() as progress:
         result = run_calibration(
@@ -81,7 +90,7 @@ def calibrate(
             config=MeasureConfig(batch_tokens=batch_tokens),
             progress=progress,
         )
-    atomic_write_json(out, {**result.to_dict(), "model": str(model_dir)})
+    atomic_write_json(out, {**result.to_dict(), "model": redact_path(model_dir)})
     if not ui.is_quiet():
         found = result.sequences
         ui.console.print(

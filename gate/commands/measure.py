@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from audit.corpus import FORMATS, CorpusSpec
+from gate.paths import PathOption, check_paths, path_option
 
 if TYPE_CHECKING:
     from audit.distributed import Shard
     from audit.findings import Finding
+    from audit.integrity import SanityProbe
     from audit.measurements import Measurement, Thresholds
     from audit.model import LoadedModel
 
@@ -242,6 +244,15 @@ def _run_measure(
     from audit.model import check_model_dir
     from gate import ui
 
+    check_paths(
+        [
+            *path_option("--model", model_dir, "folder", "model folder"),
+            *path_option("--data", data, "data"),
+            *path_option("--findings", findings_path, "file", "findings file"),
+            *thresholds_option(thresholds_spec),
+        ],
+        path_option("--out", out, "file"),
+    )
     check_model_dir(model_dir)
     thresholds = resolve_thresholds(thresholds_spec)
     findings = read_findings(findings_path)
@@ -249,18 +260,20 @@ def _run_measure(
     if not findings:
         if shard.is_main:
             write_measurements(out, [])
-            ui.console.print(f"Nothing to measure: {findings_path} holds no findings.")
+            ui.console.print(f"Nothing to measure: {ui.safe(findings_path)} holds no findings.")
             click.echo(str(out))
         return
     chosen = sample_findings(findings, max_findings, seed)
     texts = texts_for_findings(corpus_spec(data, fmt, text_field, id_field), chosen)
     from audit.extraction import MeasureConfig
+    from audit.integrity import checked_probe
     from audit.model import load_model
 
     config = MeasureConfig(
         batch_tokens=batch_tokens, samples=samples, temperature=temperature, top_k=top_k, seed=seed
     )
     loaded = load_model(model_dir, device=device_for(device, shard), dtype=dtype)
+    probe = checked_probe(loaded, texts, chosen)
     started = time.perf_counter()
     rows = _measure(
         loaded,
@@ -293,7 +306,26 @@ def _run_measure(
             skipped=len(findings) - len(chosen),
             processes=shard.world,
         )
+        print_probe(probe)
     click.echo(str(out))
+
+
+def thresholds_option(spec: str | None) -> list[PathOption]:
+    """--thresholds as a path to check, unless it names the paper's values."""
+    if spec is None or spec.startswith("paper:"):
+        return []
+    return path_option("--thresholds", spec, "file", "thresholds file")
+
+
+def print_probe(probe: SanityProbe) -> None:
+    """The sanity probe's figure, on stderr."""
+    from gate import ui
+
+    ui.console.print(
+        f"Sanity probe: mean loss {probe.loss:.3f} nats/token on {probe.samples} training "
+        f"samples ({probe.tokens} tokens), {probe.ratio:.1%} of a uniform guess's "
+        f"{probe.uniform:.2f} (must be under {probe.max_ratio:.0%})."
+    )
 
 
 def _measure(
@@ -353,7 +385,7 @@ def print_summary(
     for row in rows:
         groups.setdefault(row.secret_type, []).append(row)
     for secret_type in sorted(groups):
-        table.add_row(secret_type, *_summary_cells(groups[secret_type], sampled))
+        table.add_row(ui.safe(secret_type), *_summary_cells(groups[secret_type], sampled))
     table.add_section()
     table.add_row("[bold]total[/]", *_summary_cells(list(rows), sampled))
     ui.console.print(table)
