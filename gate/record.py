@@ -47,6 +47,7 @@ from audit.errors import InputError
 from audit.findings import Finding
 from audit.io import atomic_write_text
 from audit.measurements import Measurement, Thresholds
+from audit.redact import redact_strings
 from gate import __version__
 from gate.policy import Policy
 from gate.verdict import RuleResult, UtilityFigures, Verdict, worst_case
@@ -88,12 +89,32 @@ class ModelInfo(_Record):
     sha256: str | None = None  # content hash of the model folder (see fingerprint_path)
 
 
+class SkippedFile(_Record):
+    origin: str  # redacted
+    reason: str  # not UTF-8, binary, too large, unreadable, FIFO, broken link, ...
+
+
 class CorpusInfo(_Record):
     path: str
     format: str = "auto"
     fingerprint: str | None = None  # content hash of the data as given
     samples: int | None = None
     bytes: int | None = None
+    skipped: dict[str, int] = Field(default_factory=dict)  # samples not read, by reason
+    skipped_files: list[SkippedFile] = Field(default_factory=list)  # the first ones, by name
+
+
+class SanityInfo(_Record):
+    """The sanity probe of one model: its loss on training code against a uniform guess."""
+
+    loss: float  # mean cross-entropy on training samples, nats per token (secrets left out)
+    uniform: float  # ln V
+    vocabulary: int
+    samples: int
+    tokens: int
+    max_ratio: float
+    ratio: float
+    passed: bool
 
 
 class PolicyInfo(_Record):
@@ -233,7 +254,9 @@ class RunRecord(_Record):
     verdict_after: VerdictInfo | None = None
     remediation: RemediationInfo | None = None
     utility: UtilityInfo | None = None
+    sanity: dict[str, SanityInfo] = Field(default_factory=dict)  # by model role
     timings: dict[str, float] = Field(default_factory=dict)  # seconds per stage, in order
+    finished_stages: list[str] = Field(default_factory=list)  # stages that ran to the end
 
     @property
     def final_verdict(self) -> VerdictInfo | None:
@@ -284,6 +307,7 @@ class RecordBuilder:
         start = time.perf_counter()
         try:
             yield
+            self.record.finished_stages.append(name)
         finally:
             elapsed = time.perf_counter() - start
             self.record.timings[name] = round(self.record.timings.get(name, 0.0) + elapsed, 3)
@@ -314,6 +338,15 @@ class RecordBuilder:
     def set_utility(self, figures: UtilityFigures) -> None:
         self.record.utility = UtilityInfo.of(figures)
 
+    def set_sanity(self, role: ModelRole, probe: dict[str, Any]) -> None:
+        """The sanity probe of the original or the remediated model (`SanityProbe.to_dict`)."""
+        self.record.sanity[role] = SanityInfo(**probe)
+
+    def set_skipped(self, counts: dict[str, int], files: Iterable[tuple[str, str]]) -> None:
+        """What the scan did not read, by reason, and the first files by (redacted) name."""
+        self.record.corpus.skipped = dict(sorted(counts.items()))
+        self.record.corpus.skipped_files = [SkippedFile(origin=o, reason=r) for o, r in files]
+
     def finish(
         self,
         exit_code: int,
@@ -329,7 +362,14 @@ class RecordBuilder:
         record.released_model = released_model
         record.error = error
         record.finished_at = _now()
-        return record
+        return redacted(record)
+
+
+def redacted(record: RunRecord) -> RunRecord:
+    """The record with every string redacted (`audit.redact`): paths, the command line,
+    the policy, ids and names. Strings the scan already redacted stay as they are."""
+    clean = RunRecord.model_validate(redact_strings(record.model_dump(mode="json")))
+    return clean if clean != record else record
 
 
 def _finding_row(f: Finding) -> FindingRow:

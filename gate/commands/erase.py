@@ -338,9 +338,27 @@ def _run(
     from audit.measurements import read_measurements
     from audit.model import check_model_dir
     from gate import ui
-    from gate.commands.measure import launch_shard
+    from gate.commands.measure import launch_shard, thresholds_option
+    from gate.paths import check_paths, path_option
+    from gate.unlearn.checkpoint import work_dir
     from gate.unlearn.erase import check_output, select_forget_set
 
+    check_paths(
+        [
+            *path_option("--model", model_dir, "folder", "model folder"),
+            *path_option("--data", data, "data"),
+            *path_option("--findings", findings_path, "file", "findings file"),
+            *path_option("--measurements", measurements_path, "file", "measurements file"),
+            *thresholds_option(thresholds_spec),
+            *path_option("--retain", retain_path, "data"),
+            *path_option("--heldout", heldout_path, "data"),
+            *(g for p in heldout_findings for g in path_option("--heldout-findings", p, "file")),
+        ],
+        [
+            *path_option("--out", out_dir, "folder"),
+            *path_option("--out", work_dir(out_dir), "folder"),
+        ],
+    )
     check_model_dir(model_dir)
     check_output(out_dir, model_dir, settings["force"])
     shard = launch_shard()
