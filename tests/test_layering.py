@@ -80,39 +80,25 @@ def import_graph() -> dict[str, set[str]]:
     return {name: imported(name, path, known) - {name} for name, path in mods.items()}
 
 
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` reaches through one or more imports."""
+    seen: set[str] = set()
+    todo = list(graph[start])
+    while todo:
+        v = todo.pop()
+        if v not in seen:
+            seen.add(v)
+            todo.extend(graph[v])
+    return seen
+
+
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """The strongly connected components with more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in sorted(graph[v]):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component: list[str] = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return found
+    """The groups of modules that reach each other (strongly connected, more than one)."""
+    reach = {v: reachable(graph, v) for v in graph}
+    groups = {
+        tuple(sorted({v} | {w for w in reach[v] if v in reach[w]})) for v in graph if v in reach[v]
+    }
+    return sorted(list(group) for group in groups if len(group) > 1)
 
 
 def _parents_only(graph: dict[str, set[str]]) -> dict[str, set[str]]:
