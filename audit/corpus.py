@@ -201,9 +201,12 @@ def _read_by_id(folder: Path, sample_ids: Iterable[str]) -> dict[str, str]:
     root = folder.resolve()
     found: dict[str, str] = {}
     for sample_id in sample_ids:
-        path = (root / sample_id).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
-            continue  # an id from another corpus, never a file outside the folder
+        try:
+            path = (root / sample_id).resolve()
+            if not path.is_relative_to(root) or not path.is_file():
+                continue  # an id from another corpus, never a file outside the folder
+        except (OSError, ValueError):  # a NUL, a lone surrogate, a name too long: no file
+            continue
         text = _read_file(path, ReadStats())
         if text is not None:
             found[sample_id] = text
@@ -454,7 +457,9 @@ def _check_text_column(spec: CorpusSpec, names: Sequence[str], kind: Callable[[]
             "set --text-field)"
         )
     found = kind()
-    text = found in _TEXT_TYPES or (found.startswith("dictionary<values=") and "string" in found)
+    text = found in _TEXT_TYPES or found.startswith(
+        tuple(f"dictionary<values={t}," for t in _TEXT_TYPES)
+    )
     if not text:
         raise InputError(
             f"{spec.path}: column {spec.text_field!r} holds {found}, not text "

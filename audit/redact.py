@@ -98,7 +98,17 @@ def printable(text: str, one_line: bool = True) -> str:
     `one_line` is False (then its line breaks are kept)."""
     if one_line:
         text = text.replace("\r", " ").replace("\n", " ").replace("\t", " ")
+    if not _encodable(text):  # a lone surrogate: a terminal cannot be written it
+        text = text.encode("utf-8", errors="replace").decode("utf-8")
     return _CONTROL.sub("", text)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def safe_text(value: object) -> str:

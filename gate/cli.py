@@ -69,7 +69,15 @@ def _as_click(error: CodeEraserError) -> click.ClickException:
 
 
 def _safe_click(error: click.ClickException) -> click.ClickException:
-    """Click's own errors quote the values given (a bad choice, a path): made safe."""
+    """Click's own errors, on one line like ours: a usage error without the usage
+    block (its --help named instead), and the values it quotes (a bad choice, a path)
+    made safe."""
+    message = safe_text(error.format_message())
+    if isinstance(error, click.UsageError):
+        where = error.ctx.command_path if error.ctx is not None else "codeeraser"
+        problem = _InputProblem(f"{message} (see {where} --help)")
+        problem.exit_code = error.exit_code
+        return problem
     error.__dict__["message"] = safe_text(error.message)  # `message` is typed Final
     return error
 

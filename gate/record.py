@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -469,15 +471,7 @@ def fingerprint_path(path: Path, chunk: int = 1 << 20, exclude: tuple[str, ...] 
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     digest = hashlib.sha256()
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and p.relative_to(path).as_posix() not in exclude
-        )
-    )
+    files = [path] if path.is_file() else _regular_files(path, exclude)
     for file in files:
         rel = file.name if file == path else file.relative_to(path).as_posix()
         digest.update(f"{rel}\0{file.stat().st_size}\0".encode())
@@ -485,6 +479,22 @@ def fingerprint_path(path: Path, chunk: int = 1 << 20, exclude: tuple[str, ...] 
             while block := handle.read(chunk):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def _regular_files(folder: Path, exclude: tuple[str, ...]) -> list[Path]:
+    """The regular files under `folder`, sorted; links, FIFOs and folders that cannot be
+    listed (or whose path is too long) are left out, as the scan leaves them out."""
+    found = []
+    for root, _dirs, names in os.walk(folder):  # errors in listing a folder: skipped
+        for name in names:
+            file = Path(root) / name
+            try:
+                regular = stat.S_ISREG(file.lstat().st_mode)
+            except OSError:
+                continue
+            if regular and file.relative_to(folder).as_posix() not in exclude:
+                found.append(file)
+    return sorted(found)
 
 
 def _now() -> str:

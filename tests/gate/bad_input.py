@@ -41,6 +41,7 @@ class Env:
     demo: DemoBuild
     monkeypatch: pytest.MonkeyPatch
     models: Path | None = None  # the hostile model folders (see test_bad_inputs_model.py)
+    cleanups: list[Callable[[], object]] = field(default_factory=list)  # run after the case
 
     def model(self, name: str) -> Path:
         """One of the hostile model folders."""
@@ -168,6 +169,14 @@ def _digest(path: Path) -> str:
 
 def run_case(case: Case, env: Env) -> Result:
     """Build the case, run it, and assert the suite's promises; return the result."""
+    try:
+        return _run_case(case, env)
+    finally:
+        for cleanup in env.cleanups:
+            cleanup()
+
+
+def _run_case(case: Case, env: Env) -> Result:
     args = case.build(env)
     inputs = Snapshot.of(env.tmp)
     demo = Snapshot.of(env.demo.root)
