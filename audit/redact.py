@@ -35,6 +35,9 @@ PLACEHOLDER = re.compile(r"«[^«»\s]*»")
 _ORIGIN = "identifier"  # the file name the detectors see: no extension, no special case
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _MAX_PASSES = 3
+# A file extension at the end of a path part: blanked (same length) in a second look, so
+# that `alice@corp.com.json` is seen as the address it holds, not as a file name.
+_EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,7}(?=/|$)")
 
 
 def placeholder(value: str) -> str:
@@ -128,14 +131,20 @@ def _secret_spans(text: str) -> list[tuple[int, int]]:
     if not scanner.has_hints(text):
         return []
     kept = [m.span() for m in PLACEHOLDER.finditer(text)]
-    sample = Sample(id="", origin=_ORIGIN, text=text, language=None)
+    found: list[tuple[int, int]] = []
     with scoped_settings():
-        found = scanner.scan(sample).findings
+        for variant in dict.fromkeys([text, _EXTENSION.sub(_blank, text)]):
+            sample = Sample(id="", origin=_ORIGIN, text=variant, language=None)
+            found += [(f.start, f.end) for f in scanner.scan(sample).findings]
     return [
-        (f.start, f.end)
-        for f in found
-        if not any(start < f.end and f.start < end for start, end in kept)
+        (first, last)
+        for first, last in found
+        if not any(start < last and first < end for start, end in kept)
     ]
+
+
+def _blank(match: re.Match[str]) -> str:
+    return " " * len(match.group(0))
 
 
 def _replace(text: str, spans: list[tuple[int, int]]) -> str:

@@ -75,9 +75,7 @@ def _safe_click(error: click.ClickException) -> click.ClickException:
     message = safe_text(error.format_message())
     if isinstance(error, click.UsageError):
         where = error.ctx.command_path if error.ctx is not None else "codeeraser"
-        problem = _InputProblem(f"{message} (see {where} --help)")
-        problem.exit_code = error.exit_code
-        return problem
+        return _InputProblem(f"{message} (see {where} --help)")  # exit 2, as click's
     error.__dict__["message"] = safe_text(error.message)  # `message` is typed Final
     return error
 
