@@ -114,10 +114,6 @@ def run_from_options(
     resume: bool = False,
 ) -> RunRecord:
     """Load the policy with the command-line overrides, run the gate, print the outcome."""
-    from gate.commands.measure import launch_shard
-    from gate.pipeline import GateRun, run_gate
-    from gate.policy import load_policy
-
     check_paths(
         [
             *path_option("--model", model_dir, "folder", "model folder"),
@@ -126,6 +122,10 @@ def run_from_options(
             *path_option("--heldout", heldout, "data"),
         ]
     )
+    from gate.commands.measure import launch_shard
+    from gate.pipeline import GateRun, run_gate
+    from gate.policy import load_policy
+
     overrides = {  # absolute: a relative path in a policy is relative to the policy's folder
         "thresholds.unseen": str(unseen.absolute()) if unseen else None,
         "utility.heldout": str(heldout.absolute()) if heldout else None,

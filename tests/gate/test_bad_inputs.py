@@ -249,9 +249,36 @@ def test_bad_input_is_one_line_and_exit_2(
     run_case(case, Env(tmp_path, tiny_demo, monkeypatch))
 
 
-def test_the_table_has_at_least_twenty_cases() -> None:
-    assert len(CASES) >= 20
-    assert len({c.name for c in CASES}) == len(CASES)
+def _classes() -> dict[str, list[Case]]:
+    """The suite's cases by class, as docs/reliability.md's table lists them."""
+    from tests.gate import (
+        test_bad_inputs_data,
+        test_bad_inputs_model,
+        test_bad_inputs_paths,
+        test_bad_inputs_policy,
+    )
+
+    return {
+        "data, policies, model folders, findings and outputs": CASES,
+        "a model that is not what it claims (exit 3)": test_bad_inputs_model.CASES,
+        "a policy that cannot work, or would exhaust the machine": test_bad_inputs_policy.CASES,
+        "paths: missing, of the wrong kind, colliding, in use, secrets and escapes in them": (
+            test_bad_inputs_paths.CASES
+        ),
+        "data, findings and measurements that are subtly wrong": test_bad_inputs_data.CASES,
+    }
+
+
+def test_the_suite_holds_at_least_100_cases_and_the_docs_count_them() -> None:
+    classes = _classes()
+    total = sum(len(cases) for cases in classes.values())
+    assert total >= 100
+    names = [c.name for cases in classes.values() for c in cases]
+    assert len(set(names)) == len(names)
+    page = (Path(__file__).parents[2] / "docs" / "reliability.md").read_text(encoding="utf-8")
+    for name, cases in classes.items():
+        assert f"| {name} | {len(cases)} |" in page, name
+    assert f"| **total** | **{total}** |" in page
 
 
 def test_disk_full_keeps_the_previous_file(
