@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from gate import limits
 from gate.commands.measure import corpus_options, corpus_spec, model_options
 from gate.paths import check_paths, path_option
 
@@ -26,14 +27,14 @@ from gate.paths import check_paths, path_option
 )
 @click.option(
     "--sequences",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_WINDOWS),
     default=64,
     show_default=True,
     help="Unseen sequences to score at most (the first of each sample long enough).",
 )
 @click.option(
     "--sequence-tokens",
-    type=click.IntRange(min=2),
+    type=click.IntRange(min=2, max=limits.MAX_TOKENS),
     default=128,
     show_default=True,
     help="Tokens per sequence (the paper's 128; cut to the model's context).",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from audit.redact import printable
 from gate.commands.measure import model_options
 from gate.paths import check_paths, path_option
 
@@ -160,7 +161,7 @@ def print_outcome(record: RunRecord, out_dir: Path) -> None:
         ui.console.print(_headline(record))
         ui.console.print(f"Report: {ui.safe(out_dir / 'report.html')}")
     if record.exit_code == 0 and record.released_model:
-        click.echo(record.released_model)
+        click.echo(printable(record.released_model))  # redacted in the record
 
 
 def _headline(record: RunRecord) -> str:

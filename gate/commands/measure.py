@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from audit.corpus import FORMATS, CorpusSpec
+from gate import limits
 from gate.paths import PathOption, check_paths, path_option
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def model_options(command: F) -> F:
             ),
             click.option(
                 "--batch-tokens",
-                type=click.IntRange(min=1),
+                type=click.IntRange(min=1, max=limits.MAX_BATCH_TOKENS),
                 default=16384,
                 show_default=True,
                 help="Padded tokens per batch; bounds memory (raise it on a large GPU).",
@@ -132,21 +133,21 @@ def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusS
 )
 @click.option(
     "--prefix-tokens",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_TOKENS),
     default=128,
     show_default=True,
     help="Tokens of code before the secret the attacker prompts with.",
 )
 @click.option(
     "--secret-tokens",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_TOKENS),
     default=32,
     show_default=True,
     help="Secret tokens measured at most; longer secrets are cut (truncated: true).",
 )
 @click.option(
     "--samples",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_SAMPLES),
     default=0,
     show_default=True,
     help="Sampled-attack decodes per finding (0: greedy attack only).",
@@ -160,7 +161,7 @@ def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusS
 )
 @click.option(
     "--top-k",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_TOP_K),
     default=40,
     show_default=True,
     help="The sampled attack draws among the k likeliest tokens (0: all).",
@@ -175,7 +176,7 @@ def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusS
 )
 @click.option(
     "--max-findings",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_FINDINGS),
     help="Measure a deterministic sample of this many findings (for huge corpora).",
 )
 @click.option(

@@ -69,6 +69,6 @@ def report(record: Path, out: Path | None, formats: str | None) -> None:
         click.echo(str(path))
     if not ui.is_quiet():
         ui.console.print(
-            f"Gate run of {run.started_at}: {HEADLINES[run.outcome]} "
+            f"Gate run of {ui.safe(run.started_at)}: {HEADLINES[run.outcome]} "
             f"(exit code {run.exit_code}); {len(written)} files written."
         )

@@ -261,7 +261,9 @@ def _classes() -> dict[str, list[Case]]:
     return {
         "data, policies, model folders, findings and outputs": CASES,
         "a model that is not what it claims (exit 3)": test_bad_inputs_model.CASES,
-        "a policy that cannot work, or would exhaust the machine": test_bad_inputs_policy.CASES,
+        "a policy or option that cannot work, or would exhaust the machine": (
+            test_bad_inputs_policy.CASES
+        ),
         "paths: missing, of the wrong kind, colliding, in use, secrets and escapes in them": (
             test_bad_inputs_paths.CASES
         ),

@@ -1,4 +1,5 @@
-"""Policies that cannot do what they say, or would exhaust the machine: exit 2 at once.
+"""Policies (and options) that cannot do what they say, or would exhaust the machine:
+exit 2 at once.
 
 Every name in a policy must match what the enabled detectors report (a rule whose
 secret types match nothing would pass forever); every budget must be measurable on
@@ -198,6 +199,31 @@ CASES = [
         ("policy.yaml:3", "duplicate key"),
     ),
     Case("rule without secret types", _policy(RULE + "  secret_types: []\n"), ("secret_types",)),
+    Case(
+        "measure --samples far too many",
+        lambda env: [*env.measure(env.demo.model_dir), "--samples", "1000000"],
+        ("--samples", "1000000 is not in the range 0<=x<=1000", "--help"),
+    ),
+    Case(
+        "erase --epochs far too many",
+        lambda env: env.erase(None, None, "--epochs", "999999999"),
+        ("--epochs", "not in the range"),
+    ),
+    Case(
+        "calibrate --sequences far too many",
+        lambda env: [
+            "calibrate",
+            "--model",
+            str(env.demo.model_dir),
+            "--unseen",
+            str(env.demo.heldout_dir),
+            "--out",
+            str(env.tmp / "t.json"),
+            "--sequences",
+            "10**9",
+        ],
+        ("--sequences", "is not a valid integer"),
+    ),
     Case(
         "fraction limit over 1",
         _policy("rules:\n- metric: memorized_rate\n  limit: 5\n"),
