@@ -26,9 +26,12 @@ import hashlib
 import re
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audit.findings import Finding, make_finding_id, make_preview
+
+if TYPE_CHECKING:
+    from audit.detectors import Detector
 
 _KEY = b"codeeraser-identifier\0"
 PLACEHOLDER = re.compile(r"«[^«»\s]*»")
@@ -120,27 +123,58 @@ def safe_text(value: object) -> str:
 
 
 def _secret_spans(text: str) -> list[tuple[int, int]]:
-    """Spans the detectors report in `text`, except inside existing placeholders."""
+    """Spans the detectors report in `text` (and in `text` with its file extensions
+    blanked), less the value filters' false positives and existing placeholders."""
     if not text or text.isspace():
-        return []
-    from audit.corpus import Sample
-    from audit.detectors import scoped_settings
-    from audit.scan import scanner_for
-
-    scanner = scanner_for(None)
-    if not scanner.has_hints(text):
         return []
     kept = [m.span() for m in PLACEHOLDER.finditer(text)]
     found: list[tuple[int, int]] = []
-    with scoped_settings():
-        for variant in dict.fromkeys([text, _EXTENSION.sub(_blank, text)]):
-            sample = Sample(id="", origin=_ORIGIN, text=variant, language=None)
-            found += [(f.start, f.end) for f in scanner.scan(sample).findings]
+    for variant in dict.fromkeys([text, _EXTENSION.sub(_blank, text)]):
+        found += _detected(variant)
     return [
         (first, last)
         for first, last in found
         if not any(start < last and first < end for start, end in kept)
     ]
+
+
+def _detected(text: str) -> list[tuple[int, int]]:
+    """Every detector whose hints occur in `text`, on `text` as one line (an identifier
+    has no syntax to give context, so only the value filters apply)."""
+    from audit.detectors import scoped_settings
+    from audit.filters import Candidate, false_positive
+
+    low = text.lower() if len(text.lower()) == len(text) else text
+    chosen = [entry[0] for entry in _detectors() if _hinted(entry, low)]
+    if not chosen:
+        return []
+    spans = []
+    with scoped_settings():
+        for detector in chosen:
+            for start, end in detector.spans(text, _ORIGIN, None):
+                candidate = Candidate(
+                    value=text[start:end],
+                    secret_type=detector.secret_type,
+                    line=text,
+                    column=start,
+                    filename=_ORIGIN,
+                )
+                if end > start and false_positive(candidate) is None:
+                    spans.append((start, end))
+    return spans
+
+
+@lru_cache(maxsize=1)
+def _detectors() -> tuple[tuple[Detector, tuple[re.Pattern[str], ...]], ...]:
+    """Every registered detector, with its trigger regexes compiled."""
+    from audit.detectors import build_detectors
+
+    return tuple((d, tuple(re.compile(t) for t in d.triggers)) for d in build_detectors())
+
+
+def _hinted(entry: tuple[Detector, tuple[re.Pattern[str], ...]], low: str) -> bool:
+    detector, triggers = entry
+    return any(k in low for k in detector.keywords) or any(t.search(low) for t in triggers)
 
 
 def _blank(match: re.Match[str]) -> str:

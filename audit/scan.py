@@ -137,13 +137,6 @@ class Scanner:
         )
         return SampleResult(tuple(findings), tuple(sorted(filtered.items())))
 
-    def has_hints(self, text: str) -> bool:
-        """False when no detector's prefilter hint occurs in `text`: it holds no secret."""
-        low = lower_same_length(text)
-        return any(k in low for d in self.text_detectors for k in d.keywords) or bool(
-            self._candidate_lines(low)
-        )
-
     def _raw_spans(self, text: str, filename: str, language: str | None) -> set[_Raw]:
         raw: set[_Raw] = set()
         low = lower_same_length(text)

@@ -43,10 +43,10 @@ from audit.corpus import CorpusSpec
 from audit.distributed import LOCAL, Shard
 from audit.errors import CodeEraserError, ExitCode, InputError, Interrupted, PolicyError
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
-from audit.integrity import MAX_LOSS_RATIO
 from audit.io import atomic_write_json, atomic_write_text
 from audit.measurements import Measurement, Thresholds, read_measurements, write_measurements
 from audit.redact import safe_text
+from audit.sanity import MAX_LOSS_RATIO
 from gate import __version__
 from gate.paths import LOCK, PathOption, check_paths, path_option, run_lock
 from gate.policy import Policy
@@ -483,7 +483,7 @@ def _read_texts(state: _State) -> None:
 
 def _probe(state: _State, loaded: LoadedModel) -> None:
     """The sanity probe of the original model: refused (exit 3) when it fails."""
-    from audit.integrity import checked_probe
+    from audit.sanity import checked_probe
 
     probe = checked_probe(loaded, state.texts, state.measured).to_dict()
     state.builder.set_sanity("original", probe)
@@ -598,7 +598,7 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
 def _probe_remediated(state: _State, loaded: LoadedModel) -> None:
     """The remediated model's sanity probe: recorded; a failure fails the verdict (see
     `_remediate`), since a model that lost its grip on code leaks nothing and is no use."""
-    from audit.integrity import probe_texts, sanity_probe
+    from audit.sanity import probe_texts, sanity_probe
 
     texts = probe_texts(state.texts, state.measured)
     probe = sanity_probe(

@@ -17,9 +17,9 @@ from gate.paths import PathOption, check_paths, path_option
 if TYPE_CHECKING:
     from audit.distributed import Shard
     from audit.findings import Finding
-    from audit.integrity import SanityProbe
     from audit.measurements import Measurement, Thresholds
     from audit.model import LoadedModel
+    from audit.sanity import SanityProbe
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
@@ -267,8 +267,8 @@ def _run_measure(
     chosen = sample_findings(findings, max_findings, seed)
     texts = texts_for_findings(corpus_spec(data, fmt, text_field, id_field), chosen)
     from audit.extraction import MeasureConfig
-    from audit.integrity import checked_probe
     from audit.model import load_model
+    from audit.sanity import checked_probe
 
     config = MeasureConfig(
         batch_tokens=batch_tokens, samples=samples, temperature=temperature, top_k=top_k, seed=seed
@@ -392,7 +392,7 @@ def print_summary(
     ui.console.print(table)
     ui.console.print(
         f"Memorized: MA ≥ {thresholds.ma:.4f} or EL_10 ≥ {thresholds.el_10:.4f} "
-        f"({thresholds.source})."
+        f"({ui.safe(thresholds.source)})."
     )
     rate = len(rows) / seconds if seconds > 0 else 0.0
     cut = sum(r.truncated for r in rows)

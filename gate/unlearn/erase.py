@@ -38,10 +38,10 @@ from audit.corpus import CorpusSpec, iter_samples, load_texts
 from audit.distributed import LOCAL, Shard
 from audit.errors import InputError, Interrupted
 from audit.findings import Finding
-from audit.integrity import checked_probe, probe_texts, sanity_probe
 from audit.io import output_error
 from audit.measurements import Measurement, Thresholds
 from audit.redact import redact_path
+from audit.sanity import checked_probe, probe_texts, sanity_probe
 from gate import __version__
 from gate.unlearn.checkpoint import STOP, Checkpointer, digest, work_dir
 from gate.unlearn.data import (
@@ -352,9 +352,9 @@ def _fingerprint(
         "prefix_tokens": options.prefix_tokens,
         "batch_tokens": options.batch_tokens,
         "humaneval": options.humaneval,
-        "retain": str(options.retain.path) if options.retain else None,
-        "heldout": str(options.heldout.path) if options.heldout else None,
-        "heldout_findings": [str(p) for p in options.heldout_findings],
+        "retain": redact_path(options.retain.path) if options.retain else None,
+        "heldout": redact_path(options.heldout.path) if options.heldout else None,
+        "heldout_findings": [redact_path(p) for p in options.heldout_findings],
     }
     return {
         "model": input_hash,

@@ -206,6 +206,12 @@ CASES = [
     Case("a shard of the weights lost", _measure("missing-shard"), ("failed to load",), 3),
     Case("calibrate: DDP prefix", lambda env: _calibrate(env, "module-prefix"), (KEYS,), 3),
     Case(
+        "calibrate --data: random weights",
+        lambda env: [*_calibrate(env, "random-weights"), "--data", str(env.demo.corpus_dir)],
+        (PROBE,),
+        3,
+    ),
+    Case(
         "erase: config with more layers",
         lambda env: env.erase(env.model("more-layers")),
         (KEYS,),

@@ -115,6 +115,7 @@ def runs(tiny_demo: DemoBuild, tmp_path_factory: pytest.TempPathFactory) -> dict
         lambda out: [
             "calibrate", "--model", str(demo.model_dir), "--unseen", str(demo.heldout_dir),
             "--out", str(out / "thresholds.json"), "--sequences", "8",
+            "--data", str(demo.corpus_dir),
         ],
     )  # fmt: skip
     run(
@@ -240,6 +241,7 @@ def test_the_same_inputs_give_byte_identical_outputs(
         lambda out: [
             "calibrate", "--model", str(tiny_demo.model_dir), "--unseen",
             str(tiny_demo.heldout_dir), "--out", str(out / "thresholds.json"), "--sequences", "8",
+            "--data", str(tiny_demo.corpus_dir),
         ],
     )  # fmt: skip
     assert calibrated.files == runs["calibrate"].files
