@@ -22,12 +22,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from audit.errors import InputError
 from audit.findings import Finding
 from audit.io import iter_lines, parse_jsonl_line
-from audit.redact import is_redacted, redact_identifier
+from audit.placeholders import is_redacted, matches_redacted, raw_length
 
 Format = Literal["auto", "dir", "jsonl", "parquet", "hf"]
 OnBad = Literal["skip", "fail"]
@@ -68,12 +68,33 @@ _LANGUAGES = {
     ".conf": "ini",
     ".env": "dotenv",
     ".properties": "ini",
+    ".txt": "text",
+    ".log": "log",
+    ".md": "markdown",
+    ".rst": "text",
+    ".tf": "terraform",
+    ".tfvars": "terraform",
+    ".hcl": "terraform",
+    ".mk": "makefile",
+    ".xml": "xml",
+    ".config": "xml",
+    ".csproj": "xml",
+    ".props": "xml",
+    ".nuspec": "xml",
 }
+_MAKEFILES = frozenset({"makefile", "gnumakefile", "makefile.am", "makefile.in"})
+# Compressed files in a folder are read through their decompressor, up to MAX_FILE_BYTES
+# of text; the sample keeps the file's own path, its language is the inner name's.
+COMPRESSED = (".gz", ".xz", ".zst")
 
 
 def language_for(path: str) -> str | None:
     """The language of a file from its name (``.env`` files included), or None."""
     name = path.rsplit("/", 1)[-1].lower()
+    for suffix in COMPRESSED:
+        name = name.removesuffix(suffix)
+    if name in _MAKEFILES:
+        return "makefile"
     if name == ".env" or name.startswith(".env.") or name.endswith(".env"):
         return "dotenv"
     dot = name.rfind(".")
@@ -92,7 +113,8 @@ class Sample:
 
 @dataclass
 class ReadStats:
-    """What a read skipped, by reason, and the first files skipped (redacted names)."""
+    """What a read skipped, by reason, and the first files skipped (the scan redacts
+    their names before they are shown)."""
 
     samples: int = 0
     bytes: int = 0
@@ -100,10 +122,10 @@ class ReadStats:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (origin, reason)
 
     def skip(self, reason: str, origin: str | None = None) -> None:
-        """Count one skipped sample; list it by its redacted origin (up to MAX_LISTED)."""
+        """Count one skipped sample; list it by its origin (up to MAX_LISTED)."""
         self.skipped[reason] += 1
         if origin is not None and len(self.skipped_files) < MAX_LISTED:
-            self.skipped_files.append((redact_identifier(origin), reason))
+            self.skipped_files.append((origin, reason))
 
 
 @dataclass(frozen=True)
@@ -178,7 +200,7 @@ def load_texts(spec: CorpusSpec, sample_ids: Iterable[str]) -> dict[str, str]:
     """The texts of the given samples (one pass over the corpus); missing ids are absent.
 
     Ids are as findings hold them: an id with a secret in it is redacted
-    (`audit.redact`), and matches the sample whose own id redacts to it.
+    (`audit.placeholders`), and matches the sample whose own id it was made from.
     """
     wanted = set(sample_ids)
     found: dict[str, str] = {}
@@ -186,14 +208,24 @@ def load_texts(spec: CorpusSpec, sample_ids: Iterable[str]) -> dict[str, str]:
         found = _read_by_id(spec.path, [i for i in wanted if not is_redacted(i)])
         if len(found) == len(wanted):
             return found
-    redacted = any(is_redacted(i) for i in wanted - found.keys())
+    by_length: dict[int, list[str]] = {}  # redacted ids, by the length of their sample's id
+    for redacted in (i for i in wanted if is_redacted(i)):
+        by_length.setdefault(raw_length(redacted), []).append(redacted)
     for sample in iter_samples(spec):
-        key = redact_identifier(sample.id) if redacted else sample.id
-        if key in wanted and key not in found:
+        key = _wanted_key(sample.id, wanted, by_length)
+        if key is not None and key not in found:
             found[key] = sample.text
             if len(found) == len(wanted):
                 break
     return found
+
+
+def _wanted_key(sample_id: str, wanted: set[str], by_length: dict[int, list[str]]) -> str | None:
+    """The wanted id that names this sample: its own id, or a redaction of it."""
+    if sample_id in wanted:
+        return sample_id
+    candidates = by_length.get(len(sample_id), ())
+    return next((r for r in candidates if matches_redacted(sample_id, r)), None)
 
 
 def _read_by_id(folder: Path, sample_ids: Iterable[str]) -> dict[str, str]:
@@ -288,11 +320,23 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path != root else "."
 
 
+def file_sample(path: Path, stats: ReadStats) -> Sample | None:
+    """One file as one sample, read as a folder corpus reads it (id and origin: `path`
+    as given, with `/` separators); None when it is skipped (binary, too large, not UTF-8).
+    """
+    name = path.as_posix()
+    text = _read_file(path, stats, name)
+    if text is None:
+        return None
+    return Sample(id=name, origin=name, text=text, language=language_for(name))
+
+
 def _read_file(path: Path, stats: ReadStats, origin: str | None = None) -> str | None:
     """A file's text, or None (counted in `stats`) when it is not a readable text file.
 
     Opened without following a link and without blocking, and checked to be a regular
-    file once open: a file swapped for a FIFO after the walk does not hang the read."""
+    file once open: a file swapped for a FIFO after the walk does not hang the read.
+    Compressed files are read through their decompressor."""
     origin = origin or path.name
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
@@ -308,9 +352,15 @@ def _read_file(path: Path, stats: ReadStats, origin: str | None = None) -> str |
             if info.st_size > MAX_FILE_BYTES:
                 stats.skip("too large", origin)
                 return None
-            data = handle.read(MAX_FILE_BYTES + 1)
+            if path.suffix.lower() in COMPRESSED:
+                data = _decompressed(handle, path.suffix)
+            else:
+                data = handle.read(MAX_FILE_BYTES + 1)
     except OSError:
         stats.skip("unreadable", origin)
+        return None
+    if data is None:
+        stats.skip("compressed: corrupt or over the size limit", origin)
         return None
     return _decoded(data, stats, origin)
 
@@ -327,6 +377,40 @@ def _decoded(data: bytes, stats: ReadStats, origin: str) -> str | None:
     except UnicodeDecodeError:
         stats.skip("not UTF-8", origin)
         return None
+
+
+def _decompressed(raw: IO[bytes], suffix: str) -> bytes | None:
+    """The content of an open .gz/.xz/.zst file, or None if it is corrupt or decompresses
+    to more than MAX_FILE_BYTES (read in bounded steps: a zip bomb never fills memory)."""
+    import gzip
+    import lzma
+
+    import zstandard
+
+    suffix = suffix.lower()
+    try:
+        if suffix == ".zst":
+            with zstandard.ZstdDecompressor().stream_reader(raw) as f:
+                data = _read_upto(f, MAX_FILE_BYTES + 1)
+        elif suffix == ".gz":
+            with gzip.GzipFile(fileobj=raw) as f:
+                data = _read_upto(f, MAX_FILE_BYTES + 1)
+        else:
+            with lzma.LZMAFile(raw) as f:
+                data = _read_upto(f, MAX_FILE_BYTES + 1)
+    except (OSError, EOFError, lzma.LZMAError, ValueError, zstandard.ZstdError):
+        return None
+    return data if len(data) <= MAX_FILE_BYTES else None
+
+
+def _read_upto(stream: Any, limit: int) -> bytes:
+    """At most `limit` bytes of a stream whose reads may return less than asked."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := stream.read(min(1 << 20, limit - size))):
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 def _record_sample(
@@ -398,7 +482,7 @@ def _samples_of(spec: CorpusSpec, records: Iterable[Record], stats: ReadStats) -
             key = hash(sample.id)
             if key in seen:
                 raise InputError(
-                    f"{where}: sample id {redact_identifier(sample.id)!r} (field "
+                    f"{where}: sample id {sample.id!r} (field "
                     f"{spec.id_field!r}) was already used by an earlier record; ids must be "
                     "unique (set --id-field to a unique field, or remove the duplicate)"
                 )

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from detect_secrets.filters import heuristic
-
 
 def words(text: str) -> frozenset[str]:
     """A set of words written as one whitespace-separated string."""
@@ -51,7 +49,9 @@ _PLACEHOLDER = re.compile(
     r"(?:key|token|secret|password|pass|pwd)|"
     r"(?:key|token|secret|password)[-_ .]?(?:goes[-_ .]?)?here|"
     r"change[-_ .]?(?:me|it|this)|replace[-_ .]?(?:me|this|with)|insert[-_ .]?(?:your|here)|"
-    r"placeholder|dummy|redacted|not[-_ .]?a[-_ .]?real|fake[-_ .]?(?:key|token|secret|password)",
+    r"placeholder|dummy|redacted|not[-_ .]?a[-_ .]?real|fake[-_ .]?(?:key|token|secret|password)|"
+    r"(?:random|sample|example|my|some)[-_ .]?(?:string|key|token|secret|value|password)|"
+    r"(?:key|token|secret|string|value|password)[-_ .]?(?:goes[-_ .]?)?here",
     re.IGNORECASE,
 )
 _TEMPLATE = re.compile(
@@ -87,11 +87,38 @@ _CHECKSUM_WORDS = re.compile(
     re.IGNORECASE,
 )
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_SEQUENCES = (
+    _ALPHABET * 2,
+    "0123456789" * 2,
+    "0123456789ABCDEF" * 2,
+    _ALPHABET + "234567" + _ALPHABET,
+    _ALPHABET + _ALPHABET.lower() + "0123456789+/",
+    "1234567890" * 2,
+    "QWERTYUIOPASDFGHJKLZXCVBNM",
+)
+# Words around a generic high-entropy string that say it is not a credential.
+_NOT_A_CREDENTIAL = re.compile(
+    r"csrf|xsrf|signature|\bsig\b|_sig\b|nonce|revision|\brev\b|commit|integrity|etag|hash|"
+    r"digest|checksum|fingerprint|sha\d*|md5|uuid|guid|\bid\b|_id\b|cache",
+    re.IGNORECASE,
+)
+_ENCRYPTED = re.compile(r"^(?:ENC\[[A-Z0-9_]+,|\$ANSIBLE_VAULT;|vault:v\d+:|AGE-ENCRYPTED)")
+_PUBLIC_KEY = re.compile(
+    r"^(?:ssh-(?:rsa|ed25519|dss)|ecdsa-sha2-|sk-ssh-|-----BEGIN (?:PUBLIC KEY|CERTIFICATE|"
+    r"RSA PUBLIC KEY|PGP PUBLIC)|pk_(?:live|test)_|npub1|age1[0-9a-z]{20})"
+)
+_KEY_NAME = re.compile(r"[A-Za-z]+(?:[_.\-][A-Za-z]+)*")
+_SECRET_WORD = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+_ARN = re.compile(r"arn:[\w\-]*:[^\s\"']*$")
+_PEM_LINE = re.compile(r"-----[A-Z0-9 ]+-----|\\[nr]|\s")
 _SRI = re.compile(r"^sha(?:256|384|512)-[A-Za-z0-9+/]+={0,2}$")
 # Names that hold something about a secret rather than the secret itself: anywhere in
 # the name (`tokenizer.encode`), or as the last word of its last identifier.
 _BENIGN_WORD = re.compile(
-    r"tokeni[sz]|tokens\b|secretar|(?:pad|eos|bos|unk|sep|cls|mask|special)_?tokens?\b",
+    r"tokeni[sz]|tokens\b|secretar|(?:pad|eos|bos|unk|sep|cls|mask|special)_?tokens?\b|"
+    r"public|publishable|csrf|xsrf",
     re.IGNORECASE,
 )
 _BENIGN_SUFFIX = re.compile(
@@ -115,6 +142,7 @@ _GENERIC_TYPES = frozenset(
     {"Secret Keyword", "Base64 High Entropy String", "Hex High Entropy String"}
 )
 _ENTROPY_TYPES = frozenset({"Base64 High Entropy String", "Hex High Entropy String"})
+_AWS_TYPE = "AWS Access Key"
 _ADDRESS_TYPES = frozenset({"Email Address", "IP Address"})
 # Values with structure of their own that placeholder patterns (`----`) would misread.
 _STRUCTURED_TYPES = _ADDRESS_TYPES | {"Private Key"}
@@ -174,7 +202,7 @@ def is_version_number(value: str, before: str) -> bool:
 
 def is_uuid(value: str) -> bool:
     """A UUID: an identifier, not a credential (for generic detectors only)."""
-    return bool(heuristic.is_potential_uuid(value))
+    return bool(_UUID.search(value))
 
 
 def is_checksum(value: str, name: str | None, line: str) -> bool:
@@ -195,7 +223,8 @@ def is_sequential(value: str) -> bool:
     if len(value) < 6:
         return False
     steps = sum(ord(b) - ord(a) == 1 for a, b in pairwise(value))
-    return steps >= (len(value) - 1) / 2 or bool(heuristic.is_sequential_string(value))
+    upper = value.upper()
+    return steps >= (len(value) - 1) / 2 or any(upper in seq for seq in _SEQUENCES)
 
 
 def is_example_ip(value: str) -> bool:
@@ -214,6 +243,49 @@ def is_benign_name(name: str | None) -> bool:
     return bool(_BENIGN_SUFFIX.search(last))
 
 
+def is_low_diversity(value: str) -> bool:
+    """`AIzaaaaa…`, `xxxx…`, `1111…`: too few distinct characters to be drawn at random."""
+    return len(value) >= 8 and len(set(value)) <= min(len(value) // 4, 5)
+
+
+def is_number_or_symbols(value: str) -> bool:
+    """All digits (`123456`, a port, an id) or no letter or digit at all (`********`)."""
+    return value.isdigit() or not any(c.isalnum() for c in value)
+
+
+def is_encrypted(value: str) -> bool:
+    """Ciphertext meant to be committed: SOPS `ENC[…]`, Ansible Vault, Vault transit."""
+    return bool(_ENCRYPTED.match(value))
+
+
+def is_key_name(value: str) -> bool:
+    """A name, not a value: `DB_PASSWORD`, `x-auth-token`, `client_secret`."""
+    if not _KEY_NAME.fullmatch(value):
+        return False
+    return bool(_SECRET_WORD.search(value)) or (value.isupper() and "_" in value)
+
+
+def is_public_key(value: str) -> bool:
+    """A public key or certificate, or a publishable key (`pk_live_`)."""
+    return bool(_PUBLIC_KEY.match(value))
+
+
+def is_not_a_credential_context(name: str | None, line: str) -> bool:
+    """A CSRF token, signature, nonce, revision or hash, by the words around it."""
+    return bool(_NOT_A_CREDENTIAL.search(name or "") or _NOT_A_CREDENTIAL.search(line))
+
+
+def is_in_arn(before: str) -> bool:
+    """Part of an Amazon resource name (`arn:aws:iam::…`), not a key."""
+    return bool(_ARN.search(before[-200:]))
+
+
+def is_dummy_private_key(value: str) -> bool:
+    """A key block whose body is too short, too repetitive or elided to be a key."""
+    body = _PEM_LINE.sub("", value)
+    return len(body) < 64 or len(set(body)) < 20 or "..." in body or "xxxx" in body.lower()
+
+
 def is_not_a_value(value: str) -> bool:
     """Too short, a literal like true/null, a type name, or prose with spaces."""
     return len(value) < 4 or any(c.isspace() for c in value) or bool(_NOT_A_VALUE.match(value))
@@ -222,6 +294,11 @@ def is_not_a_value(value: str) -> bool:
 def is_lock_file(filename: str) -> bool:
     """A package manager's lock file: full of hashes, never of secrets."""
     return filename.rsplit("/", 1)[-1] in _LOCK_FILES
+
+
+def is_word_like_key_id(value: str) -> bool:
+    """`ASIAPACIFICREGION…`: an AWS-shaped id of letters only, in prose (AKIA excepted)."""
+    return not value.startswith("AKIA") and value[4:].isalpha()
 
 
 @dataclass(frozen=True)
@@ -261,11 +338,24 @@ VALUE_CHECKS: tuple[Check, ...] = (
     ("UUID", lambda c: is_uuid(c.value), lambda t: t in _ENTROPY_TYPES),
     ("lock file", lambda c: is_lock_file(c.filename), lambda t: t in _ENTROPY_TYPES),
     ("not a value", lambda c: is_not_a_value(c.value), lambda t: t == "Secret Keyword"),
+    ("low diversity", lambda c: is_low_diversity(c.value), _TOKEN_LIKE),
+    ("number or symbols", lambda c: is_number_or_symbols(c.value), _GENERIC),
+    ("encrypted", lambda c: is_encrypted(c.value), _ALL),
+    ("key name", lambda c: is_key_name(c.value), _GENERIC),
+    ("public key", lambda c: is_public_key(c.value), _ALL),
+    ("inside an ARN", lambda c: is_in_arn(c.before), _NOT_ADDRESS),
+    ("dummy key", lambda c: is_dummy_private_key(c.value), lambda t: t == "Private Key"),
+    ("word, not a key", lambda c: is_word_like_key_id(c.value), lambda t: t == _AWS_TYPE),
 )
 # Checks that need the name the value is assigned to (from audit.context).
 CONTEXT_CHECKS: tuple[Check, ...] = (
     ("checksum", lambda c: is_checksum(c.value, c.name, c.previous + "\n" + c.line), _GENERIC),
     ("benign name", lambda c: is_benign_name(c.name), lambda t: t == "Secret Keyword"),
+    (
+        "not a credential",
+        lambda c: is_not_a_credential_context(c.name, c.previous + "\n" + c.line),
+        lambda t: t in _ENTROPY_TYPES,
+    ),
 )
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import ModelLoadError
-from audit.redact import redact_path
 
 _SHOWN_KEYS = 3
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.module.")
@@ -43,7 +42,7 @@ def check_loading_info(path: Path, model_type: str, info: Mapping[str, Any]) -> 
     if errors and not problems:
         problems = [f"{len(errors)} loading error(s)"]
     raise ModelLoadError(
-        f"{redact_path(path)}: the checkpoint does not match the {model_type} architecture: "
+        f"{path}: the checkpoint does not match the {model_type} architecture: "
         f"{'; '.join(problems)}. Measuring it would measure randomly initialised tensors"
         f"{_hint(unexpected, missing)}"
     )

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from audit.errors import InputError, ModelLoadError
 from audit.model import forward, model_device
-from audit.redact import redact_path
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +65,7 @@ def check_sanity(probe: SanityProbe, path: Path, role: str = "model") -> SanityP
         return probe
     loss = f"{probe.loss:.2f}" if math.isfinite(probe.loss) else "not a number"
     raise ModelLoadError(
-        f"{redact_path(path)}: the {role} fails the sanity probe: its mean loss on "
+        f"{path}: the {role} fails the sanity probe: its mean loss on "
         f"{probe.samples} training samples is {loss} nats/token, not well under a uniform "
         f"guess's {probe.uniform:.2f} (ln {probe.vocabulary}; it must be under "
         f"{probe.max_ratio:.0%} of it). Its weights are not the trained model's (random or "

@@ -24,22 +24,26 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache, partial
 from itertools import chain
+
+from ahocorasick_rs import AhoCorasick, Implementation
 
 from audit.context import SourceContext
 from audit.corpus import CorpusSpec, ReadStats, Sample, iter_samples
 from audit.detectors import (
     CODE_LANGUAGES,
     KEYWORD_TYPE,
+    PRIORITY_GENERIC,
     Detector,
+    EncodedSecretDetector,
+    KubernetesSecretDetector,
     build_detectors,
-    scoped_settings,
 )
 from audit.errors import CodeEraserError
 from audit.filters import CONTEXT_CHECKS, Candidate, false_positive
-from audit.findings import Context, Finding
-from audit.redact import redact_finding
+from audit.findings import Context, Finding, make_finding_id
+from audit.placeholders import PLACEHOLDER, replace_spans
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +67,11 @@ class ScanOptions:
 
 @dataclass(frozen=True)
 class SampleResult:
-    """The findings of one sample, and how many candidates each filter dropped."""
+    """The findings of one sample, those allowlisted inline, and filter counts."""
 
     findings: tuple[Finding, ...]
     filtered: tuple[tuple[str, int], ...] = ()
+    allowlisted: tuple[Finding, ...] = ()  # on a `pragma: allowlist secret` line
 
 
 @dataclass
@@ -79,6 +84,7 @@ class ScanSummary:
     by_type: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     filtered: Counter[str] = field(default_factory=Counter)
+    allowlisted: Counter[str] = field(default_factory=Counter)  # by secret type
     baseline_accepted: int = 0
     skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (origin, reason)
 
@@ -86,6 +92,7 @@ class ScanSummary:
         self.by_type.update(f.secret_type for f in result.findings)
         self.samples_with_findings += bool(result.findings)
         self.filtered.update(dict(result.filtered))
+        self.allowlisted.update(f.secret_type for f in result.allowlisted)
 
     @property
     def findings(self) -> int:
@@ -97,25 +104,63 @@ class _Raw:
     start: int
     end: int
     detector: Detector
+    secret_type: str
+
+
+# Characters of a token run: what base64, hex, URL-safe and percent-encoded blobs use.
+_RUN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-.~%")
+_RUN_TABLE = bytes(ord("a") if chr(c) in _RUN_CHARS else ord(" ") for c in range(256))
+_DIGIT_TABLE = bytes(
+    ord("0") if chr(c).isdigit() else ord(".") if c == ord(".") else ord(" ") for c in range(256)
+)
+_HEX_TABLE = bytes(
+    ord("0") if chr(c) in "0123456789abcdefABCDEF" else ord(":") if c == ord(":") else ord(" ")
+    for c in range(256)
+)
+_ALLOWLIST = re.compile(r"pragma:[ \t]?(?:allow|white)list[ \t]+secret", re.IGNORECASE)
+_ALLOWLIST_NEXT = re.compile(
+    r"pragma:[ \t]?(?:allow|white)list[ \t]+nextline[ \t]+secret", re.IGNORECASE
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_DEPTH = 3  # decode layers of encoded blobs
 
 
 class Scanner:
-    """Finds the secrets in one sample's text with a fixed set of detectors."""
+    """Finds the secrets in one text with a fixed set of detectors."""
 
     def __init__(self, detectors: Sequence[Detector]) -> None:
         self.detectors = tuple(detectors)
-        self.text_detectors = tuple(d for d in self.detectors if d.multiline)
-        line = [d for d in self.detectors if not d.multiline]
-        by_keyword = _index(line, "keywords")
-        by_trigger = _index(line, "triggers")
-        self.keywords = tuple(by_keyword)
-        self.triggers = tuple(re.compile(pattern) for pattern in by_trigger)
-        self.groups = (*by_keyword.values(), *by_trigger.values())
+        keyed = [d for d in self.detectors if d.keywords]
+        needles = sorted({k for d in keyed for k in d.keywords})
+        self.needles = needles
+        index = {k: i for i, k in enumerate(needles)}
+        self.by_needle: list[list[Detector]] = [[] for _ in needles]
+        for detector in keyed:
+            for keyword in detector.keywords:
+                self.by_needle[index[keyword]].append(detector)
+        self.automaton = (
+            AhoCorasick(needles, implementation=Implementation.DFA) if needles else None
+        )
+        self.run_detectors = tuple(d for d in self.detectors if d.mode == "run")
+        self.min_run = min((d.min_run for d in self.run_detectors), default=0)
+        self.ip = next((d for d in self.detectors if d.mode == "ip"), None)
+
+    @cached_property
+    def inner(self) -> Scanner | None:
+        """The scanner for decoded blobs: these detectors less the generic ones."""
+        if not any(isinstance(d, EncodedSecretDetector) for d in self.detectors):
+            return None
+        chosen = tuple(
+            d
+            for d in self.detectors
+            if d.priority > PRIORITY_GENERIC and not isinstance(d, KubernetesSecretDetector)
+        )
+        return self if chosen == self.detectors else Scanner(chosen)
 
     def scan(self, sample: Sample) -> SampleResult:
         """Findings of one sample, in text order, with filter counts."""
         text = sample.text
-        raw = self._raw_spans(text, sample.origin, sample.language)
+        raw = self.raw(text, sample.language)
         if not raw:
             return SampleResult(())
         dropped: set[tuple[str, int, int]] = set()  # (reason, span): a span counts once
@@ -135,42 +180,141 @@ class Scanner:
             for reason, start, end in dropped
             if not any(s < end and start < e for s, e in reported)
         )
-        return SampleResult(tuple(findings), tuple(sorted(filtered.items())))
+        allowed = [f for f in findings if _allowlisted(text, f.start)]
+        findings = [f for f in findings if f not in allowed]
+        return SampleResult(tuple(findings), tuple(sorted(filtered.items())), tuple(allowed))
 
-    def _raw_spans(self, text: str, filename: str, language: str | None) -> set[_Raw]:
-        raw: set[_Raw] = set()
+    def raw(self, text: str, language: str | None, depth: int = 0) -> set[_Raw]:
+        """Every candidate span of every detector, before filters."""
         low = lower_same_length(text)
-        for detector in self.text_detectors:
-            if any(keyword in low for keyword in detector.keywords):
-                raw.update(
-                    _Raw(s, e, detector) for s, e in detector.spans(text, filename, language)
-                )
-        for start, hits in self._candidate_lines(low).items():
-            end = _line_end(text, start)
-            low_line = low[start:end]
-            chosen = [d for d in hits if d.line_filter is None or d.line_filter.search(low_line)]
-            for offset, segment in _segments(text[start:end], hits) if chosen else ():
-                for detector in chosen:
-                    for s, e in detector.spans(segment, filename, language):
-                        raw.add(_Raw(start + offset + s, start + offset + e, detector))
+        raw: set[_Raw] = set()
+        lines: dict[int, set[Detector]] = defaultdict(set)
+        whole: set[Detector] = set()
+        for needle, pos, _ in self._hits(low):
+            for detector in self.by_needle[needle]:
+                if not detector.runs_on(language):
+                    continue
+                if detector.mode == "anchored":
+                    span = detector.match_at(text, pos)
+                    if span is not None:
+                        raw.add(_Raw(*span, detector, detector.secret_type))
+                elif detector.mode == "text":
+                    whole.add(detector)
+                else:
+                    lines[low.rfind("\n", 0, pos) + 1].add(detector)
+        for detector in whole:
+            raw.update(
+                _Raw(s, e, detector, detector.secret_type)
+                for s, e in detector.spans(text, language)
+            )
+        for start, detectors in lines.items():
+            raw.update(self._line_spans(text, start, detectors, language))
+        raw.update(self._run_spans(text, depth))
+        raw.update(self._ip_spans(text))
         return raw
 
-    def _candidate_lines(self, low: str) -> dict[int, dict[Detector, list[int]]]:
-        """line start -> detectors whose hints occur on the line -> hit columns."""
-        positions: list[tuple[int, int]] = []
-        for group, needle in enumerate(self.keywords):
-            positions.extend((pos, group) for pos in _find_all(low, needle))
-        base = len(self.keywords)
-        for group, regex in enumerate(self.triggers, start=base):
-            positions.extend((match.start(), group) for match in regex.finditer(low))
-        positions.sort()
-        hits: dict[int, dict[Detector, list[int]]] = {}
-        for pos, group in positions:
-            start = low.rfind("\n", 0, pos) + 1
-            line_hits = hits.setdefault(start, {})
-            for detector in self.groups[group]:
-                line_hits.setdefault(detector, []).append(pos - start)
-        return hits
+    def _hits(self, low: str) -> list[tuple[int, int, int]]:
+        if self.automaton is None:
+            return []
+        try:
+            return self.automaton.find_matches_as_indexes(low, overlapping=True)
+        except UnicodeEncodeError:  # a lone surrogate (from JSON): same length without it
+            clean = _SURROGATE.sub("?", low)
+            return self.automaton.find_matches_as_indexes(clean, overlapping=True)
+
+    def _line_spans(
+        self, text: str, start: int, detectors: set[Detector], language: str | None
+    ) -> Iterator[_Raw]:
+        end = _line_end(text, start)
+        for offset, segment in _segments(text[start:end], detectors):
+            for detector in detectors:
+                for s, e in detector.spans(segment, language):
+                    if e > s:
+                        yield _Raw(
+                            start + offset + s, start + offset + e, detector, detector.secret_type
+                        )
+
+    def _run_spans(self, text: str, depth: int) -> Iterator[_Raw]:
+        if not self.run_detectors:
+            return
+        inner = partial(self._inner_type, depth=depth + 1)
+        for start, end in token_runs(text, self.min_run):
+            for detector in self.run_detectors:
+                if end - start < detector.min_run:
+                    continue
+                for (s, e), secret_type in detector.run_spans(text, start, end, inner):
+                    yield _Raw(s, e, detector, secret_type)
+
+    def _inner_type(self, decoded: str, depth: int) -> str | None:
+        """The type of the most specific secret in a decoded blob, or None."""
+        if depth > MAX_DEPTH or self.inner is None:
+            return None
+        found = [r for r in self.inner.raw(decoded, None, depth) if not _dropped(r, decoded)]
+        if not found:
+            return None
+        best = max(found, key=lambda r: (r.detector.priority, r.end - r.start))
+        return best.secret_type
+
+    def _ip_spans(self, text: str) -> Iterator[_Raw]:
+        if self.ip is None:
+            return
+        for pos in ip_candidates(text):
+            span = self.ip.match_at(text, pos)
+            if span is not None:
+                yield _Raw(*span, self.ip, self.ip.secret_type)
+
+
+def _dropped(raw: _Raw, text: str) -> bool:
+    """A value filter drops this candidate found inside a decoded blob."""
+    line_start = text.rfind("\n", 0, raw.start) + 1
+    candidate = Candidate(
+        value=text[raw.start : raw.end],
+        secret_type=raw.secret_type,
+        line=text[line_start : _line_end(text, raw.start)],
+        column=raw.start - line_start,
+        filename="",
+    )
+    return false_positive(candidate) is not None
+
+
+def token_runs(text: str, min_len: int) -> Iterator[tuple[int, int]]:
+    """Spans of the runs of token characters at least `min_len` long (no regex: a
+    byte table marks the characters, `bytes.find` jumps between long runs)."""
+    marked = text.encode("ascii", "replace").translate(_RUN_TABLE)
+    needle = b"a" * min_len
+    pos = marked.find(needle)
+    while pos >= 0:
+        end = marked.find(b" ", pos + min_len)
+        end = len(marked) if end < 0 else end
+        yield pos, end
+        pos = marked.find(needle, end)
+
+
+def ip_candidates(text: str) -> Iterator[int]:
+    """Where an IPv4 (`d.d.d.d`) or IPv6 (`h:h:h`) address may start."""
+    encoded = text.encode("ascii", "replace")
+    for table, needle, sep in ((_DIGIT_TABLE, b"0.0", b"0."), (_HEX_TABLE, b"0:0:", b"0:")):
+        marked = encoded.translate(table)
+        pos = marked.find(needle)
+        while pos >= 0:
+            start = pos
+            while start > 0 and marked[start - 1] in sep:
+                start -= 1
+            yield start
+            end = pos + len(needle)
+            while end < len(marked) and marked[end] in sep:
+                end += 1
+            pos = marked.find(needle, end)
+
+
+def _allowlisted(text: str, start: int) -> bool:
+    """detect-secrets' inline allowlist: `pragma: allowlist secret` on the line, or
+    `pragma: allowlist nextline secret` on the line before."""
+    line_start = text.rfind("\n", 0, start) + 1
+    if _ALLOWLIST.search(text, line_start, _line_end(text, start)):
+        return True
+    previous = text.rfind("\n", 0, max(line_start - 1, 0)) + 1
+    return line_start > 0 and bool(_ALLOWLIST_NEXT.search(text, previous, line_start))
 
 
 def lower_same_length(text: str) -> str:
@@ -187,12 +331,20 @@ def _line_end(text: str, start: int) -> int:
     return end - 1 if end > start and text[end - 1] == "\r" else end
 
 
-def _index(detectors: Iterable[Detector], attribute: str) -> dict[str, tuple[Detector, ...]]:
-    index: dict[str, list[Detector]] = defaultdict(list)
-    for detector in detectors:
-        for needle in getattr(detector, attribute):
-            index[needle].append(detector)
-    return {needle: tuple(ds) for needle, ds in index.items()}
+def _segments(line: str, detectors: set[Detector]) -> list[tuple[int, str]]:
+    """The whole line, or for a very long line the windows around its keywords."""
+    if len(line) <= MAX_LINE:
+        return [(0, line)]
+    low = lower_same_length(line)
+    columns = sorted({pos for d in detectors for k in d.keywords for pos in _find_all(low, k)})
+    windows: list[list[int]] = []
+    for column in columns:
+        start, end = max(0, column - WINDOW), min(len(line), column + WINDOW)
+        if windows and start <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], end)
+        else:
+            windows.append([start, end])
+    return [(start, line[start:end]) for start, end in windows]
 
 
 def _find_all(haystack: str, needle: str) -> Iterator[int]:
@@ -200,20 +352,6 @@ def _find_all(haystack: str, needle: str) -> Iterator[int]:
     while pos >= 0:
         yield pos
         pos = haystack.find(needle, pos + 1)
-
-
-def _segments(line: str, hits: dict[Detector, list[int]]) -> list[tuple[int, str]]:
-    """The whole line, or for a very long line the windows around its hits."""
-    if len(line) <= MAX_LINE:
-        return [(0, line)]
-    windows: list[list[int]] = []
-    for column in sorted(set(chain.from_iterable(hits.values()))):
-        start, end = max(0, column - WINDOW), min(len(line), column + WINDOW)
-        if windows and start <= windows[-1][1]:
-            windows[-1][1] = max(windows[-1][1], end)
-        else:
-            windows.append([start, end])
-    return [(start, line[start:end]) for start, end in windows]
 
 
 def _judge(
@@ -224,7 +362,7 @@ def _judge(
     previous_start = text.rfind("\n", 0, max(line_start - 1, 0)) + 1
     candidate = Candidate(
         value=text[item.start : item.end],
-        secret_type=item.detector.secret_type,
+        secret_type=item.secret_type,
         line=text[line_start : _line_end(text, item.start)],
         column=item.start - line_start,
         filename=sample.origin,
@@ -292,7 +430,7 @@ def _findings(sample: Sample, chosen: list[tuple[_Raw, Context]]) -> list[Findin
             text=sample.text,
             start=raw.start,
             end=raw.end,
-            secret_type=raw.detector.secret_type,
+            secret_type=raw.secret_type,
             detector=raw.detector.name,
             context=context,
         )
@@ -314,10 +452,9 @@ def scanner_for(detectors: tuple[str, ...] | None) -> Scanner:
 def scan_samples(
     samples: Iterable[Sample], detectors: tuple[str, ...] | None = None
 ) -> list[SampleResult]:
-    """Scan samples in this process, inside detect-secrets' scoped settings."""
+    """Scan samples in this process."""
     scanner = scanner_for(detectors)
-    with scoped_settings():
-        return [_redacted(scanner.scan(sample)) for sample in samples]
+    return [_redacted(scanner.scan(sample)) for sample in samples]
 
 
 def _redacted(result: SampleResult) -> SampleResult:
@@ -325,6 +462,67 @@ def _redacted(result: SampleResult) -> SampleResult:
     if not result.findings:
         return result
     return replace(result, findings=tuple(redact_finding(f) for f in result.findings))
+
+
+# --------------------------------------------------------------------------------------
+# Secrets outside the text: in sample ids, origins and context names.
+# --------------------------------------------------------------------------------------
+
+_IDENTIFIER = "identifier"  # the file name the detectors see: no extension, no special case
+# A file extension at the end of a path part, blanked (same length) for a second look,
+# so that `alice@corp.com.json` is seen as the address it holds, not as a file name.
+_EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,7}(?=/|$)")
+_SEPARATORS = re.compile(r"[_\-.:=,;+]")
+_PASSES = 3
+
+
+@lru_cache(maxsize=1 << 16)
+def redact_identifier(text: str) -> str:
+    """`text` with every secret the detectors find in it replaced by its placeholder
+    (`audit.placeholders`); idempotent. Inline allowlist pragmas do not apply here."""
+    for _ in range(_PASSES):
+        spans = _identifier_spans(text)
+        if not spans:
+            return text
+        text = replace_spans(text, spans)
+    return PLACEHOLDER.sub("«…»", text) if _identifier_spans(text) else text
+
+
+def _identifier_spans(text: str) -> list[tuple[int, int]]:
+    """Spans of secrets in `text` (and in `text` with file extensions blanked), less
+    those inside placeholders already there."""
+    if not text or text.isspace():
+        return []
+    kept = [m.span() for m in PLACEHOLDER.finditer(text)]
+    scanner = scanner_for(None)
+    found: list[tuple[int, int]] = []
+    variants = (
+        text,
+        _EXTENSION.sub(lambda m: " " * len(m[0]), text),
+        _SEPARATORS.sub(" ", text),  # `key_AKIA…`, `AKIA…-prod`: glued by a separator
+    )
+    for variant in dict.fromkeys(variants):
+        result = scanner.scan(Sample(id="", origin=_IDENTIFIER, text=variant, language=None))
+        found += [(f.start, f.end) for f in (*result.findings, *result.allowlisted)]
+    return [(a, b) for a, b in found if not any(s < b and a < e for s, e in kept)]
+
+
+def redact_finding(finding: Finding) -> Finding:
+    """`finding` with its sample id, origin and context name redacted (and its id, which
+    is derived from the sample id, made from the redacted one)."""
+    sample_id = redact_identifier(finding.sample_id)
+    origin = redact_identifier(finding.origin)
+    name = finding.context.name
+    clean_name = redact_identifier(name) if name else name
+    if (sample_id, origin, clean_name) == (finding.sample_id, finding.origin, name):
+        return finding
+    return replace(
+        finding,
+        id=make_finding_id(sample_id, finding.start, finding.end, finding.secret_type),
+        sample_id=sample_id,
+        origin=origin,
+        context=replace(finding.context, name=clean_name),
+    )
 
 
 def _worker_scan(chunk: list[Sample], detectors: tuple[str, ...] | None) -> list[SampleResult]:
@@ -358,6 +556,8 @@ def scan_corpus(
     for chunk, results in _scan_chunks(chunks, options, resolve_jobs(jobs)):
         for result in results:
             summary.add(result)
+            for found in result.allowlisted:
+                log.info("%s:%d: %s allowlisted inline", found.origin, found.line, found.preview)
             yield from result.findings
         chars = sum(len(s.text) for s in chunk)
         summary.samples += len(chunk)
@@ -365,7 +565,7 @@ def scan_corpus(
         if progress is not None:
             progress(len(chunk), chars)
     summary.skipped.update(stats.skipped)
-    summary.skipped_files.extend(stats.skipped_files)
+    summary.skipped_files.extend((redact_identifier(o), r) for o, r in stats.skipped_files)
 
 
 def _chunks(samples: Iterator[Sample], options: ScanOptions) -> Iterator[list[Sample]]:
@@ -429,3 +629,15 @@ def _next_result(
         raise CodeEraserError(
             "a scan worker process died (out of memory?); run again with --jobs 1"
         ) from None
+
+
+def scan_text(
+    text: str, origin: str, language: str | None = None, detectors: tuple[str, ...] | None = None
+) -> SampleResult:
+    """Scan one document (e.g. one record of a data pipeline): its findings, those
+    allowlisted inline, and filter counts. `language` defaults to the origin's."""
+    from audit.corpus import language_for
+
+    chosen = language if language is not None else language_for(origin)
+    sample = Sample(id=origin, origin=origin, text=text, language=chosen)
+    return scanner_for(detectors).scan(sample)

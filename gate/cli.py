@@ -31,7 +31,6 @@ from typing import Any
 import click
 
 from audit.errors import CodeEraserError, ExitCode
-from audit.redact import safe_text
 from gate import __version__
 
 log = logging.getLogger(__name__)
@@ -40,6 +39,7 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 # name -> "module:attribute"; each module defines one click command.
 COMMANDS: dict[str, str] = {
     "scan": "gate.commands.scan:scan",
+    "scan-files": "gate.commands.scan_files:scan_files",
     "measure": "gate.commands.measure:measure",
     "calibrate": "gate.commands.calibrate:calibrate",
     "erase": "gate.commands.erase:erase",
@@ -62,6 +62,8 @@ class _InternalProblem(click.ClickException):
 
 
 def _as_click(error: CodeEraserError) -> click.ClickException:
+    from audit.redact import safe_text
+
     message = safe_text(error.message)  # it may quote a path or id that holds a secret
     if error.exit_code == ExitCode.USAGE:
         return _InputProblem(message)
@@ -72,6 +74,8 @@ def _safe_click(error: click.ClickException) -> click.ClickException:
     """Click's own errors, on one line like ours: a usage error without the usage
     block (its --help named instead), and the values it quotes (a bad choice, a path)
     made safe."""
+    from audit.redact import safe_text
+
     message = safe_text(error.format_message())
     if isinstance(error, click.UsageError):
         where = error.ctx.command_path if error.ctx is not None else "codeeraser"

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from audit.detectors import build_detectors, detector_names, select_detectors
+from audit.detectors import build_detectors, detector_names, secret_types, select_detectors
 from audit.errors import InputError, PolicyError
 from audit.suggest import close_matches
 from gate import limits
@@ -36,16 +36,14 @@ Location = tuple[str | int, ...]
 Problem = tuple[Location, str]
 
 
-def detector_types() -> dict[str, str]:
-    """Every registered detector's name → the secret type it reports."""
-    return {d.name: d.secret_type for d in build_detectors()}
+def detector_types() -> dict[str, frozenset[str]]:
+    """Every registered detector's name → the secret types it can report."""
+    return {d.name: d.secret_types() for d in build_detectors()}
 
 
 def enabled_types(switches: dict[str, bool]) -> set[str]:
-    """The secret types the detectors left on by `scan.detectors` report."""
-    selected = select_detectors(switches)
-    types = detector_types()
-    return {types[name] for name in (selected if selected is not None else types)}
+    """The secret types the detectors left on by `scan.detectors` can report."""
+    return set(secret_types(select_detectors(switches)))
 
 
 def policy_problem(policy: Policy) -> Problem | None:
@@ -89,8 +87,8 @@ def _secret_type_problem(policy: Policy) -> Problem | None:
     return None
 
 
-def _unmatched(name: str, enabled: set[str], everything: dict[str, str]) -> str:
-    reporters = sorted(d for d, t in everything.items() if t == name)
+def _unmatched(name: str, enabled: set[str], everything: dict[str, frozenset[str]]) -> str:
+    reporters = sorted(d for d, types in everything.items() if name in types)
     if reporters:
         return (
             f"{name!r} is reported only by {', '.join(reporters)}, which scan.detectors "

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 @click.command("scan")
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
 @click.option(
     "--format",
     "fmt",
@@ -88,7 +88,7 @@ log = logging.getLogger(__name__)
 )
 def scan(
     *,
-    data: Path,
+    data: Path | None,
     fmt: str,
     text_field: str,
     id_field: str,
@@ -116,6 +116,8 @@ def scan(
     if list_detectors:
         _print_detectors()
         return
+    if data is None:
+        raise click.UsageError("missing argument DATA (the training data to scan)")
     check_paths(
         [
             *path_option("DATA", data, "data"),
@@ -200,7 +202,10 @@ def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
             parts = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
             ui.console.print(f"{label}: {parts}.")
     for origin, reason in summary.skipped_files:
-        log.info("not read: %s (%s)", origin, reason)  # names redacted by the reader
+        log.info("not read: %s (%s)", origin, reason)  # names redacted by the scan
+    if summary.allowlisted:
+        parts = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.allowlisted.items()))
+        ui.console.print(f"Allowlisted inline (pragma: allowlist secret), not written: {parts}.")
     if summary.baseline_accepted:
         ui.console.print(f"Accepted by the baseline: {summary.baseline_accepted}.")
     ui.console.print(f"Findings written to {ui.safe(out)}.")
@@ -210,4 +215,6 @@ def _print_detectors() -> None:
     from audit.detectors import build_detectors
 
     for detector in build_detectors():
-        click.echo(f"{detector.name}\t{detector.secret_type}")
+        types = sorted(detector.secret_types())
+        shown = ", ".join(types) if len(types) <= 3 else "the type of the secret inside it"
+        click.echo(f"{detector.name}\t{shown}")

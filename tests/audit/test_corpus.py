@@ -248,3 +248,25 @@ def test_fuzz_parquet_gives_samples_or_an_input_error(
         path = Path(folder) / "data.parquet"
         pq.write_table(table, path)
         _read_all(CorpusSpec(path, on_bad_record=draw.draw(st.sampled_from(["fail", "skip"]))))
+
+
+def test_compressed_files_in_a_folder_are_read_and_bounded(tmp_path: Path) -> None:
+    import gzip
+    import lzma
+
+    import zstandard
+
+    from audit.corpus import MAX_FILE_BYTES, CorpusSpec, ReadStats, iter_samples
+
+    text = b"print('hello')\n"
+    (tmp_path / "a.py.gz").write_bytes(gzip.compress(text))
+    (tmp_path / "b.py.xz").write_bytes(lzma.compress(text))
+    (tmp_path / "c.py.zst").write_bytes(zstandard.ZstdCompressor().compress(text))
+    (tmp_path / "bomb.txt.gz").write_bytes(gzip.compress(b"a" * (MAX_FILE_BYTES + 1)))
+    (tmp_path / "bad.gz").write_bytes(b"not gzip at all")
+    stats = ReadStats()
+    samples = list(iter_samples(CorpusSpec(tmp_path), stats))
+    assert [(s.id, s.language, s.text) for s in samples] == [
+        (name, "python", text.decode()) for name in ("a.py.gz", "b.py.xz", "c.py.zst")
+    ]
+    assert stats.skipped["compressed: corrupt or over the size limit"] == 2

@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audit.findings import Context, Finding
+from audit.placeholders import PLACEHOLDER, matches_redacted, raw_length
 from audit.redact import (
-    PLACEHOLDER,
     is_redacted,
     placeholder,
     printable,
@@ -26,7 +26,8 @@ def test_secrets_in_names_ids_and_urls_become_stable_placeholders() -> None:
         redact_identifier("mail/alice@corp.io.json") == f"mail/{placeholder('alice@corp.io')}.json"
     )
     assert placeholder(GITHUB).startswith("«ghp_…(40)#")
-    assert len(PLACEHOLDER.fullmatch(placeholder(AWS)).group(0)) == len("«AKIA…(20)#12345678»")  # type: ignore[union-attr]
+    assert PLACEHOLDER.fullmatch(placeholder(AWS)) is not None
+    assert len(placeholder(AWS)) == len("«AKIA…(20)#12345678»")
 
 
 def test_ordinary_identifiers_are_left_alone() -> None:
@@ -45,7 +46,7 @@ def test_ordinary_identifiers_are_left_alone() -> None:
             ["src/", GITHUB, AWS, "x.py", ":", "@", "https://u:", "alice@corp.io", "/"]
         ),
         max_size=6,
-    ).map("".join)
+    ).map("/".join)
 )
 def test_redacting_twice_changes_nothing_and_leaves_no_secret(text: str) -> None:
     once = redact_identifier(text)
@@ -83,3 +84,14 @@ def test_every_string_of_a_document_is_redacted() -> None:
     assert GITHUB not in repr(clean)
     assert AWS not in repr(clean)
     assert clean["list"][1:] == [1, None]
+
+
+def test_a_redacted_id_still_names_its_sample_and_no_other() -> None:
+    raw = f"clones/{AWS}/src/{GITHUB}.py"
+    redacted = redact_identifier(raw)
+    assert raw_length(redacted) == len(raw)
+    assert matches_redacted(raw, redacted)
+    other = raw.replace(AWS, "AKIA" + "Z3MHQ7XK2PL4VN8S")
+    assert len(other) == len(raw)
+    assert not matches_redacted(other, redacted)
+    assert not matches_redacted(raw.replace("src", "lib"), redacted)

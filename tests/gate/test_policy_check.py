@@ -14,7 +14,7 @@ from audit.errors import PolicyError
 from gate.policy import load_policy
 from gate.policy_check import detector_types, enabled_types
 
-TYPES = sorted(set(detector_types().values()))
+TYPES = sorted(set().union(*detector_types().values()))
 NAMES = sorted(detector_types())
 MUTATED = [t.lower() for t in TYPES[:5]] + [t + "s" for t in TYPES[:5]] + ["", " ", "Password"]
 
@@ -69,12 +69,11 @@ def test_the_types_come_from_the_registry_at_run_time(
     with pytest.raises(PolicyError, match="'Quantum Key' matches no secret type"):
         load_policy(path)
 
-    class QuantumKeyDetector(detectors.OwnDetector):
+    class QuantumKeyDetector(detectors.Detector):
+        name = "QuantumKeyDetector"
         secret_type = "Quantum Key"
-        denylist = (detectors._c(r"QK-[0-9]{12}"),)
         keywords = ("qk-",)
 
     real = detectors._all_detectors()
-    extra = detectors._own_detector(QuantumKeyDetector)
-    monkeypatch.setattr(detectors, "_all_detectors", lambda: (*real, extra))
+    monkeypatch.setattr(detectors, "_all_detectors", lambda: (*real, QuantumKeyDetector()))
     assert load_policy(path).rules[0].secret_types == ["Quantum Key"]

@@ -191,3 +191,12 @@ def test_interrupt_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 3
     assert "scan interrupted" in result.stderr
     assert not out.exists()
+
+
+def test_list_detectors_needs_no_data() -> None:
+    result = _run("scan", "--list-detectors")
+    assert result.exit_code == 0
+    assert "GrafanaCloudTokenDetector\tGrafana Token" in result.stdout
+    missing = _run("scan")
+    assert missing.exit_code == 2
+    assert "missing argument DATA" in missing.output
