@@ -472,7 +472,7 @@ _IDENTIFIER = "identifier"  # the file name the detectors see: no extension, no 
 # A file extension at the end of a path part, blanked (same length) for a second look,
 # so that `alice@corp.com.json` is seen as the address it holds, not as a file name.
 _EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,7}(?=/|$)")
-_SEPARATORS = re.compile(r"[_\-.:=,;+]")
+_SEPARATORS = re.compile(r"[\-.:=,;+]")
 _PASSES = 3
 
 
@@ -499,12 +499,18 @@ def _identifier_spans(text: str) -> list[tuple[int, int]]:
     variants = (
         text,
         _EXTENSION.sub(lambda m: " " * len(m[0]), text),
-        _SEPARATORS.sub(" ", text),  # `key_AKIA…`, `AKIA…-prod`: glued by a separator
+        _SEPARATORS.sub(" ", text),  # `clone-ghp_…`, `AKIA….prod`: glued by a separator
+        text.replace("_", " "),  # `key_AKIA…` (apart, as `ghp_` keeps its underscore above)
     )
-    for variant in dict.fromkeys(variants):
+    for variant in dict.fromkeys(variants):  # a second look adds only what the first missed
         result = scanner.scan(Sample(id="", origin=_IDENTIFIER, text=variant, language=None))
-        found += [(f.start, f.end) for f in (*result.findings, *result.allowlisted)]
-    return [(a, b) for a, b in found if not any(s < b and a < e for s, e in kept)]
+        spans = [(f.start, f.end) for f in (*result.findings, *result.allowlisted)]
+        found += [(a, b) for a, b in spans if not _overlaps(a, b, found)]
+    return [(a, b) for a, b in found if not _overlaps(a, b, kept)]
+
+
+def _overlaps(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
+    return any(s < end and start < e for s, e in spans)
 
 
 def redact_finding(finding: Finding) -> Finding:

@@ -124,9 +124,9 @@ CASES = [
         "secret type of switched-off detectors",
         _policy(
             "scan:\n  detectors: {GitHubTokenDetector: false, GitHubFineGrainedTokenDetector: "
-            "false}\n" + _types("GitHub Token")
+            "false, EncodedSecretDetector: false}\n" + _types("GitHub Token")
         ),
-        ("reported only by GitHubFineGrainedTokenDetector, GitHubTokenDetector", "turns off"),
+        ("reported only by EncodedSecretDetector, GitHubFineGrainedTokenDetector", "turns off"),
     ),
     Case(
         "second secret type misspelt",

@@ -377,6 +377,7 @@ def hidden(tiny_demo: DemoBuild, tmp_path_factory: pytest.TempPathFactory) -> Hi
         "report records",
         lambda out: ["report", str(gated.folder / "run" / "record.json"), "--out", str(out)],
     )
+    run("scan-files names", lambda out: ["scan-files", *map(str, sorted(folder.glob("keys/*")))])
     return Hidden(secrets=hidden, folder=folder, runs=run.runs)
 
 
@@ -389,7 +390,7 @@ def test_secrets_in_file_names_ids_and_paths_reach_no_output(
     codes = {name: r.exit_code for name, r in hidden.runs.items()}
     assert codes == {
         "scan names": 0, "measure names": 0, "erase names": 0, "gate records": 1,
-        "report records": 0,
+        "report records": 0, "scan-files names": 1,
     }, {n: r.output[-400:] for n, r in hidden.runs.items()}  # fmt: skip
     forms = secrets | {f for v in hidden.secrets for f in (v, html.escape(v), json.dumps(v)[1:-1])}
     leaks = [
