@@ -34,6 +34,7 @@ from urllib.parse import unquote
 from audit.errors import InputError
 from audit.filters import words
 from audit.providers import RULES, UUID, Rule
+from audit.suggest import close_matches
 
 Span = tuple[int, int]
 Inner = Callable[[str], str | None]  # decoded text -> the secret type found in it, or None
@@ -655,7 +656,7 @@ def select_detectors(switches: Mapping[str, bool]) -> tuple[str, ...] | None:
     names = detector_names()
     unknown = sorted(set(switches) - set(names))
     if unknown:
-        raise InputError(f"unknown detector {', '.join(unknown)} (valid: {', '.join(names)})")
+        raise InputError(_unknown(unknown, names))
     if all(switches.values()):
         return None
     return tuple(n for n in names if switches.get(n, True))
@@ -669,7 +670,13 @@ def build_detectors(names: Sequence[str] | None = None) -> list[Detector]:
     by_name = {d.name: d for d in detectors}
     unknown = sorted(set(names) - by_name.keys())
     if unknown:
-        raise InputError(
-            f"unknown detector {', '.join(unknown)} (valid: {', '.join(sorted(by_name))})"
-        )
+        raise InputError(_unknown(unknown, sorted(by_name)))
     return [by_name[n] for n in sorted(set(names))]
+
+
+def _unknown(unknown: Sequence[str], names: Sequence[str]) -> str:
+    """An unknown detector name, its close matches, and where to see them all."""
+    return (
+        f"unknown detector {', '.join(unknown)}{close_matches(unknown[0], names)} "
+        f"(valid: {', '.join(names)})"
+    )

@@ -19,9 +19,10 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from audit.calibrate import calibrate
 from audit.corpus import CorpusSpec, texts_for_findings
@@ -38,31 +39,41 @@ from audit.findings import (
 )
 from audit.io import atomic_write_json
 from audit.measurements import Measurement, Thresholds, read_measurements, write_measurements
-from audit.model import check_model_dir, load_model
+from audit.model import LoadedModel, check_model_dir, load_model
+from audit.redact import safe_text
+from audit.sanity import MAX_LOSS_RATIO, checked_probe, probe_texts, sanity_probe
 from audit.scan import ScanOptions, ScanSummary, scan_corpus
 from gate import ui
+from gate.paths import PathOption, check_paths, path_option, run_lock
 from gate.policy import Policy
+from gate.policy_check import check_runnable
 from gate.record import (
     AFTER,
     BEFORE,
     CorpusInfo,
     MeasurementSet,
+    ModelRole,
     RecordBuilder,
     RunRecord,
     fingerprint_path,
-    write_record,
 )
 from gate.report import write_and_publish
-from gate.run_folder import REMEDIATED, RunFolder, RunInputs, ScanCounts, check_out_dir
+from gate.run_folder import (
+    REMEDIATED,
+    RunFolder,
+    RunInputs,
+    ScanCounts,
+    check_out_dir,
+    make_out_dir,
+)
 from gate.unlearn.erase import erase_model
 from gate.unlearn.remediation import RECORD_NAME, Remediation
 from gate.unlearn.settings import EraseOptions, UnlearnConfig
-from gate.verdict import Verdict, evaluate, worst_case
-
-if TYPE_CHECKING:
-    from audit.model import LoadedModel
+from gate.verdict import RuleResult, SanityInfo, Verdict, evaluate, worst_case
 
 log = logging.getLogger(__name__)
+
+HUMANEVAL_PROBLEMS = 164  # all of them, when the policy sets a HumanEval budget
 
 
 @dataclass(frozen=True)
@@ -99,8 +110,14 @@ class _State:
 
 
 def run_gate(run: GateRun) -> RunRecord:
-    """Run the whole gate and write the record and reports; return the record."""
+    """Run the whole gate and write the record and reports; return the record.
 
+    Everything that can be checked without work is checked first: the paths (inputs
+    exist, the run folder is clear of them), the model folder, and that the policy's
+    budgets can be measured. The first process holds a lock on the run folder while
+    it runs, so a second run on the same folder is refused."""
+    check_runnable(run.policy)
+    check_paths(gate_inputs(run), [PathOption("--out", run.out_dir, "folder")])
     check_model_dir(run.model_dir)
     check_out_dir(run.out_dir, run.model_dir, run.force)
     shard = current()
@@ -108,6 +125,30 @@ def run_gate(run: GateRun) -> RunRecord:
         raise InputError(
             "--resume works in a single process: rerun without it under accelerate launch"
         )
+    with ExitStack() as held:
+        if shard.is_main:
+            make_out_dir(run.out_dir)
+            held.enter_context(run_lock(run.out_dir))
+        record = _locked_run(run, shard)
+    return record
+
+
+def gate_inputs(run: GateRun) -> list[PathOption]:
+    """Every input of a gate run, with the option or policy field that names it."""
+    policy = run.policy
+    source = Path(policy.source)
+    return [
+        *path_option("--model", run.model_dir, "folder", "model folder"),
+        *path_option("--data", run.data, "data"),
+        *(path_option("--policy", source, "file", "policy file") if source.is_file() else []),
+        *path_option("scan.baseline", policy.scan.baseline, "file"),
+        *path_option("thresholds.unseen (--unseen)", policy.thresholds.unseen, "data"),
+        *path_option("remediation.retain", policy.remediation.retain, "data"),
+        *path_option("utility.heldout (--heldout)", policy.utility.heldout, "data"),
+    ]
+
+
+def _locked_run(run: GateRun, shard: Shard) -> RunRecord:
     folder = _open(run, shard)
     state = _State(
         run=run,
@@ -123,11 +164,16 @@ def run_gate(run: GateRun) -> RunRecord:
         raise
     except KeyboardInterrupt:
         message = (
-            f"interrupted; the stages finished so far are kept in {run.out_dir}: rerun the "
-            "same command with --resume to reuse them"
+            f"interrupted; the stages finished so far are kept in {safe_text(run.out_dir)}: "
+            "rerun the same command with --resume to reuse them"
         )
         _write_failed_record(state, int(ExitCode.INTERNAL), message)
         raise Interrupted(message) from None
+    except Exception as exc:  # a bug: the record says which stages finished, then it goes on
+        _write_failed_record(
+            state, int(ExitCode.INTERNAL), f"internal error ({type(exc).__name__})"
+        )
+        raise
     if shard.is_main:
         _publish(record, run.out_dir)
     return record
@@ -158,6 +204,7 @@ def _stages(state: _State) -> RunRecord:
         verdict = evaluate([], [], run.policy)
         builder.set_verdict("before", verdict)
         return _finish_before(builder, verdict, run)
+    _read_texts(state)  # the sanity probe of every model loaded below reads them
     _thresholds(state)
     _measure_before(state)
     verdict = evaluate(state.before, state.measured, run.policy)
@@ -201,13 +248,15 @@ def _scan(state: _State) -> None:
 
 
 def _scan_here(state: _State) -> None:
-
     run, policy = state.run, state.run.policy
-    counts = state.folder.scan_counts()
+    counts = state.folder.stages().scan
     if state.folder.reusable("findings.jsonl") and counts is not None:
         state.findings = read_findings(run.out_dir / "findings.jsonl")
         _set_scan(state, counts)
-        _say(f"Scan: {len(state.findings)} secrets (reused {run.out_dir / 'findings.jsonl'}).")
+        state.builder.record.finished_stages.append("scan")  # by the run that is resumed
+        _say(
+            f"Scan: {len(state.findings)} secrets (reused {safe_text(run.out_dir)}/findings.jsonl)."
+        )
         return
     try:
         detectors = select_detectors(policy.scan.detectors)
@@ -226,14 +275,27 @@ def _scan_here(state: _State) -> None:
         )
         state.findings = list(subtract_baseline(found, baseline))
     write_findings(run.out_dir / "findings.jsonl", state.findings)
-    counts = ScanCounts(samples=summary.samples, chars=summary.chars)
+    counts = ScanCounts(
+        samples=summary.samples,
+        chars=summary.chars,
+        skipped=dict(summary.skipped),
+        skipped_files=list(summary.skipped_files),
+    )
     state.folder.scan_done(counts)
     _set_scan(state, counts)
-    _say(f"Scan: {len(state.findings)} secrets in {summary.samples} samples.")
+    _say(f"Scan: {len(state.findings)} secrets in {summary.samples} samples{_skipped(summary)}.")
+
+
+def _skipped(summary: ScanSummary) -> str:
+    if not summary.skipped:
+        return ""
+    parts = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.skipped.items()))
+    return f" ({sum(summary.skipped.values())} not read: {parts}; listed in record.json)"
 
 
 def _set_scan(state: _State, counts: ScanCounts) -> None:
     state.builder.set_findings(state.findings)
+    state.builder.set_skipped(counts.skipped, counts.skipped_files)
     corpus = state.builder.record.corpus
     corpus.samples, corpus.bytes = counts.samples, counts.chars
     corpus.fingerprint = state.folder.inputs.data
@@ -250,7 +312,6 @@ def _thresholds(state: _State) -> None:
 
 
 def _calibrate(state: _State) -> Thresholds:
-
     run, unseen = state.run, state.run.policy.thresholds.unseen
     if unseen is None:  # the policy loader refuses this; kept for policies built in code
         raise PolicyError("thresholds: `auto` needs thresholds.unseen (or --unseen)")
@@ -258,6 +319,7 @@ def _calibrate(state: _State) -> Thresholds:
         saved = json.loads((run.out_dir / "thresholds.json").read_text(encoding="utf-8"))
         return Thresholds.from_dict(saved)
     loaded = load_model(run.model_dir, _device(state), run.dtype)
+    _probe(state, loaded)
     with ui.progress() as progress:
         result = calibrate(
             loaded.model,
@@ -274,17 +336,44 @@ def _calibrate(state: _State) -> Thresholds:
     return result.thresholds
 
 
-def _measure_before(state: _State) -> None:
-
-    run, extraction = state.run, state.run.policy.extraction
-    state.measured = sample_findings(state.findings, extraction.max_findings, seed=0)
+def _read_texts(state: _State) -> None:
+    """The findings to measure, and the texts of their samples."""
+    limit = state.run.policy.extraction.max_findings
+    state.measured = sample_findings(state.findings, limit, seed=0)
     state.texts = _texts(state.spec, state.measured)
+
+
+def _probe(state: _State, loaded: LoadedModel) -> None:
+    """The sanity probe of the original model: refused (exit 3) when it fails."""
+    probe = checked_probe(loaded, state.texts, state.measured)
+    _probed(state, "original", SanityInfo.model_validate(probe.to_dict()))
+
+
+def _probed(state: _State, role: ModelRole, probe: SanityInfo) -> None:
+    """A model's probe figures, in the record and (for a resumed run) the run folder."""
+    state.builder.set_sanity(role, probe)
+    if state.shard.is_main:
+        state.folder.probe_done(role, probe)
+
+
+def _restore_probe(state: _State, role: ModelRole) -> None:
+    """A resumed run's probe figures, from the run state."""
+    probe = state.folder.stages().sanity.get(role)
+    if probe is not None:
+        state.builder.set_sanity(role, probe)
+
+
+def _measure_before(state: _State) -> None:
+    run, extraction = state.run, state.run.policy.extraction
     path = run.out_dir / "measurements.before.jsonl"
     if state.folder.reusable(path.name):
         rows = read_measurements(path)
+        _restore_probe(state, "original")
+        state.builder.record.finished_stages.append("measure")
     else:
         with state.builder.stage("measure"):
             loaded = load_model(run.model_dir, _device(state), run.dtype)
+            _probe(state, loaded)
             rows = _measure(state, loaded, extraction.prefix_tokens, _samples(run.policy, False))
         del loaded
         if state.shard.is_main:
@@ -304,7 +393,7 @@ def _remediate(state: _State, verdict: Verdict) -> RunRecord:
     run, builder = state.run, state.builder
     with builder.stage("erase"):
         remediation = _erase(state, verdict)
-    out_model = Path(remediation.output_path)
+    out_model = run.out_dir / REMEDIATED
     builder.set_remediation(
         remediation,
         # the model's files, not remediation.json (whose timings differ between equal runs)
@@ -313,21 +402,21 @@ def _remediate(state: _State, verdict: Verdict) -> RunRecord:
     with builder.stage("measure after"):
         main, alt = _measure_after(state, out_model)
     after = evaluate(worst_case(main, alt), state.measured, run.policy, remediation.utility)
+    after = with_sanity(after, builder.record.sanity.get("remediated"))
     builder.set_verdict("after", after)
     if after.passed:
-        _say(f"Remediated model passes the policy: {out_model}")
+        _say(f"Remediated model passes the policy: {safe_text(out_model)}")
         return builder.finish(ExitCode.PASSED, "remediated", released_model=str(out_model))
     return builder.finish(ExitCode.FAILED, "failed")
 
 
 def _erase(state: _State, verdict: Verdict) -> Remediation:
-
     run, policy = state.run, state.run.policy
     offending = set(verdict.offending_ids())
     forget = [m for m in state.before if m.finding_id in offending]
     out_model = run.out_dir / REMEDIATED
     if state.folder.reusable(f"{REMEDIATED}/{RECORD_NAME}"):
-        _say(f"Erase: reused {out_model}.")
+        _say(f"Erase: reused {safe_text(out_model)}.")
         return Remediation.read(out_model)
     heldout = _heldout_spec(policy)
     if out_model.exists() and state.shard.is_main:  # an earlier run's model in our folder
@@ -341,6 +430,7 @@ def _erase(state: _State, verdict: Verdict) -> Remediation:
         retain=CorpusSpec(Path(policy.remediation.retain)) if policy.remediation.retain else None,
         heldout=heldout,
         heldout_findings=_scan_heldout(state, heldout),
+        humaneval=HUMANEVAL_PROBLEMS if policy.utility.max_humaneval_drop is not None else 0,
         resume=state.folder.reuse,
     )
     assert state.thresholds is not None
@@ -356,8 +446,17 @@ def _erase(state: _State, verdict: Verdict) -> Remediation:
     )
 
 
-def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], list[Measurement]]:
+def _probe_remediated(state: _State, loaded: LoadedModel) -> None:
+    """The remediated model's sanity probe: recorded; a failure fails the verdict (see
+    `_remediate`), since a model that lost its grip on code leaks nothing and is no use."""
+    texts = probe_texts(state.texts, state.measured)
+    probe = sanity_probe(
+        loaded.model, loaded.tokenizer, texts, context_length=loaded.context_length
+    )
+    _probed(state, "remediated", SanityInfo.model_validate(probe.to_dict()))
 
+
+def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], list[Measurement]]:
     run, policy = state.run, state.run.policy
     samples = _samples(policy, after=True)
     alt_prefix = policy.verify_prefix_tokens
@@ -367,8 +466,10 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
     )
     if state.folder.reusable(*(p.name for p in paths)):
         main, alt = read_measurements(paths[0]), read_measurements(paths[1])
+        _restore_probe(state, "remediated")
     else:
         loaded = load_model(out_model, _device(state), run.dtype)
+        _probe_remediated(state, loaded)
         main = _measure(state, loaded, policy.extraction.prefix_tokens, samples)
         alt = _measure(state, loaded, alt_prefix, 0)
         if state.shard.is_main:
@@ -397,10 +498,37 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
 # ---------------------------------------------------------------- helpers
 
 
+def with_sanity(verdict: Verdict, probe: SanityInfo | None) -> Verdict:
+    """The remediated model's verdict with its sanity probe as one more utility rule
+    (not probed: it fails too; the gate does not pass what it did not check)."""
+    value = probe.ratio if probe is not None else None
+    result = RuleResult(
+        rule="sanity-probe",
+        metric="sanity_loss_ratio",
+        limit=probe.max_ratio if probe is not None else MAX_LOSS_RATIO,
+        value=value,
+        passed=probe is not None and probe.passed,
+        severity="block",
+        kind="utility",
+        note=_sanity_note(probe),
+    )
+    return replace(verdict, results=(*verdict.results, result))
+
+
+def _sanity_note(probe: SanityInfo | None) -> str:
+    if probe is None:
+        return "not probed"
+    if probe.passed:
+        return ""
+    return (
+        f"loss {probe.loss:.2f} on training code, not well under a uniform guess's "
+        f"{probe.uniform:.2f}: the erasure damaged the model (lower lr)"
+    )
+
+
 def _measure(
     state: _State, loaded: LoadedModel, prefix_tokens: int, samples: int
 ) -> list[Measurement]:
-
     sampled = state.run.policy.extraction.sampled
     config = MeasureConfig(
         batch_tokens=state.run.batch_tokens,
@@ -425,7 +553,6 @@ def _measure(
 
 def _device(state: _State) -> str:
     """The device for this process (the launcher's under accelerate launch)."""
-
     return device_for(state.run.device, state.shard)
 
 
@@ -438,7 +565,6 @@ def _samples(policy: Policy, after: bool) -> int:
 
 
 def _texts(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[str, str]:
-
     return texts_for_findings(spec, findings)
 
 
@@ -450,7 +576,6 @@ def _heldout_spec(policy: Policy) -> CorpusSpec | None:
 def _scan_heldout(state: _State, heldout: CorpusSpec | None) -> tuple[Path, ...]:
     """Findings in the held-out code: their samples are left out of the perplexity, which
     should say how well the model knows code, not how badly it guesses random keys."""
-
     if heldout is None:
         return ()
     options = ScanOptions(detectors=select_detectors(state.run.policy.scan.detectors))
@@ -462,18 +587,18 @@ def _scan_heldout(state: _State, heldout: CorpusSpec | None) -> tuple[Path, ...]
 
 
 def _write_failed_record(state: _State, exit_code: int, message: str) -> None:
-
+    """record.json with the error and the stages that finished, and reports that say
+    ERROR (the earlier run's were removed when this one began)."""
     if not state.shard.is_main:
         return
     record = state.builder.finish(exit_code, "error", error=message)
     try:
-        write_record(record, state.run.out_dir / "record.json")
-    except OSError:
+        _publish(record, state.run.out_dir)
+    except (OSError, CodeEraserError):
         log.warning("could not write the record of the failed run to %s", state.run.out_dir)
 
 
 def _publish(record: RunRecord, out_dir: Path) -> None:
-
     write_and_publish(record, out_dir)
 
 
@@ -488,6 +613,5 @@ def _epoch_line(entry: Any) -> None:
 
 
 def _say(message: str) -> None:
-
     if not ui.is_quiet():
         ui.console.print(message)

@@ -60,7 +60,7 @@ def write_reports(
     `formats` defaults to the policy's `report.formats`. record.json is written when
     "json" is asked for (the pipeline always asks for it).
     """
-    wanted = list(formats) if formats is not None else _policy_formats(record)
+    wanted = list(formats) if formats is not None else policy_formats(record)
     unknown = sorted(set(wanted) - set(FORMATS))
     if unknown:
         raise InputError(f"unknown report format {unknown[0]!r} (valid: {', '.join(FORMATS)})")
@@ -88,13 +88,13 @@ def write_and_publish(
     """What the gate does at the end: record.json and the policy's reports, then, in
     GitHub Actions, the job summary and the step outputs (see `gate.github`)."""
 
-    formats = dict.fromkeys(["json", *_policy_formats(record)])
+    formats = dict.fromkeys(["json", *policy_formats(record)])
     written = write_reports(record, out_dir, formats)
     github.publish(record, render_markdown(record), written.get("html"), env)
     return written
 
 
-def _policy_formats(record: RunRecord) -> list[str]:
+def policy_formats(record: RunRecord) -> list[str]:
     formats = record.policy.resolved.get("report", {}).get("formats")
     return list(formats) if isinstance(formats, list) and formats else list(FORMATS)
 

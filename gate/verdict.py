@@ -112,6 +112,22 @@ class UtilityFigures(BaseModel):
         return self.humaneval_before.pass_at_1 - self.humaneval_after.pass_at_1
 
 
+class SanityInfo(BaseModel):
+    """The sanity probe of one model: its loss on training code against a uniform guess
+    (`audit.sanity.SanityProbe.to_dict`), in the record and remediation.json."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    loss: float  # mean cross-entropy on training samples, nats per token (secrets left out)
+    uniform: float  # ln V
+    vocabulary: int
+    samples: int
+    tokens: int
+    max_ratio: float
+    ratio: float
+    passed: bool
+
+
 def evaluate(
     measurements: Iterable[Measurement],
     findings: Sequence[Finding],
@@ -152,14 +168,16 @@ def _evaluate_rule(rule: Rule, rows: Sequence[Measurement]) -> RuleResult:
 
 def _utility_results(policy: Policy, utility: UtilityFigures) -> list[RuleResult]:
     budget = policy.utility
-    results = [
-        _budget_rule(
-            "perplexity-budget",
-            "perplexity_increase",
-            budget.max_perplexity_increase,
-            utility.perplexity_increase,
+    results = []
+    if budget.max_perplexity_increase is not None:  # null: released without this check
+        results.append(
+            _budget_rule(
+                "perplexity-budget",
+                "perplexity_increase",
+                budget.max_perplexity_increase,
+                utility.perplexity_increase,
+            )
         )
-    ]
     if budget.max_humaneval_drop is not None:
         results.append(
             _budget_rule(

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from gate import ui
 from gate.commands.gate import run_from_options
+from gate.paths import check_paths, path_option
 
 if TYPE_CHECKING:
     from gate.demo.build import DemoBuild
@@ -83,11 +84,12 @@ def demo(
     Exit codes: the gate's (0 passed, possibly after remediation; 1 failed), 2 bad
     option, 3 internal error.
     """
-    from gate.demo.build import build_demo, build_dir
+    from gate.demo.build import build_demo, build_dir, cache_root
 
+    check_paths([], path_option("--cache-dir", cache_root(cache_dir), "folder"))
     target = build_dir(preset, cache_dir, seed)
     if (rebuild or not target.is_dir()) and not ui.is_quiet():
-        ui.console.print(f"Building the {preset} demo into {target}; cached afterwards")
+        ui.console.print(f"Building the {preset} demo into {ui.safe(target)}; cached afterwards")
     build = build_demo(preset, cache_dir=cache_dir, seed=seed, rebuild=rebuild)
     if not ui.is_quiet():
         ui.console.print(figures_table(build))
@@ -124,7 +126,7 @@ def figures_table(build: DemoBuild) -> Table:
     table.add_column("what", style="bold")
     table.add_column("value")
     rows = [
-        ("model", str(build.model_dir)),
+        ("model", ui.safe(build.model_dir)),
         ("parameters", f"{f.parameters:,}"),
         ("training", f"{f.steps} steps, {f.train_seconds:.0f} s (final loss {f.final_loss:.3f})"),
         (

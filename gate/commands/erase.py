@@ -12,7 +12,7 @@ from audit.corpus import CorpusSpec
 from audit.findings import read_findings
 from audit.measurements import read_measurements
 from gate import ui
-from gate.commands.measure import launch_shard
+from gate.commands.measure import launch_shard, thresholds_paths
 from gate.commands.options import (
     corpus_options,
     corpus_spec,
@@ -24,6 +24,7 @@ from gate.commands.options import (
     thresholds_option,
     values_of,
 )
+from gate.paths import check_paths, path_option
 from gate.unlearn.settings import EraseOptions, UnlearnArgs, UnlearnConfig
 
 if TYPE_CHECKING:
@@ -130,8 +131,25 @@ def _run(
 ) -> None:
     from audit.calibrate import resolve_thresholds
     from audit.model import check_model_dir
+    from gate.unlearn.checkpoint import work_dir
     from gate.unlearn.erase import check_output, select_forget_set
 
+    check_paths(
+        [
+            *path_option("--model", model_dir, "folder", "model folder"),
+            *path_option("--data", data, "data"),
+            *path_option("--findings", findings_path, "file", "findings file"),
+            *path_option("--measurements", measurements_path, "file", "measurements file"),
+            *thresholds_paths(thresholds_spec),
+            *path_option("--retain", retain_path, "data"),
+            *path_option("--heldout", heldout, "data"),
+            *(g for p in heldout_findings for g in path_option("--heldout-findings", p, "file")),
+        ],
+        [
+            *path_option("--out", out_dir, "folder"),
+            *path_option("--out", work_dir(out_dir), "folder"),
+        ],
+    )
     check_model_dir(model_dir)
     check_output(out_dir, model_dir, settings["force"])
     shard = launch_shard()

@@ -14,7 +14,7 @@ from rich.table import Table
 from audit.corpus import texts_for_findings
 from audit.findings import read_findings, sample_findings
 from audit.measurements import write_measurements
-from gate import ui
+from gate import limits, ui
 from gate.commands.options import (
     corpus_options,
     corpus_spec,
@@ -23,12 +23,14 @@ from gate.commands.options import (
     prefix_tokens_option,
     thresholds_option,
 )
+from gate.paths import PathOption, check_paths, path_option
 
 if TYPE_CHECKING:
     from audit.distributed import Shard
     from audit.findings import Finding
     from audit.measurements import Measurement, Thresholds
     from audit.model import LoadedModel
+    from audit.sanity import SanityProbe
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +49,14 @@ log = logging.getLogger(__name__)
 @prefix_tokens_option
 @click.option(
     "--secret-tokens",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_TOKENS),
     default=32,
     show_default=True,
     help="Secret tokens measured at most; longer secrets are cut (truncated: true).",
 )
 @click.option(
     "--samples",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_SAMPLES),
     default=0,
     show_default=True,
     help="Sampled-attack decodes per finding (0: greedy attack only).",
@@ -68,7 +70,7 @@ log = logging.getLogger(__name__)
 )
 @click.option(
     "--top-k",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_TOP_K),
     default=40,
     show_default=True,
     help="The sampled attack draws among the k likeliest tokens (0: all).",
@@ -76,7 +78,7 @@ log = logging.getLogger(__name__)
 @thresholds_option
 @click.option(
     "--max-findings",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_FINDINGS),
     help="Measure a deterministic sample of this many findings (for huge corpora).",
 )
 @click.option(
@@ -140,7 +142,17 @@ def _run_measure(
     from audit.distributed import device_for
     from audit.extraction import MeasureConfig
     from audit.model import check_model_dir, load_model
+    from audit.sanity import checked_probe
 
+    check_paths(
+        [
+            *path_option("--model", model_dir, "folder", "model folder"),
+            *path_option("--data", data, "data"),
+            *path_option("--findings", findings_path, "file", "findings file"),
+            *thresholds_paths(thresholds_spec),
+        ],
+        path_option("--out", out, "file"),
+    )
     check_model_dir(model_dir)
     thresholds = resolve_thresholds(thresholds_spec)
     findings = read_findings(findings_path)
@@ -148,7 +160,7 @@ def _run_measure(
     if not findings:
         if shard.is_main:
             write_measurements(out, [])
-            ui.console.print(f"Nothing to measure: {findings_path} holds no findings.")
+            ui.console.print(f"Nothing to measure: {ui.safe(findings_path)} holds no findings.")
             click.echo(str(out))
         return
     chosen = sample_findings(findings, max_findings, seed)
@@ -157,6 +169,7 @@ def _run_measure(
         batch_tokens=batch_tokens, samples=samples, temperature=temperature, top_k=top_k, seed=seed
     )
     loaded = load_model(model_dir, device=device_for(device, shard), dtype=dtype)
+    probe = checked_probe(loaded, texts, chosen)
     started = time.perf_counter()
     rows = _measure(
         loaded,
@@ -189,7 +202,25 @@ def _run_measure(
             skipped=len(findings) - len(chosen),
             processes=shard.world,
         )
+        print_probe(probe)
     click.echo(str(out))
+
+
+def thresholds_paths(spec: str | None) -> list[PathOption]:
+    """--thresholds as a path to check, unless it names the paper's values."""
+    if spec is None or spec.startswith("paper:"):
+        return []
+    return path_option("--thresholds", spec, "file", "thresholds file")
+
+
+def print_probe(probe: SanityProbe) -> None:
+    """The sanity probe's figure, on stderr."""
+
+    ui.console.print(
+        f"Sanity probe: mean loss {probe.loss:.3f} nats/token on {probe.samples} training "
+        f"samples ({probe.tokens} tokens), {probe.ratio:.1%} of a uniform guess's "
+        f"{probe.uniform:.2f} (must be under {probe.max_ratio:.0%})."
+    )
 
 
 def _measure(
@@ -245,13 +276,13 @@ def print_summary(
     for row in rows:
         groups.setdefault(row.secret_type, []).append(row)
     for secret_type in sorted(groups):
-        table.add_row(secret_type, *_summary_cells(groups[secret_type], sampled))
+        table.add_row(ui.safe(secret_type), *_summary_cells(groups[secret_type], sampled))
     table.add_section()
     table.add_row("[bold]total[/]", *_summary_cells(list(rows), sampled))
     ui.console.print(table)
     ui.console.print(
         f"Memorized: MA ≥ {thresholds.ma:.4f} or EL_10 ≥ {thresholds.el_10:.4f} "
-        f"({thresholds.source})."
+        f"({ui.safe(thresholds.source)})."
     )
     rate = len(rows) / seconds if seconds > 0 else 0.0
     cut = sum(r.truncated for r in rows)

@@ -17,6 +17,7 @@ from audit.findings import Finding, read_findings, subtract_baseline, write_find
 from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
 from gate import ui
 from gate.commands.options import data_format_options, jobs_option, options_from
+from gate.paths import check_paths, path_option
 from gate.policy import ScanOptions as PolicyScanOptions
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,13 @@ def scan(
         return
     if data is None:
         raise click.UsageError("missing argument DATA (the training data to scan)")
+    check_paths(
+        [
+            *path_option("DATA", data, "data"),
+            *path_option("--baseline", baseline, "file", "findings file"),
+        ],
+        path_option("--out", out, "file"),
+    )
     spec = PolicyScanOptions.model_validate(
         {
             "format": fmt,
@@ -103,7 +111,7 @@ def scan(
     log.info("Scanning %s (format %s) with %d worker process(es)", data, fmt, resolve_jobs(jobs))
     started = time.perf_counter()
     with ui.progress() as bar:
-        task = bar.add_task(f"Scanning {data.name}", total=None)
+        task = bar.add_task(f"Scanning {ui.safe(data.name)}", total=None)
         findings = scan_corpus(
             spec,
             options,
@@ -146,7 +154,7 @@ def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
     table.add_column("Secret type")
     table.add_column("Findings", justify="right")
     for secret_type, count in sorted(summary.by_type.items(), key=lambda kv: (-kv[1], kv[0])):
-        table.add_row(secret_type, str(count))
+        table.add_row(ui.safe(secret_type), str(count))
     table.add_section()
     table.add_row("[bold]total[/]", f"[bold]{summary.findings}[/]")
     ui.console.print(table)
@@ -162,12 +170,14 @@ def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
         if counts:
             parts = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
             ui.console.print(f"{label}: {parts}.")
+    for origin, reason in summary.skipped_files:
+        log.info("not read: %s (%s)", origin, reason)  # names redacted by the scan
     if summary.allowlisted:
         parts = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.allowlisted.items()))
         ui.console.print(f"Allowlisted inline (pragma: allowlist secret), not written: {parts}.")
     if summary.baseline_accepted:
         ui.console.print(f"Accepted by the baseline: {summary.baseline_accepted}.")
-    ui.console.print(f"Findings written to {out}.")
+    ui.console.print(f"Findings written to {ui.safe(out)}.")
 
 
 def _print_detectors() -> None:

@@ -20,7 +20,7 @@ from audit.io import atomic_write_text
 from audit.measurements import Measurement, Thresholds
 from gate import __version__
 from gate.unlearn.settings import UnlearnConfig
-from gate.verdict import UtilityFigures
+from gate.verdict import SanityInfo, UtilityFigures
 
 RECORD_NAME = "remediation.json"
 
@@ -104,6 +104,7 @@ class Remediation(_Part):
     outcomes: list[FindingOutcome]  # per finding, in the forget set's order
     history: list[EpochLog]  # per epoch
     utility: UtilityFigures = Field(default_factory=UtilityFigures)  # before and after
+    sanity: dict[str, SanityInfo] = Field(default_factory=dict)  # the input's and the output's
     processes: int = 1  # processes that trained together (accelerate launch)
     mixed_precision: str = "no"  # autocast in force (the option, or the launcher's config)
     trainable_parameters: int = 0  # parameters updated (LoRA: the adapters only)

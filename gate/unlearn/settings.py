@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from audit.corpus import CorpusSpec
 from audit.errors import InputError
+from gate import limits
 
 Method = Literal["codeeraser", "ga", "cu"]  # registered in gate.unlearn.methods
 METHOD_NAMES: tuple[str, ...] = get_args(Method)
@@ -81,19 +82,20 @@ def setting(
     metavar: str | None = None,
     ge: float | None = None,
     gt: float | None = None,
+    le: float | None = None,
     bookkeeping: bool = False,
 ) -> Any:
     """A field of the schema: `text` for --help and the docs; `key`: the policy key when
     it is not the field name (`also`: further accepted keys); `flag`: the option when it
-    is not ``--<key>``; `ge`, `gt`: its lower bound; `bookkeeping`: the setting does not
-    change the result (a resumed run may change it)."""
+    is not ``--<key>``; `ge`, `gt`, `le`: its bounds (`gate.limits`); `bookkeeping`: the
+    setting does not change the result (a resumed run may change it)."""
     extra: dict[str, str | bool] = {
         name: value
         for name, value in (("flag", flag), ("metavar", metavar), ("bookkeeping", bookkeeping))
         if value
     }
     names = (key, *also) if key else also
-    options: dict[str, Any] = {"description": text, "ge": ge, "gt": gt}
+    options: dict[str, Any] = {"description": text, "ge": ge, "gt": gt, "le": le}
     if names:
         options |= {"serialization_alias": key, "validation_alias": AliasChoices(*names)}
     if extra:
@@ -115,23 +117,40 @@ class UnlearnArgs(BaseModel):
     gamma: float = setting(
         0.1, "γ: weight of the descent on the code around a secret (codeeraser).", ge=0
     )
-    batch_size: int = setting(32, "k: forget windows (and retain windows) per step.", ge=1)
+    batch_size: int = setting(
+        32, "k: forget windows (and retain windows) per step.", ge=1, le=limits.MAX_BATCH_SIZE
+    )
     epochs: int = setting(
         100,
         "Most epochs (passes over the secrets still to forget).",
         key="max_epochs",
         flag="--epochs",
         ge=1,
+        le=limits.MAX_EPOCHS,
     )
-    patience: int = setting(5, "Stop after this many epochs without a lower leak (0: never).", ge=0)
+    patience: int = setting(
+        5,
+        "Stop after this many epochs without a lower leak (0: never).",
+        ge=0,
+        le=limits.MAX_EPOCHS,
+    )
     window_tokens: int = setting(
-        DEFAULT_WINDOW_TOKENS, "Forget window length (cut to the model's context).", ge=2
+        DEFAULT_WINDOW_TOKENS,
+        "Forget window length (cut to the model's context).",
+        ge=2,
+        le=limits.MAX_TOKENS,
     )
     retain_tokens: int = setting(
-        DEFAULT_RETAIN_TOKENS, "Retain window length (cut to the model's context).", ge=2
+        DEFAULT_RETAIN_TOKENS,
+        "Retain window length (cut to the model's context).",
+        ge=2,
+        le=limits.MAX_TOKENS,
     )
     retain_windows: int = setting(
-        DEFAULT_RETAIN_WINDOWS, "Retain windows drawn from the clean code.", ge=1
+        DEFAULT_RETAIN_WINDOWS,
+        "Retain windows drawn from the clean code.",
+        ge=1,
+        le=limits.MAX_WINDOWS,
     )
     ascend_on: AscendOn = setting(
         "predicted",
@@ -155,9 +174,14 @@ class UnlearnArgs(BaseModel):
         "Cached log-probs: full vocabulary (exact), top-k + a tail bucket, or auto (full "
         "when it fits kl_cache_mb).",
     )
-    kl_topk: int = setting(DEFAULT_TOPK, "Tokens kept per position by the top-k cache.", ge=1)
+    kl_topk: int = setting(
+        DEFAULT_TOPK, "Tokens kept per position by the top-k cache.", ge=1, le=limits.MAX_TOP_K
+    )
     kl_cache_mb: int = setting(
-        DEFAULT_BUDGET_MB, "Memory an exact cache may use before auto switches to top-k.", ge=0
+        DEFAULT_BUDGET_MB,
+        "Memory an exact cache may use before auto switches to top-k.",
+        ge=0,
+        le=limits.MAX_CACHE_MB,
     )
     max_grad_norm: float = setting(1.0, "Gradient clipping (0: off).", ge=0)
     weight_decay: float = setting(0.0, "AdamW weight decay (the reference's: 0).", ge=0)
@@ -166,6 +190,7 @@ class UnlearnArgs(BaseModel):
         "Padded tokens per forward/backward micro-batch: a step's k windows are sorted by "
         "length and cut to fit, gradients accumulate, one update per step (0: no cut).",
         ge=0,
+        le=limits.MAX_BATCH_TOKENS,
     )
     gradient_checkpointing: bool = setting(
         False, "Recompute activations in the backward pass (less memory, about a third more time)."
@@ -180,7 +205,7 @@ class UnlearnArgs(BaseModel):
         "Train LoRA adapters on the frozen model instead of every weight (pip install "
         "'codeeraser[lora]'); the output is the merged model.",
     )
-    lora_rank: int = setting(16, "LoRA rank r.", ge=1)
+    lora_rank: int = setting(16, "LoRA rank r.", ge=1, le=limits.MAX_RANK)
     lora_alpha: float = setting(32.0, "LoRA alpha (the adapters' scale is alpha / r).", gt=0)
     lora_targets: Names = setting(
         (),
@@ -195,6 +220,7 @@ class UnlearnArgs(BaseModel):
         1,
         "Checkpoint every N epochs (0: only when stopped by Ctrl-C or SIGTERM).",
         ge=0,
+        le=limits.MAX_EPOCHS,
         bookkeeping=True,
     )
     checkpoint_minutes: float = setting(
@@ -202,6 +228,7 @@ class UnlearnArgs(BaseModel):
         "Also checkpoint after the step that ends this many minutes since the last "
         "checkpoint, mid-epoch too (0: off).",
         ge=0,
+        le=limits.MAX_EPOCHS * 24 * 60,
         bookkeeping=True,
     )
 

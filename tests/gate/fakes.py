@@ -27,7 +27,7 @@ from gate.record import (
 )
 from gate.unlearn.remediation import FindingOutcome, KLReference, Remediation, SampleCounts
 from gate.unlearn.settings import UnlearnConfig
-from gate.verdict import UtilityFigures, evaluate, worst_case
+from gate.verdict import SanityInfo, UtilityFigures, evaluate, worst_case
 
 XSS = "</script><script>alert(1)</script>"
 
@@ -133,6 +133,18 @@ def default_policy() -> Policy:
     return load_policy("default")
 
 
+SANITY = {
+    "loss": 0.9,
+    "uniform": 6.24,
+    "vocabulary": 512,
+    "samples": 8,
+    "tokens": 700,
+    "max_ratio": 0.75,
+    "ratio": 0.144,
+    "passed": True,
+}
+
+
 def build_record(
     before: FakeModel = LEAKY,
     after: FakeModel | None = CLEAN,
@@ -154,6 +166,8 @@ def build_record(
     )
     with builder.stage("scan"):
         builder.set_findings(items)
+    builder.set_skipped({"binary": 1}, [("assets/logo.png", "binary")])
+    builder.set_sanity("original", SanityInfo.model_validate(SANITY))
     builder.set_thresholds(THRESHOLDS)
     rows = measure(before, items)
     with builder.stage("measure"):

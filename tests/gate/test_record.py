@@ -34,6 +34,8 @@ DATA_KEYED = {
     "findings[].measurements",
     "timings",
     "remediation.history[].loss",
+    "corpus.skipped",
+    "sanity",
 }
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docs" / "record.schema.json"
 OPAQUE = {"policy.resolved"}  # the policy's own schema is tested in test_policy.py

@@ -44,7 +44,7 @@ def test_a_resumed_run_of_the_same_inputs_reuses_the_stage_outputs(
     assert again.reuse
     assert again.reusable("findings.jsonl")
     assert not again.reusable("findings.jsonl", "thresholds.json")
-    assert again.scan_counts() == ScanCounts(samples=3, chars=30)
+    assert again.stages().scan == ScanCounts(samples=3, chars=30)
 
 
 def test_without_resume_the_earlier_outputs_go(tmp_path: Path, inputs: RunInputs) -> None:
@@ -55,7 +55,7 @@ def test_without_resume_the_earlier_outputs_go(tmp_path: Path, inputs: RunInputs
     (tmp_path / "out" / "notes.txt").write_text("mine")
     fresh = _open(tmp_path, inputs, resume=False)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, RUN_STATE, "notes.txt"]
-    assert fresh.scan_counts() is None
+    assert fresh.stages().scan is None
     assert not fresh.reusable("findings.jsonl")
 
 
