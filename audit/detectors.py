@@ -32,7 +32,7 @@ from typing import ClassVar
 from urllib.parse import unquote
 
 from audit.errors import InputError
-from audit.filters import words
+from audit.filters import is_placeholder, is_template, words
 from audit.providers import RULES, UUID, Rule
 
 Span = tuple[int, int]
@@ -137,12 +137,13 @@ class JwtDetector(Detector):
     keywords = ("eyj",)
     mode = "anchored"
     _REGEX = re.compile(
-        r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"
+        r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}(?:\.[A-Za-z0-9_\-]*)?"
+        r"(?![A-Za-z0-9_\-])"
     )
 
     def match_at(self, text: str, pos: int) -> Span | None:
         match = self._REGEX.match(text, pos)
-        if match is None or not _json_header(match.group(0).split(".", 1)[0]):
+        if match is None or not all(_json_header(p) for p in match.group(0).split(".")[:2]):
             return None
         return match.span()
 
@@ -252,22 +253,41 @@ class ConnectionStringDetector(Detector):
 
 
 class CurlCredentialDetector(Detector):
-    """`curl -u user:password` (the whole credential) and `curl -H 'Authorization: …'`."""
+    """`curl -u user:password` (the whole credential), in a one-line command or one
+    continued over lines with `\\`. A password that is a placeholder, a variable or the
+    user name again is not a credential; `-u KEY:` (an API key as the user) is."""
 
     name = "CurlCredentialDetector"
     secret_type = "Basic Auth Credentials"
     keywords = ("curl",)
+    mode = "text"
     priority = PRIORITY_ASSIGNED
+    _COMMAND = re.compile(r"\bcurl\b(?:[^\n\\]|\\\r?\n|\\.)*")
     _USER = re.compile(
-        r"\bcurl\b.*?\s(?:-u|--user)(?:=|[ \t]+)(?:(?P<q>[\"'])(?P<qv>[^\"'\s:]+:[^\"'\s]+)(?P=q)"
-        r"|(?P<bv>[\w$@.\-]+:[^\s\"'`]+))"
+        r"(?<!\S)(?:-u|--user)(?:=|[ \t]+)(?:(?P<q>[\"'])(?P<qv>[^\"'\s:]*:[^\"'\s]*)(?P=q)"
+        r"|(?P<bv>[\w$@.\-]*:[^\s\"'`]+))"
     )
 
     def spans(self, text: str, language: str | None) -> Iterator[Span]:
-        for match in self._USER.finditer(text):
-            group = "qv" if match.group("qv") else "bv"
-            if not match.group(group).endswith(":"):
-                yield match.span(group)
+        for command in self._COMMAND.finditer(text):
+            for match in self._USER.finditer(text, *command.span()):
+                group = "qv" if match.group("qv") is not None else "bv"
+                if _credential_ok(match.group(group)):
+                    yield match.span(group)
+
+
+def _credential_ok(credential: str) -> bool:
+    user, _, password = credential.partition(":")
+    if password and password == user:
+        return False
+    secret = password or user  # `-u KEY:` sends an API key as the user name
+    return (
+        len(secret) >= 6
+        and not is_placeholder(secret)
+        and not is_template(secret)
+        and not secret.startswith(("$", "[", "<", "{", "%"))
+        and (looks_random(secret) or not secret.isalpha())
+    )
 
 
 class AuthorizationHeaderDetector(Detector):
@@ -275,8 +295,12 @@ class AuthorizationHeaderDetector(Detector):
 
     name = "AuthorizationHeaderDetector"
     secret_type = "HTTP Authorization Credentials"
-    keywords = ("authorization", "api-key", "auth-token", "access-token", "private-token")
+    keywords = (
+        "authorization", "api-key", "auth-token", "access-token", "private-token", "-h ",
+        "--header",
+    )  # fmt: skip
     priority = PRIORITY_ASSIGNED
+    _HEADER_NAME = re.compile(r"auth|token|api-?key|secret|pass|crumb", re.IGNORECASE)
     _REGEXES = (
         re.compile(
             r"(?i:authorization)[\"']?\s*[:=,]\s*[\"']?(?i:bearer|basic|token|apikey|api-key|"
@@ -286,11 +310,23 @@ class AuthorizationHeaderDetector(Detector):
             r"(?i:x-api-key|api-key|x-auth-token|x-access-token|private-token)[\"']?\s*[:=,]\s*"
             r"[\"']?(?P<s>[A-Za-z0-9+/_.~=\-]{8,})"
         ),
+        re.compile(
+            r"(?i:authorization)[\"']?[ \t]*:[ \t]*(?P<s>[A-Za-z0-9+/_.~=\-]{16,})(?![^\s\"',;])"
+        ),
+    )
+    # `curl -H "Api-Token: …"`: any header whose name says it carries a credential
+    _CURL_HEADER = re.compile(
+        r"(?:(?<![\w\-])-H|--header)(?:=|[ \t]+)[\"']?(?P<name>[A-Za-z][\w\-]{0,40})[ \t]*:[ \t]*"
+        r"(?:(?i:bearer|basic|token|api-token|apikey|sso-key)[ \t]+)?(?P<s>[A-Za-z0-9+/_.~=\-]{8,})"
+        r"(?![^\s\"'])"
     )
 
     def spans(self, text: str, language: str | None) -> Iterator[Span]:
         for regex in self._REGEXES:
             for match in regex.finditer(text):
+                yield match.span("s")
+        for match in self._CURL_HEADER.finditer(text):
+            if self._HEADER_NAME.search(match.group("name")) and looks_random(match.group("s")):
                 yield match.span("s")
 
 
@@ -346,7 +382,7 @@ _WEAK = r"[\w.\-]{0,40}?(?:key|auth|license|licence|sas)"
 _NAME = rf"(?:[A-Za-z_$@][\w$@.\-]{{0,60}}?)?(?:{_STRONG})[\w.\-]{{0,60}}|{_WEAK}"
 _OPS = r":::=|::=|:=|\?=|\+=|\.=|=>|===?|!==?|=|:|\("
 _QUOTED = r"(?P<q>[\"'`])(?P<qv>(?:(?!(?P=q))[^\n\\]){1,256})(?P=q)"
-_BARE = r"(?P<bv>[^\s\"'`,;#(){}\[\]<>]{1,256})(?=[ \t]*(?:$|[,;}\]]|#|\r))"
+_BARE = r"(?P<bv>[^\s\"'`,;#(){}\[\]<>\\]{1,256})(?=[ \t]*(?:$|[,;}\]]|#|\r|\\[nrt]))"
 _ASSIGNMENT = re.compile(
     rf"(?<![\w$@.\-])(?P<name>{_NAME})(?:\[\d*\])?[\"'\]]{{0,2}}"
     r"(?:[ \t]*:[ \t]*[A-Za-z_][\w.\[\], |]*?[ \t]*(?==)|[ \t]+\*?[A-Za-z_][\w.\[\]]*(?=[ \t]*=))?"
@@ -355,7 +391,8 @@ _ASSIGNMENT = re.compile(
 )
 _XML_ELEMENT = re.compile(
     rf"<(?P<name>[\w:.\-]{{0,40}}?(?:{_STRONG})[\w:.\-]{{0,40}})(?:\s[^<>]*)?>"
-    r"(?P<v>[^<>\n]{1,256}?)</(?P=name)>",
+    r"(?:[ \t]*\r?\n[ \t]*)?(?P<v>[^<>\s](?:[^<>\n]{0,255}?[^<>\s])?)(?:[ \t]*\r?\n[ \t]*)?"
+    r"</(?P=name)>",
     re.IGNORECASE,
 )
 _KEY_VALUE = re.compile(
@@ -390,11 +427,9 @@ class KeywordDetector(Detector):
 
     def spans(self, text: str, language: str | None) -> Iterator[Span]:
         yield from self._assignments(text, language)
-        for regex in (_XML_ELEMENT, _KEY_VALUE, _STRING_PAIR):
+        for regex in (_KEY_VALUE, _STRING_PAIR):
             for match in regex.finditer(text):
-                if _value_ok(
-                    match.group("name"), match.group("v"), quoted=regex is not _XML_ELEMENT
-                ):
+                if _value_ok(match.group("name"), match.group("v"), quoted=True):
                     yield match.span("v")
 
     def _assignments(self, line: str, language: str | None) -> Iterator[Span]:
@@ -447,6 +482,72 @@ def looks_random(value: str) -> bool:
     )
     has_digit_or_symbol = classes[2] or classes[3]
     return (sum(classes) >= 2 and has_digit_or_symbol) or (len(value) >= 16 and sum(classes) >= 2)
+
+
+class NetrcDetector(Detector):
+    """`.netrc` entries: `machine HOST login USER password SECRET`, on one line or many."""
+
+    name = "NetrcDetector"
+    secret_type = KEYWORD_TYPE
+    keywords = ("machine",)
+    mode = "text"
+    priority = PRIORITY_ASSIGNED
+    _ENTRY = re.compile(
+        r"\bmachine[ \t]+\S+(?:\s+(?:login|account)[ \t]+\S+)+\s+password[ \t]+(?P<v>[^\s\"'`]+)"
+    )
+
+    def spans(self, text: str, language: str | None) -> Iterator[Span]:
+        for match in self._ENTRY.finditer(text):
+            yield match.span("v")
+
+
+class DiscordBotTokenDetector(Detector):
+    """Discord bot tokens: base64 of the bot's numeric id `.` 6 `.` 27-38 characters.
+
+    Found in runs of token characters (no keyword needed); the first part must decode to
+    a 17-20 digit id, which is what keeps other dotted strings out."""
+
+    name = "DiscordBotTokenDetector"
+    secret_type = "Discord Bot Token"
+    mode = "run"
+    min_run = 59
+    _REGEX = re.compile(
+        r"(?<![A-Za-z0-9_\-])[MNO][A-Za-z0-9_\-]{23,27}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38}"
+        r"(?![A-Za-z0-9_\-])"
+    )
+
+    def run_spans(
+        self, text: str, start: int, end: int, inner: Inner
+    ) -> Iterator[tuple[Span, str]]:
+        for match in self._REGEX.finditer(text, start, end):
+            if _is_snowflake(match.group(0).split(".", 1)[0]):
+                yield match.span(), self.secret_type
+
+
+def _is_snowflake(part: str) -> bool:
+    try:
+        decoded = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return 17 <= len(decoded) <= 20 and decoded.isdigit()
+
+
+class XmlElementDetector(Detector):
+    """XML elements named like a secret (`<password>…</password>`), the value on the
+    same line as the tags or on a line of its own."""
+
+    name = "XmlElementDetector"
+    secret_type = KEYWORD_TYPE
+    keywords = ("pass", "pwd", "secret", "token", "key", "credential", "contrase", "auth")
+    mode = "text"
+    priority = PRIORITY_ASSIGNED
+
+    def spans(self, text: str, language: str | None) -> Iterator[Span]:
+        if "</" not in text:
+            return
+        for match in _XML_ELEMENT.finditer(text):
+            if _value_ok(match.group("name"), match.group("v"), quoted=False):
+                yield match.span("v")
 
 
 class IniContinuationDetector(Detector):
@@ -618,6 +719,7 @@ SPECIAL_DETECTORS: tuple[type[Detector], ...] = (
     Base64HighEntropyString,
     ConnectionStringDetector,
     CurlCredentialDetector,
+    DiscordBotTokenDetector,
     EmailDetector,
     EncodedSecretDetector,
     HexHighEntropyString,
@@ -626,7 +728,9 @@ SPECIAL_DETECTORS: tuple[type[Detector], ...] = (
     JwtDetector,
     KeywordDetector,
     KubernetesSecretDetector,
+    NetrcDetector,
     PrivateKeyDetector,
+    XmlElementDetector,
 )
 
 

@@ -191,6 +191,39 @@ RULES: tuple[Rule, ...] = (
         f"{n(AN, 73)}|{n(AN, 64)}",
         "64 or 73 alphanumerics named `jfrog…`/`artifactory…`",
     ),
+    P(
+        "DockerHubTokenDetector",
+        "Docker Hub Token",
+        ("dckr_pat_", "dckr_oat_"),
+        n(URL, 27, 36),
+        "`dckr_pat_`/`dckr_oat_` + 27+ URL-safe characters",
+    ),
+    P(
+        "CratesIoTokenDetector",
+        "crates.io Token",
+        ("cio",),
+        n(AN, 32),
+        "`cio` + 32 alphanumerics",
+    ),
+    P(
+        "DependencyTrackKeyDetector",
+        "Dependency-Track API Key",
+        ("odt_",),
+        n(AN, 32, 255),
+        "`odt_` + 32+ alphanumerics",
+    ),
+    S(
+        "PasswordHashDetector",
+        "Password Hash",
+        r"(?<![\w$])(?P<s>\$[156]\$(?:rounds=\d{1,9}\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22,86}"
+        r"|\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}"
+        r"|\$[789]\$[./A-Za-z0-9]{8,40}\$[./A-Za-z0-9]{43}"
+        r"|\$krb5(?:asrep|tgs)\$\d{1,3}\$(?:[^$\s]{1,256}[:$])?[0-9a-fA-F]{32}\$[0-9a-fA-F]{64,})"
+        r"(?![\w./$])",
+        ("$1$", "$2a$", "$2b$", "$2x$", "$2y$", "$2$", "$5$", "$6$", "$7$", "$8$", "$9$", "$krb5"),
+        "crypt(3) hashes (`$1$`, `$2b$`, `$5$`, `$6$`, `$8$` + salt `$` + hash), "
+        "Kerberos `$krb5asrep$`/`$krb5tgs$`",
+    ),
     # -- cloud platforms ------------------------------------------------------------------
     P(
         "AWSKeyDetector",
@@ -475,6 +508,13 @@ RULES: tuple[Rule, ...] = (
         "`hf_`/`api_org_` + 34 letters",
     ),
     P(
+        "TavilyKeyDetector",
+        "Tavily API Key",
+        ("tvly-",),
+        r"(?:dev-|prod-)?" + n(AN, 32),
+        "`tvly-` (+ `dev-`/`prod-`) + 32 alphanumerics",
+    ),
+    P(
         "PerplexityKeyDetector",
         "Perplexity API Key",
         ("pplx-",),
@@ -603,9 +643,10 @@ RULES: tuple[Rule, ...] = (
     S(
         "MicrosoftTeamsWebhookDetector",
         "Microsoft Teams Webhook",
-        rf"(?P<s>https://[A-Za-z0-9\-]+\.webhook\.office\.com/webhookb2/{UUID}@{UUID}"
-        rf"/IncomingWebhook/[A-Za-z0-9]{{32}}/{UUID}(?:/[A-Za-z0-9_\-]+)?)",
-        ("webhook.office.com",),
+        r"(?P<s>https://(?:[A-Za-z0-9\-]+\.webhook\.office\.com/webhookb2"
+        r"|outlook\.office(?:365)?\.com/webhook)/[A-Za-z0-9\-]{36}@[A-Za-z0-9\-]{36}"
+        r"/IncomingWebhook/[A-Za-z0-9]{32}/[A-Za-z0-9\-]{36}(?:/[A-Za-z0-9_\-]+)?)",
+        ("webhook.office.com", "outlook.office"),
         "`https://…webhook.office.com/webhookb2/<uuid>@<uuid>/…`",
     ),
     S(
@@ -615,13 +656,6 @@ RULES: tuple[Rule, ...] = (
         r"[A-Za-z0-9_\-]{60,72})",
         ("/webhooks/",),
         "`https://discord.com/api/webhooks/<id>/` + 68 characters",
-    ),
-    S(
-        "DiscordBotTokenDetector",
-        "Discord Bot Token",
-        rf"{_BEFORE}(?P<s>[MNO]{n(URL, 23, 25)}\.{n(URL, 6)}\.{n(URL, 27, 38)}){_AFTER}",
-        ("discord", "bot", "token"),
-        "`M`/`N`/`O` + 23–25 `.` 6 `.` 27–38 characters",
     ),
     N(
         "DiscordSecretDetector",

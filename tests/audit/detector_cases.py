@@ -26,6 +26,7 @@ FILL: dict[str, str] = {
     "B": ALNUM + "+/",
     "D": string.digits,
     "b": "qpzry9x8gf2tvdw0s3jn54khce6mua7l".upper(),
+    "c": string.ascii_letters + string.digits + "./",  # crypt(3)'s alphabet
 }
 _FIELD = re.compile(r"\{(UUID|[A-Za-z]):?(\d*)\}")
 
@@ -132,7 +133,20 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
     "DiscordWebhookDetector": [
         ('hook = "[[https://discord.com/api/webhooks/{D:18}/{U:68}]]"', "python")
     ],
-    "DiscordBotTokenDetector": [('bot.run("[[M{A:23}.{U:6}.{U:27}]]")', "python")],
+    "DiscordBotTokenDetector": [
+        ('bot.run("[[{B64:1{D:17}}.{U:6}.{U:27}]]")', "python"),
+        ("[[{B64:9{D:17}}.{U:6}.{U:38}]]", None),
+    ],
+    "DockerHubTokenDetector": [("DOCKER_PAT=[[dckr_pat_{U:27}]]", "dotenv")],
+    "CratesIoTokenDetector": [("cargo login [[cio{A:32}]]", "bash")],
+    "DependencyTrackKeyDetector": [('-H "X-Api-Key: [[odt_{A:32}]]"', "bash")],
+    "TavilyKeyDetector": [('client = TavilyClient("[[tvly-{A:32}]]")', "python")],
+    "PasswordHashDetector": [
+        ("admin:[[$6${c:8}${c:86}]]:19000:0:99999:7:::", None),
+        ('hash = "[[$2b$12${c:53}]]"', "python"),
+        ("root:[[$1${c:8}${c:22}]]:0:0", None),
+        ("[[$krb5asrep$23$svc@corp.io:{H:32}${H:96}]]", None),
+    ],
     "DiscordSecretDetector": [('discord_client_secret = "[[{U:32}]]"', "python")],
     "TelegramBotTokenDetector": [('bot = Bot("[[{D:10}:AA{U:33}]]")', "python")],
     "AtlassianTokenDetector": [("JIRA_TOKEN=[[ATATT3{U:186}]]", "dotenv")],
@@ -242,8 +256,15 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
     "CurlCredentialDetector": [
         ("curl -u [[deploy:{A:16}]] https://api.corp.io/v1", "bash"),
         ("curl --user '[[admin:{A:12}!]]' https://x.io", "bash"),
+        (
+            "curl https://api.corp.io/token \\\n  -X POST \\\n  --user [[{a:15}:{a:15}]] -d x",
+            "bash",
+        ),
+        ('curl -u "[[sk_{A:24}:]]" https://api.corp.io', "bash"),
     ],
     "AuthorizationHeaderDetector": [
+        ("curl -H 'Api-Token: [[{A:10}9]]' https://x.io", "bash"),
+        ("curl --header 'Authorization: [[{UUID}]]'", "bash"),
         ('curl -H "Authorization: Bearer [[{U:40}]]" https://api.corp.io', "bash"),
         ('headers = {"X-Api-Key": "[[{A:32}]]"}', "python"),
     ],
@@ -256,7 +277,6 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
     ],
     "KeywordDetector": [
         ('password = "[[Tr0ub4dor&3{D:3}]]"', "python"),
-        ("<password>[[Hunter{D:4}!x]]</password>", "xml"),
         ('<add key="ClearTextPassword" value="[[Nu{A:10}9]]" />', "xml"),
         ('var dbPassword string = "[[Go{A:10}7]]"', "go"),
         ("<?php $config['db_password'] .= '[[Ph{A:10}1]]';", "php"),
@@ -268,6 +288,14 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
         ('license_key = "[[{UUID}]]"', "python"),
     ],
     "IniContinuationDetector": [("[db]\npassword =\n    [[Ini{A:12}8]]\n", "ini")],
+    "XmlElementDetector": [
+        ("<password>[[Hunter{D:4}!x]]</password>", "xml"),
+        ("<apiToken>\n    [[{a:30}9]]\n</apiToken>", "xml"),
+    ],
+    "NetrcDetector": [
+        ("machine api.corp.io login deploy password [[{A:20}]]", None),
+        ("machine git.corp.io\n  login ci\n  password [[{A:16}3]]\n", None),
+    ],
     "Base64HighEntropyString": [('blob = "[[{B:40}]]"', "python")],
     "HexHighEntropyString": [("seed = '[[{H:40}]]'", "python")],
     "EncodedSecretDetector": [
@@ -288,7 +316,15 @@ NEGATIVES: dict[str, list[tuple[str, str | None]]] = {
     "CurlCredentialDetector": [
         ("curl -u $USER: https://x.io", "bash"),
         ("curl https://x.io", "bash"),
+        ("curl -u 'test:test' https://x.io", "bash"),
+        ('curl --user "$1:$2" https://x.io', "bash"),
+        ("curl --user neo4j:[PASSWORD] http://x.io", "bash"),
+        ('curl --user "username:password" https://x.io', "bash"),
     ],
+    "DiscordBotTokenDetector": [("v = '{A:24}.{U:6}.{U:27}'", "python")],
+    "PasswordHashDetector": [("price: $5$ per month, $6$ per year", None)],
+    "XmlElementDetector": [("<password>\n    secret\n</password>", "xml")],
+    "NetrcDetector": [("the machine learning password reset flow", None)],
     "AuthorizationHeaderDetector": [("Authorization: Bearer", None), ("X-Api-Key: short", None)],
     "KubernetesSecretDetector": [("kind: ConfigMap\ndata:\n  mode: {B:24}\n", "yaml")],
     "KeywordDetector": [
