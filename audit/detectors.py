@@ -23,10 +23,11 @@ import base64
 import binascii
 import ipaddress
 import json
+import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property, lru_cache
 from typing import ClassVar
 from urllib.parse import unquote
@@ -35,6 +36,7 @@ from audit.errors import InputError
 from audit.filters import is_placeholder, is_template, words
 from audit.providers import RULES, UUID, Rule
 
+log = logging.getLogger(__name__)
 Span = tuple[int, int]
 Inner = Callable[[str], str | None]  # decoded text -> the secret type found in it, or None
 
@@ -734,6 +736,30 @@ SPECIAL_DETECTORS: tuple[type[Detector], ...] = (
 )
 
 
+# Names that policies and `--detector` used before the provider table, and detect-secrets'
+# plugin names that we replace: each stands for the detectors that now do its work.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "BasicAuthDetector": ("ConnectionStringDetector",),
+    "IPPublicDetector": ("IPAddressDetector",),
+    "JwtTokenDetector": ("JwtDetector",),
+    "KeywordAssignmentDetector": ("KeywordDetector", "XmlElementDetector"),
+    "PrivateKeyBlockDetector": ("PrivateKeyDetector",),
+    "SlackDetector": ("SlackTokenDetector", "SlackWebhookDetector"),
+    "StripeKeyDetector": ("StripeDetector",),
+}
+
+
+def resolve_aliases(names: Iterable[str]) -> list[str]:
+    """`names` with every old name replaced by its detectors (noted at -v)."""
+    resolved: list[str] = []
+    for name in names:
+        targets = ALIASES.get(name, (name,))
+        if name in ALIASES:
+            log.info("detector %s is now %s (the old name still works)", name, ", ".join(targets))
+        resolved.extend(targets)
+    return resolved
+
+
 @lru_cache(maxsize=1)
 def _all_detectors() -> tuple[Detector, ...]:
     detectors = [RuleDetector(rule) for rule in RULES] + [cls() for cls in SPECIAL_DETECTORS]
@@ -757,12 +783,13 @@ def select_detectors(switches: Mapping[str, bool]) -> tuple[str, ...] | None:
     An unknown name is an InputError that lists the valid ones.
     """
     names = detector_names()
-    unknown = sorted(set(switches) - set(names))
+    resolved = {target: on for name, on in switches.items() for target in resolve_aliases([name])}
+    unknown = sorted(set(resolved) - set(names))
     if unknown:
         raise InputError(f"unknown detector {', '.join(unknown)} (valid: {', '.join(names)})")
-    if all(switches.values()):
+    if all(resolved.values()):
         return None
-    return tuple(n for n in names if switches.get(n, True))
+    return tuple(n for n in names if resolved.get(n, True))
 
 
 def build_detectors(names: Sequence[str] | None = None) -> list[Detector]:
@@ -771,6 +798,7 @@ def build_detectors(names: Sequence[str] | None = None) -> list[Detector]:
     if names is None:
         return list(detectors)
     by_name = {d.name: d for d in detectors}
+    names = resolve_aliases(names)
     unknown = sorted(set(names) - by_name.keys())
     if unknown:
         raise InputError(

@@ -634,7 +634,7 @@ RULES: tuple[Rule, ...] = (
     ),
     S(
         "SlackWebhookDetector",
-        "Slack Webhook",
+        "Slack Token",  # detect-secrets' type for Slack webhooks too
         r"(?P<s>(?:https?://)?hooks\.slack\.com/(?:services|workflows|triggers)/"
         r"[A-Za-z0-9_/+\-]{20,120})",
         ("hooks.slack.com",),
@@ -817,9 +817,16 @@ RULES: tuple[Rule, ...] = (
     P(
         "SquareTokenDetector",
         "Square Token",
-        ("sq0atp-", "sq0csp-", "EAAA"),
+        ("sq0atp-", "EAAA"),
         n(URL, 22, 60),
-        "`sq0atp-`/`sq0csp-`/`EAAA` + 22–60 characters",
+        "`sq0atp-`/`EAAA` + 22–60 characters (access tokens)",
+    ),
+    P(
+        "SquareOAuthDetector",
+        "Square OAuth Secret",  # detect-secrets' type for the same format
+        ("sq0csp-",),
+        n(URL, 22, 60),
+        "`sq0csp-` + 22–60 characters (OAuth application secrets)",
     ),
     P(
         "ShopifyTokenDetector",

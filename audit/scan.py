@@ -29,6 +29,7 @@ from itertools import chain
 
 from ahocorasick_rs import AhoCorasick, Implementation
 
+from audit.allowlist import is_allowlisted
 from audit.context import SourceContext
 from audit.corpus import CorpusSpec, ReadStats, Sample, iter_samples
 from audit.detectors import (
@@ -115,10 +116,6 @@ _HEX_TABLE = bytes(
     ord("0") if chr(c) in "0123456789abcdefABCDEF" else ord(":") if c == ord(":") else ord(" ")
     for c in range(256)
 )
-_ALLOWLIST = re.compile(r"pragma:[ \t]?(?:allow|white)list[ \t]+secret", re.IGNORECASE)
-_ALLOWLIST_NEXT = re.compile(
-    r"pragma:[ \t]?(?:allow|white)list[ \t]+nextline[ \t]+secret", re.IGNORECASE
-)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_DEPTH = 3  # decode layers of encoded blobs
 
@@ -178,7 +175,7 @@ class Scanner:
             for reason, start, end in dropped
             if not any(s < end and start < e for s, e in reported)
         )
-        allowed = [f for f in findings if _allowlisted(text, f.start)]
+        allowed = [f for f in findings if _allowlisted(text, f.start, sample.origin)]
         findings = [f for f in findings if f not in allowed]
         return SampleResult(tuple(findings), tuple(sorted(filtered.items())), tuple(allowed))
 
@@ -305,14 +302,15 @@ def ip_candidates(text: str) -> Iterator[int]:
             pos = marked.find(needle, end)
 
 
-def _allowlisted(text: str, start: int) -> bool:
-    """detect-secrets' inline allowlist: `pragma: allowlist secret` on the line, or
-    `pragma: allowlist nextline secret` on the line before."""
+def _allowlisted(text: str, start: int, filename: str) -> bool:
+    """detect-secrets' inline allowlist (`audit.allowlist`) for the line at `start`."""
     line_start = text.rfind("\n", 0, start) + 1
-    if _ALLOWLIST.search(text, line_start, _line_end(text, start)):
-        return True
-    previous = text.rfind("\n", 0, max(line_start - 1, 0)) + 1
-    return line_start > 0 and bool(_ALLOWLIST_NEXT.search(text, previous, line_start))
+    line = text[line_start : _line_end(text, start)]
+    previous = ""
+    if line_start > 0:
+        previous_start = text.rfind("\n", 0, line_start - 1) + 1
+        previous = text[previous_start : _line_end(text, previous_start)]
+    return is_allowlisted(filename, line, previous)
 
 
 def lower_same_length(text: str) -> str:

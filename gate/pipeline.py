@@ -41,7 +41,14 @@ from typing import TYPE_CHECKING, Any
 from audit.corpus import CorpusSpec
 from audit.distributed import LOCAL, Shard
 from audit.errors import CodeEraserError, ExitCode, InputError, Interrupted, PolicyError
-from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from audit.findings import (
+    Baseline,
+    Finding,
+    read_baseline,
+    read_findings,
+    subtract_baseline,
+    write_findings,
+)
 from audit.io import atomic_write_json, atomic_write_text
 from audit.measurements import Measurement, Thresholds, read_measurements, write_measurements
 from gate import __version__
@@ -320,7 +327,7 @@ def _scan_here(state: _State) -> None:
         detectors = select_detectors(policy.scan.detectors)
     except InputError as exc:
         raise PolicyError(f"{policy.source}: scan.detectors: {exc.message}") from None
-    baseline = read_findings(Path(policy.scan.baseline)) if policy.scan.baseline else []
+    baseline = read_baseline(Path(policy.scan.baseline)) if policy.scan.baseline else Baseline()
     summary = ScanSummary()
     with state.builder.stage("scan"), ui.progress() as bar:
         task = bar.add_task("Scanning the training data", total=None)

@@ -174,9 +174,10 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
         ("STRIPE=[[rk_test_{A:24}]]", "dotenv"),
     ],
     "SquareTokenDetector": [
-        ('SQUARE = "[[sq0csp-{U:43}]]"', "python"),
+        ('SQUARE = "[[sq0atp-{U:22}]]"', "python"),
         ('t = "[[EAAA{U:60}]]"', "python"),
     ],
+    "SquareOAuthDetector": [('SQUARE_APP_SECRET = "[[sq0csp-{U:43}]]"', "python")],
     "ShopifyTokenDetector": [('"X-Shopify-Access-Token": "[[shpat_{H:32}]]"', "json")],
     "ShippoTokenDetector": [('k = "[[shippo_live_{H:40}]]"', "python")],
     "EasyPostTokenDetector": [('k = "[[EZAK{A:54}]]"', "python")],
