@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.codeeraser-installed
 
-.PHONY: demo test lint typecheck pytest docs bench clean install
+.PHONY: demo test lint typecheck ci-lint pytest docs bench clean install
 
 install: $(STAMP)
 
@@ -25,6 +25,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# GitHub Actions security (zizmor, offline: no GitHub API token needed) and the schemas
+# of the action, the workflows and the pre-commit hook manifest; all vendored, no network.
+WORKFLOWS := .github/workflows/*.yml examples/release-workflow.yml
+ACTIONS   := .github/actions/*/action.yml
+ci-lint: $(STAMP)
+	$(VENV)/bin/zizmor --offline --quiet --no-progress .github/ examples/release-workflow.yml
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows $(WORKFLOWS)
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-actions $(ACTIONS)
+	$(VENV)/bin/pre-commit validate-manifest .pre-commit-hooks.yaml
+
 pytest: $(STAMP)
 	$(PY) -m pytest
 
@@ -33,7 +43,7 @@ pytest: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
-test: lint typecheck pytest docs
+test: lint typecheck ci-lint pytest docs
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

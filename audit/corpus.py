@@ -225,6 +225,17 @@ def _iter_dir(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
             yield Sample(id=rel, origin=rel, text=text, language=language_for(rel))
 
 
+def file_sample(path: Path, stats: ReadStats) -> Sample | None:
+    """One file as one sample, read as a folder corpus reads it (id and origin: `path`
+    as given, with `/` separators); None when it is skipped (binary, too large, not UTF-8).
+    """
+    text = _read_file(path, stats)
+    if text is None:
+        return None
+    name = path.as_posix()
+    return Sample(id=name, origin=name, text=text, language=language_for(name))
+
+
 def _read_file(path: Path, stats: ReadStats) -> str | None:
     try:
         size = path.stat().st_size

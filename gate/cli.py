@@ -39,6 +39,7 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 # name -> "module:attribute"; each module defines one click command.
 COMMANDS: dict[str, str] = {
     "scan": "gate.commands.scan:scan",
+    "scan-files": "gate.commands.scan_files:scan_files",
     "measure": "gate.commands.measure:measure",
     "calibrate": "gate.commands.calibrate:calibrate",
     "erase": "gate.commands.erase:erase",

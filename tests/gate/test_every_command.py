@@ -109,6 +109,12 @@ def runs(tiny_demo: DemoBuild, tmp_path_factory: pytest.TempPathFactory) -> dict
     policy.write_text(POLICY)
     run = Runner(demo, root)
     run("scan", lambda out: ["scan", str(demo.corpus_dir), "--out", str(out / "findings.jsonl")])
+    files = [str(p) for p in sorted(demo.corpus_dir.rglob("*")) if p.is_file()]
+    run("scan-files", lambda out: ["scan-files", *files])
+    run(
+        "scan-files, accept",
+        lambda out: ["scan-files", "--baseline", str(out / "baseline.jsonl"), "--accept", *files],
+    )
     measured = run("measure", lambda out: _measure_args(demo, out))
     run(
         "calibrate",
@@ -168,6 +174,8 @@ def test_every_command_ran(runs: dict[str, Run]) -> None:
     assert set(COMMANDS) <= set(runs)
     expected = {name: 0 for name in COMMANDS} | {
         "gate": 1,  # the tiny model leaks and remediation is off
+        "scan-files": 1,  # no baseline: every finding is new
+        "scan-files, accept": 0,
         "demo": 1,
         "measure, corpus edited since the scan": 2,
     }

@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -161,3 +162,108 @@ def test_gate_step_passes_inputs_as_separate_arguments(tmp_path: Path) -> None:
         check=True,
     )
     assert empty.stdout.splitlines()[-1] == "out"
+
+
+def _steps() -> list[dict[str, Any]]:
+    action = yaml.safe_load(ACTION.read_text(encoding="utf-8"))
+    steps: list[dict[str, Any]] = action["runs"]["steps"]
+    return steps
+
+
+def _step(step_id: str) -> dict[str, Any]:
+    return next(s for s in _steps() if s.get("id") == step_id)
+
+
+def test_hf_token_reaches_only_the_gate_step_and_only_through_its_environment() -> None:
+    for step in _steps():
+        text = yaml.safe_dump(step)
+        if step.get("id") == "gate":
+            assert step["env"]["HF_TOKEN"] == "${{ inputs.hf-token }}"
+            assert "hf-token" not in step["run"]
+            assert [k for k, v in step["env"].items() if "hf-token" in v] == ["HF_TOKEN"]
+        else:
+            assert "hf-token" not in text
+            assert "HF_TOKEN" not in text
+
+
+def _fake_codeeraser(tmp_path: Path) -> None:
+    fake = tmp_path / "codeeraser-venv" / "bin" / "codeeraser"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(
+        '#!/usr/bin/env bash\nprintf "%s\\n" "$@" "token=${HF_TOKEN-<unset>}"\n', encoding="utf-8"
+    )
+    fake.chmod(0o755)
+
+
+@pytest.mark.parametrize(("token", "seen"), [("", "<unset>"), ("hf_notreal123", "hf_notreal123")])
+def test_gate_step_hands_the_token_over_in_the_environment(
+    tmp_path: Path, token: str, seen: str
+) -> None:
+    _fake_codeeraser(tmp_path)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "RUNNER_TEMP": str(tmp_path),
+        "HF_TOKEN": token,
+        "CE_MODEL": "org/coder@v1.0",
+        "CE_DATA": "org/train-data",
+        "CE_POLICY": "default",
+        "CE_OUT": "out",
+        "CE_EXTRA_ARGS": "",
+    }
+    done = subprocess.run(
+        ["bash", "-xc", _step("gate")["run"]], env=env, capture_output=True, text=True, check=True
+    )
+    lines = done.stdout.splitlines()
+    assert lines[:5] == ["gate", "--model", "org/coder@v1.0", "--data", "org/train-data"]
+    assert lines[-1] == f"token={seen}"
+    assert not token or token not in done.stderr  # not on any traced command line
+
+
+def _hub_key(tmp_path: Path, model: str, data: str) -> str:
+    output = tmp_path / "output"
+    output.write_text("", encoding="utf-8")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "RUNNER_OS": "Linux",
+        "GITHUB_OUTPUT": str(output),
+        "CE_MODEL": model,
+        "CE_DATA": data,
+    }
+    script = _step("hub")["run"]
+    subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, check=True)
+    return read_outputs(output).get("key", "")
+
+
+def test_hub_cache_key_follows_the_hub_ids_and_revisions(tmp_path: Path) -> None:
+    (tmp_path / "models" / "coder").mkdir(parents=True)
+    (tmp_path / "train.jsonl").write_text("{}\n", encoding="utf-8")
+    assert _hub_key(tmp_path, "models/coder", "train.jsonl") == ""  # local: nothing to cache
+    pinned = _hub_key(tmp_path, "org/coder@abc123", "train.jsonl")
+    assert re.fullmatch(r"codeeraser-hf-Linux-[0-9a-f]{32}", pinned)
+    assert _hub_key(tmp_path, "org/coder@abc123", "train.jsonl") == pinned  # stable
+    others = {
+        _hub_key(tmp_path, "org/coder@def456", "train.jsonl"),
+        _hub_key(tmp_path, "org/coder", "train.jsonl"),
+        _hub_key(tmp_path, "org/coder@abc123", "org/data"),
+        _hub_key(tmp_path, "models/coder", "org/data"),
+    }
+    assert pinned not in others
+    assert len(others) == 4
+
+
+def test_hub_cache_steps_are_pinned_and_keep_the_token_file_out() -> None:
+    steps = _steps()
+    restore, save = (
+        next(s for s in steps if str(s.get("uses", "")).startswith(f"actions/cache/{kind}@"))
+        for kind in ("restore", "save")
+    )
+    for step in (restore, save):
+        # only the download cache: ~/.cache/huggingface/token must never become a cache
+        assert step["with"]["path"] == "~/.cache/huggingface/hub"
+        assert step["with"]["key"] == "${{ steps.hub.outputs.key }}"
+    assert _step("hub")["if"] == "inputs.hf-cache == 'true'"
+    assert "steps.hub.outputs.key != ''" in restore["if"]
+    assert "!cancelled()" in save["if"]
+    order = [s.get("name") for s in steps]
+    assert order.index(restore["name"]) < order.index(_step("gate")["name"])
+    assert order.index(save["name"]) > order.index(_step("gate")["name"])
