@@ -47,6 +47,7 @@ from audit.findings import Context, Finding
 
 log = logging.getLogger(__name__)
 
+MAX_LISTED = 100  # allowlisted findings kept with their location for the record
 MAX_LINE = 4096  # longer lines (minified code, data) are scanned in windows around hits
 WINDOW = 2048  # characters on each side of a hit in a long line
 _IN_CODE_ROLES = frozenset({"string", "docstring", "comment"})
@@ -85,6 +86,7 @@ class ScanSummary:
     skipped: Counter[str] = field(default_factory=Counter)
     filtered: Counter[str] = field(default_factory=Counter)
     allowlisted: Counter[str] = field(default_factory=Counter)  # by secret type
+    allowlisted_first: list[Finding] = field(default_factory=list)  # up to MAX_LISTED
     baseline_accepted: int = 0
 
     def add(self, result: SampleResult) -> None:
@@ -92,6 +94,8 @@ class ScanSummary:
         self.samples_with_findings += bool(result.findings)
         self.filtered.update(dict(result.filtered))
         self.allowlisted.update(f.secret_type for f in result.allowlisted)
+        room = MAX_LISTED - len(self.allowlisted_first)
+        self.allowlisted_first.extend(result.allowlisted[: max(room, 0)])
 
     @property
     def findings(self) -> int:

@@ -321,6 +321,7 @@ def _scan_here(state: _State) -> None:
     if _reusable(state, "findings.jsonl") and isinstance(counts, dict):
         state.findings = read_findings(run.out_dir / "findings.jsonl")
         _set_scan(state, counts["samples"], counts["chars"])
+        _restore_allowlisted(state, counts)
         _say(f"Scan: {len(state.findings)} secrets (reused {run.out_dir / 'findings.jsonl'}).")
         return
     try:
@@ -340,9 +341,27 @@ def _scan_here(state: _State) -> None:
         )
         state.findings = list(subtract_baseline(found, baseline))
     write_findings(run.out_dir / "findings.jsonl", state.findings)
-    _stage_done(state, "scan", {"samples": summary.samples, "chars": summary.chars})
+    state.builder.set_allowlisted(summary.allowlisted, summary.allowlisted_first)
+    corpus = state.builder.record.corpus
+    _stage_done(
+        state,
+        "scan",
+        {"samples": summary.samples, "chars": summary.chars}
+        | corpus.model_dump(include={"allowlisted", "allowlisted_findings"}),
+    )
     _set_scan(state, summary.samples, summary.chars)
     _say(f"Scan: {len(state.findings)} secrets in {summary.samples} samples.")
+
+
+def _restore_allowlisted(state: _State, saved: dict[str, Any]) -> None:
+    """The allowlisted counts a reused scan had found (none in a run state of old)."""
+    keys = ("allowlisted", "allowlisted_findings")
+    restored = CorpusInfo.model_validate({"path": "", **{k: saved[k] for k in keys if k in saved}})
+    corpus = state.builder.record.corpus
+    corpus.allowlisted, corpus.allowlisted_findings = (
+        restored.allowlisted,
+        restored.allowlisted_findings,
+    )
 
 
 def _set_scan(state: _State, samples: int, chars: int) -> None:

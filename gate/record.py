@@ -88,12 +88,23 @@ class ModelInfo(_Record):
     sha256: str | None = None  # content hash of the model folder (see fingerprint_path)
 
 
+class AllowlistedFinding(_Record):
+    """A finding left out by an inline `pragma: allowlist secret`, located, never shown."""
+
+    origin: str  # the file (or dataset row) it is in
+    line: int
+    secret_type: str
+    preview: str  # redacted: a public prefix and the length
+
+
 class CorpusInfo(_Record):
     path: str
     format: str = "auto"
     fingerprint: str | None = None  # content hash of the data as given
     samples: int | None = None
     bytes: int | None = None
+    allowlisted: dict[str, int] = Field(default_factory=dict)  # allowlisted inline, by type
+    allowlisted_findings: list[AllowlistedFinding] = Field(default_factory=list)  # the first
 
 
 class PolicyInfo(_Record):
@@ -313,6 +324,16 @@ class RecordBuilder:
 
     def set_utility(self, figures: UtilityFigures) -> None:
         self.record.utility = UtilityInfo.of(figures)
+
+    def set_allowlisted(self, counts: dict[str, int], found: Iterable[Finding]) -> None:
+        """Findings allowlisted inline: counts by type and the first ones, located."""
+        self.record.corpus.allowlisted = dict(sorted(counts.items()))
+        self.record.corpus.allowlisted_findings = [
+            AllowlistedFinding(
+                origin=f.origin, line=f.line, secret_type=f.secret_type, preview=f.preview
+            )
+            for f in found
+        ]
 
     def finish(
         self,

@@ -152,6 +152,7 @@ def build_record(
     )
     with builder.stage("scan"):
         builder.set_findings(items)
+        builder.set_allowlisted({"AWS Access Key": 2}, items[:1])
     builder.set_thresholds(THRESHOLDS)
     rows = measure(before, items)
     with builder.stage("measure"):
