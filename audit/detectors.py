@@ -340,11 +340,12 @@ class KubernetesSecretDetector(Detector):
     keywords = ("kind:",)
     mode = "text"
     priority = PRIORITY_ASSIGNED
-    _KIND = re.compile(r"^kind:[ \t]*[\"']?Secret[\"']?[ \t]*$", re.MULTILINE)
+    _KIND = re.compile(r"^[ \t]*kind:[ \t]*[\"']?[Ss]ecret[\"']?[ \t]*$", re.MULTILINE)
     _MAP = re.compile(r"^(?P<indent>[ \t]*)(?:data|stringData):[ \t]*\n", re.MULTILINE)
     _ENTRY = re.compile(
         r"(?P<indent>[ \t]+)[\w.\-]+:[ \t]*[\"']?(?P<v>[^\s\"'#]+)[\"']?[ \t]*(?:\n|$)"
     )
+    _BLOCK = re.compile(r"[ \t]+(?P<v>[^\s\"'#]+)[ \t]*(?:\n|$)")  # under `key: |`
 
     def spans(self, text: str, language: str | None) -> Iterator[Span]:
         for document in _yaml_documents(text):
@@ -360,8 +361,15 @@ class KubernetesSecretDetector(Detector):
                 ):
                     break
                 indent = entry.group("indent")
-                yield entry.span("v")
                 pos = entry.end()
+                if entry.group("v") in _BLOCK_SCALAR:
+                    entry = self._BLOCK.match(text, pos, end) or entry
+                    pos = entry.end()
+                if len(entry.group("v")) >= 12:  # base64 of fewer than 8 bytes holds no secret
+                    yield entry.span("v")
+
+
+_BLOCK_SCALAR = frozenset({"|", ">", "|-", ">-", "|+", ">+"})
 
 
 def _yaml_documents(text: str) -> Iterator[Span]:
@@ -378,7 +386,7 @@ def _yaml_documents(text: str) -> Iterator[Span]:
 
 _STRONG = (
     r"pass(?:word|wd|phrase)|pwd|secret|token|api_?key|apikey|access_?key|auth_?key|"
-    r"private_?key|priv_?key|client_?key|credentials?|db_?pass|contrase(?:ñ|n)a|passwort"
+    r"private_?key|priv_?key|client_?key|credentials?|creds|db_?pass|contrase(?:ñ|n)a|passwort"
 )
 _WEAK = r"[\w.\-]{0,40}?(?:key|auth|license|licence|sas)"
 _NAME = rf"(?:[A-Za-z_$@][\w$@.\-]{{0,60}}?)?(?:{_STRONG})[\w.\-]{{0,60}}|{_WEAK}"
@@ -405,6 +413,18 @@ _STRING_PAIR = re.compile(
     rf"(?P<nq>[\"'])(?P<name>[\w.\-]{{0,60}}?(?i:{_STRONG})[\w.\-]{{0,60}})(?P=nq)\s*,\s*"
     r"(?P<q>[\"'])(?P<v>(?:(?!(?P=q))[^\n\\]){1,256})(?P=q)"
 )
+# `?api_key=…&`: a secret in a URL's query string
+_QUERY = re.compile(
+    rf"[?&](?P<name>[\w.\-]{{0,30}}?(?i:{_STRONG})[\w.\-]{{0,30}})=(?P<v>[^&\s\"'#<>]{{8,256}})"
+)
+# `--api-key VALUE`, `--password=VALUE`; `psexec … -p VALUE`
+_OPTION = re.compile(
+    r"(?<![\w\-])--?(?i:api[-_]?key|(?:auth[-_]|access[-_])?token|password|passwd|secret)"
+    r"(?:=|[ \t]+)(?P<q>[\"']?)(?P<v>[^\s\"'`]{8,256})(?P=q)(?=\s|$)"
+)
+_PSEXEC = re.compile(
+    r"(?i:psexec)\S*[ \t].*?[ \t]-p[ \t]+(?P<q>[\"']?)(?P<v>[^\s\"'`]{4,256})(?P=q)"
+)
 _SETTER = re.compile(r"(?:set|with|use|update|put)_?[A-Za-z]", re.IGNORECASE)
 _WEAK_NAME = re.compile(rf"^(?:{_WEAK})$", re.IGNORECASE)
 _LOOSE_BARE = frozenset({"dotenv", "ini"})
@@ -423,8 +443,8 @@ class KeywordDetector(Detector):
 
     name = "KeywordDetector"
     secret_type = KEYWORD_TYPE
-    keywords = ("pass", "pwd", "secret", "token", "key", "credential", "contrase", "auth",
-                "sas", "licen")  # fmt: skip
+    keywords = ("pass", "pwd", "secret", "token", "key", "credential", "creds", "contrase",
+                "auth", "sas", "licen", "psexec")  # fmt: skip
     priority = PRIORITY_ASSIGNED
 
     def spans(self, text: str, language: str | None) -> Iterator[Span]:
@@ -432,6 +452,13 @@ class KeywordDetector(Detector):
         for regex in (_KEY_VALUE, _STRING_PAIR):
             for match in regex.finditer(text):
                 if _value_ok(match.group("name"), match.group("v"), quoted=True):
+                    yield match.span("v")
+        for match in _QUERY.finditer(text):
+            if _value_ok(match.group("name"), match.group("v"), quoted=False):
+                yield match.span("v")
+        for regex in (_OPTION, _PSEXEC):
+            for match in regex.finditer(text):
+                if regex is _PSEXEC or looks_random(match.group("v")):
                     yield match.span("v")
 
     def _assignments(self, line: str, language: str | None) -> Iterator[Span]:

@@ -224,6 +224,21 @@ RULES: tuple[Rule, ...] = (
         "crypt(3) hashes (`$1$`, `$2b$`, `$5$`, `$6$`, `$8$` + salt `$` + hash), "
         "Kerberos `$krb5asrep$`/`$krb5tgs$`",
     ),
+    P(
+        "NuGetApiKeyDetector",
+        "NuGet API Key",
+        ("oy2",),
+        n("a-z0-9", 43),
+        "`oy2` + 43 lower-case alphanumerics",
+    ),
+    S(
+        "VaultUnsealKeyDetector",
+        "HashiCorp Vault Unseal Key",
+        r"(?i:unseal key \d{1,2}:|operator unseal)[ \t]+(?P<s>[A-Za-z0-9+/]{43,44}={0,2})"
+        r"(?![A-Za-z0-9+/=])",
+        ("unseal",),
+        "`Unseal Key N:` or `vault operator unseal` + 44 base64 characters",
+    ),
     # -- cloud platforms ------------------------------------------------------------------
     P(
         "AWSKeyDetector",
@@ -667,9 +682,9 @@ RULES: tuple[Rule, ...] = (
     S(
         "TelegramBotTokenDetector",
         "Telegram Bot Token",
-        rf"(?<![\w:])(?P<s>\d{{5,16}}:AA{n(URL, 33)}){_AFTER}",
+        rf"(?<![\w:])(?P<s>\d{{5,16}}:AA{n(URL, 30, 34)}){_AFTER}",
         (":aa",),
-        "5–16 digits + `:AA` + 33 characters",
+        "5–16 digits + `:AA` + 30–34 characters",
     ),
     S(
         "AtlassianTokenDetector",

@@ -137,6 +137,11 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
         ('bot.run("[[{B64:1{D:17}}.{U:6}.{U:27}]]")', "python"),
         ("[[{B64:9{D:17}}.{U:6}.{U:38}]]", None),
     ],
+    "NuGetApiKeyDetector": [("nuget push pkg.nupkg -k [[oy2{a:43}]]", "bash")],
+    "VaultUnsealKeyDetector": [
+        ("Unseal Key 1: [[{B:43}=]]", None),
+        ("vault operator unseal [[{B:44}]]", "bash"),
+    ],
     "DockerHubTokenDetector": [("DOCKER_PAT=[[dckr_pat_{U:27}]]", "dotenv")],
     "CratesIoTokenDetector": [("cargo login [[cio{A:32}]]", "bash")],
     "DependencyTrackKeyDetector": [('-H "X-Api-Key: [[odt_{A:32}]]"', "bash")],
@@ -274,7 +279,9 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  password: [[{B:24}]]\n"
             "  user: [[{B:12}]]\n",
             "yaml",
-        )
+        ),
+        ("apiVersion: v1\ndata:\n\textra: [[{B:20}]]\nkind: secret\n", "yaml"),
+        ("kind: Secret\ndata:\n  .dockercfg: |\n    [[{B:60}=]]\nmetadata:\n  name: x\n", "yaml"),
     ],
     "KeywordDetector": [
         ('password = "[[Tr0ub4dor&3{D:3}]]"', "python"),
@@ -287,6 +294,10 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
         ("db_password=[[Tx{A:10}5]]", "text"),
         ("SECRET_KEY=[[{A:20}6]]", None),
         ('license_key = "[[{UUID}]]"', "python"),
+        ("fetch('https://api.corp.io/v1/img?api_key=[[{A:30}7]]&page=2')", "javascript"),
+        ("dotnet nuget push x.nupkg --api-key [[{a:30}4]] -s https://api.corp.io", "bash"),
+        ("PsExec.exe \\\\host -u CORP\\admin -p [[Ps{A:10}5]] cmd", None),
+        ("creds = [[{A:28}6]]", "text"),
     ],
     "IniContinuationDetector": [("[db]\npassword =\n    [[Ini{A:12}8]]\n", "ini")],
     "XmlElementDetector": [
@@ -327,8 +338,13 @@ NEGATIVES: dict[str, list[tuple[str, str | None]]] = {
     "XmlElementDetector": [("<password>\n    secret\n</password>", "xml")],
     "NetrcDetector": [("the machine learning password reset flow", None)],
     "AuthorizationHeaderDetector": [("Authorization: Bearer", None), ("X-Api-Key: short", None)],
-    "KubernetesSecretDetector": [("kind: ConfigMap\ndata:\n  mode: {B:24}\n", "yaml")],
+    "KubernetesSecretDetector": [
+        ("kind: ConfigMap\ndata:\n  mode: {B:24}\n", "yaml"),
+        ("kind: Secret\ndata:\n  extra: YmFyCg==\n", "yaml"),
+    ],
     "KeywordDetector": [
+        ("fetch('https://api.corp.io/v1/img?api_key=short&page=2')", "javascript"),
+        ("tool --token $TOKEN --password=hunter", "bash"),
         ("password = get_password()", "python"),
         ('secret = vault.get_secret("db-password")', "python"),
         ("the password is in the vault", "text"),
