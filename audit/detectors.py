@@ -264,7 +264,8 @@ class CurlCredentialDetector(Detector):
     keywords = ("curl",)
     mode = "text"
     priority = PRIORITY_ASSIGNED
-    _COMMAND = re.compile(r"\bcurl\b(?:[^\n\\]|\\\r?\n|\\.)*")
+    # `curl` first, so the regex engine jumps between occurrences of the literal
+    _COMMAND = re.compile(r"curl\b(?<![\w\-]curl)[^\n\\]*(?:\\(?:\r?\n|.)[^\n\\]*)*")
     _USER = re.compile(
         r"(?<!\S)(?:-u|--user)(?:=|[ \t]+)(?:(?P<q>[\"'])(?P<qv>[^\"'\s:]*:[^\"'\s]*)(?P=q)"
         r"|(?P<bv>[\w$@.\-]*:[^\s\"'`]+))"
@@ -399,12 +400,20 @@ _ASSIGNMENT = re.compile(
     rf"[ \t]*(?P<op>{_OPS})[ \t]*(?:[rRbBuUfF]{{1,2}}(?=[\"'])|@(?=\"))?(?:{_QUOTED}|{_BARE})",
     re.IGNORECASE,
 )
+# A cheap necessary condition for `_ASSIGNMENT` (a keyword, the rest of the name, then an
+# operator), so that most lines that merely mention a key or `pass` skip the costly regex.
+_ASSIGN_HINT = re.compile(
+    r"(?i:pass|pwd|secret|token|key|cred|contrase|auth|sas|licen)[\w$@.\-]*(?:\[\d*\])?"
+    r"[\"'\]]{0,2}[ \t]*(?:[:=(!]|[.?+]=|\*?[A-Za-z_][\w.\[\]]*[ \t]*=)"
+)
 _XML_ELEMENT = re.compile(
     rf"<(?P<name>[\w:.\-]{{0,40}}?(?:{_STRONG})[\w:.\-]{{0,40}})(?:\s[^<>]*)?>"
     r"(?:[ \t]*\r?\n[ \t]*)?(?P<v>[^<>\s](?:[^<>\n]{0,255}?[^<>\s])?)(?:[ \t]*\r?\n[ \t]*)?"
     r"</(?P=name)>",
     re.IGNORECASE,
 )
+_XML_CLOSE = re.compile(r"</([\w:.\-]{1,81})>")
+_STRONG_NAME = re.compile(_STRONG, re.IGNORECASE)
 _KEY_VALUE = re.compile(
     rf"(?i:\b(?:key|name))\s*=\s*\"(?P<name>[^\"]{{0,60}}?(?i:{_STRONG})[^\"]{{0,60}})\"\s+"
     r"(?i:value)\s*=\s*\"(?P<v>[^\"]{1,256})\""
@@ -462,6 +471,8 @@ class KeywordDetector(Detector):
                     yield match.span("v")
 
     def _assignments(self, line: str, language: str | None) -> Iterator[Span]:
+        if not _ASSIGN_HINT.search(line):
+            return
         for match in _ASSIGNMENT.finditer(line):
             quoted = match.group("qv") is not None
             group = "qv" if quoted else "bv"
@@ -572,7 +583,8 @@ class XmlElementDetector(Detector):
     priority = PRIORITY_ASSIGNED
 
     def spans(self, text: str, language: str | None) -> Iterator[Span]:
-        if "</" not in text:
+        closing = (m.group(1) for m in _XML_CLOSE.finditer(text))
+        if "</" not in text or not any(_STRONG_NAME.search(name) for name in closing):
             return
         for match in _XML_ELEMENT.finditer(text):
             if _value_ok(match.group("name"), match.group("v"), quoted=False):
@@ -664,6 +676,7 @@ _INNER_TYPES = frozenset(
      "HTTP Authorization Credentials"}
 )  # fmt: skip
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+_WORDY = re.compile(r"[A-Za-z_.~]*")
 _B64_RUN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9_\-]{16,}={0,2}")
 
 
@@ -696,6 +709,8 @@ class EncodedSecretDetector(Detector):
 def _blobs(text: str, start: int, end: int) -> Iterator[tuple[Span, str]]:
     """(span, decoded text) of the encoded blobs in a run."""
     value = text[start:end]
+    if _WORDY.fullmatch(value):
+        return  # letters, `_`, `.` and `~` only: every base64 match in it would be skipped
     if "%" in value:
         if len(_PERCENT.findall(value)) >= 3:
             yield (start, end), unquote(value)
