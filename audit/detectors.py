@@ -33,7 +33,7 @@ from typing import ClassVar
 from urllib.parse import unquote
 
 from audit.errors import InputError
-from audit.filters import is_placeholder, is_template, words
+from audit.filters import is_benign_name, is_placeholder, is_template, words
 from audit.providers import RULES, UUID, Rule
 
 log = logging.getLogger(__name__)
@@ -437,6 +437,7 @@ _PSEXEC = re.compile(
 _SETTER = re.compile(r"(?:set|with|use|update|put)_?[A-Za-z]", re.IGNORECASE)
 _WEAK_NAME = re.compile(rf"^(?:{_WEAK})$", re.IGNORECASE)
 _LOOSE_BARE = frozenset({"dotenv", "ini"})
+_DOTTED = re.compile(r"[A-Za-z_][\w\-]*(?:\.[\w\-]+)+")
 
 
 class KeywordDetector(Detector):
@@ -460,7 +461,8 @@ class KeywordDetector(Detector):
         yield from self._assignments(text, language)
         for regex in (_KEY_VALUE, _STRING_PAIR):
             for match in regex.finditer(text):
-                if _value_ok(match.group("name"), match.group("v"), quoted=True):
+                name = match.group("name")
+                if not is_benign_name(name) and _value_ok(name, match.group("v"), quoted=True):
                     yield match.span("v")
         for match in _QUERY.finditer(text):
             if _value_ok(match.group("name"), match.group("v"), quoted=False):
@@ -497,8 +499,12 @@ def _bare_ok(line: str, match: re.Match[str], language: str | None) -> bool:
 
 
 def _value_ok(name: str, value: str, quoted: bool) -> bool:
-    """Weak names (`…key`) and unquoted prose values need a value that looks random."""
-    if _WEAK_NAME.match(name.strip("\"'")) or not quoted:
+    """Weak names (`…key`) and unquoted prose values need a value that looks random; a
+    bare `key` holding a dotted identifier (`key="app.feature.flag"`) names a setting."""
+    bare = name.strip("\"'")
+    if bare.lower() == "key" and _DOTTED.fullmatch(value):
+        return False
+    if _WEAK_NAME.match(bare) or not quoted:
         return looks_random(value) or bool(re.fullmatch(UUID, value))
     return True
 
@@ -587,7 +593,8 @@ class XmlElementDetector(Detector):
         if "</" not in text or not any(_STRONG_NAME.search(name) for name in closing):
             return
         for match in _XML_ELEMENT.finditer(text):
-            if _value_ok(match.group("name"), match.group("v"), quoted=False):
+            name = match.group("name")
+            if not is_benign_name(name) and _value_ok(name, match.group("v"), quoted=False):
                 yield match.span("v")
 
 

@@ -118,7 +118,10 @@ _SRI = re.compile(r"^sha(?:256|384|512)-[A-Za-z0-9+/]+={0,2}$")
 # the name (`tokenizer.encode`), or as the last word of its last identifier.
 _BENIGN_WORD = re.compile(
     r"tokeni[sz]|tokens\b|secretar|(?:pad|eos|bos|unk|sep|cls|mask|special)_?tokens?\b|"
-    r"public|publishable|csrf|xsrf",
+    r"public|publishable|csrf|xsrf|authenticity_token|"
+    # database and data-structure keys: names of columns or fields, not credentials
+    r"(?:primary|foreign|schema|bucket|sort|partition|composite|natural|sequence|cache|"
+    r"lookup|map|dict|hot)[_.\-]?key",
     re.IGNORECASE,
 )
 _BENIGN_SUFFIX = re.compile(
@@ -143,6 +146,7 @@ _REFERENCE = re.compile(
     r"^(?:[#./][\w\-./:#]*|arn:[\w\-]+:.*|'?\$[A-Za-z_]\w*'?"
     r"|(?=[a-z_.\-]*(?:pass|secret|token|key))[a-z]+(?:[_.\-][a-z]+)+)$"
 )
+_LONG_RUN = re.compile(r"(.)\1{11}")
 _GENERIC_TYPES = frozenset(
     {"Secret Keyword", "Base64 High Entropy String", "Hex High Entropy String"}
 )
@@ -249,8 +253,12 @@ def is_benign_name(name: str | None) -> bool:
 
 
 def is_low_diversity(value: str) -> bool:
-    """`AIzaaaaa…`, `xxxx…`, `1111…`: too few distinct characters to be drawn at random."""
-    return len(value) >= 8 and len(set(value)) <= min(len(value) // 4, 5)
+    """`AIzaaaaa…`, `xxxx…`, `1111…`: too few distinct characters to be drawn at random,
+    or one character 12 times in a row after the start (`sntryu_aaaa…`: a random token
+    has no such run; a Twitter bearer token starts with one, as its format says)."""
+    return (len(value) >= 8 and len(set(value)) <= min(len(value) // 4, 5)) or bool(
+        _LONG_RUN.search(value.lstrip(value[:1]))
+    )
 
 
 def is_number_or_symbols(value: str) -> bool:

@@ -54,11 +54,18 @@ def n(cls: str, low: int, high: int | None = None) -> str:
 
 
 def prefixed(
-    name: str, kind: str, prefixes: tuple[str, ...], body: str, shape: str, *, after: str = _AFTER
+    name: str,
+    kind: str,
+    prefixes: tuple[str, ...],
+    body: str,
+    shape: str,
+    *,
+    after: str = _AFTER,
+    before: str = _BEFORE,
 ) -> Rule:
     """A token made of a literal prefix and a body."""
     alternatives = "|".join(re.escape(p) for p in prefixes)
-    pattern = f"{_BEFORE}(?:{alternatives}){body}{after}"
+    pattern = f"{before}(?:{alternatives}){body}{after}"
     keywords = tuple(sorted({p.lower() for p in prefixes}))
     return Rule(name, kind, pattern, keywords, shape, anchored=True)
 
@@ -66,7 +73,12 @@ def prefixed(
 def named(name: str, kind: str, names: tuple[str, ...], value: str, shape: str) -> Rule:
     """A value of a given shape assigned to a name that holds one of `names`."""
     alternatives = "|".join(re.escape(x) for x in names)
-    head = rf"(?i:(?<![A-Za-z0-9])[\w.\-]{{0,40}}?(?:{alternatives})[\w.\-]{{0,30}}?)"
+    # the provider's name is a word of the variable name: `SUMO_KEY`, `sumoKey`, not
+    # `sumOfExposures`, `rookTable` or `cameraKit`
+    head = (
+        rf"(?<![A-Za-z0-9])[\w.\-]{{0,40}}?(?:(?<![A-Za-z])|(?<=[a-z])(?=[A-Z])|(?<=-D))"
+        rf"(?i:{alternatives})(?![a-z])[\w.\-]{{0,30}}?"
+    )
     pattern = rf"{head}{_ASSIGN}(?P<s>{value}){_AFTER}"
     return Rule(name, kind, pattern, tuple(x.lower() for x in names), shape)
 
@@ -427,6 +439,7 @@ RULES: tuple[Rule, ...] = (
         ("ico-",),
         n(AN, 32),
         "`ico-` + 32 alphanumerics",
+        before=r"(?<![A-Za-z0-9_\-.])",  # not a file name's `.ico-<hash>`
     ),
     P(
         "HarnessTokenDetector",
@@ -1020,7 +1033,7 @@ RULES: tuple[Rule, ...] = (
     N(
         "SumoLogicKeyDetector",
         "Sumo Logic Key",
-        ("sumo",),
+        ("sumo", "sumologic"),
         f"{n(AN, 64)}|su{n(AN, 12)}",
         "`su` + 12, or 64 alphanumerics named `sumo…`",
     ),

@@ -335,7 +335,10 @@ NEGATIVES: dict[str, list[tuple[str, str | None]]] = {
     ],
     "DiscordBotTokenDetector": [("v = '{A:24}.{U:6}.{U:27}'", "python")],
     "PasswordHashDetector": [("price: $5$ per month, $6$ per year", None)],
-    "XmlElementDetector": [("<password>\n    secret\n</password>", "xml")],
+    "XmlElementDetector": [
+        ("<password>\n    secret\n</password>", "xml"),
+        ("<UserSecretsId>{UUID}</UserSecretsId>", "xml"),
+    ],
     "NetrcDetector": [("the machine learning password reset flow", None)],
     "AuthorizationHeaderDetector": [("Authorization: Bearer", None), ("X-Api-Key: short", None)],
     "KubernetesSecretDetector": [
@@ -345,6 +348,7 @@ NEGATIVES: dict[str, list[tuple[str, str | None]]] = {
     "KeywordDetector": [
         ("fetch('https://api.corp.io/v1/img?api_key=short&page=2')", "javascript"),
         ("tool --token $TOKEN --password=hunter", "bash"),
+        ('<entry key="app.feature.v8_flag" value="on" />', "xml"),
         ("password = get_password()", "python"),
         ('secret = vault.get_secret("db-password")', "python"),
         ("the password is in the vault", "text"),
