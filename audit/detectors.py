@@ -35,6 +35,7 @@ from urllib.parse import unquote
 from audit.errors import InputError
 from audit.filters import is_benign_name, is_placeholder, is_template, words
 from audit.providers import RULES, UUID, Rule
+from audit.suggest import close_matches
 
 log = logging.getLogger(__name__)
 Span = tuple[int, int]
@@ -809,6 +810,11 @@ def resolve_aliases(names: Iterable[str]) -> list[str]:
     return resolved
 
 
+def expand_switches(switches: Mapping[str, bool]) -> dict[str, bool]:
+    """A policy's `detectors:` switches with every old name replaced by its detectors."""
+    return {target: on for name, on in switches.items() for target in resolve_aliases([name])}
+
+
 @lru_cache(maxsize=1)
 def _all_detectors() -> tuple[Detector, ...]:
     detectors = [RuleDetector(rule) for rule in RULES] + [cls() for cls in SPECIAL_DETECTORS]
@@ -832,10 +838,10 @@ def select_detectors(switches: Mapping[str, bool]) -> tuple[str, ...] | None:
     An unknown name is an InputError that lists the valid ones.
     """
     names = detector_names()
-    resolved = {target: on for name, on in switches.items() for target in resolve_aliases([name])}
+    resolved = expand_switches(switches)
     unknown = sorted(set(resolved) - set(names))
     if unknown:
-        raise InputError(f"unknown detector {', '.join(unknown)} (valid: {', '.join(names)})")
+        raise InputError(_unknown(unknown, names))
     if all(resolved.values()):
         return None
     return tuple(n for n in names if resolved.get(n, True))
@@ -850,7 +856,13 @@ def build_detectors(names: Sequence[str] | None = None) -> list[Detector]:
     names = resolve_aliases(names)
     unknown = sorted(set(names) - by_name.keys())
     if unknown:
-        raise InputError(
-            f"unknown detector {', '.join(unknown)} (valid: {', '.join(sorted(by_name))})"
-        )
+        raise InputError(_unknown(unknown, sorted(by_name)))
     return [by_name[n] for n in sorted(set(names))]
+
+
+def _unknown(unknown: Sequence[str], names: Sequence[str]) -> str:
+    """An unknown detector name, its close matches, and where to see them all."""
+    return (
+        f"unknown detector {', '.join(unknown)}{close_matches(unknown[0], names)} "
+        f"(valid: {', '.join(names)})"
+    )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import InputError
-from audit.io import atomic_write_jsonl, read_jsonl
+from audit.io import atomic_write_jsonl, read_jsonl, type_problem
 
 # Prefixes that providers publish as part of the key format: showing them tells a
 # reviewer what kind of key it is and reveals nothing secret.
@@ -146,6 +146,9 @@ def iter_findings(path: Path) -> Iterator[Finding]:
         missing = sorted(_REQUIRED - obj.keys())
         if missing:
             raise InputError(f"{path}:{lineno}: not a finding (missing {', '.join(missing)})")
+        wrong = type_problem(Finding, obj)
+        if wrong is not None:
+            raise InputError(f"{path}:{lineno}: not a finding ({wrong})")
         try:
             yield Finding.from_dict(obj)
         except TypeError:

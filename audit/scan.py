@@ -41,7 +41,8 @@ from audit.detectors import (
 )
 from audit.errors import CodeEraserError
 from audit.filters import CONTEXT_CHECKS, Candidate, false_positive
-from audit.findings import Context, Finding
+from audit.findings import Context, Finding, make_finding_id
+from audit.placeholders import PLACEHOLDER, replace_spans
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -90,6 +91,7 @@ class ScanSummary:
     allowlisted: Counter[str] = field(default_factory=Counter)  # by secret type
     allowlisted_first: list[Finding] = field(default_factory=list)  # up to MAX_LISTED
     baseline_accepted: int = 0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (origin, reason)
 
     def add(self, result: SampleResult) -> None:
         self.by_type.update(f.secret_type for f in result.findings)
@@ -456,7 +458,81 @@ def scan_samples(
 ) -> list[SampleResult]:
     """Scan samples in this process."""
     scanner = scanner_for(detectors)
-    return [scanner.scan(sample) for sample in samples]
+    return [_redacted(scanner.scan(sample)) for sample in samples]
+
+
+def _redacted(result: SampleResult) -> SampleResult:
+    """Secrets in a sample's id, origin or context names do not reach its findings."""
+    if not result.findings:
+        return result
+    return replace(result, findings=tuple(redact_finding(f) for f in result.findings))
+
+
+# --------------------------------------------------------------------------------------
+# Secrets outside the text: in sample ids, origins and context names.
+# --------------------------------------------------------------------------------------
+
+_IDENTIFIER = "identifier"  # the file name the detectors see: no extension, no special case
+# A file extension at the end of a path part, blanked (same length) for a second look,
+# so that `alice@corp.com.json` is seen as the address it holds, not as a file name.
+_EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,7}(?=/|$)")
+_SEPARATORS = re.compile(r"[\-.:=,;+]")
+_PASSES = 3
+
+
+@lru_cache(maxsize=1 << 16)
+def redact_identifier(text: str) -> str:
+    """`text` with every secret the detectors find in it replaced by its placeholder
+    (`audit.placeholders`); idempotent. Inline allowlist pragmas do not apply here."""
+    for _ in range(_PASSES):
+        spans = _identifier_spans(text)
+        if not spans:
+            return text
+        text = replace_spans(text, spans)
+    return PLACEHOLDER.sub("«…»", text) if _identifier_spans(text) else text
+
+
+def _identifier_spans(text: str) -> list[tuple[int, int]]:
+    """Spans of secrets in `text` (and in `text` with file extensions blanked), less
+    those inside placeholders already there."""
+    if not text or text.isspace():
+        return []
+    kept = [m.span() for m in PLACEHOLDER.finditer(text)]
+    scanner = scanner_for(None)
+    found: list[tuple[int, int]] = []
+    variants = (
+        text,
+        _EXTENSION.sub(lambda m: " " * len(m[0]), text),
+        _SEPARATORS.sub(" ", text),  # `clone-ghp_…`, `AKIA….prod`: glued by a separator
+        text.replace("_", " "),  # `key_AKIA…` (apart, as `ghp_` keeps its underscore above)
+    )
+    for variant in dict.fromkeys(variants):  # a second look adds only what the first missed
+        result = scanner.scan(Sample(id="", origin=_IDENTIFIER, text=variant, language=None))
+        spans = [(f.start, f.end) for f in (*result.findings, *result.allowlisted)]
+        found += [(a, b) for a, b in spans if not _overlaps(a, b, found)]
+    return [(a, b) for a, b in found if not _overlaps(a, b, kept)]
+
+
+def _overlaps(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
+    return any(s < end and start < e for s, e in spans)
+
+
+def redact_finding(finding: Finding) -> Finding:
+    """`finding` with its sample id, origin and context name redacted (and its id, which
+    is derived from the sample id, made from the redacted one)."""
+    sample_id = redact_identifier(finding.sample_id)
+    origin = redact_identifier(finding.origin)
+    name = finding.context.name
+    clean_name = redact_identifier(name) if name else name
+    if (sample_id, origin, clean_name) == (finding.sample_id, finding.origin, name):
+        return finding
+    return replace(
+        finding,
+        id=make_finding_id(sample_id, finding.start, finding.end, finding.secret_type),
+        sample_id=sample_id,
+        origin=origin,
+        context=replace(finding.context, name=clean_name),
+    )
 
 
 def _worker_scan(chunk: list[Sample], detectors: tuple[str, ...] | None) -> list[SampleResult]:
@@ -499,6 +575,7 @@ def scan_corpus(
         if progress is not None:
             progress(len(chunk), chars)
     summary.skipped.update(stats.skipped)
+    summary.skipped_files.extend((redact_identifier(o), r) for o, r in stats.skipped_files)
 
 
 def _chunks(samples: Iterator[Sample], options: ScanOptions) -> Iterator[list[Sample]]:

@@ -14,6 +14,7 @@ import click
 from audit.corpus import FORMATS, CorpusSpec
 from audit.errors import Interrupted
 from audit.findings import Baseline, Finding, read_baseline, subtract_baseline, write_findings
+from gate.paths import check_paths, path_option
 
 if TYPE_CHECKING:
     from audit.scan import ScanSummary
@@ -118,6 +119,13 @@ def scan(
         return
     if data is None:
         raise click.UsageError("missing argument DATA (the training data to scan)")
+    check_paths(
+        [
+            *path_option("DATA", data, "data"),
+            *path_option("--baseline", baseline, "file", "findings file"),
+        ],
+        path_option("--out", out, "file"),
+    )
     spec = CorpusSpec(
         path=data,
         fmt=fmt,  # type: ignore[arg-type]  # click.Choice guarantees a valid literal
@@ -132,7 +140,7 @@ def scan(
     log.info("Scanning %s (format %s) with %d worker process(es)", data, fmt, resolve_jobs(jobs))
     started = time.perf_counter()
     with ui.progress() as bar:
-        task = bar.add_task(f"Scanning {data.name}", total=None)
+        task = bar.add_task(f"Scanning {ui.safe(data.name)}", total=None)
         findings = scan_corpus(
             spec,
             options,
@@ -178,7 +186,7 @@ def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
     table.add_column("Secret type")
     table.add_column("Findings", justify="right")
     for secret_type, count in sorted(summary.by_type.items(), key=lambda kv: (-kv[1], kv[0])):
-        table.add_row(secret_type, str(count))
+        table.add_row(ui.safe(secret_type), str(count))
     table.add_section()
     table.add_row("[bold]total[/]", f"[bold]{summary.findings}[/]")
     ui.console.print(table)
@@ -194,12 +202,14 @@ def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
         if counts:
             parts = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
             ui.console.print(f"{label}: {parts}.")
+    for origin, reason in summary.skipped_files:
+        log.info("not read: %s (%s)", origin, reason)  # names redacted by the scan
     if summary.allowlisted:
         parts = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.allowlisted.items()))
         ui.console.print(f"Allowlisted inline (pragma: allowlist secret), not written: {parts}.")
     if summary.baseline_accepted:
         ui.console.print(f"Accepted by the baseline: {summary.baseline_accepted}.")
-    ui.console.print(f"Findings written to {out}.")
+    ui.console.print(f"Findings written to {ui.safe(out)}.")
 
 
 def _print_detectors() -> None:

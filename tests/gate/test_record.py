@@ -36,6 +36,8 @@ DATA_KEYED = {
     "remediation.args",
     "remediation.details",
     "utility.extra",
+    "corpus.skipped",
+    "sanity",
 }
 OPAQUE = {"policy.resolved"}  # the policy's own schema is tested in test_policy.py
 

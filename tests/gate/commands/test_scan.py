@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -192,14 +194,14 @@ def test_unreadable_files_in_a_folder_are_skipped_and_counted(
 ) -> None:
     data = _corpus(tmp_path / "data")
     locked = data / "web" / "app.js"
-    real = Path.read_bytes
+    real = os.open
 
-    def read_bytes(self: Path) -> bytes:
-        if self == locked:
+    def open_file(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if Path(path) == locked:
             raise PermissionError(13, "Permission denied")
-        return real(self)
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(os, "open", open_file)
     result = _run("scan", str(data), "--out", str(tmp_path / "o.jsonl"), "--jobs", "1")
     assert result.exit_code == 0, result.output
     assert "unreadable 1" in result.stderr
