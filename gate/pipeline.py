@@ -42,7 +42,14 @@ from typing import TYPE_CHECKING, Any
 from audit.corpus import CorpusSpec
 from audit.distributed import LOCAL, Shard
 from audit.errors import CodeEraserError, ExitCode, InputError, Interrupted, PolicyError
-from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from audit.findings import (
+    Baseline,
+    Finding,
+    read_baseline,
+    read_findings,
+    subtract_baseline,
+    write_findings,
+)
 from audit.io import atomic_write_json, atomic_write_text
 from audit.measurements import Measurement, Thresholds, read_measurements, write_measurements
 from audit.redact import safe_text
@@ -387,6 +394,7 @@ def _scan_here(state: _State) -> None:
     if _reusable(state, "findings.jsonl") and isinstance(counts, dict):
         state.findings = read_findings(run.out_dir / "findings.jsonl")
         _set_scan(state, counts["samples"], counts["chars"])
+        _restore_allowlisted(state, counts)
         state.builder.set_skipped(counts.get("skipped", {}), counts.get("skipped_files", []))
         state.builder.record.finished_stages.append("scan")  # by the run that is resumed
         _say(
@@ -397,7 +405,7 @@ def _scan_here(state: _State) -> None:
         detectors = select_detectors(policy.scan.detectors)
     except InputError as exc:
         raise PolicyError(f"{policy.source}: scan.detectors: {exc.message}") from None
-    baseline = read_findings(Path(policy.scan.baseline)) if policy.scan.baseline else []
+    baseline = read_baseline(Path(policy.scan.baseline)) if policy.scan.baseline else Baseline()
     summary = ScanSummary()
     with state.builder.stage("scan"), ui.progress() as bar:
         task = bar.add_task("Scanning the training data", total=None)
@@ -410,8 +418,16 @@ def _scan_here(state: _State) -> None:
         )
         state.findings = list(subtract_baseline(found, baseline))
     write_findings(run.out_dir / "findings.jsonl", state.findings)
+    state.builder.set_allowlisted(summary.allowlisted, summary.allowlisted_first)
+    allowlisted = state.builder.record.corpus.model_dump(
+        include={"allowlisted", "allowlisted_findings"}
+    )
     skipped = {"skipped": dict(summary.skipped), "skipped_files": summary.skipped_files}
-    _stage_done(state, "scan", {"samples": summary.samples, "chars": summary.chars, **skipped})
+    _stage_done(
+        state,
+        "scan",
+        {"samples": summary.samples, "chars": summary.chars, **skipped, **allowlisted},
+    )
     _set_scan(state, summary.samples, summary.chars)
     state.builder.set_skipped(summary.skipped, summary.skipped_files)
     _say(f"Scan: {len(state.findings)} secrets in {summary.samples} samples{_skipped(summary)}.")
@@ -422,6 +438,17 @@ def _skipped(summary: ScanSummary) -> str:
         return ""
     parts = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.skipped.items()))
     return f" ({sum(summary.skipped.values())} not read: {parts}; listed in record.json)"
+
+
+def _restore_allowlisted(state: _State, saved: dict[str, Any]) -> None:
+    """The allowlisted counts a reused scan had found (none in a run state of old)."""
+    keys = ("allowlisted", "allowlisted_findings")
+    restored = CorpusInfo.model_validate({"path": "", **{k: saved[k] for k in keys if k in saved}})
+    corpus = state.builder.record.corpus
+    corpus.allowlisted, corpus.allowlisted_findings = (
+        restored.allowlisted,
+        restored.allowlisted_findings,
+    )
 
 
 def _set_scan(state: _State, samples: int, chars: int) -> None:

@@ -13,7 +13,7 @@ import click
 
 from audit.corpus import FORMATS, CorpusSpec
 from audit.errors import Interrupted
-from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from audit.findings import Baseline, Finding, read_baseline, subtract_baseline, write_findings
 from gate.paths import check_paths, path_option
 
 if TYPE_CHECKING:
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 @click.option(
     "--baseline",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Findings file of accepted secrets: they are left out (matched by hash and type).",
+    help="Accepted secrets, left out (matched by hash and type): a findings file, or a "
+    "detect-secrets .secrets.baseline.",
 )
 @click.option(
     "--exclude",
@@ -133,7 +134,7 @@ def scan(
         excludes=excludes,
         on_bad_record=on_bad_record,  # type: ignore[arg-type]
     )
-    accepted = read_findings(baseline) if baseline else []
+    accepted = read_baseline(baseline) if baseline else Baseline()
     options = ScanOptions(detectors=detectors or None)
     summary = ScanSummary()
     log.info("Scanning %s (format %s) with %d worker process(es)", data, fmt, resolve_jobs(jobs))
