@@ -21,14 +21,16 @@ import os
 import re
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache, partial
 from itertools import chain
+from typing import TYPE_CHECKING
 
 from ahocorasick_rs import AhoCorasick, Implementation
 
+from audit.allowlist import is_allowlisted
 from audit.context import SourceContext
 from audit.corpus import CorpusSpec, ReadStats, Sample, iter_samples, language_for
 from audit.detectors import (
@@ -45,8 +47,12 @@ from audit.filters import CONTEXT_CHECKS, Candidate, false_positive
 from audit.findings import Context, Finding, make_finding_id
 from audit.placeholders import PLACEHOLDER, replace_spans
 
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
 log = logging.getLogger(__name__)
 
+MAX_LISTED = 100  # allowlisted findings kept with their location for the record
 MAX_LINE = 4096  # longer lines (minified code, data) are scanned in windows around hits
 WINDOW = 2048  # characters on each side of a hit in a long line
 _IN_CODE_ROLES = frozenset({"string", "docstring", "comment"})
@@ -59,10 +65,11 @@ class ScanOptions:
     detectors: tuple[str, ...] | None = None  # None: every registered detector
     chunk_samples: int = 64  # samples per task sent to a worker process
     chunk_chars: int = 1 << 20  # ...or fewer, once the task holds this much text
-    # Worker processes take about half a second to start (a fresh interpreter that
-    # imports detect-secrets and tree-sitter); a corpus smaller than this is scanned in
-    # this process, where it takes a second or two anyway.
-    parallel_min_chars: int = 4_000_000
+    # Worker processes take about a second to start (a fresh interpreter that imports
+    # tree-sitter and compiles the detectors); one process scans 8-13 MB/s, so a corpus
+    # smaller than this is scanned here: on 8 MB of the standard library (2 busy cores)
+    # two workers took 2.1 s where one process took 1.3 s.
+    parallel_min_chars: int = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ class ScanSummary:
     skipped: Counter[str] = field(default_factory=Counter)
     filtered: Counter[str] = field(default_factory=Counter)
     allowlisted: Counter[str] = field(default_factory=Counter)  # by secret type
+    allowlisted_first: list[Finding] = field(default_factory=list)  # up to MAX_LISTED
     baseline_accepted: int = 0
     skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (origin, reason)
 
@@ -93,6 +101,8 @@ class ScanSummary:
         self.samples_with_findings += bool(result.findings)
         self.filtered.update(dict(result.filtered))
         self.allowlisted.update(f.secret_type for f in result.allowlisted)
+        room = MAX_LISTED - len(self.allowlisted_first)
+        self.allowlisted_first.extend(result.allowlisted[: max(room, 0)])
 
     @property
     def findings(self) -> int:
@@ -116,10 +126,6 @@ _DIGIT_TABLE = bytes(
 _HEX_TABLE = bytes(
     ord("0") if chr(c) in "0123456789abcdefABCDEF" else ord(":") if c == ord(":") else ord(" ")
     for c in range(256)
-)
-_ALLOWLIST = re.compile(r"pragma:[ \t]?(?:allow|white)list[ \t]+secret", re.IGNORECASE)
-_ALLOWLIST_NEXT = re.compile(
-    r"pragma:[ \t]?(?:allow|white)list[ \t]+nextline[ \t]+secret", re.IGNORECASE
 )
 _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_DEPTH = 3  # decode layers of encoded blobs
@@ -180,7 +186,7 @@ class Scanner:
             for reason, start, end in dropped
             if not any(s < end and start < e for s, e in reported)
         )
-        allowed = [f for f in findings if _allowlisted(text, f.start)]
+        allowed = [f for f in findings if _allowlisted(text, f.start, sample.origin)]
         findings = [f for f in findings if f not in allowed]
         return SampleResult(tuple(findings), tuple(sorted(filtered.items())), tuple(allowed))
 
@@ -307,14 +313,15 @@ def ip_candidates(text: str) -> Iterator[int]:
             pos = marked.find(needle, end)
 
 
-def _allowlisted(text: str, start: int) -> bool:
-    """detect-secrets' inline allowlist: `pragma: allowlist secret` on the line, or
-    `pragma: allowlist nextline secret` on the line before."""
+def _allowlisted(text: str, start: int, filename: str) -> bool:
+    """detect-secrets' inline allowlist (`audit.allowlist`) for the line at `start`."""
     line_start = text.rfind("\n", 0, start) + 1
-    if _ALLOWLIST.search(text, line_start, _line_end(text, start)):
-        return True
-    previous = text.rfind("\n", 0, max(line_start - 1, 0)) + 1
-    return line_start > 0 and bool(_ALLOWLIST_NEXT.search(text, previous, line_start))
+    line = text[line_start : _line_end(text, start)]
+    previous = ""
+    if line_start > 0:
+        previous_start = text.rfind("\n", 0, line_start - 1) + 1
+        previous = text[previous_start : _line_end(text, previous_start)]
+    return is_allowlisted(filename, line, previous)
 
 
 def lower_same_length(text: str) -> str:
@@ -608,6 +615,7 @@ def _scan_chunks(
 def _scan_in_pool(
     chunks: Iterator[list[Sample]], options: ScanOptions, jobs: int
 ) -> Iterator[tuple[list[Sample], list[SampleResult]]]:
+
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if "forkserver" in methods:
@@ -628,6 +636,7 @@ def _scan_in_pool(
 def _next_result(
     pending: deque[tuple[list[Sample], Future[list[SampleResult]]]],
 ) -> tuple[list[Sample], list[SampleResult]]:
+
     chunk, future = pending.popleft()
     try:
         return chunk, future.result()

@@ -31,7 +31,9 @@ from audit.distributed import LOCAL, Shard, current, device_for
 from audit.errors import CodeEraserError, ExitCode, InputError, Interrupted, PolicyError
 from audit.extraction import MeasureConfig, measure_findings
 from audit.findings import (
+    Baseline,
     Finding,
+    read_baseline,
     read_findings,
     sample_findings,
     subtract_baseline,
@@ -262,7 +264,7 @@ def _scan_here(state: _State) -> None:
         detectors = select_detectors(policy.scan.detectors)
     except InputError as exc:
         raise PolicyError(f"{policy.source}: scan.detectors: {exc.message}") from None
-    baseline = read_findings(Path(policy.scan.baseline)) if policy.scan.baseline else []
+    baseline = read_baseline(Path(policy.scan.baseline)) if policy.scan.baseline else Baseline()
     summary = ScanSummary()
     with state.builder.stage("scan"), ui.progress() as bar:
         task = bar.add_task("Scanning the training data", total=None)
@@ -275,11 +277,15 @@ def _scan_here(state: _State) -> None:
         )
         state.findings = list(subtract_baseline(found, baseline))
     write_findings(run.out_dir / "findings.jsonl", state.findings)
+    state.builder.set_allowlisted(summary.allowlisted, summary.allowlisted_first)
+    corpus = state.builder.record.corpus
     counts = ScanCounts(
         samples=summary.samples,
         chars=summary.chars,
         skipped=dict(summary.skipped),
         skipped_files=list(summary.skipped_files),
+        allowlisted=corpus.allowlisted,
+        allowlisted_findings=corpus.allowlisted_findings,
     )
     state.folder.scan_done(counts)
     _set_scan(state, counts)
@@ -298,6 +304,8 @@ def _set_scan(state: _State, counts: ScanCounts) -> None:
     state.builder.set_skipped(counts.skipped, counts.skipped_files)
     corpus = state.builder.record.corpus
     corpus.samples, corpus.bytes = counts.samples, counts.chars
+    corpus.allowlisted = dict(counts.allowlisted)
+    corpus.allowlisted_findings = list(counts.allowlisted_findings)
     corpus.fingerprint = state.folder.inputs.data
 
 

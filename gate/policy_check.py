@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from audit.detectors import build_detectors, detector_names, secret_types, select_detectors
+from audit.detectors import (
+    ALIASES,
+    build_detectors,
+    detector_names,
+    expand_switches,
+    secret_types,
+    select_detectors,
+)
 from audit.errors import InputError, PolicyError
 from audit.suggest import close_matches
 from gate import limits
@@ -60,10 +67,11 @@ def check_runnable(policy: Policy) -> None:
         raise PolicyError(f"{policy.source}: {'.'.join(map(str, loc))}: {message}")
 
 
-def _detector_problem(switches: dict[str, bool]) -> Problem | None:
+def _detector_problem(given: dict[str, bool]) -> Problem | None:
     names = detector_names()
-    for name in switches:
-        if name not in names:
+    switches = expand_switches(given)  # older names stand for the detectors that replaced them
+    for name in given:
+        if name not in names and name not in ALIASES:
             hint = close_matches(name, names)
             return ("scan", "detectors", name), (
                 f"unknown detector{hint} (every detector: codeeraser scan --list-detectors)"

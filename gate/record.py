@@ -98,6 +98,15 @@ class ModelInfo(_Record):
     sha256: str | None = None  # content hash of the model folder (see fingerprint_path)
 
 
+class AllowlistedFinding(_Record):
+    """A finding left out by an inline `pragma: allowlist secret`, located, never shown."""
+
+    origin: str  # the file (or dataset row) it is in
+    line: int
+    secret_type: str
+    preview: str  # redacted: a public prefix and the length
+
+
 class SkippedFile(_Record):
     origin: str  # redacted
     reason: str  # not UTF-8, binary, too large, unreadable, FIFO, broken link, ...
@@ -111,6 +120,8 @@ class CorpusInfo(_Record):
     bytes: int | None = None
     skipped: dict[str, int] = Field(default_factory=dict)  # samples not read, by reason
     skipped_files: list[SkippedFile] = Field(default_factory=list)  # the first ones, by name
+    allowlisted: dict[str, int] = Field(default_factory=dict)  # allowlisted inline, by type
+    allowlisted_findings: list[AllowlistedFinding] = Field(default_factory=list)  # the first
 
 
 class PolicyInfo(_Record):
@@ -285,6 +296,16 @@ class RecordBuilder:
         self.record.remediation = info
         sha = model_sha256 or info.output_sha256
         self.record.remediated_model = ModelInfo(path=info.output_path, sha256=sha)
+
+    def set_allowlisted(self, counts: dict[str, int], found: Iterable[Finding]) -> None:
+        """Findings allowlisted inline: counts by type and the first ones, located."""
+        self.record.corpus.allowlisted = dict(sorted(counts.items()))
+        self.record.corpus.allowlisted_findings = [
+            AllowlistedFinding(
+                origin=f.origin, line=f.line, secret_type=f.secret_type, preview=f.preview
+            )
+            for f in found
+        ]
 
     def set_sanity(self, role: ModelRole, probe: SanityInfo) -> None:
         """The sanity probe of the original or the remediated model."""

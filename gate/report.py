@@ -233,6 +233,17 @@ def build_view(record: RunRecord) -> dict[str, Any]:
         "by_file": _top_files(record),
         "policy_yaml": yaml.safe_dump(record.policy.resolved, sort_keys=False, allow_unicode=True),
         "counts": _counts(record, final, remediated),
+        "allowlisted": _allowlisted(record),
+    }
+
+
+def _allowlisted(record: RunRecord) -> dict[str, Any]:
+    """Findings left out by an inline allowlist: how many, of which types, where."""
+    counts = record.corpus.allowlisted
+    return {
+        "total": sum(counts.values()),
+        "by_type": ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())),
+        "first": record.corpus.allowlisted_findings,
     }
 
 

@@ -38,7 +38,7 @@ from audit.redact import safe_text
 from gate import __version__
 from gate.paths import LOCK
 from gate.policy import Policy
-from gate.record import fingerprint_path
+from gate.record import AllowlistedFinding, fingerprint_path
 from gate.verdict import SanityInfo
 
 MARKER = ".codeeraser-gate"  # marks a folder as a gate run folder (ours to overwrite)
@@ -92,6 +92,8 @@ class ScanCounts(_State):
     chars: int
     skipped: dict[str, int] = {}  # samples not read, by reason
     skipped_files: list[tuple[str, str]] = []  # the first ones: (redacted) origin, reason
+    allowlisted: dict[str, int] = {}  # findings allowlisted inline, by type
+    allowlisted_findings: list[AllowlistedFinding] = []  # the first ones, located
 
 
 class FinishedStages(_State):

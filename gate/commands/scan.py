@@ -13,7 +13,7 @@ from rich.table import Table
 
 from audit.detectors import build_detectors
 from audit.errors import Interrupted
-from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from audit.findings import Baseline, Finding, read_baseline, subtract_baseline, write_findings
 from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
 from gate import ui
 from gate.commands.options import data_format_options, jobs_option, options_from
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 @click.option(
     "--baseline",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Findings file of accepted secrets: they are left out (matched by hash and type).",
+    help="Accepted secrets, left out (matched by hash and type): a findings file, or a "
+    "detect-secrets .secrets.baseline.",
 )
 @click.option(
     "--exclude",
@@ -105,7 +106,7 @@ def scan(
             "on_bad_record": on_bad_record,
         }
     ).corpus_spec(data)
-    accepted = read_findings(baseline) if baseline else []
+    accepted = read_baseline(baseline) if baseline else Baseline()
     options = ScanOptions(detectors=detectors or None)
     summary = ScanSummary()
     log.info("Scanning %s (format %s) with %d worker process(es)", data, fmt, resolve_jobs(jobs))

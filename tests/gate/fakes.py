@@ -166,6 +166,7 @@ def build_record(
     )
     with builder.stage("scan"):
         builder.set_findings(items)
+        builder.set_allowlisted({"AWS Access Key": 2}, items[:1])
     builder.set_skipped({"binary": 1}, [("assets/logo.png", "binary")])
     builder.set_sanity("original", SanityInfo.model_validate(SANITY))
     builder.set_thresholds(THRESHOLDS)

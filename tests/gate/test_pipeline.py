@@ -380,3 +380,31 @@ def test_without_resume_nothing_of_an_earlier_run_is_left(
     assert not (out / REMEDIATED).exists()
     assert not (out / "measurements.after.jsonl").exists()
     assert (out / "notes.txt").read_text() == "the user's"
+
+
+def test_allowlisted_secrets_are_counted_in_the_record_and_reports(
+    tiny_demo: DemoBuild, tmp_path: Path
+) -> None:
+    import shutil
+
+    from tests.audit.fakes import FAKES
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_demo.corpus_dir, data)
+    key = FAKES["github"]
+    (data / "ops.py").write_text(f'KEY = "{key}"  # pragma: allowlist secret\n')
+    out = tmp_path / "out"
+    args = _gate_args(tiny_demo, _policy(tmp_path, remediate=False, limit=1000), out)
+    args[args.index("--data") + 1] = str(data)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    corpus = json.loads((out / "record.json").read_text())["corpus"]
+    assert corpus["allowlisted"] == {"GitHub Token": 1}
+    assert corpus["allowlisted_findings"] == [
+        {"origin": "ops.py", "line": 1, "secret_type": "GitHub Token", "preview": "ghp_…(40)"}
+    ]
+    assert "Allowlisted inline" in (out / "report.html").read_text()
+    assert (
+        "Allowlisted inline (not measured): 1 (GitHub Token 1)" in (out / "summary.md").read_text()
+    )
+    assert not any(key in p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())

@@ -77,3 +77,15 @@ def test_the_types_come_from_the_registry_at_run_time(
     real = detectors._all_detectors()
     monkeypatch.setattr(detectors, "_all_detectors", lambda: (*real, QuantumKeyDetector()))
     assert load_policy(path).rules[0].secret_types == ["Quantum Key"]
+
+
+def test_older_detector_names_are_accepted_and_switch_their_successors(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    text = _policy({"SlackDetector": False, "KeywordAssignmentDetector": False}, [None])
+    path.write_text(text)
+    policy = load_policy(path)
+    off = {"SlackTokenDetector", "SlackWebhookDetector", "KeywordDetector", "XmlElementDetector"}
+    selected = detectors.select_detectors(policy.scan.detectors)
+    assert selected is not None
+    assert not off & set(selected)
+    assert "Slack Token" in enabled_types({"SlackDetector": True})

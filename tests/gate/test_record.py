@@ -30,6 +30,7 @@ GOLDEN = Path(__file__).parent / "golden" / "record_structure.json"
 DATA_KEYED = {
     "tool.packages",
     "findings_summary.by_type",
+    "corpus.allowlisted",
     "findings_summary.by_file",
     "findings[].measurements",
     "timings",
