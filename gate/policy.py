@@ -92,8 +92,18 @@ class ExtractionOptions(_Section):
         le=limits.MAX_TOKENS,
         description="Tokens of code before a secret the attacker prompts with.",
     )
-    secret_tokens: int = Field(default=32, ge=1, le=limits.MAX_TOKENS)  # cap on secret tokens
-    max_findings: int | None = Field(default=None, ge=1, le=limits.MAX_FINDINGS)  # at most
+    secret_tokens: int = Field(
+        default=32,
+        ge=1,
+        le=limits.MAX_TOKENS,
+        description="Secret tokens measured at most; longer secrets are cut (truncated: true).",
+    )
+    max_findings: int | None = Field(
+        default=None,
+        ge=1,
+        le=limits.MAX_FINDINGS,
+        description="Measure a deterministic sample of this many findings (for huge corpora).",
+    )
     sampled: SampledAttack = Field(default_factory=SampledAttack)
 
 

@@ -20,10 +20,11 @@ from gate.commands.options import (
     corpus_spec,
     findings_option,
     model_options,
-    prefix_tokens_option,
+    options_from,
     thresholds_option,
 )
 from gate.paths import PathOption, check_paths, path_option
+from gate.policy import ExtractionOptions
 
 if TYPE_CHECKING:
     from audit.distributed import Shard
@@ -46,14 +47,7 @@ log = logging.getLogger(__name__)
     show_default=True,
     help="Measurements file to write (JSONL, one per finding; no secret values).",
 )
-@prefix_tokens_option
-@click.option(
-    "--secret-tokens",
-    type=click.IntRange(min=1, max=limits.MAX_TOKENS),
-    default=32,
-    show_default=True,
-    help="Secret tokens measured at most; longer secrets are cut (truncated: true).",
-)
+@options_from(ExtractionOptions, only=("prefix_tokens", "secret_tokens"))
 @click.option(
     "--samples",
     type=click.IntRange(min=0, max=limits.MAX_SAMPLES),
@@ -76,11 +70,7 @@ log = logging.getLogger(__name__)
     help="The sampled attack draws among the k likeliest tokens (0: all).",
 )
 @thresholds_option
-@click.option(
-    "--max-findings",
-    type=click.IntRange(min=1, max=limits.MAX_FINDINGS),
-    help="Measure a deterministic sample of this many findings (for huge corpora).",
-)
+@options_from(ExtractionOptions, only=("max_findings",))
 @click.option(
     "--seed",
     type=int,
