@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import gzip
+import lzma
 import os
 import stat
 from collections import Counter
@@ -382,8 +384,6 @@ def _decoded(data: bytes, stats: ReadStats, origin: str) -> str | None:
 def _decompressed(raw: IO[bytes], suffix: str) -> bytes | None:
     """The content of an open .gz/.xz/.zst file, or None if it is corrupt or decompresses
     to more than MAX_FILE_BYTES (read in bounded steps: a zip bomb never fills memory)."""
-    import gzip
-    import lzma
 
     import zstandard
 
