@@ -120,10 +120,10 @@ def is_model_file(name: str) -> bool:
 
 def parse_id(text: str) -> tuple[str, str | None] | None:
     """``(ORG/NAME, REVISION or None)`` for a Hub id ``ORG/NAME[@REVISION]``, else None."""
-    repo_id, _, revision = text.partition("@")
+    repo_id, at, revision = text.partition("@")
     if not _REPO_ID.match(repo_id) or ".." in repo_id or "--" in repo_id:
         return None
-    if "@" in text and not _REVISION.match(revision):
+    if at and not _REVISION.match(revision):
         return None
     return repo_id, (revision or None)
 
@@ -173,7 +173,8 @@ def model_source(given: str) -> Source:
     """The model to load: a local folder or file as given, else a Hub id fetched (or found
     in the cache). Something that is neither stays a path, for the path checks to refuse."""
     path = Path(given)
-    parsed = None if _exists(path) else parse_id(given)
+    gguf = path.suffix.lower() == ".gguf"  # a file name, never a repository's
+    parsed = None if gguf or _exists(path) else parse_id(given)
     if parsed is None:
         return Source(given, path)
     folder, hub = fetch_model(*parsed)

@@ -14,7 +14,9 @@ run on a model that never touched a folder.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -76,15 +78,16 @@ def load_model(path: Path | str, device: str = "auto", dtype: str = "auto") -> L
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # its load report: ours
     try:
         placement = {} if dev.type == "cpu" else {"device_map": str(dev)}  # load onto the GPU
-        result: Any = AutoModelForCausalLM.from_pretrained(
-            where,
-            dtype=torch_dtype,
-            trust_remote_code=False,
-            output_loading_info=True,  # checked below: transformers only warns
-            ignore_mismatched_sizes=True,  # so that a shape mismatch is named, not raised
-            **source,
-            **placement,
-        )
+        with _quiet_gguf(path):
+            result: Any = AutoModelForCausalLM.from_pretrained(
+                where,
+                dtype=torch_dtype,
+                trust_remote_code=False,
+                output_loading_info=True,  # checked below: transformers only warns
+                ignore_mismatched_sizes=True,  # so that a shape mismatch is named, not raised
+                **source,
+                **placement,
+            )
         loaded, info = result
         model = cast("torch.nn.Module", loaded).to(dev)
     except Exception as exc:  # any failure of a valid-looking model: corrupt, OOM, ...
@@ -197,6 +200,14 @@ def save_gguf_tokenizer(path: Path, folder: Path) -> None:
         str(path.parent), gguf_file=path.name, trust_remote_code=False
     )
     tokenizer.save_pretrained(str(folder))
+
+
+def _quiet_gguf(path: Path) -> contextlib.AbstractContextManager[object]:
+    """transformers converts a GGUF file's tensors under a plain tqdm bar, which its
+    progress-bar switch does not reach: its stderr goes nowhere (ours is on stderr)."""
+    if not is_gguf(path):
+        return contextlib.nullcontext()
+    return contextlib.redirect_stderr(io.StringIO())
 
 
 def plain_weights(model: torch.nn.Module) -> None:
