@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import AutoModelForCausalLM
@@ -124,9 +126,31 @@ def test_the_remediated_hub_model_carries_its_card_and_no_code_or_pickle(
     )
     record = json.loads((out / "record.json").read_text())
     assert f"`{record['remediated_model']['sha256']}`" in card.text
+    _check_example(folder / "README.md")
     # the hash the card names is the folder's files but the card and remediation.json
     exclude = ("README.md", "remediation.json")
     assert fingerprint_path(folder, exclude=exclude) == record["remediated_model"]["sha256"]
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "model-card.md"
+
+
+def _check_example(card: Path) -> None:
+    """docs/hub.md shows examples/model-card.md, a card this test rendered (rewritten
+    with CODEERASER_UPDATE_GOLDEN=1): it must have the sections a card has now."""
+    text = card.read_text()
+    if os.environ.get("CODEERASER_UPDATE_GOLDEN") == "1":
+        EXAMPLE.write_text(text)
+    example = EXAMPLE.read_text()
+    structure = [line for line in text.splitlines() if line.startswith(("#", "|---", "<!--"))]
+    assert [line for line in example.splitlines() if line.startswith(("#", "|---", "<!--"))] == (
+        structure
+    ), "the model card changed: rerun this test with CODEERASER_UPDATE_GOLDEN=1"
+    assert _metadata_keys(example) == _metadata_keys(text)
+
+
+def _metadata_keys(text: str) -> list[str]:
+    return sorted(yaml.safe_load(text.split("---\n", 2)[1]))
 
 
 def test_no_secret_reaches_the_outputs_of_a_hub_run(
