@@ -103,8 +103,8 @@ def run_demo_gate(build: DemoBuild, policy_source: str, out_dir: Path, force: bo
     """`codeeraser gate` on the demo build; its held-out split is the utility check's code."""
 
     record = run_from_options(
-        model_dir=build.model_dir,
-        data=build.corpus_dir,
+        model=str(build.model_dir),
+        data=str(build.corpus_dir),
         policy_source=policy_source,
         out_dir=out_dir,
         unseen=None,
