@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,7 @@ def build_paths(kind: str, threads: int) -> dict[str, Path]:
         assert spec is not None
         assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
         build: Any = module.build_real(threads=threads)
     else:
@@ -75,29 +77,67 @@ def gate_command(paths: dict[str, Path], out: Path) -> list[str]:
 
 
 def run_gate(paths: dict[str, Path], out: Path, timeout: float, threads: int) -> dict[str, Any]:
-    """Run the gate; returns exit code, wall seconds, peak RSS and whether it timed out."""
+    """Run the gate; returns exit code, wall seconds, peak RSS and whether it timed out.
+
+    At the time limit the gate's process group gets SIGTERM (the gate saves a checkpoint
+    and stops), then SIGKILL after `STOP_GRACE_S`; what it finished is then read from
+    the run folder (`progress`).
+    """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     started = time.perf_counter()
-    try:
-        done = subprocess.run(
-            gate_command(paths, out),
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-    except subprocess.TimeoutExpired as expired:
-        stderr = expired.stderr.decode() if isinstance(expired.stderr, bytes) else ""
-        return {"timed_out": True, "wall_s": round(time.perf_counter() - started, 1),
-                "last_lines": _tail(stderr)}  # fmt: skip
-    return {
-        "timed_out": False,
-        "exit_code": done.returncode,
+    with subprocess.Popen(
+        gate_command(paths, out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own group: time -v and the gate stop together
+    ) as process:
+        try:
+            _, stderr = process.communicate(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            stderr, timed_out = _stop(process), True
+    result: dict[str, Any] = {
+        "timed_out": timed_out,
+        "exit_code": process.returncode,
         "wall_s": round(time.perf_counter() - started, 1),
-        "peak_rss_mb": _peak_rss_mb(done.stderr),
-        "last_lines": _tail(done.stderr),
+        "peak_rss_mb": _peak_rss_mb(stderr),
+        "last_lines": _tail(stderr),
     }
+    if timed_out:
+        result["progress"] = progress(out)
+    return result
+
+
+STOP_GRACE_S = 300  # a 135M model finishes its step and writes a 2 GB checkpoint
+
+
+def _stop(process: subprocess.Popen[str]) -> str:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+    return stderr
+
+
+def progress(out: Path) -> dict[str, Any]:
+    """How far an unfinished run got: its stage files, and the erase checkpoint's epochs."""
+    found: dict[str, Any] = {"files": sorted(p.name for p in out.glob("*") if p.is_file())}
+    state = out / ".remediated-model.partial" / "checkpoint" / "state.json"
+    if state.is_file():
+        loop = json.loads(state.read_text())["loop"]
+        found["erase_epochs_done"] = loop["epochs"]
+        found["erase_history"] = [
+            {
+                k: h[k]
+                for k in ("epoch", "ma_mean", "el_10_mean", "extracted", "remaining", "seconds")
+            }
+            for h in loop["history"]
+        ]
+    return found
 
 
 def _peak_rss_mb(time_output: str) -> float | None:
@@ -156,7 +196,11 @@ def _leaks(rows: list[Any]) -> dict[str, Any]:
         "measured": len(rows),
         "memorized": sum(m.memorized for m in rows),
         "extracted_greedy": sum(m.extracted_greedy for m in rows),
-        "extracted_sampled": sum(bool(m.extracted_sampled) for m in rows),
+        "extracted_sampled": (  # None: the sampled attack was not run on this set
+            sum(bool(m.extracted_sampled) for m in rows)
+            if any(m.extracted_sampled is not None for m in rows)
+            else None
+        ),
         "mean_ma": round(sum(m.ma for m in rows) / len(rows), 4) if rows else None,
     }
 
