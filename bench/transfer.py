@@ -182,7 +182,7 @@ def summarize(record_path: Path) -> dict[str, Any]:
             "stop_reason": r.stop_reason,
             "wall_s": round(r.wall_seconds, 1),
             "peak_memory_mb": round(r.peak_memory_bytes / 2**20) if r.peak_memory_bytes else None,
-            "rounds": r.details.get("rounds", 1),  # main has no second round yet
+            "rounds": r.details().get("rounds", 1),  # main has no second round yet
         }
     return summary
 
