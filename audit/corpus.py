@@ -1,15 +1,18 @@
 """Read training data as a stream of Samples, whatever it is stored as.
 
 Formats: a folder (recursive), JSONL or JSONL.GZ with a text field (the codeparrot
-layout: ``{"id", "path", "content"}``), Parquet, or a dataset saved with
-``datasets.save_to_disk``. Reading streams: memory does not grow with corpus size.
+layout: ``{"id", "path", "content"}``), Parquet, a dataset saved with
+``datasets.save_to_disk``, or a Hugging Face Hub dataset at a commit (`audit.hub`,
+streamed). Reading streams: memory does not grow with corpus size.
 
 Sample ids are what findings refer to, so they must be the same on every read:
 - folder: the file's path relative to the folder, with ``/`` separators;
 - JSONL / Parquet / HF: the ``id_field`` value when the record has one, else
-  ``<file name>:<line or row>``.
+  ``<file name>:<line or row>``;
+- a Hub dataset: the ``id_field`` value, else ``ORG/NAME[/CONFIG]/SPLIT:<row>``.
 ``origin`` is where a reviewer finds the sample: the relative path for a folder, the
-record's ``path`` field when it has one, else ``<file name>:<line or row>``.
+record's ``path`` field when it has one, else ``<file name>:<line or row>``; for a Hub
+dataset always ``ORG/NAME[/CONFIG]/SPLIT:<row>`` (the dataset, split and row).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import IO, Any, Literal
 
 from audit.errors import InputError
 from audit.findings import Finding
+from audit.hub import HubRevision, stream_dataset
 from audit.io import iter_lines, parse_jsonl_line
 from audit.placeholders import is_redacted, matches_redacted, raw_length
 
@@ -140,6 +144,7 @@ class CorpusSpec:
     id_field: str = "id"
     excludes: tuple[str, ...] = ()  # glob patterns matched against the origin
     on_bad_record: OnBad = "fail"
+    hub: HubRevision | None = None  # a Hub dataset (then `path` is only its name, ORG/NAME/SPLIT)
 
 
 def detect_format(path: Path) -> Format:
@@ -172,11 +177,7 @@ def is_saved_dataset(path: Path) -> bool:
 def iter_samples(spec: CorpusSpec, stats: ReadStats | None = None) -> Iterator[Sample]:
     """Stream the samples of a corpus in a fixed order."""
     stats = stats if stats is not None else ReadStats()
-    fmt = detect_format(spec.path) if spec.fmt == "auto" else spec.fmt
-    if not spec.path.exists():
-        raise InputError(f"{spec.path}: no such file or folder")
-    readers = {"dir": _iter_dir, "jsonl": _iter_jsonl, "parquet": _iter_parquet, "hf": _iter_hf}
-    for sample in readers[fmt](spec, stats):
+    for sample in _reader(spec)(spec, stats):
         if spec.excludes and _excluded(sample.origin, spec.excludes):
             stats.skip("excluded")
             continue
@@ -185,6 +186,16 @@ def iter_samples(spec: CorpusSpec, stats: ReadStats | None = None) -> Iterator[S
         yield sample
     if stats.samples == 0:
         raise InputError(f"{spec.path}: {_nothing_read(stats)}")
+
+
+def _reader(spec: CorpusSpec) -> Callable[[CorpusSpec, ReadStats], Iterator[Sample]]:
+    if spec.hub is not None:
+        return _iter_hub
+    fmt = detect_format(spec.path) if spec.fmt == "auto" else spec.fmt
+    if not spec.path.exists():
+        raise InputError(f"{spec.path}: no such file or folder")
+    readers = {"dir": _iter_dir, "jsonl": _iter_jsonl, "parquet": _iter_parquet, "hf": _iter_hf}
+    return readers[fmt]
 
 
 def _nothing_read(stats: ReadStats) -> str:
@@ -206,7 +217,8 @@ def load_texts(spec: CorpusSpec, sample_ids: Iterable[str]) -> dict[str, str]:
     """
     wanted = set(sample_ids)
     found: dict[str, str] = {}
-    if spec.fmt in ("auto", "dir") and spec.path.is_dir() and detect_format(spec.path) == "dir":
+    local = spec.hub is None and spec.fmt in ("auto", "dir") and spec.path.is_dir()
+    if local and detect_format(spec.path) == "dir":
         found = _read_by_id(spec.path, [i for i in wanted if not is_redacted(i)])
         if len(found) == len(wanted):
             return found
@@ -427,8 +439,9 @@ def _record_sample(
     raw_id = record.get(spec.id_field)
     sample_id = str(raw_id) if raw_id is not None and raw_id != "" else where
     path = record.get("path")
-    origin = path if isinstance(path, str) and path else where
-    return Sample(id=sample_id, origin=origin, text=text, language=language_for(origin))
+    named = path if isinstance(path, str) and path else where
+    origin = where if spec.hub is not None else named  # a Hub dataset: its split and row
+    return Sample(id=sample_id, origin=origin, text=text, language=language_for(named))
 
 
 def _fix(what: str) -> str:
@@ -577,3 +590,29 @@ def _hf_records(spec: CorpusSpec) -> Iterator[Record]:
 def _hf_type(dataset: Any, column: str) -> str:
     feature = dataset.features[column]
     return str(getattr(feature, "dtype", type(feature).__name__))
+
+
+def _iter_hub(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
+    return _samples_of(spec, _hub_records(spec), stats)
+
+
+def _hub_records(spec: CorpusSpec) -> Iterator[Record]:
+    """A Hub dataset's split, streamed: one record in memory at a time."""
+    hub = spec.hub
+    assert hub is not None
+    dataset = stream_dataset(hub)
+    features = getattr(dataset, "features", None)
+    if features is not None:  # known up front for Parquet; JSON files say it per record
+        names = list(features)
+        _check_text_column(spec, names, lambda: _hf_type(dataset, spec.text_field))
+    records, row = iter(dataset), 0
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except Exception as exc:  # a file that cannot be fetched or parsed; its message may
+            name = type(exc).__name__  # quote the data, so only the type is shown
+            raise InputError(f"{hub.part}:{row}: cannot be read ({name})") from None
+        yield dict(record), f"{hub.part}:{row}"
+        row += 1

