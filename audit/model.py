@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import itertools
 import json
 import logging
 import weakref
@@ -456,7 +457,7 @@ def head_chunks(positions: int, vocab: int, budget: int = 0) -> list[slice]:
     count = -(-positions // most)
     size, longer = divmod(positions, count)  # the first `longer` chunks take one more
     bounds = [i * size + min(i, longer) for i in range(count + 1)]
-    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:], strict=False)]
+    return [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
 
 
 def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
@@ -560,9 +561,7 @@ def vocab_of(model: torch.nn.Module) -> int:
     return int(getattr(config, "vocab_size", 0) or 1)
 
 
-def chunked_argmax(
-    head: Head, hidden: torch.Tensor, vocab: int, budget: int = 0
-) -> torch.Tensor:
+def chunked_argmax(head: Head, hidden: torch.Tensor, vocab: int, budget: int = 0) -> torch.Tensor:
     """argmax of the logits at each position of `hidden` (N, D) -> (N,), a chunk of
     positions at a time (the same values as the argmax of the whole (N, V) logits)."""
     chunks = head_chunks(len(hidden), vocab, budget)
