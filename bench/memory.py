@@ -13,8 +13,8 @@ Large blocks come straight from mmap (``MALLOC_MMAP_THRESHOLD_=65536``, as in
 bench/scale.py), so a freed temporary is not counted as held.
 
 - ``forward``: a plain forward pass (no gradient, the model's defaults: logits at every
-  position and the KV cache) over measure's largest teacher-forced batch (the probes'
-  prefix + secret, left-padded, as many rows as `--batch-tokens` allows);
+  position and the KV cache) over one batch of measure's size: `--batch-tokens` tokens
+  of probe rows (prefix + secret, left-padded; the probes repeated if too few);
 - ``prefill``: the same pass as ``generate`` runs it (KV cache, last position's logits);
 - ``measure``: ``measure_probes`` on every finding (MA, EL_3/5/10, greedy extraction);
 - ``finetune``: a plain fine-tune step of the same model on the forget windows, with the
@@ -23,16 +23,19 @@ bench/scale.py), so a freed temporary is not counted as held.
 - ``erase``: one CodeEraser epoch of the unlearning loop on the same windows (k per
   step, alternating forget and retain updates, the p0 cache) with its re-measure.
 
-Part ``gate``: ``codeeraser gate`` on a model folder (the real SmolLM2-135M with planted
+Part ``gate``: ``codeeraser gate`` (or, with ``--command measure``, ``codeeraser
+measure`` on a findings file) on a model folder (the real SmolLM2-135M with planted
 secrets: bench/real_model.py) with bench/policies/real-135m.yaml, peak RSS of the whole
-command (``ru_maxrss`` of the child); with ``--against DIR`` the same run with the code
-of another checkout (e.g. ``git worktree add /tmp/old <commit>``) alternated, and the
-measurement files compared byte for byte.
+command (``ru_maxrss`` of that child alone, from ``os.wait4``); with ``--against DIR``
+the same run with the code of another checkout (e.g. ``git worktree add /tmp/old
+<commit>``) after it, and the measurement files compared byte for byte.
 
     python bench/memory.py                              # both vocabularies, CPU (~20 min)
     python bench/memory.py --vocab 151936 --cases measure forward prefill
     python bench/memory.py --device cuda --findings 64 --k 32      # bench/gpu_memory.sh
     python bench/memory.py --part gate --model DIR --data DIR --heldout DIR [--against OLD]
+    python bench/memory.py --part gate --command measure --model DIR --data DIR \
+        --findings-file findings.jsonl --against OLD
 
 Results: bench/results/memory.json.
 """
@@ -44,7 +47,6 @@ import json
 import os
 import random
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -185,13 +187,18 @@ def _status(key: str) -> int:
 
 
 def _forward(model: Any, probes: list[Any], config: Any, *, keep_last: bool) -> None:
-    """The largest batch measure's teacher-forced pass runs, as a plain forward."""
+    """One batch of measure's size (`batch_tokens` tokens of probe rows, the probes
+    repeated if there are fewer), as a plain forward pass."""
     import torch
 
     from audit.decoding import left_pad
 
     width = PREFIX + SECRET
-    rows = [p.prefix_ids + p.secret_ids for p in probes[: max(1, config.batch_tokens // width)]]
+    count = max(1, config.batch_tokens // width)
+    rows = [
+        probes[i % len(probes)].prefix_ids + probes[i % len(probes)].secret_ids
+        for i in range(count)
+    ]
     ids, mask, positions = left_pad(rows, 2, next(model.parameters()).device)
     extra = {"logits_to_keep": 1} if keep_last else {}
     with torch.no_grad():
@@ -357,47 +364,69 @@ def _ratios(got: dict[str, Any], rows: dict[str, Any], against: tuple[str, ...])
 # --- part gate: the whole command on a real model ---------------------------------------
 
 
+def command_line(args: argparse.Namespace, out: Path) -> list[str]:
+    """`codeeraser gate` (or `measure` with --command measure) on the model folder."""
+    command = [sys.executable, "-m", "gate", args.command, "--model", str(args.model)]
+    command += ["--data", str(args.data), "--device", "cpu"]
+    if args.command == "measure":
+        return [
+            *command,
+            "--findings",
+            str(args.findings_file),
+            "--out",
+            str(out / "measurements.jsonl"),
+        ]
+    command += ["--policy", str(args.policy), "--out", str(out), "--force"]
+    return [*command, "--heldout", str(args.heldout)] if args.heldout else command
+
+
+def child_peak(command: list[str], env: dict[str, str], out: Path) -> dict[str, Any]:
+    """Run one command; its own peak RSS from wait4 (ru_maxrss of that child alone)."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with (out / "stdout.txt").open("w") as stdout, (out / "stderr.txt").open("w") as stderr:
+        child = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr, cwd="/")
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    return {"exit": child.returncode, "peak": usage.ru_maxrss * 1024, "seconds": seconds}
+
+
 def gate_run(args: argparse.Namespace, code: Path, out: Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "gate", "gate", "--model", str(args.model)]
-    command += ["--data", str(args.data), "--policy", str(args.policy), "--out", str(out)]
-    command += ["--device", "cpu", "--force"]
-    if args.heldout:
-        command += ["--heldout", str(args.heldout)]
     env = {**_env(code), "OMP_NUM_THREADS": str(args.threads)}
     env.pop("MALLOC_MMAP_THRESHOLD_")  # what a user runs: glibc's defaults
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, cwd="/")
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    if before * 1024 >= peak:
-        print("  (an earlier child peaked higher: this run's peak is not separable)")
-    (out / "stderr.txt").write_text(done.stderr)
-    summary = [line for line in done.stderr.splitlines() if "secrets" in line or "Verdict" in line]
-    return {"exit": done.returncode, "peak": peak, "seconds": seconds, "summary": summary[-6:]}
+    got = child_peak(command_line(args, out), env, out)
+    lines = (out / "stderr.txt").read_text().splitlines()
+    got["summary"] = [line for line in lines if "secrets" in line or "Verdict" in line][-6:]
+    return got
 
 
 def gate(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="codeeraser-gate-mem-"))
     runs: dict[str, Any] = {}
     sides = [("this checkout", ROOT)] + ([("against", Path(args.against))] if args.against else [])
-    for label, code in sides:  # each in a fresh child; the first child's peak is its own
+    for label, code in sides:  # each in a fresh child, its peak from wait4
         out = work / label.replace(" ", "-")
         runs[label] = gate_run(args, code, out)
         got = runs[label]
         print(
-            f"  {label}: exit {got['exit']}, peak RSS {got['peak'] / MB:,.0f} MB, "
-            f"{got['seconds']:.0f} s",
+            f"  {label}: {args.command} exit {got['exit']}, peak RSS "
+            f"{got['peak'] / MB:,.0f} MB, {got['seconds']:.0f} s",
             flush=True,
         )
     if args.against:
-        for name in sorted(p.name for p in (work / "this-checkout").glob("measurements*.jsonl")):
-            ours = (work / "this-checkout" / name).read_bytes()
-            theirs = (work / "against" / name).read_bytes()
-            runs.setdefault("identical", {})[name] = ours == theirs
-        print(f"  measurement files identical: {runs.get('identical')}")
+        runs["identical"] = _identical(work / "this-checkout", work / "against")
+        print(f"  measurement files identical: {runs['identical']}")
     print(f"  run folders in {work}")
     return runs
+
+
+def _identical(ours: Path, theirs: Path) -> dict[str, bool]:
+    """Each measurements file of one run against the other's, byte for byte."""
+    names = sorted(p.relative_to(ours) for p in ours.rglob("measurements*.jsonl"))
+    if not names:
+        raise SystemExit(f"no measurements file in {ours}: nothing compared")
+    return {str(n): (ours / n).read_bytes() == (theirs / n).read_bytes() for n in names}
 
 
 def main() -> int:
@@ -416,6 +445,8 @@ def main() -> int:
     parser.add_argument("--heldout", type=Path, help="part gate: held-out code")
     parser.add_argument("--policy", type=Path, default=ROOT / "bench/policies/real-135m.yaml")
     parser.add_argument("--against", type=Path, help="part gate: another checkout, side by side")
+    parser.add_argument("--command", choices=["gate", "measure"], default="gate")
+    parser.add_argument("--findings-file", type=Path, help="part gate, --command measure")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--options", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -429,6 +460,7 @@ def main() -> int:
         results[key] = shapes(args)
         print_shapes(results[key], args.device)
     else:
+        key = f"{args.command}-{args.model.parent.name if args.model else 'model'}"
         results[key] = gate(args)
     print(f"load average after: {os.getloadavg()}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
