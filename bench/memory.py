@@ -33,6 +33,7 @@ the same run with the code of another checkout (e.g. ``git worktree add /tmp/old
     python bench/memory.py                              # both vocabularies, CPU (~20 min)
     python bench/memory.py --vocab 151936 --cases measure forward prefill
     python bench/memory.py --device cuda --findings 64 --k 32      # bench/gpu_memory.sh
+    python bench/memory.py --part checkpoint            # bytes one erase checkpoint writes
     python bench/memory.py --part gate --model DIR --data DIR --heldout DIR [--against OLD]
     python bench/memory.py --part gate --command measure --model DIR --data DIR \
         --findings-file findings.jsonl --against OLD
@@ -429,9 +430,59 @@ def _identical(ours: Path, theirs: Path) -> dict[str, bool]:
     return {str(n): (ours / n).read_bytes() == (theirs / n).read_bytes() for n in names}
 
 
+# --- part checkpoint: what one erase checkpoint writes ------------------------------------
+
+
+def checkpoint_sizes(args: argparse.Namespace) -> dict[str, Any]:
+    """Bytes of model.pt, optimizer.pt and best.pt as the loop writes them, at SmolLM2-135M's
+    shape (vocabulary 49,152), full training and LoRA (rank 16), before this change (the
+    whole state_dict) and now (the trainable parameters)."""
+    import torch
+
+    from gate.unlearn.best import trainable_state
+    from gate.unlearn.lora import add_adapters
+
+    torch.set_num_threads(args.threads)
+    out: dict[str, Any] = {}
+    for label in ("full", "lora"):
+        model = build_model(VOCABS[0], "cpu")
+        if label == "lora":
+            model = add_adapters(model, rank=16, alpha=32.0)
+        out[label] = _sizes(model, trainable_state)
+        print(f"  {label}: {json.dumps({k: round(v / MB) for k, v in out[label].items()})} MB")
+    return out
+
+
+def _sizes(model: Any, trainable_state: Callable[[Any], Any]) -> dict[str, int]:
+    import torch
+
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-4)
+    for p in trained:  # one step on zero gradients: AdamW's states exist, as after training
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    with tempfile.TemporaryDirectory() as folder:
+        sizes = {
+            "state_dict (before)": _saved(model.state_dict(), Path(folder)),
+            "trainable (now)": _saved(trainable_state(model), Path(folder)),
+            "optimizer": _saved(optimizer.state_dict(), Path(folder)),
+        }
+    before = 2 * sizes["state_dict (before)"] + sizes["optimizer"]  # model.pt + best.pt
+    now = 2 * sizes["trainable (now)"] + sizes["optimizer"]
+    return {**sizes, "checkpoint before": before, "checkpoint now": now}
+
+
+def _saved(state: Any, folder: Path) -> int:
+    import torch
+
+    path = folder / "state.pt"
+    torch.save(state, path)
+    return path.stat().st_size
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["shapes", "gate"], default="shapes")
+    parser.add_argument("--part", choices=["shapes", "gate", "checkpoint"], default="shapes")
     parser.add_argument("--vocab", type=int, nargs="*", default=list(VOCABS))
     parser.add_argument("--cases", nargs="*", choices=CASES, default=list(CASES))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -459,6 +510,8 @@ def main() -> int:
     if args.part == "shapes":
         results[key] = shapes(args)
         print_shapes(results[key], args.device)
+    elif args.part == "checkpoint":
+        results["checkpoint"] = checkpoint_sizes(args)
     else:
         key = f"{args.command}-{args.model.parent.name if args.model else 'model'}"
         results[key] = gate(args)
