@@ -1,29 +1,36 @@
 """Read training data as a stream of Samples, whatever it is stored as.
 
 Formats: a folder (recursive), JSONL or JSONL.GZ with a text field (the codeparrot
-layout: ``{"id", "path", "content"}``), Parquet, or a dataset saved with
+layout: ``{"id", "path", "content"}``), Parquet (a file, or with an explicit format a
+folder of such files: the shards of a large dataset), or a dataset saved with
 ``datasets.save_to_disk``. Reading streams: memory does not grow with corpus size.
 
 Sample ids are what findings refer to, so they must be the same on every read:
 - folder: the file's path relative to the folder, with ``/`` separators;
 - JSONL / Parquet / HF: the ``id_field`` value when the record has one, else
-  ``<file name>:<line or row>``.
+  ``<file>:<line or row>``, where ``<file>`` is the file's name, or its path relative
+  to the folder for a folder of JSONL or Parquet files.
 ``origin`` is where a reviewer finds the sample: the relative path for a folder, the
-record's ``path`` field when it has one, else ``<file name>:<line or row>``.
+record's ``path`` field when it has one, else ``<file>:<line or row>``.
+
+Reading order, which is the order of the findings: a folder's files sorted by their
+path components (as `pathlib` sorts paths), then each file's lines or rows in order.
+The datatrove engine (`audit.datatrove_step`) reads through the functions below and
+reproduces this order when it merges its shards.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, Literal
 
 from audit.errors import InputError
 from audit.findings import Finding
-from audit.io import iter_lines, parse_jsonl_line
+from audit.io import iter_lines, parse_jsonl_line, stream_lines
 
 Format = Literal["auto", "dir", "jsonl", "parquet", "hf"]
 OnBad = Literal["skip", "fail"]
@@ -81,6 +88,11 @@ _MAKEFILES = frozenset({"makefile", "gnumakefile", "makefile.am", "makefile.in"}
 # Compressed files in a folder are read through their decompressor, up to MAX_FILE_BYTES
 # of text; the sample keeps the file's own path, its language is the inner name's.
 COMPRESSED = (".gz", ".xz", ".zst")
+# The files a folder of records is read from, by format.
+RECORD_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "jsonl": (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson"),
+    "parquet": (".parquet",),
+}
 
 
 def language_for(path: str) -> str | None:
@@ -127,6 +139,16 @@ class CorpusSpec:
     on_bad_record: OnBad = "fail"
 
 
+def is_record_file(name: str, fmt: str) -> bool:
+    """A file a folder of `fmt` ("jsonl" or "parquet") records is read from."""
+    return name.lower().endswith(RECORD_SUFFIXES[fmt])
+
+
+def in_hidden_folder(rel: str) -> bool:
+    """A file under a hidden folder (`.git/`, `.venv/`): not read, counted as skipped."""
+    return any(part.startswith(".") and part != ".env" for part in rel.split("/")[:-1])
+
+
 def detect_format(path: Path) -> Format:
     """Pick the reader from what `path` is; raise InputError naming what to fix."""
     if not path.exists():
@@ -161,10 +183,10 @@ def iter_samples(spec: CorpusSpec, stats: ReadStats | None = None) -> Iterator[S
         stats.bytes += len(sample.text)
         yield sample
     if stats.samples == 0:
-        raise InputError(f"{spec.path}: {_nothing_read(stats)}")
+        raise InputError(f"{spec.path}: {nothing_read(stats)}")
 
 
-def _nothing_read(stats: ReadStats) -> str:
+def nothing_read(stats: ReadStats) -> str:
     """Why a corpus gave no sample, and what to do."""
     if not stats.skipped:
         return "no samples in it (give the folder or file that holds the training code)"
@@ -209,20 +231,97 @@ def texts_for_findings(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[st
     return texts
 
 
+def verify_findings(spec: CorpusSpec, findings: Sequence[Finding], chunk: int = 10_000) -> None:
+    """Check that the findings belong to this data: every finding's sample is in it and
+    the text at its span has its hash; else an InputError naming the first that does not.
+
+    A folder is read by id, `chunk` samples at a time; other formats in one pass that
+    stops once every sample with a finding was seen. Texts are not kept."""
+    by_sample: dict[str, list[Finding]] = {}
+    for finding in findings:
+        by_sample.setdefault(finding.sample_id, []).append(finding)
+    if spec.fmt in ("auto", "dir") and spec.path.is_dir() and detect_format(spec.path) == "dir":
+        ids = sorted(by_sample)
+        for i in range(0, len(ids), chunk):
+            texts = load_texts(spec, ids[i : i + chunk])
+            for sample_id in ids[i : i + chunk]:
+                _verify(by_sample[sample_id], texts.get(sample_id), spec)
+        return
+    for sample in iter_samples(spec):
+        group = by_sample.pop(sample.id, None)
+        if group is not None:
+            _verify(group, sample.text, spec)
+        if not by_sample:
+            return
+    _verify(next(iter(by_sample.values())), None, spec)
+
+
+def _verify(findings: list[Finding], text: str | None, spec: CorpusSpec) -> None:
+    first = findings[0]
+    if text is None:
+        raise InputError(
+            f"finding {first.id}: sample {first.sample_id!r} is not in {spec.path} "
+            "(is the findings file from another corpus?)"
+        )
+    for finding in findings:
+        if finding.start >= finding.end or not finding.matches(text):
+            raise InputError(
+                f"finding {finding.id} ({finding.origin}:{finding.line}): the data at its "
+                "span does not match its hash (the findings file is from another corpus, or "
+                "the data changed since the scan): scan this data again"
+            )
+
+
+def excluded(origin: str, patterns: tuple[str, ...]) -> bool:
+    """`origin` matches one of the --exclude glob patterns."""
+    return _excluded(origin, patterns)
+
+
 def _excluded(origin: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(origin, pattern) for pattern in patterns)
 
 
 def _iter_dir(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
-    root = spec.path
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
-        rel = path.relative_to(root).as_posix()
-        if any(part.startswith(".") and part not in (".env",) for part in rel.split("/")[:-1]):
-            stats.skipped["hidden folder"] += 1
-            continue
-        text = _read_file(path, stats)
-        if text is not None:
-            yield Sample(id=rel, origin=rel, text=text, language=language_for(rel))
+    for rel in folder_files(spec.path):
+        yield from _some(folder_sample(spec.path, rel, stats))
+
+
+def folder_files(root: Path) -> list[str]:
+    """The files under `root` in reading order, as `/`-separated relative paths (links
+    are left out: followed, they could leave the folder)."""
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    return [path.relative_to(root).as_posix() for path in paths]
+
+
+def folder_sample(root: Path, rel: str, stats: ReadStats) -> Sample | None:
+    """The file `rel` of a folder corpus as a sample; None when it is skipped (counted)."""
+    if in_hidden_folder(rel):
+        stats.skipped["hidden folder"] += 1
+        return None
+    text = _read_file(root / rel, stats)
+    return None if text is None else Sample(rel, rel, text, language_for(rel))
+
+
+def stream_sample(
+    rel: str, size: int, open_binary: Callable[[], IO[bytes]], stats: ReadStats
+) -> Sample | None:
+    """`folder_sample` for a file of a remote folder (fsspec): `size` in bytes, and a
+    function that opens it for reading. The same checks, in the same order."""
+    if in_hidden_folder(rel):
+        stats.skipped["hidden folder"] += 1
+        return None
+    if size > MAX_FILE_BYTES:
+        stats.skipped["too large"] += 1
+        return None
+    suffix = PurePosixPath(rel).suffix.lower()
+    try:
+        with open_binary() as handle:
+            data = _decompress(handle, suffix) if suffix in COMPRESSED else handle.read()
+    except OSError:
+        stats.skipped["unreadable"] += 1
+        return None
+    text = _decode(data, stats)
+    return None if text is None else Sample(rel, rel, text, language_for(rel))
 
 
 def file_sample(path: Path, stats: ReadStats) -> Sample | None:
@@ -246,6 +345,12 @@ def _read_file(path: Path, stats: ReadStats) -> str | None:
     except OSError:
         stats.skipped["unreadable"] += 1
         return None
+    return _decode(data, stats)
+
+
+def _decode(data: bytes | None, stats: ReadStats) -> str | None:
+    """A file's bytes as text, or None (counted) for a corrupt archive, binary data or
+    bytes that are not UTF-8."""
     if data is None:
         stats.skipped["compressed: corrupt or over the size limit"] += 1
         return None
@@ -262,19 +367,24 @@ def _read_file(path: Path, stats: ReadStats) -> str | None:
 def _decompressed(path: Path) -> bytes | None:
     """The content of a .gz/.xz/.zst file, or None if it is corrupt or decompresses to
     more than MAX_FILE_BYTES (read in bounded steps: a zip bomb never fills memory)."""
+    with path.open("rb") as raw:
+        return _decompress(raw, path.suffix.lower())
+
+
+def _decompress(raw: IO[bytes], suffix: str) -> bytes | None:
+    """`_decompressed` for an open compressed stream whose name ends with `suffix`."""
     import gzip
     import lzma
 
     import zstandard
 
-    suffix = path.suffix.lower()
     try:
         if suffix == ".zst":
-            with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as f:
+            with zstandard.ZstdDecompressor().stream_reader(raw) as f:
                 data = _read_upto(f, MAX_FILE_BYTES + 1)
         else:
             opener = gzip.open if suffix == ".gz" else lzma.open
-            with opener(path, "rb") as f:
+            with opener(raw, "rb") as f:
                 data = _read_upto(f, MAX_FILE_BYTES + 1)
     except (OSError, EOFError, lzma.LZMAError, ValueError, zstandard.ZstdError):
         return None
@@ -311,42 +421,108 @@ def _record_sample(
     return Sample(id=sample_id, origin=origin, text=text, language=language_for(origin))
 
 
+def record_files(spec: CorpusSpec, fmt: str, stats: ReadStats) -> list[tuple[Path, str]]:
+    """The files a JSONL or Parquet corpus is read from, with the names its sample ids
+    use: the file and its name, or a folder's files of that format and their relative
+    paths, in a folder corpus's order (those in hidden folders counted as skipped)."""
+    if not spec.path.is_dir():
+        return [(spec.path, spec.path.name)]
+    files: list[tuple[Path, str]] = []
+    for rel in folder_files(spec.path):
+        if not is_record_file(rel, fmt):
+            continue
+        if in_hidden_folder(rel):
+            stats.skipped["hidden folder"] += 1
+        else:
+            files.append((spec.path / rel, rel))
+    return files
+
+
 def _iter_jsonl(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
-    for lineno, raw in iter_lines(spec.path, what="record"):
+    for path, name in record_files(spec, "jsonl", stats):
+        for _, sample in jsonl_samples(spec, iter_lines(path, what="record"), name, path, stats):
+            yield sample
+
+
+def jsonl_samples(
+    spec: CorpusSpec,
+    lines: Iterable[tuple[int, bytes | None]],
+    name: str,
+    where: Path | str,
+    stats: ReadStats,
+) -> Iterator[tuple[int, Sample]]:
+    """The samples of one JSONL file's lines (from `iter_lines` or `stream_lines`), with
+    their line numbers; `name` goes into ids, `where` into error messages."""
+    for lineno, raw in lines:
         try:
-            record = parse_jsonl_line(spec.path, lineno, raw, what="record")
+            record = parse_jsonl_line(where, lineno, raw, what="record")
         except InputError as exc:
             if spec.on_bad_record == "fail":
                 raise InputError(f"{exc.message}; fix it, or {SKIP_HINT}") from None
             stats.skipped["bad JSON line" if raw is not None else "line too long"] += 1
             continue
-        yield from _some(_record_sample(spec, record, f"{spec.path.name}:{lineno}", stats))
+        sample = _record_sample(spec, record, f"{name}:{lineno}", stats)
+        if sample is not None:
+            yield lineno, sample
+
+
+def jsonl_stream_samples(
+    spec: CorpusSpec, handle: IO[bytes], name: str, where: str, stats: ReadStats
+) -> Iterator[tuple[int, Sample]]:
+    """`jsonl_samples` of an open, decompressed binary stream (a remote file)."""
+    return jsonl_samples(spec, stream_lines(handle, where), name, where, stats)
 
 
 def _iter_parquet(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
+    for path, name in record_files(spec, "parquet", stats):
+        for _, sample in parquet_samples(spec, path, name, path, stats):
+            yield sample
+
+
+def parquet_samples(
+    spec: CorpusSpec, source: Path | IO[bytes], name: str, where: Path | str, stats: ReadStats
+) -> Iterator[tuple[int, Sample]]:
+    """The samples of one Parquet file (a path or an open binary stream), with their
+    row numbers; `name` goes into ids, `where` into error messages."""
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(spec.path)
+        parquet = pq.ParquetFile(source)
     except Exception as exc:  # pyarrow raises several types for a bad file
-        raise InputError(
-            f"{spec.path}: not a readable Parquet file ({type(exc).__name__})"
-        ) from None
+        raise InputError(f"{where}: not a readable Parquet file ({type(exc).__name__})") from None
     names = parquet.schema_arrow.names
     if spec.text_field not in names:
         raise InputError(
-            f"{spec.path}: no column {spec.text_field!r} (columns: {', '.join(names)}; "
+            f"{where}: no column {spec.text_field!r} (columns: {', '.join(names)}; "
             "set --text-field)"
         )
     columns = [c for c in (spec.text_field, spec.id_field, "path") if c in names]
     row = 0
     for batch in parquet.iter_batches(batch_size=1024, columns=columns):
         for record in batch.to_pylist():
-            yield from _some(_record_sample(spec, record, f"{spec.path.name}:{row}", stats))
+            sample = _record_sample(spec, record, f"{name}:{row}", stats)
+            if sample is not None:
+                yield row, sample
             row += 1
 
 
+def record_sample(
+    spec: CorpusSpec, record: dict[str, Any], where: str, stats: ReadStats
+) -> Sample | None:
+    """One record as a sample (`where` is `<file>:<line or row>`); None when it is a bad
+    record that `spec.on_bad_record` skips (counted)."""
+    return _record_sample(spec, record, where, stats)
+
+
 def _iter_hf(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
+    dataset = saved_dataset(str(spec.path), spec)
+    for row, record in enumerate(dataset):
+        yield from _some(_record_sample(spec, dict(record), f"{spec.path.name}:{row}", stats))
+
+
+def saved_dataset(path: str, spec: CorpusSpec) -> Any:
+    """The dataset saved with `save_to_disk` at `path` (a folder or an fsspec URL),
+    checked to be one split with the text column."""
     try:
         import datasets
     except ImportError:
@@ -355,18 +531,17 @@ def _iter_hf(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
             "(pip install 'codeeraser[hf]')"
         ) from None
     try:
-        dataset = datasets.load_from_disk(str(spec.path))
+        dataset = datasets.load_from_disk(path)
     except Exception as exc:  # datasets raises several types for a bad folder
-        raise InputError(f"{spec.path}: not a saved HF dataset ({type(exc).__name__})") from None
+        raise InputError(f"{path}: not a saved HF dataset ({type(exc).__name__})") from None
     if isinstance(dataset, datasets.DatasetDict):
-        raise InputError(f"{spec.path}: a DatasetDict; give one split's folder instead")
+        raise InputError(f"{path}: a DatasetDict; give one split's folder instead")
     if spec.text_field not in dataset.column_names:
         raise InputError(
-            f"{spec.path}: no column {spec.text_field!r} "
+            f"{path}: no column {spec.text_field!r} "
             f"(columns: {', '.join(dataset.column_names)}; set --text-field)"
         )
-    for row, record in enumerate(dataset):
-        yield from _some(_record_sample(spec, dict(record), f"{spec.path.name}:{row}", stats))
+    return dataset
 
 
 def _some(sample: Sample | None) -> Iterator[Sample]:

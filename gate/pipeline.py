@@ -90,6 +90,7 @@ class GateRun:
     force: bool = False  # use an out folder that exists and is not a gate run folder
     resume: bool = False  # reuse the finished stages of an interrupted run in out_dir
     invocation: Sequence[str] = ()
+    findings: Path | None = None  # use this findings file (checked against the data), no scan
 
 
 @dataclass
@@ -116,6 +117,8 @@ def run_gate(run: GateRun) -> RunRecord:
 
     check_model_dir(run.model_dir)
     check_out_dir(run.out_dir, run.model_dir, run.force)
+    if run.findings is not None:
+        check_findings_file(run.findings, run.out_dir)
     shard = current()
     if run.resume and shard.distributed:
         raise InputError(
@@ -213,6 +216,14 @@ def check_out_dir(out_dir: Path, model_dir: Path, force: bool) -> None:
         )
 
 
+def check_findings_file(path: Path, out_dir: Path) -> None:
+    """A --findings file exists and lies outside the run folder (which a run rewrites)."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such findings file (give the output of codeeraser scan)")
+    if path.resolve().is_relative_to(out_dir.resolve()):
+        raise InputError(f"{path}: --findings must be outside the run folder {out_dir}")
+
+
 def run_inputs(run: GateRun) -> dict[str, Any]:
     """Fingerprints of everything the run's results depend on."""
     from gate.unlearn.checkpoint import digest
@@ -225,6 +236,7 @@ def run_inputs(run: GateRun) -> dict[str, Any]:
         "device": run.device,
         "dtype": run.dtype,
         "batch_tokens": run.batch_tokens,
+        "findings": fingerprint_path(run.findings) if run.findings else None,
     }
 
 
@@ -321,6 +333,9 @@ def _scan_here(state: _State) -> None:
     except InputError as exc:
         raise PolicyError(f"{policy.source}: scan.detectors: {exc.message}") from None
     baseline = read_findings(Path(policy.scan.baseline)) if policy.scan.baseline else []
+    if run.findings is not None:
+        _use_findings(state, run.findings, detectors, baseline)
+        return
     summary = ScanSummary()
     with state.builder.stage("scan"), ui.progress() as bar:
         task = bar.add_task("Scanning the training data", total=None)
@@ -338,7 +353,30 @@ def _scan_here(state: _State) -> None:
     _say(f"Scan: {len(state.findings)} secrets in {summary.samples} samples.")
 
 
-def _set_scan(state: _State, samples: int, chars: int) -> None:
+def _use_findings(
+    state: _State, path: Path, detectors: tuple[str, ...] | None, baseline: list[Finding]
+) -> None:
+    """The scan stage from a findings file (`--findings`, e.g. from a datatrove scan):
+    what the policy's scan would keep of it (its detectors, excludes and baseline), each
+    finding checked against the data (its sample exists, its span has its hash)."""
+    from audit.corpus import excluded, verify_findings
+
+    with state.builder.stage("scan"):
+        found = [
+            f
+            for f in read_findings(path)
+            if (detectors is None or f.detector in detectors)
+            and not excluded(f.origin, state.spec.excludes)
+        ]
+        verify_findings(state.spec, found)
+        state.findings = list(subtract_baseline(found, baseline))
+    write_findings(state.run.out_dir / "findings.jsonl", state.findings)
+    _stage_done(state, "scan", {"samples": None, "chars": None, "findings_file": str(path)})
+    _set_scan(state, None, None)
+    _say(f"Scan: {len(state.findings)} secrets from {path} (checked against the data).")
+
+
+def _set_scan(state: _State, samples: int | None, chars: int | None) -> None:
     state.builder.set_findings(state.findings)
     corpus = state.builder.record.corpus
     corpus.samples, corpus.bytes = samples, chars

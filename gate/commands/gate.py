@@ -62,6 +62,13 @@ if TYPE_CHECKING:
     help="Scan worker processes (0: every core).",
 )
 @click.option(
+    "--findings",
+    "findings_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Findings file of a scan of --data (e.g. `scan --engine datatrove` on a cluster): "
+    "used instead of scanning; every finding is checked against the data first.",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Write into an --out folder that exists and is not a gate run folder.",
@@ -111,6 +118,7 @@ def run_from_options(
     jobs: int,
     force: bool,
     resume: bool = False,
+    findings_path: Path | None = None,
 ) -> RunRecord:
     """Load the policy with the command-line overrides, run the gate, print the outcome."""
     from gate.commands.measure import launch_shard
@@ -134,6 +142,7 @@ def run_from_options(
         force=force,
         resume=resume,
         invocation=["codeeraser", *sys.argv[1:]],
+        findings=findings_path,
     )
     shard = launch_shard()  # under accelerate launch, only the first process prints
     record = run_gate(run)

@@ -14,6 +14,7 @@ import click
 from audit.corpus import FORMATS, CorpusSpec
 from audit.errors import Interrupted
 from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from gate.commands.scan_engine import EngineOptions, engine_options, run_datatrove
 
 if TYPE_CHECKING:
     from audit.scan import ScanSummary
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 @click.command("scan")
-@click.argument("data", type=click.Path(path_type=Path), required=False)
+@click.argument("data", type=click.Path(), required=False)
 @click.option(
     "--format",
     "fmt",
@@ -85,9 +86,10 @@ log = logging.getLogger(__name__)
     is_flag=True,
     help="Print every detector with the secret type it reports, and exit.",
 )
+@engine_options
 def scan(
     *,
-    data: Path | None,
+    data: str | None,
     fmt: str,
     text_field: str,
     id_field: str,
@@ -98,6 +100,7 @@ def scan(
     on_bad_record: str,
     detectors: tuple[str, ...],
     list_detectors: bool,
+    engine: EngineOptions,
 ) -> None:
     """Find the secrets in the training data DATA and write them to --out.
 
@@ -106,6 +109,10 @@ def scan(
     {"id", "path", "content"}), a Parquet file, or a dataset saved with
     `datasets.save_to_disk`. Each finding has the secret's exact character span,
     its SHA-256 and a redacted preview, never the secret itself.
+
+    With --engine datatrove the scan runs as datatrove tasks (locally, on Slurm or
+    Ray; resumable), DATA may be an s3:// or hf://datasets/ URL or a folder of JSONL
+    or Parquet files (with --format), and the findings file is the same.
 
     Exit codes: 0 scanned (whether or not secrets were found), 2 bad input.
     """
@@ -117,8 +124,10 @@ def scan(
         return
     if data is None:
         raise click.UsageError("missing argument DATA (the training data to scan)")
+    if "://" in data and not engine.datatrove:
+        raise click.UsageError("DATA is a URL: reading remote data needs --engine datatrove")
     spec = CorpusSpec(
-        path=data,
+        path=Path(data),
         fmt=fmt,  # type: ignore[arg-type]  # click.Choice guarantees a valid literal
         text_field=text_field,
         id_field=id_field,
@@ -131,19 +140,33 @@ def scan(
     log.info("Scanning %s (format %s) with %d worker process(es)", data, fmt, resolve_jobs(jobs))
     started = time.perf_counter()
     with ui.progress() as bar:
-        task = bar.add_task(f"Scanning {data.name}", total=None)
-        findings = scan_corpus(
-            spec,
-            options,
-            jobs=resolve_jobs(jobs),
-            summary=summary,
-            progress=lambda samples, _chars: bar.advance(task, samples),
-        )
+        task = bar.add_task(f"Scanning {spec.path.name}", total=None)
         kept: Counter[str] = Counter()
         try:
+            if engine.datatrove:
+                findings = run_datatrove(
+                    data,
+                    spec=spec,
+                    detectors=options.detectors,
+                    engine=engine,
+                    out=out,
+                    summary=summary,
+                    progress=lambda done, tasks: bar.update(task, advance=done, total=tasks),
+                )
+                if findings is None:
+                    return  # submitted to Slurm: its merge job writes --out
+            else:
+                findings = scan_corpus(
+                    spec,
+                    options,
+                    jobs=resolve_jobs(jobs),
+                    summary=summary,
+                    progress=lambda samples, _chars: bar.advance(task, samples),
+                )
             written = write_findings(out, _counted(subtract_baseline(findings, accepted), kept))
         except KeyboardInterrupt:
-            raise Interrupted(f"scan interrupted; {out} was not written") from None
+            resume = " (finished tasks are kept: rerun to resume)" if engine.datatrove else ""
+            raise Interrupted(f"scan interrupted; {out} was not written{resume}") from None
     summary.baseline_accepted = summary.findings - written
     summary.by_type = kept
     if not ui.is_quiet():
