@@ -20,11 +20,13 @@ variables of every frame of a traceback, which can hold training data.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -266,10 +268,20 @@ def _ray_session(engine: EngineOptions) -> Iterator[None]:
     if engine.executor != "ray":
         yield
         return
-    try:
-        import ray
-    except ImportError:
-        raise InputError("--executor ray needs Ray: pip install 'codeeraser[scale-ray]'") from None
+    if importlib.util.find_spec("ray") is None:
+        raise InputError("--executor ray needs Ray: pip install 'codeeraser[scale-ray]'")
+    with warnings.catch_warnings():
+        # datatrove 0.10 uses Ray arguments that Ray 2.5x deprecates; the warning is raised
+        # in a thread of datatrove's, where an "error" filter would hang the run silently
+        warnings.filterwarnings("ignore", "placement_group", DeprecationWarning)
+        with _ray_runtime():
+            yield
+
+
+@contextmanager
+def _ray_runtime() -> Iterator[None]:
+    import ray
+
     if ray.is_initialized():
         yield
         return

@@ -44,7 +44,7 @@ def _secrets(rng: random.Random) -> list[Callable[[], str]]:
 
 TEMPLATES: dict[str, str] = {
     ".py": 'import os\n\n{pad}\nAPI_TOKEN = "{secret}"\n\ndef run():\n    return os.getpid()\n',
-    ".js": 'const client = require("x");\n// {pad}\nconst token = "{secret}";\nexport {{ token }};\n',
+    ".js": 'const client = require("x");\n// {pad}\nconst token = "{secret}";\n',
     ".go": 'package main\n\n// {pad}\nconst apiKey = "{secret}"\n',
     ".yaml": "service:\n  name: {pad}\n  token: {secret}\n",
     ".json": '{{"name": "{pad}", "api_key": "{secret}"}}\n',
@@ -54,7 +54,7 @@ TEMPLATES: dict[str, str] = {
     ".sh": '#!/bin/sh\n# {pad}\nexport GH_TOKEN="{secret}"\n',
 }
 DECOYS = ("your-api-key-here", "AKIAIOSFODNN7EXAMPLE", "${API_TOKEN}", "changeme")
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "kappa", "mu")
 
 
 def documents(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -91,7 +91,7 @@ def write_folder(root: Path, n: int, seed: int = 0) -> Path:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    extra = {
+    extra: dict[str, str | bytes] = {
         ".git/config": "[remote]\ntoken = ghp_" + "x1Y2" * 9 + "\n",
         "bin/blob.dat": b"\x00\x01\x02" * 100,
         "bin/latin1.txt": "caf\xe9 token".encode("latin-1"),

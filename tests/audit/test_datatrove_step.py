@@ -43,6 +43,7 @@ def cli_scan(
 def datatrove_scan(
     data: str,
     work: Path,
+    *,
     tasks: int,
     workers: int = 1,
     read: ReadOptions | None = None,
@@ -75,14 +76,20 @@ def test_thousands_of_files_in_four_tasks_give_the_cli_file(tmp_path: Path) -> N
     assert merged == expected
     same_summary(summary, cli)
     findings = read_findings(tmp_path / "cli.jsonl")
-    assert len(findings) > 500 and len({f.secret_type for f in findings}) >= 8
-    assert cli.skipped["hidden folder"] == 1 and cli.skipped["binary"] == 1
-    assert cli.allowlisted and cli.filtered  # the corpus exercises both
+    assert len(findings) > 500
+    assert len({f.secret_type for f in findings}) >= 8
+    assert cli.skipped["hidden folder"] == 1
+    assert cli.skipped["binary"] == 1
+    assert cli.allowlisted
+    assert cli.filtered
     origins = [f.origin for f in findings]
     assert origins != sorted(origins)  # path-component order differs from string order
 
 
-@pytest.mark.parametrize("layout", ["jsonl", "jsonl_gz", "jsonl_folder", "parquet", "parquet_folder"])
+LAYOUTS = ["jsonl", "jsonl_gz", "jsonl_folder", "parquet", "parquet_folder"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_record_layout_gives_the_cli_file(tmp_path: Path, layout: str) -> None:
     path = write_record_corpora(tmp_path / "data", 240)[layout]
     fmt = "parquet" if layout.startswith("parquet") else "jsonl"
@@ -90,17 +97,20 @@ def test_every_record_layout_gives_the_cli_file(tmp_path: Path, layout: str) -> 
     expected, cli = cli_scan(spec, tmp_path / "cli.jsonl")
     read = ReadOptions(fmt=fmt)  # type: ignore[arg-type]
     merged, summary = datatrove_scan(str(path), tmp_path / "work", tasks=3, read=read)
-    assert merged == expected and expected
+    assert merged == expected
+    assert expected
     same_summary(summary, cli)
     ids = {f.sample_id for f in read_findings(tmp_path / "cli.jsonl")}
-    assert any(i.startswith("doc-") for i in ids) and any(":" in i for i in ids)
+    assert any(i.startswith("doc-") for i in ids)
+    assert any(":" in i for i in ids)
 
 
 def test_a_saved_hf_dataset_is_shared_out_by_row(tmp_path: Path) -> None:
     path = write_saved_dataset(tmp_path / "saved", 200)
     expected, cli = cli_scan(CorpusSpec(path), tmp_path / "cli.jsonl")
     merged, summary = datatrove_scan(str(path), tmp_path / "work", tasks=3)
-    assert merged == expected and expected
+    assert merged == expected
+    assert expected
     same_summary(summary, cli)
 
 
@@ -120,9 +130,10 @@ def test_excludes_and_detectors_as_the_cli(tmp_path: Path) -> None:
     spec = CorpusSpec(data, excludes=("a/*", "*.md"))
     expected, cli = cli_scan(spec, tmp_path / "cli.jsonl", detectors)
     merged, summary = datatrove_scan(
-        str(data), tmp_path / "work", 2, excludes=spec.excludes, detectors=detectors
+        str(data), tmp_path / "work", tasks=2, excludes=spec.excludes, detectors=detectors
     )
-    assert merged == expected and expected
+    assert merged == expected
+    assert expected
     same_summary(summary, cli)
     assert cli.skipped["excluded"] > 0
 
@@ -146,7 +157,8 @@ def test_remote_storage_reads_through_fsspec(tmp_path: Path) -> None:
         for i, (spec, url, read) in enumerate(cases):
             expected, cli = cli_scan(spec, tmp_path / f"cli{i}.jsonl")
             merged, summary = datatrove_scan(url, tmp_path / f"work{i}", tasks=2, read=read)
-            assert merged == expected and expected, url
+            assert merged == expected, url
+            assert expected
             same_summary(summary, cli)
     finally:
         memory.rm("/remote", recursive=True)
@@ -163,7 +175,8 @@ def test_a_bad_record_fails_its_task_as_the_cli_fails(tmp_path: Path) -> None:
     skip = ReadOptions(on_bad_record="skip")
     expected, cli = cli_scan(CorpusSpec(path, on_bad_record="skip"), tmp_path / "cli.jsonl")
     merged, summary = datatrove_scan(str(path), tmp_path / "work2", tasks=2, read=skip)
-    assert merged == expected and summary.skipped == cli.skipped == {"bad JSON line": 1}
+    assert merged == expected
+    assert summary.skipped == cli.skipped == {"bad JSON line": 1}
 
 
 def test_a_users_own_reader_keeps_its_document_ids(tmp_path: Path) -> None:
@@ -175,7 +188,8 @@ def test_a_users_own_reader_keeps_its_document_ids(tmp_path: Path) -> None:
     step = ScanSecrets(str(tmp_path / "shards"))
     LocalPipelineExecutor([reader, step], tasks=1, logging_dir=str(tmp_path / "logs")).run()
     merge_shards(str(tmp_path / "shards"), tmp_path / "merged.jsonl", data=str(path))
-    assert (tmp_path / "merged.jsonl").read_bytes() == expected and expected
+    assert (tmp_path / "merged.jsonl").read_bytes() == expected
+    assert expected
 
 
 def test_no_sample_at_all_is_the_clis_error(tmp_path: Path) -> None:
