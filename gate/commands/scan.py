@@ -141,32 +141,31 @@ def scan(
     started = time.perf_counter()
     with ui.progress() as bar:
         task = bar.add_task(f"Scanning {spec.path.name}", total=None)
+        if engine.datatrove:  # datatrove tasks, then their shards merged in this order
+            findings = run_datatrove(
+                data,
+                spec=spec,
+                detectors=options.detectors,
+                engine=engine,
+                out=out,
+                summary=summary,
+                progress=lambda done, tasks: bar.update(task, advance=done, total=tasks),
+            )
+            if findings is None:
+                return  # submitted to Slurm: its merge job writes --out
+        else:
+            findings = scan_corpus(
+                spec,
+                options,
+                jobs=resolve_jobs(jobs),
+                summary=summary,
+                progress=lambda samples, _chars: bar.advance(task, samples),
+            )
         kept: Counter[str] = Counter()
         try:
-            if engine.datatrove:
-                findings = run_datatrove(
-                    data,
-                    spec=spec,
-                    detectors=options.detectors,
-                    engine=engine,
-                    out=out,
-                    summary=summary,
-                    progress=lambda done, tasks: bar.update(task, advance=done, total=tasks),
-                )
-                if findings is None:
-                    return  # submitted to Slurm: its merge job writes --out
-            else:
-                findings = scan_corpus(
-                    spec,
-                    options,
-                    jobs=resolve_jobs(jobs),
-                    summary=summary,
-                    progress=lambda samples, _chars: bar.advance(task, samples),
-                )
             written = write_findings(out, _counted(subtract_baseline(findings, accepted), kept))
         except KeyboardInterrupt:
-            resume = " (finished tasks are kept: rerun to resume)" if engine.datatrove else ""
-            raise Interrupted(f"scan interrupted; {out} was not written{resume}") from None
+            raise Interrupted(f"scan interrupted; {out} was not written") from None
     summary.baseline_accepted = summary.findings - written
     summary.by_type = kept
     if not ui.is_quiet():
