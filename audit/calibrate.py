@@ -25,6 +25,7 @@ from audit.extraction import MeasureConfig, score_probes
 from audit.measurements import Thresholds
 from audit.model import context_length_of
 from audit.probes import Probe
+from audit.redact import redact_identifier, redact_path
 
 if TYPE_CHECKING:
     import torch
@@ -167,7 +168,7 @@ def calibrate(
     config = replace(config or MeasureConfig(), extraction=False, samples=0, el_ns=(3, 5, 10))
     scores = score_probes(model, tokenizer, probes, config, progress=progress, shard=shard)
     figures = [
-        SequenceFigures(p.sample_id, p.m + 1, s.ma, s.el[3], s.el[5], s.el[10])
+        SequenceFigures(redact_identifier(p.sample_id), p.m + 1, s.ma, s.el[3], s.el[5], s.el[10])
         for p, s in zip(probes, scores, strict=True)
     ]
 
@@ -177,7 +178,7 @@ def calibrate(
     thresholds = Thresholds(
         ma=mean([f.ma for f in figures]),
         el_10=mean([f.el_10 for f in figures]),
-        source=f"calibrated:{unseen_spec.path}",
+        source=f"calibrated:{redact_path(unseen_spec.path)}",
     )
     return Calibration(
         thresholds=thresholds,

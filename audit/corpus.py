@@ -15,13 +15,16 @@ record's ``path`` field when it has one, else ``<file>:<line or row>``.
 
 Reading order, which is the order of the findings: a folder's files sorted by their
 path components (as `pathlib` sorts paths), then each file's lines or rows in order.
-The datatrove engine (`audit.datatrove_step`) reads through the functions below and
-reproduces this order when it merges its shards.
+The datatrove engine (`audit.datatrove_step`) reads through the public functions below
+and reproduces this order when it merges its shards.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,12 +34,14 @@ from typing import IO, Any, Literal
 from audit.errors import InputError
 from audit.findings import Finding
 from audit.io import iter_lines, parse_jsonl_line, stream_lines
+from audit.placeholders import is_redacted, matches_redacted, raw_length
 
 Format = Literal["auto", "dir", "jsonl", "parquet", "hf"]
 OnBad = Literal["skip", "fail"]
 FORMATS: tuple[str, ...] = ("auto", "dir", "jsonl", "parquet", "hf")
 
 MAX_FILE_BYTES = 2_000_000  # folder files larger than this are skipped (minified, data)
+MAX_LISTED = 200  # skipped files listed by name in a summary (every one is counted)
 SKIP_HINT = "skip bad records (--on-bad-record skip; in a policy, scan.on_bad_record: skip)"
 
 _LANGUAGES = {
@@ -120,11 +125,19 @@ class Sample:
 
 @dataclass
 class ReadStats:
-    """What a read skipped, by reason; shown in the scan summary."""
+    """What a read skipped, by reason, and the first files skipped (the scan redacts
+    their names before they are shown)."""
 
     samples: int = 0
     bytes: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (origin, reason)
+
+    def skip(self, reason: str, origin: str | None = None) -> None:
+        """Count one skipped sample; list it by its origin (up to MAX_LISTED)."""
+        self.skipped[reason] += 1
+        if origin is not None and len(self.skipped_files) < MAX_LISTED:
+            self.skipped_files.append((origin, reason))
 
 
 @dataclass(frozen=True)
@@ -154,18 +167,25 @@ def detect_format(path: Path) -> Format:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder (give the training data to scan)")
     if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
-            return "hf"
-        return "dir"
+        return "hf" if is_saved_dataset(path) else "dir"
     name = path.name.lower()
-    if name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
-        return "jsonl"
-    if name.endswith(".parquet"):
-        return "parquet"
+    for fmt in ("jsonl", "parquet"):
+        if is_record_file(name, fmt):
+            return fmt
     raise InputError(
         f"{path}: unknown data format (use a folder, .jsonl, .jsonl.gz, .parquet, "
         "a saved HF dataset, or --format)"
     )
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by `datasets.save_to_disk`: its state and info files and Arrow
+    data (one split), or a dataset_dict.json. A code folder that merely holds a file
+    named state.json is not one."""
+    if (path / "dataset_dict.json").is_file():
+        return True
+    saved = all((path / name).is_file() for name in ("state.json", "dataset_info.json"))
+    return saved and any(path.glob("*.arrow"))
 
 
 def iter_samples(spec: CorpusSpec, stats: ReadStats | None = None) -> Iterator[Sample]:
@@ -177,7 +197,7 @@ def iter_samples(spec: CorpusSpec, stats: ReadStats | None = None) -> Iterator[S
     readers = {"dir": _iter_dir, "jsonl": _iter_jsonl, "parquet": _iter_parquet, "hf": _iter_hf}
     for sample in readers[fmt](spec, stats):
         if spec.excludes and _excluded(sample.origin, spec.excludes):
-            stats.skipped["excluded"] += 1
+            stats.skip("excluded")
             continue
         stats.samples += 1
         stats.bytes += len(sample.text)
@@ -198,25 +218,59 @@ def nothing_read(stats: ReadStats) -> str:
 
 
 def load_texts(spec: CorpusSpec, sample_ids: Iterable[str]) -> dict[str, str]:
-    """The texts of the given samples (one pass over the corpus); missing ids are absent."""
+    """The texts of the given samples (one pass over the corpus); missing ids are absent.
+
+    Ids are as findings hold them: an id with a secret in it is redacted
+    (`audit.placeholders`), and matches the sample whose own id it was made from.
+    """
+    return dict(iter_texts(spec, sample_ids))
+
+
+def iter_texts(spec: CorpusSpec, sample_ids: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(id, text) for each of the given samples found, as `load_texts` finds them, one
+    at a time: a folder's files read by id, then one pass over the corpus that stops
+    once every id was found."""
     wanted = set(sample_ids)
-    found: dict[str, str] = {}
+    found: set[str] = set()
     if spec.fmt in ("auto", "dir") and spec.path.is_dir() and detect_format(spec.path) == "dir":
-        root = spec.path.resolve()
-        for sample_id in wanted:  # a folder can be read by id directly
+        for sample_id, text in _read_by_id(spec.path, [i for i in wanted if not is_redacted(i)]):
+            found.add(sample_id)
+            yield sample_id, text
+        if len(found) == len(wanted):
+            return
+    by_length: dict[int, list[str]] = {}  # redacted ids, by the length of their sample's id
+    for redacted in (i for i in wanted if is_redacted(i)):
+        by_length.setdefault(raw_length(redacted), []).append(redacted)
+    for sample in iter_samples(spec):
+        key = _wanted_key(sample.id, wanted, by_length)
+        if key is not None and key not in found:
+            found.add(key)
+            yield key, sample.text
+            if len(found) == len(wanted):
+                return
+
+
+def _wanted_key(sample_id: str, wanted: set[str], by_length: dict[int, list[str]]) -> str | None:
+    """The wanted id that names this sample: its own id, or a redaction of it."""
+    if sample_id in wanted:
+        return sample_id
+    candidates = by_length.get(len(sample_id), ())
+    return next((r for r in candidates if matches_redacted(sample_id, r)), None)
+
+
+def _read_by_id(folder: Path, sample_ids: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """A folder's files read by id (its relative path) directly, without a walk."""
+    root = folder.resolve()
+    for sample_id in sample_ids:
+        try:
             path = (root / sample_id).resolve()
             if not path.is_relative_to(root) or not path.is_file():
                 continue  # an id from another corpus, never a file outside the folder
-            text = _read_file(path, ReadStats())
-            if text is not None:
-                found[sample_id] = text
-        return found
-    for sample in iter_samples(spec):
-        if sample.id in wanted:
-            found[sample.id] = sample.text
-            if len(found) == len(wanted):
-                break
-    return found
+        except (OSError, ValueError):  # a NUL, a lone surrogate, a name too long: no file
+            continue
+        text = _read_file(path, ReadStats())
+        if text is not None:
+            yield sample_id, text
 
 
 def texts_for_findings(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[str, str]:
@@ -231,45 +285,27 @@ def texts_for_findings(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[st
     return texts
 
 
-def verify_findings(spec: CorpusSpec, findings: Sequence[Finding], chunk: int = 10_000) -> None:
+def verify_findings(spec: CorpusSpec, findings: Sequence[Finding]) -> None:
     """Check that the findings belong to this data: every finding's sample is in it and
-    the text at its span has its hash; else an InputError naming the first that does not.
-
-    A folder is read by id, `chunk` samples at a time; other formats in one pass that
-    stops once every sample with a finding was seen. Texts are not kept."""
+    the text at its span has its hash; else an InputError naming the first that does
+    not. One pass (a folder: its files read by id); no text is kept."""
     by_sample: dict[str, list[Finding]] = {}
     for finding in findings:
         by_sample.setdefault(finding.sample_id, []).append(finding)
-    if spec.fmt in ("auto", "dir") and spec.path.is_dir() and detect_format(spec.path) == "dir":
-        ids = sorted(by_sample)
-        for i in range(0, len(ids), chunk):
-            texts = load_texts(spec, ids[i : i + chunk])
-            for sample_id in ids[i : i + chunk]:
-                _verify(by_sample[sample_id], texts.get(sample_id), spec)
-        return
-    for sample in iter_samples(spec):
-        group = by_sample.pop(sample.id, None)
-        if group is not None:
-            _verify(group, sample.text, spec)
-        if not by_sample:
-            return
-    _verify(next(iter(by_sample.values())), None, spec)
-
-
-def _verify(findings: list[Finding], text: str | None, spec: CorpusSpec) -> None:
-    first = findings[0]
-    if text is None:
+    for sample_id, text in iter_texts(spec, by_sample):
+        for finding in by_sample.pop(sample_id):
+            if finding.start >= finding.end or not finding.matches(text):
+                raise InputError(
+                    f"finding {finding.id} ({finding.origin}:{finding.line}): the data at its "
+                    "span does not match its hash (the findings file is from another corpus, "
+                    "or the data changed since the scan): scan this data again"
+                )
+    if by_sample:
+        missing = next(iter(by_sample.values()))[0]
         raise InputError(
-            f"finding {first.id}: sample {first.sample_id!r} is not in {spec.path} "
+            f"finding {missing.id}: sample {missing.sample_id!r} is not in {spec.path} "
             "(is the findings file from another corpus?)"
         )
-    for finding in findings:
-        if finding.start >= finding.end or not finding.matches(text):
-            raise InputError(
-                f"finding {finding.id} ({finding.origin}:{finding.line}): the data at its "
-                "span does not match its hash (the findings file is from another corpus, or "
-                "the data changed since the scan): scan this data again"
-            )
 
 
 def excluded(origin: str, patterns: tuple[str, ...]) -> bool:
@@ -282,109 +318,177 @@ def _excluded(origin: str, patterns: tuple[str, ...]) -> bool:
 
 
 def _iter_dir(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
-    for rel in folder_files(spec.path):
-        yield from _some(folder_sample(spec.path, rel, stats))
+    for rel in folder_files(spec.path, stats):
+        sample = folder_sample(spec.path, rel, stats)
+        if sample is not None:
+            yield sample
 
 
-def folder_files(root: Path) -> list[str]:
-    """The files under `root` in reading order, as `/`-separated relative paths (links
-    are left out: followed, they could leave the folder)."""
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
-    return [path.relative_to(root).as_posix() for path in paths]
+def folder_files(root: Path, stats: ReadStats) -> list[str]:
+    """The files under `root` in reading order, as `/`-separated relative paths (what
+    the walk leaves out is counted in `stats`)."""
+    return [path.relative_to(root).as_posix() for path in sorted(_walk(root, stats))]
 
 
 def folder_sample(root: Path, rel: str, stats: ReadStats) -> Sample | None:
     """The file `rel` of a folder corpus as a sample; None when it is skipped (counted)."""
     if in_hidden_folder(rel):
-        stats.skipped["hidden folder"] += 1
+        stats.skip("hidden folder")
         return None
-    text = _read_file(root / rel, stats)
+    text = _read_file(root / rel, stats, rel)
     return None if text is None else Sample(rel, rel, text, language_for(rel))
 
 
 def stream_sample(
     rel: str, size: int, open_binary: Callable[[], IO[bytes]], stats: ReadStats
 ) -> Sample | None:
-    """`folder_sample` for a file of a remote folder (fsspec): `size` in bytes, and a
-    function that opens it for reading. The same checks, in the same order."""
+    """`folder_sample` for a file of a remote folder (fsspec): its `size` in bytes, and
+    a function that opens it for reading. The same checks, in the same order."""
     if in_hidden_folder(rel):
-        stats.skipped["hidden folder"] += 1
+        stats.skip("hidden folder")
         return None
     if size > MAX_FILE_BYTES:
-        stats.skipped["too large"] += 1
+        stats.skip("too large", rel)
         return None
     suffix = PurePosixPath(rel).suffix.lower()
     try:
         with open_binary() as handle:
-            data = _decompress(handle, suffix) if suffix in COMPRESSED else handle.read()
+            compressed = suffix in COMPRESSED
+            data = _decompressed(handle, suffix) if compressed else handle.read(MAX_FILE_BYTES + 1)
     except OSError:
-        stats.skipped["unreadable"] += 1
+        stats.skip("unreadable", rel)
         return None
-    text = _decode(data, stats)
+    if data is None:
+        stats.skip("compressed: corrupt or over the size limit", rel)
+        return None
+    text = _decoded(data, stats, rel)
     return None if text is None else Sample(rel, rel, text, language_for(rel))
+
+
+def _walk(root: Path, stats: ReadStats) -> Iterator[Path]:
+    """Every entry under `root` that may be a file to read. Links (followed, they could
+    leave the folder), FIFOs, sockets and devices (reading a FIFO blocks) and folders
+    that cannot be listed are skipped and counted."""
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as entries:
+                listed = list(entries)
+        except OSError as exc:
+            stats.skip(_os_reason(exc, "unreadable folder"), _rel(folder, root))
+            continue
+        for entry in listed:
+            path = Path(entry.path)
+            kind = _entry_kind(entry)
+            if kind == "folder":
+                folders.append(path)
+            elif kind == "file":
+                yield path
+            else:
+                stats.skip(kind, _rel(path, root))
+
+
+def _entry_kind(entry: os.DirEntry[str]) -> str:
+    """ "file", "folder", or why the entry is not read."""
+    try:
+        if entry.is_symlink():
+            return "symbolic link" if os.path.exists(entry.path) else "broken link"
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError as exc:
+        return _os_reason(exc, "unreadable")
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+
+
+def _os_reason(exc: OSError, default: str) -> str:
+    return "path too long" if exc.errno == errno.ENAMETOOLONG else default
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path != root else "."
 
 
 def file_sample(path: Path, stats: ReadStats) -> Sample | None:
     """One file as one sample, read as a folder corpus reads it (id and origin: `path`
     as given, with `/` separators); None when it is skipped (binary, too large, not UTF-8).
     """
-    text = _read_file(path, stats)
+    name = path.as_posix()
+    text = _read_file(path, stats, name)
     if text is None:
         return None
-    name = path.as_posix()
     return Sample(id=name, origin=name, text=text, language=language_for(name))
 
 
-def _read_file(path: Path, stats: ReadStats) -> str | None:
+def _read_file(path: Path, stats: ReadStats, origin: str | None = None) -> str | None:
+    """A file's text, or None (counted in `stats`) when it is not a readable text file.
+
+    Opened without following a link and without blocking, and checked to be a regular
+    file once open: a file swapped for a FIFO after the walk does not hang the read.
+    Compressed files are read through their decompressor."""
+    origin = origin or path.name
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            stats.skipped["too large"] += 1
-            return None
-        data = _decompressed(path) if path.suffix.lower() in COMPRESSED else path.read_bytes()
-    except OSError:
-        stats.skipped["unreadable"] += 1
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        stats.skip(_os_reason(exc, "unreadable"), origin)
         return None
-    return _decode(data, stats)
-
-
-def _decode(data: bytes | None, stats: ReadStats) -> str | None:
-    """A file's bytes as text, or None (counted) for a corrupt archive, binary data or
-    bytes that are not UTF-8."""
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                stats.skip("not a regular file", origin)
+                return None
+            if info.st_size > MAX_FILE_BYTES:
+                stats.skip("too large", origin)
+                return None
+            if path.suffix.lower() in COMPRESSED:
+                data = _decompressed(handle, path.suffix)
+            else:
+                data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError:
+        stats.skip("unreadable", origin)
+        return None
     if data is None:
-        stats.skipped["compressed: corrupt or over the size limit"] += 1
+        stats.skip("compressed: corrupt or over the size limit", origin)
+        return None
+    return _decoded(data, stats, origin)
+
+
+def _decoded(data: bytes, stats: ReadStats, origin: str) -> str | None:
+    if len(data) > MAX_FILE_BYTES:
+        stats.skip("too large", origin)
         return None
     if b"\0" in data[:8192]:
-        stats.skipped["binary"] += 1
+        stats.skip("binary", origin)
         return None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        stats.skipped["not UTF-8"] += 1
+        stats.skip("not UTF-8", origin)
         return None
 
 
-def _decompressed(path: Path) -> bytes | None:
-    """The content of a .gz/.xz/.zst file, or None if it is corrupt or decompresses to
-    more than MAX_FILE_BYTES (read in bounded steps: a zip bomb never fills memory)."""
-    with path.open("rb") as raw:
-        return _decompress(raw, path.suffix.lower())
-
-
-def _decompress(raw: IO[bytes], suffix: str) -> bytes | None:
-    """`_decompressed` for an open compressed stream whose name ends with `suffix`."""
+def _decompressed(raw: IO[bytes], suffix: str) -> bytes | None:
+    """The content of an open .gz/.xz/.zst file, or None if it is corrupt or decompresses
+    to more than MAX_FILE_BYTES (read in bounded steps: a zip bomb never fills memory)."""
     import gzip
     import lzma
 
     import zstandard
 
+    suffix = suffix.lower()
     try:
         if suffix == ".zst":
             with zstandard.ZstdDecompressor().stream_reader(raw) as f:
                 data = _read_upto(f, MAX_FILE_BYTES + 1)
+        elif suffix == ".gz":
+            with gzip.GzipFile(fileobj=raw) as f:
+                data = _read_upto(f, MAX_FILE_BYTES + 1)
         else:
-            opener = gzip.open if suffix == ".gz" else lzma.open
-            with opener(raw, "rb") as f:
+            with lzma.LZMAFile(raw) as f:
                 data = _read_upto(f, MAX_FILE_BYTES + 1)
     except (OSError, EOFError, lzma.LZMAError, ValueError, zstandard.ZstdError):
         return None
@@ -401,24 +505,94 @@ def _read_upto(stream: Any, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def record_sample(
+    spec: CorpusSpec, record: dict[str, Any], where: str, stats: ReadStats
+) -> Sample | None:
+    """One record as a sample (`where` is `<file>:<line or row>`); None when it is a bad
+    record that `spec.on_bad_record` skips (counted). Ids are not checked for repeats
+    here (`_samples_of` does that for a whole corpus)."""
+    return _record_sample(spec, record, where, stats)
+
+
 def _record_sample(
     spec: CorpusSpec, record: dict[str, Any], where: str, stats: ReadStats
 ) -> Sample | None:
-    text = record.get(spec.text_field)
-    if not isinstance(text, str):
-        problem = "missing" if text is None else "not a string"
+    problem = _record_problem(spec, record)
+    if problem is not None:
+        field_name, what = problem
         if spec.on_bad_record == "fail":
-            raise InputError(
-                f"{where}: text field {spec.text_field!r} is {problem}; set --text-field, "
-                f"or {SKIP_HINT}"
-            )
-        stats.skipped[f"text field {problem}"] += 1
+            raise InputError(f"{where}: {_field(field_name, spec)} is {what}{_fix(what)}")
+        stats.skip(f"{_field(field_name, spec).split(' ', 1)[0]} field {what}", where)
         return None
+    text = record[spec.text_field]
     raw_id = record.get(spec.id_field)
     sample_id = str(raw_id) if raw_id is not None and raw_id != "" else where
     path = record.get("path")
     origin = path if isinstance(path, str) and path else where
     return Sample(id=sample_id, origin=origin, text=text, language=language_for(origin))
+
+
+def _fix(what: str) -> str:
+    if what == _NOT_UNICODE:
+        return f" (a lone surrogate such as \\ud800); fix the record, or {SKIP_HINT}"
+    return f"; set --text-field, or {SKIP_HINT}"
+
+
+_NOT_UNICODE = "not valid Unicode"
+
+
+def _field(name: str, spec: CorpusSpec) -> str:
+    kind = "text" if name == spec.text_field else "id" if name == spec.id_field else "path"
+    return f"{kind} field {name!r}"
+
+
+def _record_problem(spec: CorpusSpec, record: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, what is wrong with it) for a record that cannot be a sample, else None."""
+    text = record.get(spec.text_field)
+    if not isinstance(text, str):
+        return spec.text_field, "missing" if text is None else "not a string"
+    for name in (spec.text_field, spec.id_field, "path"):
+        value = record.get(name)
+        if isinstance(value, str) and not _valid_unicode(value):
+            return name, _NOT_UNICODE
+    return None
+
+
+def _valid_unicode(text: str) -> bool:
+    """False for a string with a lone surrogate (JSON can escape one; UTF-8 cannot hold it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+Record = tuple[dict[str, Any], str]  # a record and where it is (<file name>:<line or row>)
+
+
+def _samples_of(spec: CorpusSpec, records: Iterable[Record], stats: ReadStats) -> Iterator[Sample]:
+    """Records as samples; a sample id given twice by the id field is an InputError.
+
+    The check keeps one hash per record (about 60 bytes each)."""
+    seen: set[int] = set()
+    for record, where in records:
+        sample = _record_sample(spec, record, where, stats)
+        if sample is None:
+            continue
+        if sample.id != where:
+            key = hash(sample.id)
+            if key in seen:
+                raise InputError(
+                    f"{where}: sample id {sample.id!r} (field "
+                    f"{spec.id_field!r}) was already used by an earlier record; ids must be "
+                    "unique (set --id-field to a unique field, or remove the duplicate)"
+                )
+            seen.add(key)
+        yield sample
+
+
+def _iter_jsonl(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
+    return _samples_of(spec, _jsonl_records(spec, stats), stats)
 
 
 def record_files(spec: CorpusSpec, fmt: str, stats: ReadStats) -> list[tuple[Path, str]]:
@@ -428,101 +602,124 @@ def record_files(spec: CorpusSpec, fmt: str, stats: ReadStats) -> list[tuple[Pat
     if not spec.path.is_dir():
         return [(spec.path, spec.path.name)]
     files: list[tuple[Path, str]] = []
-    for rel in folder_files(spec.path):
+    for rel in folder_files(spec.path, stats):
         if not is_record_file(rel, fmt):
             continue
         if in_hidden_folder(rel):
-            stats.skipped["hidden folder"] += 1
+            stats.skip("hidden folder")
         else:
             files.append((spec.path / rel, rel))
     return files
 
 
-def _iter_jsonl(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
+def _jsonl_records(spec: CorpusSpec, stats: ReadStats) -> Iterator[Record]:
     for path, name in record_files(spec, "jsonl", stats):
-        for _, sample in jsonl_samples(spec, iter_lines(path, what="record"), name, path, stats):
-            yield sample
+        lines = iter_lines(path, what="record")
+        for _, record, where in jsonl_file_records(spec, lines, name, path, stats):
+            yield record, where
 
 
-def jsonl_samples(
+IndexedRecord = tuple[int, dict[str, Any], str]  # line or row, record, <file>:<line or row>
+
+
+def jsonl_file_records(
     spec: CorpusSpec,
     lines: Iterable[tuple[int, bytes | None]],
     name: str,
-    where: Path | str,
+    label: Path | str,
     stats: ReadStats,
-) -> Iterator[tuple[int, Sample]]:
-    """The samples of one JSONL file's lines (from `iter_lines` or `stream_lines`), with
-    their line numbers; `name` goes into ids, `where` into error messages."""
+) -> Iterator[IndexedRecord]:
+    """The records of one JSONL file's lines (from `iter_lines` or `stream_lines`);
+    `name` goes into ids, `label` into error messages."""
     for lineno, raw in lines:
+        where = f"{name}:{lineno}"
         try:
-            record = parse_jsonl_line(where, lineno, raw, what="record")
+            record = parse_jsonl_line(label, lineno, raw, what="record")
         except InputError as exc:
             if spec.on_bad_record == "fail":
                 raise InputError(f"{exc.message}; fix it, or {SKIP_HINT}") from None
-            stats.skipped["bad JSON line" if raw is not None else "line too long"] += 1
+            stats.skip("bad JSON line" if raw is not None else "line too long", where)
             continue
-        sample = _record_sample(spec, record, f"{name}:{lineno}", stats)
-        if sample is not None:
-            yield lineno, sample
+        yield lineno, record, where
 
 
-def jsonl_stream_samples(
-    spec: CorpusSpec, handle: IO[bytes], name: str, where: str, stats: ReadStats
-) -> Iterator[tuple[int, Sample]]:
-    """`jsonl_samples` of an open, decompressed binary stream (a remote file)."""
-    return jsonl_samples(spec, stream_lines(handle, where), name, where, stats)
+def jsonl_stream_records(
+    spec: CorpusSpec, handle: IO[bytes], name: str, label: str, stats: ReadStats
+) -> Iterator[IndexedRecord]:
+    """`jsonl_file_records` of an open, decompressed binary stream (a remote file)."""
+    return jsonl_file_records(spec, stream_lines(handle, label), name, label, stats)
 
 
 def _iter_parquet(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
+    return _samples_of(spec, _parquet_records(spec, stats), stats)
+
+
+def _parquet_records(spec: CorpusSpec, stats: ReadStats) -> Iterator[Record]:
     for path, name in record_files(spec, "parquet", stats):
-        for _, sample in parquet_samples(spec, path, name, path, stats):
-            yield sample
+        for _, record, where in parquet_file_records(spec, path, name, path):
+            yield record, where
 
 
-def parquet_samples(
-    spec: CorpusSpec, source: Path | IO[bytes], name: str, where: Path | str, stats: ReadStats
-) -> Iterator[tuple[int, Sample]]:
-    """The samples of one Parquet file (a path or an open binary stream), with their
-    row numbers; `name` goes into ids, `where` into error messages."""
+def parquet_file_records(
+    spec: CorpusSpec, source: Path | IO[bytes], name: str, label: Path | str
+) -> Iterator[IndexedRecord]:
+    """The records of one Parquet file (a path or an open binary stream) with their row
+    numbers; `name` goes into ids, `label` into error messages."""
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(source)
     except Exception as exc:  # pyarrow raises several types for a bad file
-        raise InputError(f"{where}: not a readable Parquet file ({type(exc).__name__})") from None
-    names = parquet.schema_arrow.names
+        raise InputError(f"{label}: not a readable Parquet file ({type(exc).__name__})") from None
+    schema = parquet.schema_arrow
+    kind = lambda: str(schema.field(spec.text_field).type)  # noqa: E731
+    _check_text_column(spec, schema.names, kind, label)
+    columns = [c for c in (spec.text_field, spec.id_field, "path") if c in schema.names]
+    row = 0
+    for batch in parquet.iter_batches(batch_size=1024, columns=columns):
+        for record in batch.to_pylist():
+            yield row, record, f"{name}:{row}"
+            row += 1
+
+
+_TEXT_TYPES = ("string", "large_string", "string_view")
+
+
+def _check_text_column(
+    spec: CorpusSpec, names: Sequence[str], kind: Callable[[], str], label: Path | str = ""
+) -> None:
+    """The text column exists and holds text (Arrow/HF type names); `label` names the
+    file in errors (default: the corpus)."""
+    where = label or spec.path
     if spec.text_field not in names:
         raise InputError(
             f"{where}: no column {spec.text_field!r} (columns: {', '.join(names)}; "
             "set --text-field)"
         )
-    columns = [c for c in (spec.text_field, spec.id_field, "path") if c in names]
-    row = 0
-    for batch in parquet.iter_batches(batch_size=1024, columns=columns):
-        for record in batch.to_pylist():
-            sample = _record_sample(spec, record, f"{name}:{row}", stats)
-            if sample is not None:
-                yield row, sample
-            row += 1
-
-
-def record_sample(
-    spec: CorpusSpec, record: dict[str, Any], where: str, stats: ReadStats
-) -> Sample | None:
-    """One record as a sample (`where` is `<file>:<line or row>`); None when it is a bad
-    record that `spec.on_bad_record` skips (counted)."""
-    return _record_sample(spec, record, where, stats)
+    found = kind()
+    text = found in _TEXT_TYPES or found.startswith(
+        tuple(f"dictionary<values={t}," for t in _TEXT_TYPES)
+    )
+    if not text:
+        raise InputError(
+            f"{where}: column {spec.text_field!r} holds {found}, not text "
+            "(set --text-field to the column that holds the code)"
+        )
 
 
 def _iter_hf(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
+    return _samples_of(spec, _hf_records(spec), stats)
+
+
+def _hf_records(spec: CorpusSpec) -> Iterator[Record]:
     dataset = saved_dataset(str(spec.path), spec)
     for row, record in enumerate(dataset):
-        yield from _some(_record_sample(spec, dict(record), f"{spec.path.name}:{row}", stats))
+        yield dict(record), f"{spec.path.name}:{row}"
 
 
 def saved_dataset(path: str, spec: CorpusSpec) -> Any:
     """The dataset saved with `save_to_disk` at `path` (a folder or an fsspec URL),
-    checked to be one split with the text column."""
+    checked to be one split whose text column holds text."""
     try:
         import datasets
     except ImportError:
@@ -536,14 +733,11 @@ def saved_dataset(path: str, spec: CorpusSpec) -> Any:
         raise InputError(f"{path}: not a saved HF dataset ({type(exc).__name__})") from None
     if isinstance(dataset, datasets.DatasetDict):
         raise InputError(f"{path}: a DatasetDict; give one split's folder instead")
-    if spec.text_field not in dataset.column_names:
-        raise InputError(
-            f"{path}: no column {spec.text_field!r} "
-            f"(columns: {', '.join(dataset.column_names)}; set --text-field)"
-        )
+    kind = lambda: _hf_type(dataset, spec.text_field)  # noqa: E731
+    _check_text_column(spec, dataset.column_names, kind, path)
     return dataset
 
 
-def _some(sample: Sample | None) -> Iterator[Sample]:
-    if sample is not None:
-        yield sample
+def _hf_type(dataset: Any, column: str) -> str:
+    feature = dataset.features[column]
+    return str(getattr(feature, "dtype", type(feature).__name__))

@@ -39,6 +39,7 @@ from datatrove.pipeline.readers.base import BaseDiskReader, BaseReader
 from audit.corpus import (
     CorpusSpec,
     Format,
+    IndexedRecord,
     OnBad,
     ReadStats,
     Sample,
@@ -48,21 +49,31 @@ from audit.corpus import (
     folder_sample,
     in_hidden_folder,
     is_record_file,
-    jsonl_samples,
-    jsonl_stream_samples,
+    jsonl_file_records,
+    jsonl_stream_records,
     language_for,
-    parquet_samples,
+    parquet_file_records,
     record_sample,
     saved_dataset,
     stream_sample,
 )
 from audit.detectors import build_detectors
 from audit.errors import CodeEraserError, InputError
-from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from audit.findings import (
+    Baseline,
+    Finding,
+    read_baseline,
+    subtract_baseline,
+    write_findings,
+)
 from audit.io import iter_lines
-from audit.scan import ScanSummary, scan_samples
+from audit.scan import MAX_LISTED as MAX_ALLOWLISTED
+from audit.scan import ScanSummary, redact_identifier, scan_samples
 from audit.shards import (
     Key,
+    TaskOutput,
+    check_unique_ids,
+    id_digest,
     merge_summary,
     merged_findings,
     read_summaries,
@@ -136,10 +147,11 @@ def _detect(data: str, folder: DataFolder, is_dir: bool) -> Format:
     raise InputError(f"{data}: unknown data format (use --format jsonl or parquet)")
 
 
-def document(sample: Sample, key: Key) -> Document:
-    """A datatrove document for a sample, with its origin, language and reading-order key."""
+def document(sample: Sample, key: Key, positional: bool) -> Document:
+    """A datatrove document for a sample, with its origin, language, reading-order key,
+    and whether its id is its place (`<file>:<line>`) rather than a record's id field."""
     meta = {"origin": sample.origin, "language": sample.language, "key": key}
-    return Document(text=sample.text, id=sample.id, metadata={META: meta})
+    return Document(text=sample.text, id=sample.id, metadata={META: meta | {"pos": positional}})
 
 
 class CorpusReader(BaseDiskReader):  # type: ignore[misc]  # datatrove has no type hints
@@ -147,7 +159,8 @@ class CorpusReader(BaseDiskReader):  # type: ignore[misc]  # datatrove has no ty
 
     The files (the whole folder's, in the CLI's order) are shared out between tasks:
     task r reads files r, r + N, r + 2N, ... of N tasks. A single file is read by
-    task 0. What the read skipped is in `read_stats` (for `ScanSecrets`' summary).
+    task 0. What the read skipped is in `read_stats`, each listed skip's key in
+    `skip_keys` (for `ScanSecrets`' summary); the walk's own skips count in task 0.
     """
 
     name = "📂 codeeraser corpus"
@@ -160,70 +173,78 @@ class CorpusReader(BaseDiskReader):  # type: ignore[misc]  # datatrove has no ty
         self.label = label  # the path or URL as the user gave it (for messages)
         self.single = single  # the file to read, when DATA is one file
         self.read_stats = ReadStats()
+        self.skip_keys: list[Key] = []
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Any:
         if data:
             yield from data
-        self.read_stats = ReadStats()
-        for rel in self.files(rank == 0)[rank::world_size]:
+        self.read_stats, self.skip_keys = ReadStats(), []
+        files = self.files(self.read_stats if rank == 0 else ReadStats())
+        self._key_skips([])
+        for rel in files[rank::world_size]:
             self.stat_update("input_files")
             for doc in self.read_file(rel):
                 self.update_doc_stats(doc)
                 yield doc
+            self._key_skips(rel.split("/"))
 
-    def files(self, count_skips: bool = False) -> list[str]:
-        """Every file to read, in the CLI's order. Files in hidden folders of a folder
-        of records are left out here (and counted once, by task 0)."""
+    def _key_skips(self, parts: list[str]) -> None:
+        """Key the skips listed since the last call: by file, then in reading order."""
+        new = len(self.read_stats.skipped_files) - len(self.skip_keys)
+        self.skip_keys += [[parts, i] for i in range(new)]
+
+    def files(self, stats: ReadStats) -> list[str]:
+        """Every file to read, in the CLI's order (what the walk skips goes to `stats`).
+        Files in hidden folders of a folder of records are left out (and counted)."""
         if self.single is not None:
             return [self.single]
         if self.data_folder.is_local():
-            listed = folder_files(Path(self.data_folder.path))
+            listed = folder_files(Path(self.data_folder.path), stats)
         else:
             listed = sorted(self.data_folder.list_files(recursive=True), key=_parts)
         if self.options.fmt == "dir":
             return listed  # hidden folders are counted per file, as the CLI does
         chosen = [rel for rel in listed if is_record_file(rel, self.options.fmt)]
-        hidden = [rel for rel in chosen if in_hidden_folder(rel)]
-        if count_skips and hidden:
-            self.read_stats.skipped["hidden folder"] += len(hidden)
+        for _ in filter(in_hidden_folder, chosen):
+            stats.skip("hidden folder")
         return [rel for rel in chosen if not in_hidden_folder(rel)]
 
     def read_file(self, filepath: str) -> Iterator[Document]:
         """The documents of one file (path relative to the data folder)."""
-        for index, sample in self._samples(filepath):
-            yield document(sample, sample_key(filepath, index))
+        if self.options.fmt == "dir":
+            sample = self._folder_sample(filepath)
+            if sample is not None:
+                yield document(sample, sample_key(filepath, 0), positional=False)
+            return
+        for index, record, where in self._records(filepath):
+            found = record_sample(self.options.spec(where), record, where, self.read_stats)
+            if found is not None:
+                yield document(found, sample_key(filepath, index), positional=found.id == where)
 
-    def _samples(self, rel: str) -> Iterator[tuple[int, Sample]]:
-        fmt, stats = self.options.fmt, self.read_stats
-        local = Path(self.data_folder.path) / rel if self.data_folder.is_local() else None
-        where = str(local) if local is not None else self.data_folder.resolve_paths(rel)
-        spec = self.options.spec(where)
-        if fmt == "dir":
-            sample = self._folder_sample(rel, local)
-            return iter([(0, sample)] if sample is not None else [])
-        if fmt == "jsonl" and local is not None:
-            return jsonl_samples(spec, iter_lines(local, what="record"), rel, local, stats)
-        if fmt == "jsonl":
-            return self._remote_jsonl(spec, rel, where)
-        if local is not None:
-            return parquet_samples(spec, local, rel, local, stats)
-        return self._remote_parquet(spec, rel, where)
-
-    def _folder_sample(self, rel: str, local: Path | None) -> Sample | None:
-        if local is not None:
+    def _folder_sample(self, rel: str) -> Sample | None:
+        if self.data_folder.is_local():
             return folder_sample(Path(self.data_folder.path), rel, self.read_stats)
         size = int(self.data_folder.size(rel))
         return stream_sample(rel, size, lambda: self.data_folder.open(rel, "rb"), self.read_stats)
 
-    def _remote_jsonl(self, spec: CorpusSpec, rel: str, where: str) -> Iterator[tuple[int, Sample]]:
-        with self.data_folder.open(rel, "rb", compression="infer") as handle:
-            yield from jsonl_stream_samples(spec, handle, rel, where, self.read_stats)
-
-    def _remote_parquet(
-        self, spec: CorpusSpec, rel: str, where: str
-    ) -> Iterator[tuple[int, Sample]]:
-        with self.data_folder.open(rel, "rb") as handle:
-            yield from parquet_samples(spec, handle, rel, where, self.read_stats)
+    def _records(self, rel: str) -> Iterator[IndexedRecord]:
+        """The records of one JSONL or Parquet file, read as the CLI reads them."""
+        spec, stats = self.options.spec(rel), self.read_stats
+        if self.data_folder.is_local():
+            local = Path(self.data_folder.path) / rel
+            if self.options.fmt == "jsonl":
+                lines = iter_lines(local, what="record")
+                yield from jsonl_file_records(spec, lines, rel, local, stats)
+            else:
+                yield from parquet_file_records(spec, local, rel, local)
+            return
+        where = self.data_folder.resolve_paths(rel)
+        if self.options.fmt == "jsonl":
+            with self.data_folder.open(rel, "rb", compression="infer") as handle:
+                yield from jsonl_stream_records(spec, handle, rel, where, stats)
+        else:
+            with self.data_folder.open(rel, "rb") as handle:
+                yield from parquet_file_records(spec, handle, rel, where)
 
 
 def _parts(rel: str) -> list[str]:
@@ -244,19 +265,22 @@ class SavedDatasetReader(BaseReader):  # type: ignore[misc]
         self.options = options
         self.storage_options = storage_options
         self.read_stats = ReadStats()
+        self.skip_keys: list[Key] = []
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Any:
         if data:
             yield from data
-        self.read_stats = ReadStats()
+        self.read_stats, self.skip_keys = ReadStats(), []
         spec = self.options.spec(self.data)
         dataset = saved_dataset(self.data, spec)
         name = PurePosixPath(self.data.rstrip("/")).name
         for i, record in enumerate(dataset.shard(world_size, rank, contiguous=False)):
-            row = rank + i * world_size
-            sample = record_sample(spec, dict(record), f"{name}:{row}", self.read_stats)
+            row, where = rank + i * world_size, f"{name}:{rank + i * world_size}"
+            sample = record_sample(spec, dict(record), where, self.read_stats)
+            if len(self.read_stats.skipped_files) > len(self.skip_keys):
+                self.skip_keys.append(sample_key(name, row))
             if sample is not None:
-                doc = document(sample, sample_key(name, row))
+                doc = document(sample, sample_key(name, row), positional=sample.id == where)
                 self.update_doc_stats(doc)
                 yield doc
 
@@ -311,56 +335,73 @@ class ScanSecrets(PipelineStep):  # type: ignore[misc]
             raise CodeEraserError(f"scan task {rank}: {_bug(exc)}") from None
 
     def _scan(self, data: DocumentsPipeline, rank: int, world_size: int) -> Iterator[Document]:
-        summary = ScanSummary()
-        keyed: list[tuple[Key, Finding]] = []
+        output = TaskOutput()
         batch: list[tuple[Key, Sample]] = []
         for seq, doc in enumerate(data or ()):
-            key, sample = document_sample(doc, rank, seq)
+            key, sample, positional = document_sample(doc, rank, seq)
+            if not positional:
+                _check_unique(sample, output.ids)
             if self.excludes and excluded(sample.origin, self.excludes):
-                summary.skipped["excluded"] += 1
+                output.summary.skipped["excluded"] += 1
             else:
                 batch.append((key, sample))
                 if len(batch) >= BATCH_SAMPLES or _chars(batch) >= BATCH_CHARS:
-                    keyed.extend(self._scan_batch(batch, summary))
+                    self._scan_batch(batch, output)
                     batch = []
             yield doc
-        keyed.extend(self._scan_batch(batch, summary))
-        read_stats = getattr(self.reader, "read_stats", None)
-        if isinstance(read_stats, ReadStats):
-            summary.skipped.update(read_stats.skipped)
+        self._scan_batch(batch, output)
+        self._add_reader_skips(output)
         write_shard(
-            self.shards,
-            rank=rank,
-            world_size=world_size,
-            settings=self.settings,
-            keyed=keyed,
-            summary=summary,
+            self.shards, rank=rank, world_size=world_size, settings=self.settings, output=output
         )
 
-    def _scan_batch(
-        self, batch: list[tuple[Key, Sample]], summary: ScanSummary
-    ) -> list[tuple[Key, Finding]]:
+    def _scan_batch(self, batch: list[tuple[Key, Sample]], output: TaskOutput) -> None:
         results = scan_samples([sample for _, sample in batch], self.detectors)
-        keyed: list[tuple[Key, Finding]] = []
         for (key, sample), result in zip(batch, results, strict=True):
-            summary.add(result)
-            summary.samples += 1
-            summary.chars += len(sample.text)
-            keyed.extend(([*key, i], f) for i, f in enumerate(result.findings))
-        self.stat_update("findings", value=len(keyed))
-        return keyed
+            output.summary.add(result)
+            output.summary.samples += 1
+            output.summary.chars += len(sample.text)
+            output.findings.extend(([*key, i], f) for i, f in enumerate(result.findings))
+            output.allowlisted.extend(([*key, i], f) for i, f in enumerate(result.allowlisted))
+            self.stat_update("findings", value=len(result.findings))
+        del output.allowlisted[MAX_ALLOWLISTED:]
+
+    def _add_reader_skips(self, output: TaskOutput) -> None:
+        """What this pipeline's `corpus_reader` skipped in this task, as the CLI counts it
+        (skipped files' names redacted, as `scan_corpus` redacts them)."""
+        stats = getattr(self.reader, "read_stats", None)
+        keys = getattr(self.reader, "skip_keys", None)
+        if not isinstance(stats, ReadStats) or not isinstance(keys, list):
+            return
+        output.summary.skipped.update(stats.skipped)
+        for key, (origin, reason) in zip(keys, stats.skipped_files, strict=True):
+            output.skipped_files.append((key, redact_identifier(origin), reason))
 
 
-def document_sample(doc: Document, rank: int, seq: int) -> tuple[Key, Sample]:
-    """The sample a document is, and its reading-order key (see the module docstring)."""
+def document_sample(doc: Document, rank: int, seq: int) -> tuple[Key, Sample, bool]:
+    """The sample a document is, its reading-order key (see the module docstring), and
+    whether its id is its place in the corpus (not a record's id, so never repeated)."""
     meta = doc.metadata.get(META)
     if isinstance(meta, dict) and "key" in meta:
         sample = Sample(doc.id, meta["origin"], doc.text, meta["language"])
-        return list(meta["key"]), sample
+        return list(meta["key"]), sample, bool(meta.get("pos"))
     path = doc.metadata.get("path")
     origin = path if isinstance(path, str) and path else str(doc.id)
     sample = Sample(str(doc.id), origin, doc.text, language_for(origin))
-    return sample_key(f"{rank:05d}", seq), sample
+    return sample_key(f"{rank:05d}", seq), sample, False
+
+
+def _check_unique(sample: Sample, seen: set[int]) -> None:
+    """A record's id is not one an earlier record of this task had (the merge checks
+    across tasks), as `codeeraser scan` refuses a repeated id."""
+    digest = id_digest(sample.id)
+    if digest in seen:
+        raise InputError(
+            f"{sample.origin}: sample id {redact_identifier(sample.id)!r} was already used "
+            "by an earlier record; ids must be unique (set --id-field to a unique field, "
+            "or remove the duplicate)"
+        )
+    seen.add(digest)
 
 
 def _chars(batch: list[tuple[Key, Sample]]) -> int:
@@ -410,7 +451,7 @@ def merge_shards(
     number written. `settings`, when given, must be the digest every shard was made with."""
     folder = get_datafolder(shards)
     findings = open_merge(folder, data, summary or ScanSummary(), settings)
-    accepted = read_findings(baseline) if baseline else []
+    accepted = read_baseline(baseline) if baseline else Baseline()
     return write_findings(out, subtract_baseline(findings, accepted))
 
 
@@ -424,6 +465,7 @@ def open_merge(
         raise InputError(
             f"{where}: the shards there were made with other settings; use an empty folder"
         )
+    check_unique_ids(folder, tasks, where)
     merge_summary(tasks, summary, data)
     return merged_findings(folder, tasks, where)
 

@@ -23,18 +23,21 @@ import base64
 import binascii
 import ipaddress
 import json
+import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property, lru_cache
 from typing import ClassVar
 from urllib.parse import unquote
 
 from audit.errors import InputError
-from audit.filters import words
+from audit.filters import is_benign_name, is_placeholder, is_template, words
 from audit.providers import RULES, UUID, Rule
+from audit.suggest import close_matches
 
+log = logging.getLogger(__name__)
 Span = tuple[int, int]
 Inner = Callable[[str], str | None]  # decoded text -> the secret type found in it, or None
 
@@ -137,12 +140,13 @@ class JwtDetector(Detector):
     keywords = ("eyj",)
     mode = "anchored"
     _REGEX = re.compile(
-        r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"
+        r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}(?:\.[A-Za-z0-9_\-]*)?"
+        r"(?![A-Za-z0-9_\-])"
     )
 
     def match_at(self, text: str, pos: int) -> Span | None:
         match = self._REGEX.match(text, pos)
-        if match is None or not _json_header(match.group(0).split(".", 1)[0]):
+        if match is None or not all(_json_header(p) for p in match.group(0).split(".")[:2]):
             return None
         return match.span()
 
@@ -252,22 +256,42 @@ class ConnectionStringDetector(Detector):
 
 
 class CurlCredentialDetector(Detector):
-    """`curl -u user:password` (the whole credential) and `curl -H 'Authorization: …'`."""
+    """`curl -u user:password` (the whole credential), in a one-line command or one
+    continued over lines with `\\`. A password that is a placeholder, a variable or the
+    user name again is not a credential; `-u KEY:` (an API key as the user) is."""
 
     name = "CurlCredentialDetector"
     secret_type = "Basic Auth Credentials"
     keywords = ("curl",)
+    mode = "text"
     priority = PRIORITY_ASSIGNED
+    # `curl` first, so the regex engine jumps between occurrences of the literal
+    _COMMAND = re.compile(r"curl\b(?<![\w\-]curl)[^\n\\]*(?:\\(?:\r?\n|.)[^\n\\]*)*")
     _USER = re.compile(
-        r"\bcurl\b.*?\s(?:-u|--user)(?:=|[ \t]+)(?:(?P<q>[\"'])(?P<qv>[^\"'\s:]+:[^\"'\s]+)(?P=q)"
-        r"|(?P<bv>[\w$@.\-]+:[^\s\"'`]+))"
+        r"(?<!\S)(?:-u|--user)(?:=|[ \t]+)(?:(?P<q>[\"'])(?P<qv>[^\"'\s:]*:[^\"'\s]*)(?P=q)"
+        r"|(?P<bv>[\w$@.\-]*:[^\s\"'`]+))"
     )
 
     def spans(self, text: str, language: str | None) -> Iterator[Span]:
-        for match in self._USER.finditer(text):
-            group = "qv" if match.group("qv") else "bv"
-            if not match.group(group).endswith(":"):
-                yield match.span(group)
+        for command in self._COMMAND.finditer(text):
+            for match in self._USER.finditer(text, *command.span()):
+                group = "qv" if match.group("qv") is not None else "bv"
+                if _credential_ok(match.group(group)):
+                    yield match.span(group)
+
+
+def _credential_ok(credential: str) -> bool:
+    user, _, password = credential.partition(":")
+    if password and password == user:
+        return False
+    secret = password or user  # `-u KEY:` sends an API key as the user name
+    return (
+        len(secret) >= 6
+        and not is_placeholder(secret)
+        and not is_template(secret)
+        and not secret.startswith(("$", "[", "<", "{", "%"))
+        and (looks_random(secret) or not secret.isalpha())
+    )
 
 
 class AuthorizationHeaderDetector(Detector):
@@ -275,8 +299,12 @@ class AuthorizationHeaderDetector(Detector):
 
     name = "AuthorizationHeaderDetector"
     secret_type = "HTTP Authorization Credentials"
-    keywords = ("authorization", "api-key", "auth-token", "access-token", "private-token")
+    keywords = (
+        "authorization", "api-key", "auth-token", "access-token", "private-token", "-h ",
+        "--header",
+    )  # fmt: skip
     priority = PRIORITY_ASSIGNED
+    _HEADER_NAME = re.compile(r"auth|token|api-?key|secret|pass|crumb", re.IGNORECASE)
     _REGEXES = (
         re.compile(
             r"(?i:authorization)[\"']?\s*[:=,]\s*[\"']?(?i:bearer|basic|token|apikey|api-key|"
@@ -286,11 +314,23 @@ class AuthorizationHeaderDetector(Detector):
             r"(?i:x-api-key|api-key|x-auth-token|x-access-token|private-token)[\"']?\s*[:=,]\s*"
             r"[\"']?(?P<s>[A-Za-z0-9+/_.~=\-]{8,})"
         ),
+        re.compile(
+            r"(?i:authorization)[\"']?[ \t]*:[ \t]*(?P<s>[A-Za-z0-9+/_.~=\-]{16,})(?![^\s\"',;])"
+        ),
+    )
+    # `curl -H "Api-Token: …"`: any header whose name says it carries a credential
+    _CURL_HEADER = re.compile(
+        r"(?:(?<![\w\-])-H|--header)(?:=|[ \t]+)[\"']?(?P<name>[A-Za-z][\w\-]{0,40})[ \t]*:[ \t]*"
+        r"(?:(?i:bearer|basic|token|api-token|apikey|sso-key)[ \t]+)?(?P<s>[A-Za-z0-9+/_.~=\-]{8,})"
+        r"(?![^\s\"'])"
     )
 
     def spans(self, text: str, language: str | None) -> Iterator[Span]:
         for regex in self._REGEXES:
             for match in regex.finditer(text):
+                yield match.span("s")
+        for match in self._CURL_HEADER.finditer(text):
+            if self._HEADER_NAME.search(match.group("name")) and looks_random(match.group("s")):
                 yield match.span("s")
 
 
@@ -302,11 +342,12 @@ class KubernetesSecretDetector(Detector):
     keywords = ("kind:",)
     mode = "text"
     priority = PRIORITY_ASSIGNED
-    _KIND = re.compile(r"^kind:[ \t]*[\"']?Secret[\"']?[ \t]*$", re.MULTILINE)
+    _KIND = re.compile(r"^[ \t]*kind:[ \t]*[\"']?[Ss]ecret[\"']?[ \t]*$", re.MULTILINE)
     _MAP = re.compile(r"^(?P<indent>[ \t]*)(?:data|stringData):[ \t]*\n", re.MULTILINE)
     _ENTRY = re.compile(
         r"(?P<indent>[ \t]+)[\w.\-]+:[ \t]*[\"']?(?P<v>[^\s\"'#]+)[\"']?[ \t]*(?:\n|$)"
     )
+    _BLOCK = re.compile(r"[ \t]+(?P<v>[^\s\"'#]+)[ \t]*(?:\n|$)")  # under `key: |`
 
     def spans(self, text: str, language: str | None) -> Iterator[Span]:
         for document in _yaml_documents(text):
@@ -322,8 +363,15 @@ class KubernetesSecretDetector(Detector):
                 ):
                     break
                 indent = entry.group("indent")
-                yield entry.span("v")
                 pos = entry.end()
+                if entry.group("v") in _BLOCK_SCALAR:
+                    entry = self._BLOCK.match(text, pos, end) or entry
+                    pos = entry.end()
+                if len(entry.group("v")) >= 12:  # base64 of fewer than 8 bytes holds no secret
+                    yield entry.span("v")
+
+
+_BLOCK_SCALAR = frozenset({"|", ">", "|-", ">-", "|+", ">+"})
 
 
 def _yaml_documents(text: str) -> Iterator[Span]:
@@ -340,24 +388,33 @@ def _yaml_documents(text: str) -> Iterator[Span]:
 
 _STRONG = (
     r"pass(?:word|wd|phrase)|pwd|secret|token|api_?key|apikey|access_?key|auth_?key|"
-    r"private_?key|priv_?key|client_?key|credentials?|db_?pass|contrase(?:ñ|n)a|passwort"
+    r"private_?key|priv_?key|client_?key|credentials?|creds|db_?pass|contrase(?:ñ|n)a|passwort"
 )
 _WEAK = r"[\w.\-]{0,40}?(?:key|auth|license|licence|sas)"
 _NAME = rf"(?:[A-Za-z_$@][\w$@.\-]{{0,60}}?)?(?:{_STRONG})[\w.\-]{{0,60}}|{_WEAK}"
 _OPS = r":::=|::=|:=|\?=|\+=|\.=|=>|===?|!==?|=|:|\("
 _QUOTED = r"(?P<q>[\"'`])(?P<qv>(?:(?!(?P=q))[^\n\\]){1,256})(?P=q)"
-_BARE = r"(?P<bv>[^\s\"'`,;#(){}\[\]<>]{1,256})(?=[ \t]*(?:$|[,;}\]]|#|\r))"
+_BARE = r"(?P<bv>[^\s\"'`,;#(){}\[\]<>\\]{1,256})(?=[ \t]*(?:$|[,;}\]]|#|\r|\\[nrt]))"
 _ASSIGNMENT = re.compile(
     rf"(?<![\w$@.\-])(?P<name>{_NAME})(?:\[\d*\])?[\"'\]]{{0,2}}"
     r"(?:[ \t]*:[ \t]*[A-Za-z_][\w.\[\], |]*?[ \t]*(?==)|[ \t]+\*?[A-Za-z_][\w.\[\]]*(?=[ \t]*=))?"
     rf"[ \t]*(?P<op>{_OPS})[ \t]*(?:[rRbBuUfF]{{1,2}}(?=[\"'])|@(?=\"))?(?:{_QUOTED}|{_BARE})",
     re.IGNORECASE,
 )
+# A cheap necessary condition for `_ASSIGNMENT` (a keyword, the rest of the name, then an
+# operator), so that most lines that merely mention a key or `pass` skip the costly regex.
+_ASSIGN_HINT = re.compile(
+    r"(?i:pass|pwd|secret|token|key|cred|contrase|auth|sas|licen)[\w$@.\-]*(?:\[\d*\])?"
+    r"[\"'\]]{0,2}[ \t]*(?:[:=(!]|[.?+]=|\*?[A-Za-z_][\w.\[\]]*[ \t]*=)"
+)
 _XML_ELEMENT = re.compile(
     rf"<(?P<name>[\w:.\-]{{0,40}}?(?:{_STRONG})[\w:.\-]{{0,40}})(?:\s[^<>]*)?>"
-    r"(?P<v>[^<>\n]{1,256}?)</(?P=name)>",
+    r"(?:[ \t]*\r?\n[ \t]*)?(?P<v>[^<>\s](?:[^<>\n]{0,255}?[^<>\s])?)(?:[ \t]*\r?\n[ \t]*)?"
+    r"</(?P=name)>",
     re.IGNORECASE,
 )
+_XML_CLOSE = re.compile(r"</([\w:.\-]{1,81})>")
+_STRONG_NAME = re.compile(_STRONG, re.IGNORECASE)
 _KEY_VALUE = re.compile(
     rf"(?i:\b(?:key|name))\s*=\s*\"(?P<name>[^\"]{{0,60}}?(?i:{_STRONG})[^\"]{{0,60}})\"\s+"
     r"(?i:value)\s*=\s*\"(?P<v>[^\"]{1,256})\""
@@ -366,9 +423,22 @@ _STRING_PAIR = re.compile(
     rf"(?P<nq>[\"'])(?P<name>[\w.\-]{{0,60}}?(?i:{_STRONG})[\w.\-]{{0,60}})(?P=nq)\s*,\s*"
     r"(?P<q>[\"'])(?P<v>(?:(?!(?P=q))[^\n\\]){1,256})(?P=q)"
 )
+# `?api_key=…&`: a secret in a URL's query string
+_QUERY = re.compile(
+    rf"[?&](?P<name>[\w.\-]{{0,30}}?(?i:{_STRONG})[\w.\-]{{0,30}})=(?P<v>[^&\s\"'#<>]{{8,256}})"
+)
+# `--api-key VALUE`, `--password=VALUE`; `psexec … -p VALUE`
+_OPTION = re.compile(
+    r"(?<![\w\-])--?(?i:api[-_]?key|(?:auth[-_]|access[-_])?token|password|passwd|secret)"
+    r"(?:=|[ \t]+)(?P<q>[\"']?)(?P<v>[^\s\"'`]{8,256})(?P=q)(?=\s|$)"
+)
+_PSEXEC = re.compile(
+    r"(?i:psexec)\S*[ \t].*?[ \t]-p[ \t]+(?P<q>[\"']?)(?P<v>[^\s\"'`]{4,256})(?P=q)"
+)
 _SETTER = re.compile(r"(?:set|with|use|update|put)_?[A-Za-z]", re.IGNORECASE)
 _WEAK_NAME = re.compile(rf"^(?:{_WEAK})$", re.IGNORECASE)
 _LOOSE_BARE = frozenset({"dotenv", "ini"})
+_DOTTED = re.compile(r"[A-Za-z_][\w\-]*(?:\.[\w\-]+)+")
 
 
 class KeywordDetector(Detector):
@@ -384,20 +454,28 @@ class KeywordDetector(Detector):
 
     name = "KeywordDetector"
     secret_type = KEYWORD_TYPE
-    keywords = ("pass", "pwd", "secret", "token", "key", "credential", "contrase", "auth",
-                "sas", "licen")  # fmt: skip
+    keywords = ("pass", "pwd", "secret", "token", "key", "credential", "creds", "contrase",
+                "auth", "sas", "licen", "psexec")  # fmt: skip
     priority = PRIORITY_ASSIGNED
 
     def spans(self, text: str, language: str | None) -> Iterator[Span]:
         yield from self._assignments(text, language)
-        for regex in (_XML_ELEMENT, _KEY_VALUE, _STRING_PAIR):
+        for regex in (_KEY_VALUE, _STRING_PAIR):
             for match in regex.finditer(text):
-                if _value_ok(
-                    match.group("name"), match.group("v"), quoted=regex is not _XML_ELEMENT
-                ):
+                name = match.group("name")
+                if not is_benign_name(name) and _value_ok(name, match.group("v"), quoted=True):
+                    yield match.span("v")
+        for match in _QUERY.finditer(text):
+            if _value_ok(match.group("name"), match.group("v"), quoted=False):
+                yield match.span("v")
+        for regex in (_OPTION, _PSEXEC):
+            for match in regex.finditer(text):
+                if regex is _PSEXEC or looks_random(match.group("v")):
                     yield match.span("v")
 
     def _assignments(self, line: str, language: str | None) -> Iterator[Span]:
+        if not _ASSIGN_HINT.search(line):
+            return
         for match in _ASSIGNMENT.finditer(line):
             quoted = match.group("qv") is not None
             group = "qv" if quoted else "bv"
@@ -422,8 +500,12 @@ def _bare_ok(line: str, match: re.Match[str], language: str | None) -> bool:
 
 
 def _value_ok(name: str, value: str, quoted: bool) -> bool:
-    """Weak names (`…key`) and unquoted prose values need a value that looks random."""
-    if _WEAK_NAME.match(name.strip("\"'")) or not quoted:
+    """Weak names (`…key`) and unquoted prose values need a value that looks random; a
+    bare `key` holding a dotted identifier (`key="app.feature.flag"`) names a setting."""
+    bare = name.strip("\"'")
+    if bare.lower() == "key" and _DOTTED.fullmatch(value):
+        return False
+    if _WEAK_NAME.match(bare) or not quoted:
         return looks_random(value) or bool(re.fullmatch(UUID, value))
     return True
 
@@ -447,6 +529,74 @@ def looks_random(value: str) -> bool:
     )
     has_digit_or_symbol = classes[2] or classes[3]
     return (sum(classes) >= 2 and has_digit_or_symbol) or (len(value) >= 16 and sum(classes) >= 2)
+
+
+class NetrcDetector(Detector):
+    """`.netrc` entries: `machine HOST login USER password SECRET`, on one line or many."""
+
+    name = "NetrcDetector"
+    secret_type = KEYWORD_TYPE
+    keywords = ("machine",)
+    mode = "text"
+    priority = PRIORITY_ASSIGNED
+    _ENTRY = re.compile(
+        r"\bmachine[ \t]+\S+(?:\s+(?:login|account)[ \t]+\S+)+\s+password[ \t]+(?P<v>[^\s\"'`]+)"
+    )
+
+    def spans(self, text: str, language: str | None) -> Iterator[Span]:
+        for match in self._ENTRY.finditer(text):
+            yield match.span("v")
+
+
+class DiscordBotTokenDetector(Detector):
+    """Discord bot tokens: base64 of the bot's numeric id `.` 6 `.` 27-38 characters.
+
+    Found in runs of token characters (no keyword needed); the first part must decode to
+    a 17-20 digit id, which is what keeps other dotted strings out."""
+
+    name = "DiscordBotTokenDetector"
+    secret_type = "Discord Bot Token"
+    mode = "run"
+    min_run = 59
+    _REGEX = re.compile(
+        r"(?<![A-Za-z0-9_\-])[MNO][A-Za-z0-9_\-]{23,27}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38}"
+        r"(?![A-Za-z0-9_\-])"
+    )
+
+    def run_spans(
+        self, text: str, start: int, end: int, inner: Inner
+    ) -> Iterator[tuple[Span, str]]:
+        for match in self._REGEX.finditer(text, start, end):
+            if _is_snowflake(match.group(0).split(".", 1)[0]):
+                yield match.span(), self.secret_type
+
+
+def _is_snowflake(part: str) -> bool:
+    try:
+        decoded = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return 17 <= len(decoded) <= 20 and decoded.isdigit()
+
+
+class XmlElementDetector(Detector):
+    """XML elements named like a secret (`<password>…</password>`), the value on the
+    same line as the tags or on a line of its own."""
+
+    name = "XmlElementDetector"
+    secret_type = KEYWORD_TYPE
+    keywords = ("pass", "pwd", "secret", "token", "key", "credential", "contrase", "auth")
+    mode = "text"
+    priority = PRIORITY_ASSIGNED
+
+    def spans(self, text: str, language: str | None) -> Iterator[Span]:
+        closing = (m.group(1) for m in _XML_CLOSE.finditer(text))
+        if "</" not in text or not any(_STRONG_NAME.search(name) for name in closing):
+            return
+        for match in _XML_ELEMENT.finditer(text):
+            name = match.group("name")
+            if not is_benign_name(name) and _value_ok(name, match.group("v"), quoted=False):
+                yield match.span("v")
 
 
 class IniContinuationDetector(Detector):
@@ -534,6 +684,7 @@ _INNER_TYPES = frozenset(
      "HTTP Authorization Credentials"}
 )  # fmt: skip
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+_WORDY = re.compile(r"[A-Za-z_.~]*")
 _B64_RUN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9_\-]{16,}={0,2}")
 
 
@@ -566,6 +717,8 @@ class EncodedSecretDetector(Detector):
 def _blobs(text: str, start: int, end: int) -> Iterator[tuple[Span, str]]:
     """(span, decoded text) of the encoded blobs in a run."""
     value = text[start:end]
+    if _WORDY.fullmatch(value):
+        return  # letters, `_`, `.` and `~` only: every base64 match in it would be skipped
     if "%" in value:
         if len(_PERCENT.findall(value)) >= 3:
             yield (start, end), unquote(value)
@@ -618,6 +771,7 @@ SPECIAL_DETECTORS: tuple[type[Detector], ...] = (
     Base64HighEntropyString,
     ConnectionStringDetector,
     CurlCredentialDetector,
+    DiscordBotTokenDetector,
     EmailDetector,
     EncodedSecretDetector,
     HexHighEntropyString,
@@ -626,8 +780,39 @@ SPECIAL_DETECTORS: tuple[type[Detector], ...] = (
     JwtDetector,
     KeywordDetector,
     KubernetesSecretDetector,
+    NetrcDetector,
     PrivateKeyDetector,
+    XmlElementDetector,
 )
+
+
+# Names that policies and `--detector` used before the provider table, and detect-secrets'
+# plugin names that we replace: each stands for the detectors that now do its work.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "BasicAuthDetector": ("ConnectionStringDetector",),
+    "IPPublicDetector": ("IPAddressDetector",),
+    "JwtTokenDetector": ("JwtDetector",),
+    "KeywordAssignmentDetector": ("KeywordDetector", "XmlElementDetector"),
+    "PrivateKeyBlockDetector": ("PrivateKeyDetector",),
+    "SlackDetector": ("SlackTokenDetector", "SlackWebhookDetector"),
+    "StripeKeyDetector": ("StripeDetector",),
+}
+
+
+def resolve_aliases(names: Iterable[str]) -> list[str]:
+    """`names` with every old name replaced by its detectors (noted at -v)."""
+    resolved: list[str] = []
+    for name in names:
+        targets = ALIASES.get(name, (name,))
+        if name in ALIASES:
+            log.info("detector %s is now %s (the old name still works)", name, ", ".join(targets))
+        resolved.extend(targets)
+    return resolved
+
+
+def expand_switches(switches: Mapping[str, bool]) -> dict[str, bool]:
+    """A policy's `detectors:` switches with every old name replaced by its detectors."""
+    return {target: on for name, on in switches.items() for target in resolve_aliases([name])}
 
 
 @lru_cache(maxsize=1)
@@ -653,12 +838,13 @@ def select_detectors(switches: Mapping[str, bool]) -> tuple[str, ...] | None:
     An unknown name is an InputError that lists the valid ones.
     """
     names = detector_names()
-    unknown = sorted(set(switches) - set(names))
+    resolved = expand_switches(switches)
+    unknown = sorted(set(resolved) - set(names))
     if unknown:
-        raise InputError(f"unknown detector {', '.join(unknown)} (valid: {', '.join(names)})")
-    if all(switches.values()):
+        raise InputError(_unknown(unknown, names))
+    if all(resolved.values()):
         return None
-    return tuple(n for n in names if switches.get(n, True))
+    return tuple(n for n in names if resolved.get(n, True))
 
 
 def build_detectors(names: Sequence[str] | None = None) -> list[Detector]:
@@ -667,9 +853,16 @@ def build_detectors(names: Sequence[str] | None = None) -> list[Detector]:
     if names is None:
         return list(detectors)
     by_name = {d.name: d for d in detectors}
+    names = resolve_aliases(names)
     unknown = sorted(set(names) - by_name.keys())
     if unknown:
-        raise InputError(
-            f"unknown detector {', '.join(unknown)} (valid: {', '.join(sorted(by_name))})"
-        )
+        raise InputError(_unknown(unknown, sorted(by_name)))
     return [by_name[n] for n in sorted(set(names))]
+
+
+def _unknown(unknown: Sequence[str], names: Sequence[str]) -> str:
+    """An unknown detector name, its close matches, and where to see them all."""
+    return (
+        f"unknown detector {', '.join(unknown)}{close_matches(unknown[0], names)} "
+        f"(valid: {', '.join(names)})"
+    )

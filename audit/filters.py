@@ -118,7 +118,10 @@ _SRI = re.compile(r"^sha(?:256|384|512)-[A-Za-z0-9+/]+={0,2}$")
 # the name (`tokenizer.encode`), or as the last word of its last identifier.
 _BENIGN_WORD = re.compile(
     r"tokeni[sz]|tokens\b|secretar|(?:pad|eos|bos|unk|sep|cls|mask|special)_?tokens?\b|"
-    r"public|publishable|csrf|xsrf",
+    r"public|publishable|csrf|xsrf|authenticity_token|"
+    # database and data-structure keys: names of columns or fields, not credentials
+    r"(?:primary|foreign|schema|bucket|sort|partition|composite|natural|sequence|cache|"
+    r"lookup|map|dict|hot)[_.\-]?key",
     re.IGNORECASE,
 )
 _BENIGN_SUFFIX = re.compile(
@@ -138,6 +141,12 @@ _NOT_A_VALUE = re.compile(
     r"string|str|int|bool|bytes|object|any|\d{1,5})$",
     re.IGNORECASE,
 )
+# `#add-password`, `/forgot-password`, `arn:aws:…`, `cms_user_password`, `$OTHER_VAR'`
+_REFERENCE = re.compile(
+    r"^(?:[#./][\w\-./:#]*|arn:[\w\-]+:.*|'?\$[A-Za-z_]\w*'?"
+    r"|(?=[a-z_.\-]*(?:pass|secret|token|key))[a-z]+(?:[_.\-][a-z]+)+)$"
+)
+_LONG_RUN = re.compile(r"(.)\1{11}")
 _GENERIC_TYPES = frozenset(
     {"Secret Keyword", "Base64 High Entropy String", "Hex High Entropy String"}
 )
@@ -244,8 +253,12 @@ def is_benign_name(name: str | None) -> bool:
 
 
 def is_low_diversity(value: str) -> bool:
-    """`AIzaaaaa…`, `xxxx…`, `1111…`: too few distinct characters to be drawn at random."""
-    return len(value) >= 8 and len(set(value)) <= min(len(value) // 4, 5)
+    """`AIzaaaaa…`, `xxxx…`, `1111…`: too few distinct characters to be drawn at random,
+    or one character 12 times in a row after the start (`sntryu_aaaa…`: a random token
+    has no such run; a Twitter bearer token starts with one, as its format says)."""
+    return (len(value) >= 8 and len(set(value)) <= min(len(value) // 4, 5)) or bool(
+        _LONG_RUN.search(value.lstrip(value[:1]))
+    )
 
 
 def is_number_or_symbols(value: str) -> bool:
@@ -287,8 +300,13 @@ def is_dummy_private_key(value: str) -> bool:
 
 
 def is_not_a_value(value: str) -> bool:
-    """Too short, a literal like true/null, a type name, or prose with spaces."""
-    return len(value) < 4 or any(c.isspace() for c in value) or bool(_NOT_A_VALUE.match(value))
+    """Too short, a literal like true/null, a type name, prose with spaces, a reference
+    (a CSS selector, a URL path, an ARN) or an identifier that names a secret."""
+    return (
+        len(value) < 4
+        or any(c.isspace() for c in value)
+        or bool(_NOT_A_VALUE.match(value) or _REFERENCE.match(value))
+    )
 
 
 def is_lock_file(filename: str) -> bool:
@@ -323,13 +341,15 @@ _ALL: Callable[[str], bool] = lambda t: True  # noqa: E731
 _NOT_ADDRESS: Callable[[str], bool] = lambda t: t not in _ADDRESS_TYPES  # noqa: E731
 _TOKEN_LIKE: Callable[[str], bool] = lambda t: t not in _STRUCTURED_TYPES  # noqa: E731
 _GENERIC: Callable[[str], bool] = lambda t: t in _GENERIC_TYPES  # noqa: E731
+# crypt(3) hashes start with `$id$`, which reads like a `$VAR` template
+_NOT_DOLLAR_FORMAT: Callable[[str], bool] = lambda t: _NOT_ADDRESS(t) and t != "Password Hash"  # noqa: E731
 
 # (reason, predicate, applies to type): value checks run before context is computed.
 VALUE_CHECKS: tuple[Check, ...] = (
     ("documented example", lambda c: is_documented_example(c.value), _ALL),
     ("placeholder", lambda c: is_placeholder(c.value), _TOKEN_LIKE),
     ("sequential", lambda c: is_sequential(c.value), _NOT_ADDRESS),
-    ("template", lambda c: is_template(c.value), _NOT_ADDRESS),
+    ("template", lambda c: is_template(c.value), _NOT_DOLLAR_FORMAT),
     ("environment lookup", lambda c: is_env_lookup(c.before), _NOT_ADDRESS),
     ("example e-mail", lambda c: is_example_email(c.value), lambda t: t == "Email Address"),
     ("non-public IP", lambda c: is_non_public_ip(c.value), lambda t: t == "IP Address"),

@@ -8,6 +8,7 @@ and the length, e.g. ``AKIA…(20)``). The plaintext is re-read from the corpus 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import InputError
-from audit.io import atomic_write_jsonl, read_jsonl
+from audit.io import atomic_write_jsonl, read_jsonl, type_problem
 
 # Prefixes that providers publish as part of the key format: showing them tells a
 # reviewer what kind of key it is and reveals nothing secret.
@@ -24,6 +25,12 @@ _PUBLIC_PREFIXES = re.compile(
     r"sk_live_|sk_test_|rk_live_|pk_live_|sk-ant-|sk-proj-|sk-|hf_|AIza|SG\.|npm_|pypi-|"
     r"dop_v1_|shpat_|shpss_|shpca_|AC|SK|eyJ|-----BEGIN [A-Z ]*PRIVATE KEY-----)"
 )
+
+
+def sha1_hex(value: str) -> str:
+    """SHA-1 of a secret value: what a detect-secrets baseline keeps (`hashed_secret`)."""
+    data = value.encode("utf-8", errors="surrogatepass")
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest()
 
 
 def sha256_hex(value: str) -> str:
@@ -70,6 +77,7 @@ class Finding:
     preview: str
     detector: str
     context: Context = field(default_factory=Context)
+    secret_sha1: str = ""  # to match detect-secrets baselines; older files lack it
 
     @classmethod
     def create(
@@ -101,6 +109,7 @@ class Finding:
             preview=make_preview(value),
             detector=detector,
             context=context or Context(),
+            secret_sha1=sha1_hex(value),
         )
 
     def matches(self, text: str) -> bool:
@@ -123,7 +132,7 @@ class Finding:
         return cls(**data)
 
 
-_REQUIRED = {f for f in Finding.__dataclass_fields__ if f != "context"}
+_REQUIRED = {f for f in Finding.__dataclass_fields__ if f not in ("context", "secret_sha1")}
 
 
 def write_findings(path: Path, findings: Iterable[Finding]) -> int:
@@ -137,6 +146,9 @@ def iter_findings(path: Path) -> Iterator[Finding]:
         missing = sorted(_REQUIRED - obj.keys())
         if missing:
             raise InputError(f"{path}:{lineno}: not a finding (missing {', '.join(missing)})")
+        wrong = type_problem(Finding, obj)
+        if wrong is not None:
+            raise InputError(f"{path}:{lineno}: not a finding ({wrong})")
         try:
             yield Finding.from_dict(obj)
         except TypeError:
@@ -164,9 +176,61 @@ def baseline_key(finding: Finding) -> tuple[str, str]:
     return (finding.secret_sha256, finding.secret_type)
 
 
-def subtract_baseline(
-    findings: Iterable[Finding], baseline: Iterable[Finding]
-) -> Iterator[Finding]:
-    """new = current − baseline: drop findings whose (hash, type) the baseline accepts."""
-    accepted = {baseline_key(f) for f in baseline}
-    return (f for f in findings if baseline_key(f) not in accepted)
+# detect-secrets types whose findings we report under another name
+_DETECT_SECRETS_TYPES = {"Public IP (ipv4)": "IP Address"}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Accepted secrets: (SHA-256, type) from our findings files, (SHA-1, type) from a
+    detect-secrets `.secrets.baseline`."""
+
+    sha256: frozenset[tuple[str, str]] = frozenset()
+    sha1: frozenset[tuple[str, str]] = frozenset()
+
+    def accepts(self, finding: Finding) -> bool:
+        return baseline_key(finding) in self.sha256 or (
+            bool(finding.secret_sha1) and (finding.secret_sha1, finding.secret_type) in self.sha1
+        )
+
+
+def read_baseline(path: Path) -> Baseline:
+    """A findings JSONL file, or a detect-secrets baseline (JSON with `results`)."""
+    results = _detect_secrets_results(path)
+    if results is None:
+        return Baseline(sha256=frozenset(baseline_key(f) for f in iter_findings(path)))
+    return Baseline(sha1=frozenset(_detect_secrets_keys(path, results)))
+
+
+def _detect_secrets_results(path: Path) -> dict[str, Any] | None:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            if handle.read(1) != "{":
+                return None
+            handle.seek(0)
+            data = json.load(handle)
+    except OSError as exc:
+        raise InputError(f"cannot read baseline {path}: {exc.strerror}") from None
+    except ValueError:
+        return None  # one JSON object per line: a findings file
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, dict):
+        return None
+    return results
+
+
+def _detect_secrets_keys(path: Path, results: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    for filename, entries in results.items():
+        for entry in entries if isinstance(entries, list) else [None]:
+            if not (isinstance(entry, dict) and {"hashed_secret", "type"} <= entry.keys()):
+                raise InputError(
+                    f"{path}: detect-secrets baseline entry for {filename!r} lacks "
+                    "hashed_secret or type"
+                )
+            kind = str(entry["type"])
+            yield str(entry["hashed_secret"]), _DETECT_SECRETS_TYPES.get(kind, kind)
+
+
+def subtract_baseline(findings: Iterable[Finding], baseline: Baseline) -> Iterator[Finding]:
+    """new = current − baseline: drop the findings the baseline accepts."""
+    return (f for f in findings if not baseline.accepts(f))

@@ -9,12 +9,15 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import math
 import os
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import is_dataclass
 from pathlib import Path
-from typing import IO, Any
+from types import UnionType
+from typing import IO, Any, Union, get_args, get_origin, get_type_hints
 
 from audit.errors import InputError
 
@@ -173,6 +176,58 @@ def parse_jsonl_line(
     if not isinstance(obj, dict):
         raise InputError(f"{path}:{lineno}: not a JSON object (expected one {what} per line)")
     return obj
+
+
+def type_problem(cls: type, obj: dict[str, Any]) -> str | None:
+    """What is wrong with the first field of `obj` whose value does not fit dataclass
+    `cls`'s annotation (bools are not numbers, numbers are finite, text is valid
+    Unicode), e.g. "start: a str where int belongs"; None when every field fits."""
+    for name, hint in get_type_hints(cls).items():
+        if name in obj and not _fits(obj[name], hint):
+            value = obj[name]
+            if isinstance(value, str) and not _valid_unicode(value):
+                return f"{name}: not valid Unicode (a lone surrogate)"
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"{name}: {value} is not a finite number"
+            return f"{name}: a {type(value).__name__} where {_type_name(hint)} belongs"
+    return None
+
+
+def _type_name(hint: Any) -> str:
+    if get_origin(hint) in (Union, UnionType):
+        return " or ".join(_type_name(arg) for arg in get_args(hint))
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    if get_origin(hint) in (Union, UnionType):
+        return any(_fits(value, arg) for arg in get_args(hint))
+    if is_dataclass(hint):
+        return isinstance(value, dict) and type_problem(hint, value) is None  # type: ignore[arg-type]
+    check = _CHECKS.get(hint)
+    return check is None or check(value)
+
+
+def _finite_number(value: Any) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value)
+
+
+_CHECKS: dict[Any, Callable[[Any], bool]] = {
+    type(None): lambda v: v is None,
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: _finite_number,
+    str: lambda v: isinstance(v, str) and _valid_unicode(v),
+}
+
+
+def _valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_jsonl(path: Path, what: str = "record") -> Iterator[tuple[int, dict[str, Any]]]:

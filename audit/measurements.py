@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import InputError
-from audit.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from audit.io import atomic_write_json, atomic_write_jsonl, read_jsonl, type_problem
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,9 @@ def write_measurements(path: Path, rows: Iterable[Measurement]) -> int:
 
 def iter_measurements(path: Path) -> Iterator[Measurement]:
     for lineno, obj in read_jsonl(path, what="measurement"):
+        wrong = type_problem(Measurement, obj)
+        if wrong is not None:
+            raise InputError(f"{path}:{lineno}: not a measurement record ({wrong})")
         try:
             yield Measurement.from_dict(obj)
         except TypeError:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from audit.errors import InputError, ModelLoadError
+from audit.integrity import check_loading_info
 
 if TYPE_CHECKING:
     import torch
@@ -66,15 +67,27 @@ def load_model(path: Path | str, device: str = "auto", dtype: str = "auto") -> L
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # ours is on stderr
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # its load report: ours
     try:
         placement = {} if dev.type == "cpu" else {"device_map": str(dev)}  # load onto the GPU
-        loaded = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False, **placement
+        result: Any = AutoModelForCausalLM.from_pretrained(
+            str(path),
+            dtype=torch_dtype,
+            use_safetensors=True,
+            trust_remote_code=False,
+            output_loading_info=True,  # checked below: transformers only warns
+            ignore_mismatched_sizes=True,  # so that a shape mismatch is named, not raised
+            **placement,
         )
+        loaded, info = result
         model = cast("torch.nn.Module", loaded).to(dev)
     except Exception as exc:  # any failure of a valid-looking model: corrupt, OOM, ...
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"{path}: the {model_type} model failed to load: {reason}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    check_loading_info(path, model_type, info)
     check_vocabulary(path, tokenizer, _vocab_size(model))
     model.eval()
     context = context_length_of(model, tokenizer)

@@ -54,11 +54,18 @@ def n(cls: str, low: int, high: int | None = None) -> str:
 
 
 def prefixed(
-    name: str, kind: str, prefixes: tuple[str, ...], body: str, shape: str, *, after: str = _AFTER
+    name: str,
+    kind: str,
+    prefixes: tuple[str, ...],
+    body: str,
+    shape: str,
+    *,
+    after: str = _AFTER,
+    before: str = _BEFORE,
 ) -> Rule:
     """A token made of a literal prefix and a body."""
     alternatives = "|".join(re.escape(p) for p in prefixes)
-    pattern = f"{_BEFORE}(?:{alternatives}){body}{after}"
+    pattern = f"{before}(?:{alternatives}){body}{after}"
     keywords = tuple(sorted({p.lower() for p in prefixes}))
     return Rule(name, kind, pattern, keywords, shape, anchored=True)
 
@@ -66,7 +73,12 @@ def prefixed(
 def named(name: str, kind: str, names: tuple[str, ...], value: str, shape: str) -> Rule:
     """A value of a given shape assigned to a name that holds one of `names`."""
     alternatives = "|".join(re.escape(x) for x in names)
-    head = rf"(?i:(?<![A-Za-z0-9])[\w.\-]{{0,40}}?(?:{alternatives})[\w.\-]{{0,30}}?)"
+    # the provider's name is a word of the variable name: `SUMO_KEY`, `sumoKey`, not
+    # `sumOfExposures`, `rookTable` or `cameraKit`
+    head = (
+        rf"(?<![A-Za-z0-9])[\w.\-]{{0,40}}?(?:(?<![A-Za-z])|(?<=[a-z])(?=[A-Z])|(?<=-D))"
+        rf"(?i:{alternatives})(?![a-z])[\w.\-]{{0,30}}?"
+    )
     pattern = rf"{head}{_ASSIGN}(?P<s>{value}){_AFTER}"
     return Rule(name, kind, pattern, tuple(x.lower() for x in names), shape)
 
@@ -190,6 +202,54 @@ RULES: tuple[Rule, ...] = (
         ("jfrog", "artifactory", "bintray", "xray"),
         f"{n(AN, 73)}|{n(AN, 64)}",
         "64 or 73 alphanumerics named `jfrog…`/`artifactory…`",
+    ),
+    P(
+        "DockerHubTokenDetector",
+        "Docker Hub Token",
+        ("dckr_pat_", "dckr_oat_"),
+        n(URL, 27, 36),
+        "`dckr_pat_`/`dckr_oat_` + 27+ URL-safe characters",
+    ),
+    P(
+        "CratesIoTokenDetector",
+        "crates.io Token",
+        ("cio",),
+        n(AN, 32),
+        "`cio` + 32 alphanumerics",
+    ),
+    P(
+        "DependencyTrackKeyDetector",
+        "Dependency-Track API Key",
+        ("odt_",),
+        n(AN, 32, 255),
+        "`odt_` + 32+ alphanumerics",
+    ),
+    S(
+        "PasswordHashDetector",
+        "Password Hash",
+        r"(?<![\w$])(?P<s>\$[156]\$(?:rounds=\d{1,9}\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22,86}"
+        r"|\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}"
+        r"|\$[789]\$[./A-Za-z0-9]{8,40}\$[./A-Za-z0-9]{43}"
+        r"|\$krb5(?:asrep|tgs)\$\d{1,3}\$(?:[^$\s]{1,256}[:$])?[0-9a-fA-F]{32}\$[0-9a-fA-F]{64,})"
+        r"(?![\w./$])",
+        ("$1$", "$2a$", "$2b$", "$2x$", "$2y$", "$2$", "$5$", "$6$", "$7$", "$8$", "$9$", "$krb5"),
+        "crypt(3) hashes (`$1$`, `$2b$`, `$5$`, `$6$`, `$8$` + salt `$` + hash), "
+        "Kerberos `$krb5asrep$`/`$krb5tgs$`",
+    ),
+    P(
+        "NuGetApiKeyDetector",
+        "NuGet API Key",
+        ("oy2",),
+        n("a-z0-9", 43),
+        "`oy2` + 43 lower-case alphanumerics",
+    ),
+    S(
+        "VaultUnsealKeyDetector",
+        "HashiCorp Vault Unseal Key",
+        r"(?i:unseal key \d{1,2}:|operator unseal)[ \t]+(?P<s>[A-Za-z0-9+/]{43,44}={0,2})"
+        r"(?![A-Za-z0-9+/=])",
+        ("unseal",),
+        "`Unseal Key N:` or `vault operator unseal` + 44 base64 characters",
     ),
     # -- cloud platforms ------------------------------------------------------------------
     P(
@@ -379,6 +439,7 @@ RULES: tuple[Rule, ...] = (
         ("ico-",),
         n(AN, 32),
         "`ico-` + 32 alphanumerics",
+        before=r"(?<![A-Za-z0-9_\-.])",  # not a file name's `.ico-<hash>`
     ),
     P(
         "HarnessTokenDetector",
@@ -473,6 +534,13 @@ RULES: tuple[Rule, ...] = (
         ("hf_", "api_org_"),
         n(AN, 30, 40),
         "`hf_`/`api_org_` + 34 letters",
+    ),
+    P(
+        "TavilyKeyDetector",
+        "Tavily API Key",
+        ("tvly-",),
+        r"(?:dev-|prod-)?" + n(AN, 32),
+        "`tvly-` (+ `dev-`/`prod-`) + 32 alphanumerics",
     ),
     P(
         "PerplexityKeyDetector",
@@ -594,7 +662,7 @@ RULES: tuple[Rule, ...] = (
     ),
     S(
         "SlackWebhookDetector",
-        "Slack Webhook",
+        "Slack Token",  # detect-secrets' type for Slack webhooks too
         r"(?P<s>(?:https?://)?hooks\.slack\.com/(?:services|workflows|triggers)/"
         r"[A-Za-z0-9_/+\-]{20,120})",
         ("hooks.slack.com",),
@@ -603,9 +671,10 @@ RULES: tuple[Rule, ...] = (
     S(
         "MicrosoftTeamsWebhookDetector",
         "Microsoft Teams Webhook",
-        rf"(?P<s>https://[A-Za-z0-9\-]+\.webhook\.office\.com/webhookb2/{UUID}@{UUID}"
-        rf"/IncomingWebhook/[A-Za-z0-9]{{32}}/{UUID}(?:/[A-Za-z0-9_\-]+)?)",
-        ("webhook.office.com",),
+        r"(?P<s>https://(?:[A-Za-z0-9\-]+\.webhook\.office\.com/webhookb2"
+        r"|outlook\.office(?:365)?\.com/webhook)/[A-Za-z0-9\-]{36}@[A-Za-z0-9\-]{36}"
+        r"/IncomingWebhook/[A-Za-z0-9]{32}/[A-Za-z0-9\-]{36}(?:/[A-Za-z0-9_\-]+)?)",
+        ("webhook.office.com", "outlook.office"),
         "`https://…webhook.office.com/webhookb2/<uuid>@<uuid>/…`",
     ),
     S(
@@ -615,13 +684,6 @@ RULES: tuple[Rule, ...] = (
         r"[A-Za-z0-9_\-]{60,72})",
         ("/webhooks/",),
         "`https://discord.com/api/webhooks/<id>/` + 68 characters",
-    ),
-    S(
-        "DiscordBotTokenDetector",
-        "Discord Bot Token",
-        rf"{_BEFORE}(?P<s>[MNO]{n(URL, 23, 25)}\.{n(URL, 6)}\.{n(URL, 27, 38)}){_AFTER}",
-        ("discord", "bot", "token"),
-        "`M`/`N`/`O` + 23–25 `.` 6 `.` 27–38 characters",
     ),
     N(
         "DiscordSecretDetector",
@@ -633,9 +695,9 @@ RULES: tuple[Rule, ...] = (
     S(
         "TelegramBotTokenDetector",
         "Telegram Bot Token",
-        rf"(?<![\w:])(?P<s>\d{{5,16}}:AA{n(URL, 33)}){_AFTER}",
+        rf"(?<![\w:])(?P<s>\d{{5,16}}:AA{n(URL, 30, 34)}){_AFTER}",
         (":aa",),
-        "5–16 digits + `:AA` + 33 characters",
+        "5–16 digits + `:AA` + 30–34 characters",
     ),
     S(
         "AtlassianTokenDetector",
@@ -783,9 +845,16 @@ RULES: tuple[Rule, ...] = (
     P(
         "SquareTokenDetector",
         "Square Token",
-        ("sq0atp-", "sq0csp-", "EAAA"),
+        ("sq0atp-", "EAAA"),
         n(URL, 22, 60),
-        "`sq0atp-`/`sq0csp-`/`EAAA` + 22–60 characters",
+        "`sq0atp-`/`EAAA` + 22–60 characters (access tokens)",
+    ),
+    P(
+        "SquareOAuthDetector",
+        "Square OAuth Secret",  # detect-secrets' type for the same format
+        ("sq0csp-",),
+        n(URL, 22, 60),
+        "`sq0csp-` + 22–60 characters (OAuth application secrets)",
     ),
     P(
         "ShopifyTokenDetector",
@@ -964,7 +1033,7 @@ RULES: tuple[Rule, ...] = (
     N(
         "SumoLogicKeyDetector",
         "Sumo Logic Key",
-        ("sumo",),
+        ("sumo", "sumologic"),
         f"{n(AN, 64)}|su{n(AN, 12)}",
         "`su` + 12, or 64 alphanumerics named `sumo…`",
     ),

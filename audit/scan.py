@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import bisect
 import logging
-import multiprocessing
 import os
 import re
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache, partial
 from itertools import chain
+from typing import TYPE_CHECKING
 
 from ahocorasick_rs import AhoCorasick, Implementation
 
+from audit.allowlist import is_allowlisted
 from audit.context import SourceContext
 from audit.corpus import CorpusSpec, ReadStats, Sample, iter_samples
 from audit.detectors import (
@@ -42,10 +41,15 @@ from audit.detectors import (
 )
 from audit.errors import CodeEraserError
 from audit.filters import CONTEXT_CHECKS, Candidate, false_positive
-from audit.findings import Context, Finding
+from audit.findings import Context, Finding, make_finding_id
+from audit.placeholders import PLACEHOLDER, replace_spans
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
 
+MAX_LISTED = 100  # allowlisted findings kept with their location for the record
 MAX_LINE = 4096  # longer lines (minified code, data) are scanned in windows around hits
 WINDOW = 2048  # characters on each side of a hit in a long line
 _IN_CODE_ROLES = frozenset({"string", "docstring", "comment"})
@@ -58,10 +62,11 @@ class ScanOptions:
     detectors: tuple[str, ...] | None = None  # None: every registered detector
     chunk_samples: int = 64  # samples per task sent to a worker process
     chunk_chars: int = 1 << 20  # ...or fewer, once the task holds this much text
-    # Worker processes take about half a second to start (a fresh interpreter that
-    # imports detect-secrets and tree-sitter); a corpus smaller than this is scanned in
-    # this process, where it takes a second or two anyway.
-    parallel_min_chars: int = 4_000_000
+    # Worker processes take about a second to start (a fresh interpreter that imports
+    # tree-sitter and compiles the detectors); one process scans 8-13 MB/s, so a corpus
+    # smaller than this is scanned here: on 8 MB of the standard library (2 busy cores)
+    # two workers took 2.1 s where one process took 1.3 s.
+    parallel_min_chars: int = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -84,13 +89,17 @@ class ScanSummary:
     skipped: Counter[str] = field(default_factory=Counter)
     filtered: Counter[str] = field(default_factory=Counter)
     allowlisted: Counter[str] = field(default_factory=Counter)  # by secret type
+    allowlisted_first: list[Finding] = field(default_factory=list)  # up to MAX_LISTED
     baseline_accepted: int = 0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (origin, reason)
 
     def add(self, result: SampleResult) -> None:
         self.by_type.update(f.secret_type for f in result.findings)
         self.samples_with_findings += bool(result.findings)
         self.filtered.update(dict(result.filtered))
         self.allowlisted.update(f.secret_type for f in result.allowlisted)
+        room = MAX_LISTED - len(self.allowlisted_first)
+        self.allowlisted_first.extend(result.allowlisted[: max(room, 0)])
 
     @property
     def findings(self) -> int:
@@ -114,10 +123,6 @@ _DIGIT_TABLE = bytes(
 _HEX_TABLE = bytes(
     ord("0") if chr(c) in "0123456789abcdefABCDEF" else ord(":") if c == ord(":") else ord(" ")
     for c in range(256)
-)
-_ALLOWLIST = re.compile(r"pragma:[ \t]?(?:allow|white)list[ \t]+secret", re.IGNORECASE)
-_ALLOWLIST_NEXT = re.compile(
-    r"pragma:[ \t]?(?:allow|white)list[ \t]+nextline[ \t]+secret", re.IGNORECASE
 )
 _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_DEPTH = 3  # decode layers of encoded blobs
@@ -178,7 +183,7 @@ class Scanner:
             for reason, start, end in dropped
             if not any(s < end and start < e for s, e in reported)
         )
-        allowed = [f for f in findings if _allowlisted(text, f.start)]
+        allowed = [f for f in findings if _allowlisted(text, f.start, sample.origin)]
         findings = [f for f in findings if f not in allowed]
         return SampleResult(tuple(findings), tuple(sorted(filtered.items())), tuple(allowed))
 
@@ -305,14 +310,15 @@ def ip_candidates(text: str) -> Iterator[int]:
             pos = marked.find(needle, end)
 
 
-def _allowlisted(text: str, start: int) -> bool:
-    """detect-secrets' inline allowlist: `pragma: allowlist secret` on the line, or
-    `pragma: allowlist nextline secret` on the line before."""
+def _allowlisted(text: str, start: int, filename: str) -> bool:
+    """detect-secrets' inline allowlist (`audit.allowlist`) for the line at `start`."""
     line_start = text.rfind("\n", 0, start) + 1
-    if _ALLOWLIST.search(text, line_start, _line_end(text, start)):
-        return True
-    previous = text.rfind("\n", 0, max(line_start - 1, 0)) + 1
-    return line_start > 0 and bool(_ALLOWLIST_NEXT.search(text, previous, line_start))
+    line = text[line_start : _line_end(text, start)]
+    previous = ""
+    if line_start > 0:
+        previous_start = text.rfind("\n", 0, line_start - 1) + 1
+        previous = text[previous_start : _line_end(text, previous_start)]
+    return is_allowlisted(filename, line, previous)
 
 
 def lower_same_length(text: str) -> str:
@@ -452,7 +458,81 @@ def scan_samples(
 ) -> list[SampleResult]:
     """Scan samples in this process."""
     scanner = scanner_for(detectors)
-    return [scanner.scan(sample) for sample in samples]
+    return [_redacted(scanner.scan(sample)) for sample in samples]
+
+
+def _redacted(result: SampleResult) -> SampleResult:
+    """Secrets in a sample's id, origin or context names do not reach its findings."""
+    if not result.findings:
+        return result
+    return replace(result, findings=tuple(redact_finding(f) for f in result.findings))
+
+
+# --------------------------------------------------------------------------------------
+# Secrets outside the text: in sample ids, origins and context names.
+# --------------------------------------------------------------------------------------
+
+_IDENTIFIER = "identifier"  # the file name the detectors see: no extension, no special case
+# A file extension at the end of a path part, blanked (same length) for a second look,
+# so that `alice@corp.com.json` is seen as the address it holds, not as a file name.
+_EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,7}(?=/|$)")
+_SEPARATORS = re.compile(r"[\-.:=,;+]")
+_PASSES = 3
+
+
+@lru_cache(maxsize=1 << 16)
+def redact_identifier(text: str) -> str:
+    """`text` with every secret the detectors find in it replaced by its placeholder
+    (`audit.placeholders`); idempotent. Inline allowlist pragmas do not apply here."""
+    for _ in range(_PASSES):
+        spans = _identifier_spans(text)
+        if not spans:
+            return text
+        text = replace_spans(text, spans)
+    return PLACEHOLDER.sub("«…»", text) if _identifier_spans(text) else text
+
+
+def _identifier_spans(text: str) -> list[tuple[int, int]]:
+    """Spans of secrets in `text` (and in `text` with file extensions blanked), less
+    those inside placeholders already there."""
+    if not text or text.isspace():
+        return []
+    kept = [m.span() for m in PLACEHOLDER.finditer(text)]
+    scanner = scanner_for(None)
+    found: list[tuple[int, int]] = []
+    variants = (
+        text,
+        _EXTENSION.sub(lambda m: " " * len(m[0]), text),
+        _SEPARATORS.sub(" ", text),  # `clone-ghp_…`, `AKIA….prod`: glued by a separator
+        text.replace("_", " "),  # `key_AKIA…` (apart, as `ghp_` keeps its underscore above)
+    )
+    for variant in dict.fromkeys(variants):  # a second look adds only what the first missed
+        result = scanner.scan(Sample(id="", origin=_IDENTIFIER, text=variant, language=None))
+        spans = [(f.start, f.end) for f in (*result.findings, *result.allowlisted)]
+        found += [(a, b) for a, b in spans if not _overlaps(a, b, found)]
+    return [(a, b) for a, b in found if not _overlaps(a, b, kept)]
+
+
+def _overlaps(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
+    return any(s < end and start < e for s, e in spans)
+
+
+def redact_finding(finding: Finding) -> Finding:
+    """`finding` with its sample id, origin and context name redacted (and its id, which
+    is derived from the sample id, made from the redacted one)."""
+    sample_id = redact_identifier(finding.sample_id)
+    origin = redact_identifier(finding.origin)
+    name = finding.context.name
+    clean_name = redact_identifier(name) if name else name
+    if (sample_id, origin, clean_name) == (finding.sample_id, finding.origin, name):
+        return finding
+    return replace(
+        finding,
+        id=make_finding_id(sample_id, finding.start, finding.end, finding.secret_type),
+        sample_id=sample_id,
+        origin=origin,
+        context=replace(finding.context, name=clean_name),
+    )
 
 
 def _worker_scan(chunk: list[Sample], detectors: tuple[str, ...] | None) -> list[SampleResult]:
@@ -495,6 +575,7 @@ def scan_corpus(
         if progress is not None:
             progress(len(chunk), chars)
     summary.skipped.update(stats.skipped)
+    summary.skipped_files.extend((redact_identifier(o), r) for o, r in stats.skipped_files)
 
 
 def _chunks(samples: Iterator[Sample], options: ScanOptions) -> Iterator[list[Sample]]:
@@ -531,6 +612,10 @@ def _scan_chunks(
 def _scan_in_pool(
     chunks: Iterator[list[Sample]], options: ScanOptions, jobs: int
 ) -> Iterator[tuple[list[Sample], list[SampleResult]]]:
+    # imported here: most scans run in one process, and these imports cost start-up time
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if "forkserver" in methods:
@@ -551,6 +636,8 @@ def _scan_in_pool(
 def _next_result(
     pending: deque[tuple[list[Sample], Future[list[SampleResult]]]],
 ) -> tuple[list[Sample], list[SampleResult]]:
+    from concurrent.futures.process import BrokenProcessPool
+
     chunk, future = pending.popleft()
     try:
         return chunk, future.result()

@@ -1,14 +1,17 @@
 """Findings written in shards by parallel scan tasks, and merged back into one file.
 
-A scan task (`audit.datatrove_step.ScanSecrets`, one per datatrove rank) writes two files
-into a shard folder (local, or any fsspec URL):
+A scan task (`audit.datatrove_step.ScanSecrets`, one per datatrove rank) writes three
+files into a shard folder (local, or any fsspec URL):
 
     00003.jsonl   its findings, one per line: {"key": ..., "finding": {...}}, sorted by key
-    00003.json    its summary: counts, the findings' number and SHA-256 of 00003.jsonl,
-                  the number of tasks and a digest of the scan's settings
+    00003.ids     the 64-bit digests of the sample ids its records gave (sorted), so that
+                  the merge can refuse an id used twice, as `codeeraser scan` does
+    00003.json    its summary: counts, the first skipped files and allowlisted findings
+                  (with their keys), the size and SHA-256 of the two files above, the
+                  number of tasks and a digest of the scan's settings
 
 The summary is written last, so a task killed while writing leaves no summary (or one
-whose hash does not match) and the merge refuses the folder rather than use half a
+whose hashes do not match) and the merge refuses the folder rather than use half a
 shard. A finding's key is where `codeeraser scan` meets it: the sample's place in the
 corpus's reading order (`audit.corpus`: file path components, then line or row), then
 the finding's place within the sample. Merging the shards by key therefore gives the
@@ -20,20 +23,24 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+from audit.corpus import MAX_LISTED as MAX_SKIPPED_LISTED
 from audit.corpus import ReadStats, nothing_read
 from audit.errors import InputError
 from audit.findings import Finding
+from audit.scan import MAX_LISTED as MAX_ALLOWLISTED_LISTED
 from audit.scan import ScanSummary
 
 SHARD_VERSION = 1
 # A finding's key: (the sample's file path components, its line or row, the finding's
 # index within the sample). JSON turns the tuple into a list; lists compare the same.
 Key = list[Any]
+_BLOCK = 1 << 16  # id digests read at a time
 
 
 class Folder(Protocol):
@@ -50,32 +57,48 @@ def sample_key(path: str, index: int) -> list[Any]:
     return [path.split("/"), index]
 
 
+def id_digest(sample_id: str) -> int:
+    """A stable 64-bit digest of a sample id (for the repeated-id check)."""
+    data = sample_id.encode("utf-8", errors="surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+@dataclass
+class TaskOutput:
+    """What one task found: keyed findings, the summary's counts, the first skipped files
+    and allowlisted findings (keyed, in reading order), and the digests of its ids."""
+
+    findings: list[tuple[Key, Finding]] = field(default_factory=list)
+    summary: ScanSummary = field(default_factory=ScanSummary)
+    skipped_files: list[tuple[Key, str, str]] = field(default_factory=list)
+    allowlisted: list[tuple[Key, Finding]] = field(default_factory=list)
+    ids: set[int] = field(default_factory=set)
+
+
 @dataclass(frozen=True)
 class TaskSummary:
-    """What one task scanned and wrote; `findings` and `sha256` describe its shard file."""
+    """A finished task's summary file; `findings`/`sha256` and `ids`/`ids_sha256`
+    describe its shard and id files."""
 
     rank: int
     world_size: int
     settings: str  # digest of the scan's settings: every task of one scan has the same
     findings: int
     sha256: str
-    counts: dict[str, Any]  # a ScanSummary (see `summary_to_dict`)
+    ids: int
+    ids_sha256: str
+    counts: dict[str, Any]  # a ScanSummary's counts (see `_counts`)
+    skipped_files: list[Any]  # [key, origin, reason], the first ones in reading order
+    allowlisted: list[Any]  # [key, finding], the first ones in reading order
     version: int = SHARD_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "settings": self.settings,
-            "findings": self.findings,
-            "sha256": self.sha256,
-            "counts": self.counts,
-        }
 
 
 def shard_name(rank: int) -> str:
     return f"{rank:05d}.jsonl"
+
+
+def ids_name(rank: int) -> str:
+    return f"{rank:05d}.ids"
 
 
 def summary_name(rank: int) -> str:
@@ -83,36 +106,36 @@ def summary_name(rank: int) -> str:
 
 
 def write_shard(
-    folder: Folder,
-    *,
-    rank: int,
-    world_size: int,
-    settings: str,
-    keyed: Iterable[tuple[Key, Finding]],
-    summary: ScanSummary,
+    folder: Folder, *, rank: int, world_size: int, settings: str, output: TaskOutput
 ) -> TaskSummary:
-    """Write one task's findings (sorted by key) and then its summary."""
+    """Write one task's findings (sorted by key) and ids, then its summary."""
     lines = [
         json.dumps({"key": key, "finding": f.to_dict()}, sort_keys=True, ensure_ascii=False)
-        for key, f in sorted(keyed, key=lambda kf: kf[0])
+        for key, f in sorted(output.findings, key=lambda kf: kf[0])
     ]
     data = "".join(line + "\n" for line in lines).encode("utf-8", errors="surrogatepass")
-    with folder.open(shard_name(rank), "wb") as handle:
-        handle.write(data)
+    ids = array("Q", sorted(output.ids)).tobytes()
+    for name, content in ((shard_name(rank), data), (ids_name(rank), ids)):
+        with folder.open(name, "wb") as handle:
+            handle.write(content)
     task = TaskSummary(
         rank=rank,
         world_size=world_size,
         settings=settings,
         findings=len(lines),
         sha256=hashlib.sha256(data).hexdigest(),
-        counts=summary_to_dict(summary),
+        ids=len(output.ids),
+        ids_sha256=hashlib.sha256(ids).hexdigest(),
+        counts=_counts(output.summary),
+        skipped_files=[list(entry) for entry in output.skipped_files[:MAX_SKIPPED_LISTED]],
+        allowlisted=[[k, f.to_dict()] for k, f in output.allowlisted[:MAX_ALLOWLISTED_LISTED]],
     )
     with folder.open(summary_name(rank), "wb") as handle:
-        handle.write(json.dumps(task.to_dict(), sort_keys=True).encode("utf-8"))
+        handle.write(json.dumps(task.__dict__, sort_keys=True).encode("utf-8"))
     return task
 
 
-def summary_to_dict(summary: ScanSummary) -> dict[str, Any]:
+def _counts(summary: ScanSummary) -> dict[str, Any]:
     return {
         "samples": summary.samples,
         "chars": summary.chars,
@@ -122,16 +145,6 @@ def summary_to_dict(summary: ScanSummary) -> dict[str, Any]:
         "filtered": dict(summary.filtered),
         "allowlisted": dict(summary.allowlisted),
     }
-
-
-def add_counts(total: ScanSummary, counts: dict[str, Any]) -> None:
-    """Add one task's counts to a corpus-wide summary."""
-    total.samples += int(counts["samples"])
-    total.chars += int(counts["chars"])
-    total.samples_with_findings += int(counts["samples_with_findings"])
-    for name in ("by_type", "skipped", "filtered", "allowlisted"):
-        part: Counter[str] = getattr(total, name)
-        part.update({str(k): int(v) for k, v in counts[name].items()})
 
 
 def read_summaries(folder: Folder, where: str) -> list[TaskSummary]:
@@ -171,6 +184,58 @@ def _read_summary(folder: Folder, rank: int, where: str) -> TaskSummary:
     return task
 
 
+def merge_summary(tasks: Sequence[TaskSummary], summary: ScanSummary, data: str) -> None:
+    """Fill `summary` with the counts and first listed entries of every task; no sample
+    in all is an InputError (as `codeeraser scan` says it, naming `data`)."""
+    for task in tasks:
+        _add_counts(summary, task.counts)
+    skipped = sorted((e for t in tasks for e in t.skipped_files), key=lambda e: e[0])
+    summary.skipped_files.extend((origin, reason) for _, origin, reason in skipped)
+    del summary.skipped_files[MAX_SKIPPED_LISTED:]
+    allowed = sorted((e for t in tasks for e in t.allowlisted), key=lambda e: e[0])
+    summary.allowlisted_first.extend(Finding.from_dict(f) for _, f in allowed)
+    del summary.allowlisted_first[MAX_ALLOWLISTED_LISTED:]
+    if summary.samples == 0:
+        raise InputError(f"{data}: {nothing_read(ReadStats(skipped=summary.skipped))}")
+
+
+def _add_counts(total: ScanSummary, counts: dict[str, Any]) -> None:
+    total.samples += int(counts["samples"])
+    total.chars += int(counts["chars"])
+    total.samples_with_findings += int(counts["samples_with_findings"])
+    for name in ("by_type", "skipped", "filtered", "allowlisted"):
+        part: Counter[str] = getattr(total, name)
+        part.update({str(k): int(v) for k, v in counts[name].items()})
+
+
+def check_unique_ids(folder: Folder, tasks: Sequence[TaskSummary], where: str) -> None:
+    """No sample id given by the records' id field is used twice in the whole corpus
+    (each task checked its own; this checks across tasks)."""
+    previous = None
+    for digest in heapq.merge(*(_iter_ids(folder, task, where) for task in tasks)):
+        if digest == previous:
+            raise InputError(
+                f"{where}: two records in different files have the same sample id; ids must "
+                "be unique (set --id-field to a unique field, or remove the duplicate)"
+            )
+        previous = digest
+
+
+def _iter_ids(folder: Folder, task: TaskSummary, where: str) -> Iterator[int]:
+    name = ids_name(task.rank)
+    digest = hashlib.sha256()
+    count = 0
+    with folder.open(name, "rb") as handle:
+        while block := handle.read(8 * _BLOCK):
+            digest.update(block)
+            values = array("Q")
+            values.frombytes(block)
+            count += len(values)
+            yield from values
+    if count != task.ids or digest.hexdigest() != task.ids_sha256:
+        raise InputError(f"{where}/{name}: does not match its summary (corrupt)")
+
+
 def iter_shard(folder: Folder, task: TaskSummary, where: str) -> Iterator[tuple[Key, Finding]]:
     """One shard's (key, finding) pairs in key order; once read to the end, a shard whose
     size, hash or order differs from what its summary says is an InputError."""
@@ -207,12 +272,3 @@ def merged_findings(folder: Folder, tasks: Sequence[TaskSummary], where: str) ->
     streams = [iter_shard(folder, task, where) for task in tasks]
     for _, finding in heapq.merge(*streams, key=lambda kf: kf[0]):
         yield finding
-
-
-def merge_summary(tasks: Sequence[TaskSummary], summary: ScanSummary, data: str) -> None:
-    """Fill `summary` with the counts of every task; no sample in all is an InputError
-    (as `codeeraser scan` says it, naming `data`)."""
-    for task in tasks:
-        add_counts(summary, task.counts)
-    if summary.samples == 0:
-        raise InputError(f"{data}: {nothing_read(ReadStats(skipped=summary.skipped))}")

@@ -14,6 +14,7 @@ for: the tiny demo models score 0.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from audit.corpus import CorpusSpec, iter_samples
 from audit.errors import InputError
 from audit.findings import read_findings
 from audit.model import context_length_of, pad_token_id
-from audit.sandbox import SandboxLimits, run_python
+from audit.sandbox import SandboxLimits, SandboxResult, run_python
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -144,11 +145,22 @@ def truncate_completion(text: str) -> str:
     return text[:cut]
 
 
-def program_for(problem: dict[str, Any], completion: str) -> str:
-    """The program that passes when the completed function passes the problem's tests."""
+def program_for(problem: dict[str, Any], completion: str, marker: str = "") -> str:
+    """The program that passes when the completed function passes the problem's tests.
+
+    With a `marker`, the program prints it once the tests have run: a program that
+    exits 0 without it (`sys.exit(0)` or `os._exit(0)` in the completion) stopped
+    before its tests did."""
+    done = f"print({marker!r})\n" if marker else ""
     return (
-        f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+        f"{problem['prompt']}{completion}\n\n{problem['test']}\n\n"
+        f"check({problem['entry_point']})\n{done}"
     )
+
+
+def passed_tests(result: SandboxResult, marker: str) -> bool:
+    """The program exited 0 after printing `marker` last: its tests ran, and passed."""
+    return result.status == "passed" and result.stdout.rstrip().endswith(marker)
 
 
 def humaneval(
@@ -168,8 +180,12 @@ def humaneval(
     statuses: dict[str, int] = {}
     isolation: tuple[str, ...] = ()
     for problem, completion in zip(problems, completions, strict=True):
-        result = run_python(program_for(problem, truncate_completion(completion)), limits)
-        statuses[result.status] = statuses.get(result.status, 0) + 1
+        marker = f"codeeraser-tests-ran-{secrets.token_hex(16)}"  # unknown to the completion
+        result = run_python(program_for(problem, truncate_completion(completion), marker), limits)
+        status = result.status
+        if status == "passed" and not passed_tests(result, marker):
+            status = "failed"  # exited 0 before its tests ran
+        statuses[status] = statuses.get(status, 0) + 1
         isolation = isolation or result.isolation
     passed = statuses.get("passed", 0)
     return HumanEvalResult(passed / len(problems), passed, len(problems), statuses, isolation)

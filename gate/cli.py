@@ -62,13 +62,42 @@ class _InternalProblem(click.ClickException):
 
 
 def _as_click(error: CodeEraserError) -> click.ClickException:
+    from audit.redact import safe_text
+
+    message = safe_text(error.message)  # it may quote a path or id that holds a secret
     if error.exit_code == ExitCode.USAGE:
-        return _InputProblem(error.message)
-    return _InternalProblem(error.message)
+        return _InputProblem(message)
+    return _InternalProblem(message)
+
+
+def _safe_click(error: click.ClickException) -> click.ClickException:
+    """Click's own errors, on one line like ours: a usage error without the usage
+    block (its --help named instead), and the values it quotes (a bad choice, a path)
+    made safe."""
+    from audit.redact import safe_text
+
+    message = safe_text(error.format_message())
+    if isinstance(error, click.UsageError):
+        where = error.ctx.command_path if error.ctx is not None else "codeeraser"
+        return _InputProblem(f"{message} (see {where} --help)")  # exit 2, as click's
+    error.__dict__["message"] = safe_text(error.message)  # `message` is typed Final
+    return error
 
 
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as exc:  # a bad option of the group itself
+            raise _safe_click(exc) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -94,7 +123,9 @@ class LazyGroup(click.Group):
                 "interrupted; no output was left half-written (each file appears only "
                 "when complete): rerun the command"
             ) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except click.ClickException as exc:
+            raise _safe_click(exc) from None
+        except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
             if os.environ.get("CODEERASER_DEBUG") == "1":

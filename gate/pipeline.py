@@ -34,37 +34,54 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.corpus import CorpusSpec
 from audit.distributed import LOCAL, Shard
 from audit.errors import CodeEraserError, ExitCode, InputError, Interrupted, PolicyError
-from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from audit.findings import (
+    Baseline,
+    Finding,
+    read_baseline,
+    read_findings,
+    subtract_baseline,
+    write_findings,
+)
 from audit.io import atomic_write_json, atomic_write_text
 from audit.measurements import Measurement, Thresholds, read_measurements, write_measurements
+from audit.redact import safe_text
+from audit.sanity import MAX_LOSS_RATIO
 from gate import __version__
+from gate.paths import LOCK, PathOption, check_paths, path_option, run_lock
 from gate.policy import Policy
+from gate.policy_check import check_runnable
 from gate.record import (
     AFTER,
     BEFORE,
     CorpusInfo,
     MeasurementSet,
+    ModelRole,
     RecordBuilder,
     RemediationInfo,
     RunRecord,
+    SanityInfo,
     fingerprint_path,
 )
-from gate.verdict import UtilityFigures, Verdict, evaluate, worst_case
+from gate.verdict import RuleResult, UtilityFigures, Verdict, evaluate, worst_case
 
 if TYPE_CHECKING:
     from audit.model import LoadedModel
+    from audit.scan import ScanSummary
 
 log = logging.getLogger(__name__)
 
 MARKER = ".codeeraser-gate"  # marks a folder as a gate run folder (ours to overwrite)
 RUN_STATE = ".codeeraser-run.json"  # the run's input fingerprints, for --resume
+HUMANEVAL_PROBLEMS = 164  # all of them, when the policy sets a HumanEval budget
+REPORTS = ("record.json", "report.html", "results.sarif", "summary.md")  # the run's result
 REMEDIATED = "remediated-model"
 # What a gate run writes into its folder (removed before a run that does not resume).
 STAGE_OUTPUTS = (
@@ -111,19 +128,49 @@ class _State:
 
 
 def run_gate(run: GateRun) -> RunRecord:
-    """Run the whole gate and write the record and reports; return the record."""
+    """Run the whole gate and write the record and reports; return the record.
+
+    Everything that can be checked without work is checked first: the paths (inputs
+    exist, the run folder is clear of them), the model folder, and that the policy's
+    budgets can be measured. The first process holds a lock on the run folder while
+    it runs, so a second run on the same folder is refused."""
     from audit.distributed import current
     from audit.model import check_model_dir
 
+    check_runnable(run.policy)
+    check_paths(gate_inputs(run), [PathOption("--out", run.out_dir, "folder")])
     check_model_dir(run.model_dir)
     check_out_dir(run.out_dir, run.model_dir, run.force)
-    if run.findings is not None:
-        check_findings_file(run.findings, run.out_dir)
     shard = current()
     if run.resume and shard.distributed:
         raise InputError(
             "--resume works in a single process: rerun without it under accelerate launch"
         )
+    with ExitStack() as held:
+        if shard.is_main:
+            make_out_dir(run.out_dir)
+            held.enter_context(run_lock(run.out_dir))
+        record = _locked_run(run, shard)
+    return record
+
+
+def gate_inputs(run: GateRun) -> list[PathOption]:
+    """Every input of a gate run, with the option or policy field that names it."""
+    policy = run.policy
+    source = Path(policy.source)
+    return [
+        *path_option("--model", run.model_dir, "folder", "model folder"),
+        *path_option("--data", run.data, "data"),
+        *path_option("--findings", run.findings, "file", "findings file"),
+        *(path_option("--policy", source, "file", "policy file") if source.is_file() else []),
+        *path_option("scan.baseline", policy.scan.baseline, "file"),
+        *path_option("thresholds.unseen (--unseen)", policy.thresholds.unseen, "data"),
+        *path_option("remediation.retain", policy.remediation.retain, "data"),
+        *path_option("utility.heldout (--heldout)", policy.utility.heldout, "data"),
+    ]
+
+
+def _locked_run(run: GateRun, shard: Shard) -> RunRecord:
     inputs, reuse = _open(run, shard)
     state = _State(
         run=run,
@@ -140,11 +187,16 @@ def run_gate(run: GateRun) -> RunRecord:
         raise
     except KeyboardInterrupt:
         message = (
-            f"interrupted; the stages finished so far are kept in {run.out_dir}: rerun the "
-            "same command with --resume to reuse them"
+            f"interrupted; the stages finished so far are kept in {safe_text(run.out_dir)}: "
+            "rerun the same command with --resume to reuse them"
         )
         _write_failed_record(state, int(ExitCode.INTERNAL), message)
         raise Interrupted(message) from None
+    except Exception as exc:  # a bug: the record says which stages finished, then it goes on
+        _write_failed_record(
+            state, int(ExitCode.INTERNAL), f"internal error ({type(exc).__name__})"
+        )
+        raise
     if shard.is_main:
         _publish(record, run.out_dir)
     return record
@@ -171,6 +223,7 @@ def _stages(state: _State) -> RunRecord:
         verdict = evaluate([], [], run.policy)
         builder.set_verdict("before", verdict)
         return _finish_before(builder, verdict, run)
+    _read_texts(state)  # the sanity probe of every model loaded below reads them
     _thresholds(state)
     _measure_before(state)
     verdict = evaluate(state.before, state.measured, run.policy)
@@ -189,39 +242,57 @@ def _finish_before(builder: RecordBuilder, verdict: Verdict, run: GateRun) -> Ru
 # ---------------------------------------------------------------- set-up
 
 
-def prepare_out_dir(out_dir: Path, model_dir: Path, force: bool) -> None:
-    """Create the run folder; refuse one that holds something else (unless `force`)."""
-    check_out_dir(out_dir, model_dir, force)
+def make_out_dir(out_dir: Path) -> None:
+    """Create the run folder (and its parents) if needed."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "record.json").unlink(missing_ok=True)  # an old result is not this run's
+    except OSError as exc:
+        raise InputError(
+            f"{safe_text(out_dir)}: cannot write the run folder ({exc.strerror})"
+        ) from None
+
+
+def prepare_out_dir(out_dir: Path, model_dir: Path, force: bool) -> None:
+    """Create the run folder; refuse one that holds something else (unless `force`).
+    The last run's result and reports go first: whatever happens next, no earlier
+    verdict is left beside this run's record."""
+    check_out_dir(out_dir, model_dir, force)
+    make_out_dir(out_dir)
+    try:
+        for name in REPORTS:
+            (out_dir / name).unlink(missing_ok=True)  # an old result is not this run's
         atomic_write_text(out_dir / MARKER, "codeeraser gate run folder\n")
     except OSError as exc:
-        raise InputError(f"{out_dir}: cannot write the run folder ({exc.strerror})") from None
+        raise InputError(
+            f"{safe_text(out_dir)}: cannot write the run folder ({exc.strerror})"
+        ) from None
 
 
 def check_out_dir(out_dir: Path, model_dir: Path, force: bool) -> None:
     """Refuse a run folder inside the model, or one that holds something else (unless
-    `force`); write nothing."""
+    `force`, and then only when nothing there has a name the run would replace); write
+    nothing."""
+    shown = safe_text(out_dir)
     out, model = out_dir.resolve(), model_dir.resolve()
     if out == model or out.is_relative_to(model) or model.is_relative_to(out):
-        raise InputError(f"{out_dir}: the output folder must be outside the model folder")
+        raise InputError(f"{shown}: the output folder must be outside the model folder")
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a folder (choose another --out)")
-    foreign = out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists()
-    if foreign and not force:
+        raise InputError(f"{shown}: exists and is not a folder (choose another --out)")
+    if not out_dir.is_dir() or (out_dir / MARKER).exists():
+        return
+    if all(p.name == LOCK for p in out_dir.iterdir()):  # empty, or held by this run's lock
+        return
+    if not force:
         raise InputError(
-            f"{out_dir}: exists and is not a gate run folder "
+            f"{shown}: exists and is not a gate run folder "
             "(choose an empty or new --out, or --force to write into it)"
         )
-
-
-def check_findings_file(path: Path, out_dir: Path) -> None:
-    """A --findings file exists and lies outside the run folder (which a run rewrites)."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such findings file (give the output of codeeraser scan)")
-    if path.resolve().is_relative_to(out_dir.resolve()):
-        raise InputError(f"{path}: --findings must be outside the run folder {out_dir}")
+    taken = sorted(p.name for pattern in STAGE_OUTPUTS for p in out_dir.glob(pattern))
+    if taken:
+        raise InputError(
+            f"{shown}: --force would replace {safe_text(taken[0])} there, which this tool did "
+            "not write (move it away, or choose another --out)"
+        )
 
 
 def run_inputs(run: GateRun) -> dict[str, Any]:
@@ -326,13 +397,18 @@ def _scan_here(state: _State) -> None:
     if _reusable(state, "findings.jsonl") and isinstance(counts, dict):
         state.findings = read_findings(run.out_dir / "findings.jsonl")
         _set_scan(state, counts["samples"], counts["chars"])
-        _say(f"Scan: {len(state.findings)} secrets (reused {run.out_dir / 'findings.jsonl'}).")
+        _restore_allowlisted(state, counts)
+        state.builder.set_skipped(counts.get("skipped", {}), counts.get("skipped_files", []))
+        state.builder.record.finished_stages.append("scan")  # by the run that is resumed
+        _say(
+            f"Scan: {len(state.findings)} secrets (reused {safe_text(run.out_dir)}/findings.jsonl)."
+        )
         return
     try:
         detectors = select_detectors(policy.scan.detectors)
     except InputError as exc:
         raise PolicyError(f"{policy.source}: scan.detectors: {exc.message}") from None
-    baseline = read_findings(Path(policy.scan.baseline)) if policy.scan.baseline else []
+    baseline = read_baseline(Path(policy.scan.baseline)) if policy.scan.baseline else Baseline()
     if run.findings is not None:
         _use_findings(state, run.findings, detectors, baseline)
         return
@@ -348,13 +424,41 @@ def _scan_here(state: _State) -> None:
         )
         state.findings = list(subtract_baseline(found, baseline))
     write_findings(run.out_dir / "findings.jsonl", state.findings)
-    _stage_done(state, "scan", {"samples": summary.samples, "chars": summary.chars})
+    state.builder.set_allowlisted(summary.allowlisted, summary.allowlisted_first)
+    allowlisted = state.builder.record.corpus.model_dump(
+        include={"allowlisted", "allowlisted_findings"}
+    )
+    skipped = {"skipped": dict(summary.skipped), "skipped_files": summary.skipped_files}
+    _stage_done(
+        state,
+        "scan",
+        {"samples": summary.samples, "chars": summary.chars, **skipped, **allowlisted},
+    )
     _set_scan(state, summary.samples, summary.chars)
-    _say(f"Scan: {len(state.findings)} secrets in {summary.samples} samples.")
+    state.builder.set_skipped(summary.skipped, summary.skipped_files)
+    _say(f"Scan: {len(state.findings)} secrets in {summary.samples} samples{_skipped(summary)}.")
+
+
+def _skipped(summary: ScanSummary) -> str:
+    if not summary.skipped:
+        return ""
+    parts = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.skipped.items()))
+    return f" ({sum(summary.skipped.values())} not read: {parts}; listed in record.json)"
+
+
+def _restore_allowlisted(state: _State, saved: dict[str, Any]) -> None:
+    """The allowlisted counts a reused scan had found (none in a run state of old)."""
+    keys = ("allowlisted", "allowlisted_findings")
+    restored = CorpusInfo.model_validate({"path": "", **{k: saved[k] for k in keys if k in saved}})
+    corpus = state.builder.record.corpus
+    corpus.allowlisted, corpus.allowlisted_findings = (
+        restored.allowlisted,
+        restored.allowlisted_findings,
+    )
 
 
 def _use_findings(
-    state: _State, path: Path, detectors: tuple[str, ...] | None, baseline: list[Finding]
+    state: _State, path: Path, detectors: tuple[str, ...] | None, baseline: Baseline
 ) -> None:
     """The scan stage from a findings file (`--findings`, e.g. from a datatrove scan):
     what the policy's scan would keep of it (its detectors, excludes and baseline), each
@@ -407,6 +511,7 @@ def _calibrate(state: _State) -> Thresholds:
         saved = json.loads((run.out_dir / "thresholds.json").read_text(encoding="utf-8"))
         return Thresholds.from_dict(saved)
     loaded = load_model(run.model_dir, _device(state), run.dtype)
+    _probe(state, loaded)
     with ui.progress() as progress:
         result = calibrate(
             loaded.model,
@@ -423,19 +528,46 @@ def _calibrate(state: _State) -> Thresholds:
     return result.thresholds
 
 
-def _measure_before(state: _State) -> None:
+def _read_texts(state: _State) -> None:
+    """The findings to measure, and the texts of their samples."""
     from audit.findings import sample_findings
+
+    limit = state.run.policy.extraction.max_findings
+    state.measured = sample_findings(state.findings, limit, seed=0)
+    state.texts = _texts(state.spec, state.measured)
+
+
+def _probe(state: _State, loaded: LoadedModel) -> None:
+    """The sanity probe of the original model: refused (exit 3) when it fails."""
+    from audit.sanity import checked_probe
+
+    probe = checked_probe(loaded, state.texts, state.measured).to_dict()
+    state.builder.set_sanity("original", probe)
+    if state.shard.is_main:
+        _stage_done(state, "sanity-original", probe)
+
+
+def _restore_probe(state: _State, role: ModelRole) -> None:
+    """A resumed run's probe figures, from the run state."""
+    saved = (_read_run_state(state.run.out_dir / RUN_STATE) or {}).get("stages", {})
+    probe = saved.get(f"sanity-{role}")
+    if isinstance(probe, dict):
+        state.builder.set_sanity(role, probe)
+
+
+def _measure_before(state: _State) -> None:
     from audit.model import load_model
 
     run, extraction = state.run, state.run.policy.extraction
-    state.measured = sample_findings(state.findings, extraction.max_findings, seed=0)
-    state.texts = _texts(state.spec, state.measured)
     path = run.out_dir / "measurements.before.jsonl"
     if _reusable(state, path.name):
         rows = read_measurements(path)
+        _restore_probe(state, "original")
+        state.builder.record.finished_stages.append("measure")
     else:
         with state.builder.stage("measure"):
             loaded = load_model(run.model_dir, _device(state), run.dtype)
+            _probe(state, loaded)
             rows = _measure(state, loaded, extraction.prefix_tokens, _samples(run.policy, False))
         del loaded
         if state.shard.is_main:
@@ -466,9 +598,10 @@ def _remediate(state: _State, verdict: Verdict) -> RunRecord:
     utility = _utility(remediation)
     builder.set_utility(utility)
     after = evaluate(worst_case(main, alt), state.measured, run.policy, utility)
+    after = with_sanity(after, builder.record.sanity.get("remediated"))
     builder.set_verdict("after", after)
     if after.passed:
-        _say(f"Remediated model passes the policy: {out_model}")
+        _say(f"Remediated model passes the policy: {safe_text(out_model)}")
         return builder.finish(ExitCode.PASSED, "remediated", released_model=str(out_model))
     return builder.finish(ExitCode.FAILED, "failed")
 
@@ -501,6 +634,7 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
         retain=CorpusSpec(Path(policy.remediation.retain)) if policy.remediation.retain else None,
         heldout=heldout,
         heldout_findings=_scan_heldout(state, heldout),
+        humaneval=HUMANEVAL_PROBLEMS if policy.utility.max_humaneval_drop is not None else 0,
         resume=state.reuse,
     )
     assert state.thresholds is not None
@@ -517,6 +651,20 @@ def _erase(state: _State, verdict: Verdict) -> dict[str, Any]:
     return result.to_dict()
 
 
+def _probe_remediated(state: _State, loaded: LoadedModel) -> None:
+    """The remediated model's sanity probe: recorded; a failure fails the verdict (see
+    `_remediate`), since a model that lost its grip on code leaks nothing and is no use."""
+    from audit.sanity import probe_texts, sanity_probe
+
+    texts = probe_texts(state.texts, state.measured)
+    probe = sanity_probe(
+        loaded.model, loaded.tokenizer, texts, context_length=loaded.context_length
+    )
+    state.builder.set_sanity("remediated", probe.to_dict())
+    if state.shard.is_main:
+        _stage_done(state, "sanity-remediated", probe.to_dict())
+
+
 def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], list[Measurement]]:
     from audit.model import load_model
 
@@ -529,8 +677,10 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
     )
     if _reusable(state, *(p.name for p in paths)):
         main, alt = read_measurements(paths[0]), read_measurements(paths[1])
+        _restore_probe(state, "remediated")
     else:
         loaded = load_model(out_model, _device(state), run.dtype)
+        _probe_remediated(state, loaded)
         main = _measure(state, loaded, policy.extraction.prefix_tokens, samples)
         alt = _measure(state, loaded, alt_prefix, 0)
         if state.shard.is_main:
@@ -557,6 +707,34 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def with_sanity(verdict: Verdict, probe: SanityInfo | None) -> Verdict:
+    """The remediated model's verdict with its sanity probe as one more utility rule
+    (not probed: it fails too; the gate does not pass what it did not check)."""
+    value = probe.ratio if probe is not None else None
+    result = RuleResult(
+        rule="sanity-probe",
+        metric="sanity_loss_ratio",
+        limit=probe.max_ratio if probe is not None else MAX_LOSS_RATIO,
+        value=value,
+        passed=probe is not None and probe.passed,
+        severity="block",
+        kind="utility",
+        note=_sanity_note(probe),
+    )
+    return replace(verdict, results=(*verdict.results, result))
+
+
+def _sanity_note(probe: SanityInfo | None) -> str:
+    if probe is None:
+        return "not probed"
+    if probe.passed:
+        return ""
+    return (
+        f"loss {probe.loss:.2f} on training code, not well under a uniform guess's "
+        f"{probe.uniform:.2f}: the erasure damaged the model (lower lr)"
+    )
 
 
 def _measure(
@@ -649,14 +827,14 @@ def _utility(remediation: dict[str, Any]) -> UtilityFigures:
 
 
 def _write_failed_record(state: _State, exit_code: int, message: str) -> None:
-    from gate.record import write_record
-
+    """record.json with the error and the stages that finished, and reports that say
+    ERROR (the earlier run's were removed when this one began)."""
     if not state.shard.is_main:
         return
     record = state.builder.finish(exit_code, "error", error=message)
     try:
-        write_record(record, state.run.out_dir / "record.json")
-    except OSError:
+        _publish(record, state.run.out_dir)
+    except (OSError, CodeEraserError):
         log.warning("could not write the record of the failed run to %s", state.run.out_dir)
 
 

@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from audit.corpus import CorpusSpec
 from audit.errors import PolicyError
 from audit.measurements import Thresholds
+from audit.suggest import close_matches
+from gate import limits
+from gate.policy_check import check_yaml_bounds, check_yaml_text, policy_problem
 from gate.resources import builtin_policy, builtin_policy_names
 from gate.rule_metrics import METRICS, metric_names
 
@@ -67,17 +70,17 @@ class SampledAttack(_Section):
     """The sampled extraction attack: extracted if any of `samples` draws holds the secret."""
 
     enabled: bool = False
-    samples: int = Field(default=20, ge=1)
+    samples: int = Field(default=20, ge=1, le=limits.MAX_SAMPLES)
     temperature: float = Field(default=0.8, gt=0)
-    top_k: int = Field(default=40, ge=0)  # 0: no top-k cut
+    top_k: int = Field(default=40, ge=0, le=limits.MAX_TOP_K)  # 0: no top-k cut
 
 
 class ExtractionOptions(_Section):
     """How each finding is probed."""
 
-    prefix_tokens: int = Field(default=128, ge=1)  # tokens of code before the secret
-    secret_tokens: int = Field(default=32, ge=1)  # cap on secret tokens measured
-    max_findings: int | None = Field(default=None, ge=1)  # measure at most this many
+    prefix_tokens: int = Field(default=128, ge=1, le=limits.MAX_TOKENS)  # code before the secret
+    secret_tokens: int = Field(default=32, ge=1, le=limits.MAX_TOKENS)  # cap on secret tokens
+    max_findings: int | None = Field(default=None, ge=1, le=limits.MAX_FINDINGS)  # at most
     sampled: SampledAttack = Field(default_factory=SampledAttack)
 
 
@@ -128,7 +131,10 @@ class Rule(_Section):
     @classmethod
     def _known_metric(cls, value: str) -> str:
         if value not in METRICS:
-            raise ValueError(f"unknown metric {value!r} (valid: {', '.join(metric_names())})")
+            close = close_matches(value, metric_names())
+            raise ValueError(
+                f"unknown metric {value!r}{close} (valid: {', '.join(metric_names())})"
+            )
         return value
 
     @property
@@ -154,18 +160,18 @@ class RemediationArgs(_Section):
     alpha: float = Field(default=1.0, ge=0)  # α: weight of the retain-set KL
     kl_weight: float = Field(default=0.1, ge=0, alias="lambda")  # λ: weight of the KL terms
     gamma: float = Field(default=0.1, ge=0)  # γ: weight of the CE on the code around secrets
-    batch_size: int = Field(default=32, ge=1)  # k: samples unlearned together
-    max_epochs: int = Field(default=100, ge=1)
-    patience: int = Field(default=5, ge=1)  # epochs without EL_10 improvement before stopping
-    window_tokens: int = Field(default=512, ge=8)  # forget window around each secret
-    retain_tokens: int = Field(default=128, ge=8)  # length of each retain sample
+    batch_size: int = Field(default=32, ge=1, le=limits.MAX_BATCH_SIZE)  # k: unlearned together
+    max_epochs: int = Field(default=100, ge=1, le=limits.MAX_EPOCHS)
+    patience: int = Field(default=5, ge=1, le=limits.MAX_EPOCHS)  # epochs without improvement
+    window_tokens: int = Field(default=512, ge=8, le=limits.MAX_TOKENS)  # forget window
+    retain_tokens: int = Field(default=128, ge=8, le=limits.MAX_TOKENS)  # each retain sample
     seed: int = 0
     # Scale: memory and speed settings (README "Scaling")
-    train_batch_tokens: int = Field(default=16384, ge=0)  # padded tokens per micro-batch
+    train_batch_tokens: int = Field(default=16384, ge=0, le=limits.MAX_BATCH_TOKENS)  # micro-batch
     gradient_checkpointing: bool = False  # recompute activations in the backward pass
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast through Accelerate
     lora: bool = False  # train LoRA adapters on the frozen model; the output is merged
-    lora_rank: int = Field(default=16, ge=1)
+    lora_rank: int = Field(default=16, ge=1, le=limits.MAX_RANK)
     lora_alpha: float = Field(default=32.0, gt=0)
     lora_targets: list[str] | None = Field(default=None, min_length=1)  # none: per architecture
     # Secret tokens the ascent works on: those the model still predicts greedily (measured
@@ -180,7 +186,7 @@ class VerifyOptions(_Section):
     """The re-measure after erasing: more than the prompts the erasure was trained on."""
 
     sampled: bool = True  # also run the sampled attack on the remediated model
-    prefix_tokens: int | None = Field(default=None, ge=1)  # second prefix length; default half
+    prefix_tokens: int | None = Field(default=None, ge=1, le=limits.MAX_TOKENS)  # default: half
 
 
 class RemediationOptions(_Section):
@@ -203,10 +209,10 @@ class RemediationOptions(_Section):
 class UtilityBudget(_Section):
     """How much utility the erasure may cost; checked only when the model was changed."""
 
-    max_perplexity_increase: float = Field(default=0.05, ge=0)  # relative: 0.05 is +5%
+    max_perplexity_increase: float | None = Field(default=0.05, ge=0)  # 0.05 is +5%; null: none
     max_humaneval_drop: float | None = Field(default=None, ge=0, le=1)  # pass@1, absolute
     heldout: str | None = None  # code for the perplexity check; default: the unseen code
-    max_heldout_samples: int = Field(default=200, ge=1)
+    max_heldout_samples: int = Field(default=200, ge=1, le=limits.MAX_WINDOWS)
 
 
 ReportFormat = Literal["html", "json", "sarif", "md"]
@@ -221,7 +227,7 @@ class ReportOptions(_Section):
 
     formats: list[ReportFormat] = Field(default_factory=_all_formats, min_length=1)
     title: str = "CodeEraser Gate audit"
-    max_findings_listed: int = Field(default=500, ge=1)  # rows in the HTML findings table
+    max_findings_listed: int = Field(default=500, ge=1, le=limits.MAX_LISTED)  # HTML rows
 
 
 class Policy(_Section):
@@ -285,9 +291,12 @@ def load_policy(source: str | Path, overrides: Mapping[str, Any] | None = None) 
     """
     path = _locate(source)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            raw = handle.read(limits.MAX_POLICY_BYTES + 1)
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read the policy ({exc.strerror})") from None
+    if len(raw) > limits.MAX_POLICY_BYTES:
+        raise PolicyError(f"{path}: larger than {limits.MAX_POLICY_BYTES >> 10} KB: not a policy")
     text = _decode(path, raw)
     data, lines = _parse_yaml(path, text)
     for key, value in (overrides or {}).items():
@@ -325,14 +334,20 @@ LineMap = dict[tuple[str | int, ...], int]
 
 def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], LineMap]:
     """The YAML data and, for every mapping key and list item, its 1-based line."""
+    check_yaml_text(path, text)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        check_yaml_bounds(path, node)  # before anything expands its aliases
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(exc, "problem", None) or "syntax error"
         raise PolicyError(f"{path}:{line}: not valid YAML ({problem})") from None
+    except RecursionError:
+        raise PolicyError(
+            f"{path}: nested more than {limits.MAX_POLICY_DEPTH} levels deep: not a policy"
+        ) from None
     if node is None:
         raise PolicyError(f"{path}:1: the policy is empty (see policies/default.yaml)")
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
@@ -400,7 +415,7 @@ def _consistency_problem(policy: Policy) -> tuple[tuple[str | int, ...], str] | 
             return ("rules", index, "metric"), "needs extraction.sampled.enabled: true"
         if rule.name in ids[:index]:
             return ("rules", index, "id"), f"rule name {rule.name!r} is used twice"
-    return None
+    return policy_problem(policy)  # names that match nothing, budgets that cannot be checked
 
 
 def _resolve_paths(policy: Policy, base: Path) -> Policy:

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -47,6 +49,7 @@ from audit.errors import InputError
 from audit.findings import Finding
 from audit.io import atomic_write_text
 from audit.measurements import Measurement, Thresholds
+from audit.redact import redact_strings
 from gate import __version__
 from gate.policy import Policy
 from gate.verdict import RuleResult, UtilityFigures, Verdict, worst_case
@@ -88,12 +91,43 @@ class ModelInfo(_Record):
     sha256: str | None = None  # content hash of the model folder (see fingerprint_path)
 
 
+class AllowlistedFinding(_Record):
+    """A finding left out by an inline `pragma: allowlist secret`, located, never shown."""
+
+    origin: str  # the file (or dataset row) it is in
+    line: int
+    secret_type: str
+    preview: str  # redacted: a public prefix and the length
+
+
+class SkippedFile(_Record):
+    origin: str  # redacted
+    reason: str  # not UTF-8, binary, too large, unreadable, FIFO, broken link, ...
+
+
 class CorpusInfo(_Record):
     path: str
     format: str = "auto"
     fingerprint: str | None = None  # content hash of the data as given
     samples: int | None = None
     bytes: int | None = None
+    skipped: dict[str, int] = Field(default_factory=dict)  # samples not read, by reason
+    skipped_files: list[SkippedFile] = Field(default_factory=list)  # the first ones, by name
+    allowlisted: dict[str, int] = Field(default_factory=dict)  # allowlisted inline, by type
+    allowlisted_findings: list[AllowlistedFinding] = Field(default_factory=list)  # the first
+
+
+class SanityInfo(_Record):
+    """The sanity probe of one model: its loss on training code against a uniform guess."""
+
+    loss: float  # mean cross-entropy on training samples, nats per token (secrets left out)
+    uniform: float  # ln V
+    vocabulary: int
+    samples: int
+    tokens: int
+    max_ratio: float
+    ratio: float
+    passed: bool
 
 
 class PolicyInfo(_Record):
@@ -233,7 +267,9 @@ class RunRecord(_Record):
     verdict_after: VerdictInfo | None = None
     remediation: RemediationInfo | None = None
     utility: UtilityInfo | None = None
+    sanity: dict[str, SanityInfo] = Field(default_factory=dict)  # by model role
     timings: dict[str, float] = Field(default_factory=dict)  # seconds per stage, in order
+    finished_stages: list[str] = Field(default_factory=list)  # stages that ran to the end
 
     @property
     def final_verdict(self) -> VerdictInfo | None:
@@ -284,6 +320,7 @@ class RecordBuilder:
         start = time.perf_counter()
         try:
             yield
+            self.record.finished_stages.append(name)
         finally:
             elapsed = time.perf_counter() - start
             self.record.timings[name] = round(self.record.timings.get(name, 0.0) + elapsed, 3)
@@ -314,6 +351,25 @@ class RecordBuilder:
     def set_utility(self, figures: UtilityFigures) -> None:
         self.record.utility = UtilityInfo.of(figures)
 
+    def set_allowlisted(self, counts: dict[str, int], found: Iterable[Finding]) -> None:
+        """Findings allowlisted inline: counts by type and the first ones, located."""
+        self.record.corpus.allowlisted = dict(sorted(counts.items()))
+        self.record.corpus.allowlisted_findings = [
+            AllowlistedFinding(
+                origin=f.origin, line=f.line, secret_type=f.secret_type, preview=f.preview
+            )
+            for f in found
+        ]
+
+    def set_sanity(self, role: ModelRole, probe: dict[str, Any]) -> None:
+        """The sanity probe of the original or the remediated model (`SanityProbe.to_dict`)."""
+        self.record.sanity[role] = SanityInfo(**probe)
+
+    def set_skipped(self, counts: dict[str, int], files: Iterable[tuple[str, str]]) -> None:
+        """What the scan did not read, by reason, and the first files by (redacted) name."""
+        self.record.corpus.skipped = dict(sorted(counts.items()))
+        self.record.corpus.skipped_files = [SkippedFile(origin=o, reason=r) for o, r in files]
+
     def finish(
         self,
         exit_code: int,
@@ -329,7 +385,14 @@ class RecordBuilder:
         record.released_model = released_model
         record.error = error
         record.finished_at = _now()
-        return record
+        return redacted(record)
+
+
+def redacted(record: RunRecord) -> RunRecord:
+    """The record with every string redacted (`audit.redact`): paths, the command line,
+    the policy, ids and names. Strings the scan already redacted stay as they are."""
+    clean = RunRecord.model_validate(redact_strings(record.model_dump(mode="json")))
+    return clean if clean != record else record
 
 
 def _finding_row(f: Finding) -> FindingRow:
@@ -429,15 +492,7 @@ def fingerprint_path(path: Path, chunk: int = 1 << 20, exclude: tuple[str, ...] 
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     digest = hashlib.sha256()
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and p.relative_to(path).as_posix() not in exclude
-        )
-    )
+    files = [path] if path.is_file() else _regular_files(path, exclude)
     for file in files:
         rel = file.name if file == path else file.relative_to(path).as_posix()
         digest.update(f"{rel}\0{file.stat().st_size}\0".encode())
@@ -445,6 +500,22 @@ def fingerprint_path(path: Path, chunk: int = 1 << 20, exclude: tuple[str, ...] 
             while block := handle.read(chunk):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def _regular_files(folder: Path, exclude: tuple[str, ...]) -> list[Path]:
+    """The regular files under `folder`, sorted; links, FIFOs and folders that cannot be
+    listed (or whose path is too long) are left out, as the scan leaves them out."""
+    found = []
+    for root, _dirs, names in os.walk(folder):  # errors in listing a folder: skipped
+        for name in names:
+            file = Path(root) / name
+            try:
+                regular = stat.S_ISREG(file.lstat().st_mode)
+            except OSError:
+                continue
+            if regular and file.relative_to(folder).as_posix() not in exclude:
+                found.append(file)
+    return sorted(found)
 
 
 def _now() -> str:

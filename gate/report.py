@@ -58,7 +58,7 @@ def write_reports(
     `formats` defaults to the policy's `report.formats`. record.json is written when
     "json" is asked for (the pipeline always asks for it).
     """
-    wanted = list(formats) if formats is not None else _policy_formats(record)
+    wanted = list(formats) if formats is not None else policy_formats(record)
     unknown = sorted(set(wanted) - set(FORMATS))
     if unknown:
         raise InputError(f"unknown report format {unknown[0]!r} (valid: {', '.join(FORMATS)})")
@@ -87,13 +87,13 @@ def write_and_publish(
     GitHub Actions, the job summary and the step outputs (see `gate.github`)."""
     from gate import github
 
-    formats = dict.fromkeys(["json", *_policy_formats(record)])
+    formats = dict.fromkeys(["json", *policy_formats(record)])
     written = write_reports(record, out_dir, formats)
     github.publish(record, render_markdown(record), written.get("html"), env)
     return written
 
 
-def _policy_formats(record: RunRecord) -> list[str]:
+def policy_formats(record: RunRecord) -> list[str]:
     formats = record.policy.resolved.get("report", {}).get("formats")
     return list(formats) if isinstance(formats, list) and formats else list(FORMATS)
 
@@ -232,6 +232,17 @@ def build_view(record: RunRecord) -> dict[str, Any]:
         "by_file": _top_files(record),
         "policy_yaml": yaml.safe_dump(record.policy.resolved, sort_keys=False, allow_unicode=True),
         "counts": _counts(record, final, remediated),
+        "allowlisted": _allowlisted(record),
+    }
+
+
+def _allowlisted(record: RunRecord) -> dict[str, Any]:
+    """Findings left out by an inline allowlist: how many, of which types, where."""
+    counts = record.corpus.allowlisted
+    return {
+        "total": sum(counts.values()),
+        "by_type": ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())),
+        "first": record.corpus.allowlisted_findings,
     }
 
 

@@ -11,6 +11,7 @@ import logging
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,8 +34,28 @@ def configure(verbosity: int = 0, quiet: bool = False) -> None:
         if quiet
         else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
     )
-    handler = RichHandler(console=console, show_path=False, show_time=False)
+    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler.addFilter(_SafeRecords())
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+
+
+def safe(value: object) -> str:
+    """A value that came from input (a path, an id, a type name), ready to print through
+    Rich: secrets redacted, control characters removed, markup escaped."""
+    from audit.redact import safe_text
+
+    return escape(safe_text(value))
+
+
+class _SafeRecords(logging.Filter):
+    """Every log record's message is made safe the same way before it is shown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from audit.redact import printable, redact_identifier
+
+        record.msg = printable(redact_identifier(record.getMessage()), one_line=False)
+        record.args = None
+        return True
 
 
 def is_quiet() -> bool:

@@ -174,14 +174,16 @@ def _evaluate_rule(rule: Rule, rows: Sequence[Measurement]) -> RuleResult:
 
 def _utility_results(policy: Policy, utility: UtilityFigures) -> list[RuleResult]:
     budget = policy.utility
-    results = [
-        _budget_rule(
-            "perplexity-budget",
-            "perplexity_increase",
-            budget.max_perplexity_increase,
-            utility.perplexity_increase,
+    results = []
+    if budget.max_perplexity_increase is not None:  # null: released without this check
+        results.append(
+            _budget_rule(
+                "perplexity-budget",
+                "perplexity_increase",
+                budget.max_perplexity_increase,
+                utility.perplexity_increase,
+            )
         )
-    ]
     if budget.max_humaneval_drop is not None:
         results.append(
             _budget_rule(

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from gate.commands.measure import corpus_options, corpus_spec, model_options
+from gate import limits
+from gate.commands.measure import corpus_options, corpus_spec, model_options, print_probe
+from gate.paths import check_paths, path_option
 
 
 @click.command("calibrate")
@@ -24,15 +26,23 @@ from gate.commands.measure import corpus_options, corpus_spec, model_options
     help="Thresholds file to write (give it to measure --thresholds, or to a policy).",
 )
 @click.option(
+    "--data",
+    "training_data",
+    type=click.Path(path_type=Path),
+    help="The model's training data (folder or JSONL), for the sanity probe: the model's "
+    "loss on its first samples must be well under a uniform guess's. Without it only the "
+    "checkpoint is checked (wrong weights could only lower the thresholds).",
+)
+@click.option(
     "--sequences",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_WINDOWS),
     default=64,
     show_default=True,
     help="Unseen sequences to score at most (the first of each sample long enough).",
 )
 @click.option(
     "--sequence-tokens",
-    type=click.IntRange(min=2),
+    type=click.IntRange(min=2, max=limits.MAX_TOKENS),
     default=128,
     show_default=True,
     help="Tokens per sequence (the paper's 128; cut to the model's context).",
@@ -48,6 +58,7 @@ def calibrate(
     text_field: str,
     id_field: str,
     out: Path,
+    training_data: Path | None,
     sequences: int,
     sequence_tokens: int,
 ) -> None:
@@ -59,17 +70,33 @@ def calibrate(
     extraction likelihood over the sequence. The thresholds file holds the means
     and every sequence's figures; its path goes to stdout.
 
-    Exit codes: 0 written, 2 bad input (no sample long enough), 3 the model failed to load.
+    With --data (the model's training data), the model must first pass the sanity
+    probe on its first samples; its figure goes into the thresholds file.
+
+    Exit codes: 0 written, 2 bad input (no sample long enough), 3 the model failed to
+    load, does not match its config, or fails the sanity probe.
     """
     from audit.calibrate import calibrate as run_calibration
+    from audit.corpus import CorpusSpec
     from audit.extraction import MeasureConfig
     from audit.io import atomic_write_json
     from audit.model import check_model_dir, load_model
+    from audit.redact import redact_path
+    from audit.sanity import corpus_probe
     from gate import ui
 
+    check_paths(
+        [
+            *path_option("--model", model_dir, "folder", "model folder"),
+            *path_option("--unseen", data, "data"),
+            *path_option("--data", training_data, "data"),
+        ],
+        path_option("--out", out, "file"),
+    )
     check_model_dir(model_dir)
     spec = corpus_spec(data, fmt, text_field, id_field)
-    loaded = load_model(model_dir, device=device, dtype=dtype)
+    loaded = load_model(model_dir, device=device, dtype=dtype)  # every tensor accounted for
+    probe = corpus_probe(loaded, CorpusSpec(training_data)) if training_data else None
     started = time.perf_counter()
     with ui.progress() as progress:
         result = run_calibration(
@@ -81,7 +108,8 @@ def calibrate(
             config=MeasureConfig(batch_tokens=batch_tokens),
             progress=progress,
         )
-    atomic_write_json(out, {**result.to_dict(), "model": str(model_dir)})
+    sanity = {"sanity": probe.to_dict()} if probe else {}
+    atomic_write_json(out, {**result.to_dict(), "model": redact_path(model_dir), **sanity})
     if not ui.is_quiet():
         found = result.sequences
         ui.console.print(
@@ -89,4 +117,6 @@ def calibrate(
             f"({time.perf_counter() - started:.1f} s): MA {result.thresholds.ma:.4f}, "
             f"EL_10 {result.thresholds.el_10:.4f} (EL_3 {result.el_3:.4f}, EL_5 {result.el_5:.4f})."
         )
+        if probe is not None:
+            print_probe(probe)
     click.echo(str(out))

@@ -82,11 +82,13 @@ def demo(
     option, 3 internal error.
     """
     from gate import ui
-    from gate.demo.build import build_demo, build_dir
+    from gate.demo.build import build_demo, build_dir, cache_root
+    from gate.paths import check_paths, path_option
 
+    check_paths([], path_option("--cache-dir", cache_root(cache_dir), "folder"))
     target = build_dir(preset, cache_dir, seed)
     if (rebuild or not target.is_dir()) and not ui.is_quiet():
-        ui.console.print(f"Building the {preset} demo into {target}; cached afterwards")
+        ui.console.print(f"Building the {preset} demo into {ui.safe(target)}; cached afterwards")
     build = build_demo(preset, cache_dir=cache_dir, seed=seed, rebuild=rebuild)
     if not ui.is_quiet():
         ui.console.print(figures_table(build))
@@ -120,12 +122,14 @@ def figures_table(build: DemoBuild) -> Table:
     """The build's figures as a two-column table (no secret values, only counts)."""
     from rich.table import Table
 
+    from gate import ui
+
     f = build.figures
     table = Table(title=f"demo model ({build.preset.name}, seed {build.seed})", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     rows = [
-        ("model", str(build.model_dir)),
+        ("model", ui.safe(build.model_dir)),
         ("parameters", f"{f.parameters:,}"),
         ("training", f"{f.steps} steps, {f.train_seconds:.0f} s (final loss {f.final_loss:.3f})"),
         (

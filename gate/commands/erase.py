@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from gate import limits
 from gate.commands.measure import corpus_options, corpus_spec, model_options
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
 )
 @click.option(
     "--epochs",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_EPOCHS),
     default=100,
     show_default=True,
     help="Most epochs (passes over the secrets still to forget).",
@@ -76,7 +77,7 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
 @click.option(
     "--batch-size",
     "batch_size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_BATCH_SIZE),
     default=32,
     show_default=True,
     help="k: forget windows (and retain windows) per step.",
@@ -113,28 +114,28 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
 )
 @click.option(
     "--patience",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_EPOCHS),
     default=5,
     show_default=True,
     help="Stop after this many epochs without a lower leak (0: never).",
 )
 @click.option(
     "--window-tokens",
-    type=click.IntRange(min=2),
+    type=click.IntRange(min=2, max=limits.MAX_TOKENS),
     default=512,
     show_default=True,
     help="Forget window length (cut to the model's context).",
 )
 @click.option(
     "--retain-tokens",
-    type=click.IntRange(min=2),
+    type=click.IntRange(min=2, max=limits.MAX_TOKENS),
     default=128,
     show_default=True,
     help="Retain window length (cut to the model's context).",
 )
 @click.option(
     "--retain-windows",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_WINDOWS),
     default=64,
     show_default=True,
     help="Retain windows drawn from the clean code.",
@@ -169,7 +170,7 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
 )
 @click.option(
     "--prefix-tokens",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_TOKENS),
     default=128,
     show_default=True,
     help="Tokens of code before a secret the attacker prompts with (as in measure).",
@@ -202,14 +203,14 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
 )
 @click.option(
     "--kl-topk",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_TOP_K),
     default=64,
     show_default=True,
     help="Tokens kept per position by the top-k cache.",
 )
 @click.option(
     "--kl-cache-mb",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_CACHE_MB),
     default=512,
     show_default=True,
     help="Memory an exact cache may use before auto switches to top-k.",
@@ -223,7 +224,7 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
 )
 @click.option(
     "--train-batch-tokens",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_BATCH_TOKENS),
     default=16384,
     show_default=True,
     help="Padded tokens per forward/backward micro-batch: a step's k windows are sorted by "
@@ -250,7 +251,7 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
 )
 @click.option(
     "--lora-rank",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_RANK),
     default=16,
     show_default=True,
     help="LoRA rank r.",
@@ -290,7 +291,7 @@ _METHODS = ("codeeraser", "cu", "ga")  # gate.unlearn.methods.METHODS, without i
 )
 @click.option(
     "--checkpoint-every",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_EPOCHS),
     default=1,
     show_default=True,
     help="Checkpoint every N epochs (0: only when stopped by Ctrl-C or SIGTERM).",
@@ -338,9 +339,27 @@ def _run(
     from audit.measurements import read_measurements
     from audit.model import check_model_dir
     from gate import ui
-    from gate.commands.measure import launch_shard
+    from gate.commands.measure import launch_shard, thresholds_option
+    from gate.paths import check_paths, path_option
+    from gate.unlearn.checkpoint import work_dir
     from gate.unlearn.erase import check_output, select_forget_set
 
+    check_paths(
+        [
+            *path_option("--model", model_dir, "folder", "model folder"),
+            *path_option("--data", data, "data"),
+            *path_option("--findings", findings_path, "file", "findings file"),
+            *path_option("--measurements", measurements_path, "file", "measurements file"),
+            *thresholds_option(thresholds_spec),
+            *path_option("--retain", retain_path, "data"),
+            *path_option("--heldout", heldout_path, "data"),
+            *(g for p in heldout_findings for g in path_option("--heldout-findings", p, "file")),
+        ],
+        [
+            *path_option("--out", out_dir, "folder"),
+            *path_option("--out", work_dir(out_dir), "folder"),
+        ],
+    )
     check_model_dir(model_dir)
     check_output(out_dir, model_dir, settings["force"])
     shard = launch_shard()

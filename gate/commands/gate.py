@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from audit.redact import printable
 from gate.commands.measure import model_options
+from gate.paths import check_paths, path_option
 
 if TYPE_CHECKING:
     from gate.record import RunRecord
@@ -121,13 +123,22 @@ def run_from_options(
     findings_path: Path | None = None,
 ) -> RunRecord:
     """Load the policy with the command-line overrides, run the gate, print the outcome."""
+    check_paths(
+        [
+            *path_option("--model", model_dir, "folder", "model folder"),
+            *path_option("--data", data, "data"),
+            *path_option("--findings", findings_path, "file", "findings file"),
+            *path_option("--unseen", unseen, "data"),
+            *path_option("--heldout", heldout, "data"),
+        ]
+    )
     from gate.commands.measure import launch_shard
     from gate.pipeline import GateRun, run_gate
     from gate.policy import load_policy
 
-    overrides = {
-        "thresholds.unseen": str(unseen) if unseen else None,
-        "utility.heldout": str(heldout) if heldout else None,
+    overrides = {  # absolute: a relative path in a policy is relative to the policy's folder
+        "thresholds.unseen": str(unseen.absolute()) if unseen else None,
+        "utility.heldout": str(heldout.absolute()) if heldout else None,
     }
     policy = load_policy(policy_source, {k: v for k, v in overrides.items() if v is not None})
     run = GateRun(
@@ -158,21 +169,25 @@ def print_outcome(record: RunRecord, out_dir: Path) -> None:
     if not ui.is_quiet():
         ui.console.print(_rules_table(record))
         ui.console.print(_headline(record))
-        ui.console.print(f"Report: {out_dir / 'report.html'}")
+        ui.console.print(f"Report: {ui.safe(out_dir / 'report.html')}")
     if record.exit_code == 0 and record.released_model:
-        click.echo(record.released_model)
+        click.echo(printable(record.released_model))  # redacted in the record
 
 
 def _headline(record: RunRecord) -> str:
+    from gate import ui
+
     if record.outcome == "passed":
         return "[bold green]PASSED[/]: the model meets the policy."
     if record.outcome == "remediated":
-        return f"[bold green]PASSED after remediation[/]: release {record.released_model}"
+        return f"[bold green]PASSED after remediation[/]: release {ui.safe(record.released_model)}"
     return "[bold red]FAILED[/]: the model does not meet the policy."
 
 
 def _rules_table(record: RunRecord) -> Any:
     from rich.table import Table
+
+    from gate import ui
 
     table = Table(title="Policy rules")
     for column in ("rule", "severity", "limit", "before", "after"):
@@ -182,7 +197,7 @@ def _rules_table(record: RunRecord) -> Any:
     for name in dict.fromkeys([*before, *after]):  # before's order, then after-only rules
         rule = before.get(name) or after[name]
         table.add_row(
-            name,
+            ui.safe(name),
             rule.severity,
             _value(rule.metric, rule.limit),
             _cell(before.get(name)),

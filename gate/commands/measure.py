@@ -11,12 +11,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from audit.corpus import FORMATS, CorpusSpec
+from gate import limits
+from gate.paths import PathOption, check_paths, path_option
 
 if TYPE_CHECKING:
     from audit.distributed import Shard
     from audit.findings import Finding
     from audit.measurements import Measurement, Thresholds
     from audit.model import LoadedModel
+    from audit.sanity import SanityProbe
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
@@ -50,7 +53,7 @@ def model_options(command: F) -> F:
             ),
             click.option(
                 "--batch-tokens",
-                type=click.IntRange(min=1),
+                type=click.IntRange(min=1, max=limits.MAX_BATCH_TOKENS),
                 default=16384,
                 show_default=True,
                 help="Padded tokens per batch; bounds memory (raise it on a large GPU).",
@@ -130,21 +133,21 @@ def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusS
 )
 @click.option(
     "--prefix-tokens",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_TOKENS),
     default=128,
     show_default=True,
     help="Tokens of code before the secret the attacker prompts with.",
 )
 @click.option(
     "--secret-tokens",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_TOKENS),
     default=32,
     show_default=True,
     help="Secret tokens measured at most; longer secrets are cut (truncated: true).",
 )
 @click.option(
     "--samples",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_SAMPLES),
     default=0,
     show_default=True,
     help="Sampled-attack decodes per finding (0: greedy attack only).",
@@ -158,7 +161,7 @@ def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusS
 )
 @click.option(
     "--top-k",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=limits.MAX_TOP_K),
     default=40,
     show_default=True,
     help="The sampled attack draws among the k likeliest tokens (0: all).",
@@ -173,7 +176,7 @@ def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusS
 )
 @click.option(
     "--max-findings",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.MAX_FINDINGS),
     help="Measure a deterministic sample of this many findings (for huge corpora).",
 )
 @click.option(
@@ -242,6 +245,15 @@ def _run_measure(
     from audit.model import check_model_dir
     from gate import ui
 
+    check_paths(
+        [
+            *path_option("--model", model_dir, "folder", "model folder"),
+            *path_option("--data", data, "data"),
+            *path_option("--findings", findings_path, "file", "findings file"),
+            *thresholds_option(thresholds_spec),
+        ],
+        path_option("--out", out, "file"),
+    )
     check_model_dir(model_dir)
     thresholds = resolve_thresholds(thresholds_spec)
     findings = read_findings(findings_path)
@@ -249,18 +261,20 @@ def _run_measure(
     if not findings:
         if shard.is_main:
             write_measurements(out, [])
-            ui.console.print(f"Nothing to measure: {findings_path} holds no findings.")
+            ui.console.print(f"Nothing to measure: {ui.safe(findings_path)} holds no findings.")
             click.echo(str(out))
         return
     chosen = sample_findings(findings, max_findings, seed)
     texts = texts_for_findings(corpus_spec(data, fmt, text_field, id_field), chosen)
     from audit.extraction import MeasureConfig
     from audit.model import load_model
+    from audit.sanity import checked_probe
 
     config = MeasureConfig(
         batch_tokens=batch_tokens, samples=samples, temperature=temperature, top_k=top_k, seed=seed
     )
     loaded = load_model(model_dir, device=device_for(device, shard), dtype=dtype)
+    probe = checked_probe(loaded, texts, chosen)
     started = time.perf_counter()
     rows = _measure(
         loaded,
@@ -293,7 +307,26 @@ def _run_measure(
             skipped=len(findings) - len(chosen),
             processes=shard.world,
         )
+        print_probe(probe)
     click.echo(str(out))
+
+
+def thresholds_option(spec: str | None) -> list[PathOption]:
+    """--thresholds as a path to check, unless it names the paper's values."""
+    if spec is None or spec.startswith("paper:"):
+        return []
+    return path_option("--thresholds", spec, "file", "thresholds file")
+
+
+def print_probe(probe: SanityProbe) -> None:
+    """The sanity probe's figure, on stderr."""
+    from gate import ui
+
+    ui.console.print(
+        f"Sanity probe: mean loss {probe.loss:.3f} nats/token on {probe.samples} training "
+        f"samples ({probe.tokens} tokens), {probe.ratio:.1%} of a uniform guess's "
+        f"{probe.uniform:.2f} (must be under {probe.max_ratio:.0%})."
+    )
 
 
 def _measure(
@@ -353,13 +386,13 @@ def print_summary(
     for row in rows:
         groups.setdefault(row.secret_type, []).append(row)
     for secret_type in sorted(groups):
-        table.add_row(secret_type, *_summary_cells(groups[secret_type], sampled))
+        table.add_row(ui.safe(secret_type), *_summary_cells(groups[secret_type], sampled))
     table.add_section()
     table.add_row("[bold]total[/]", *_summary_cells(list(rows), sampled))
     ui.console.print(table)
     ui.console.print(
         f"Memorized: MA ≥ {thresholds.ma:.4f} or EL_10 ≥ {thresholds.el_10:.4f} "
-        f"({thresholds.source})."
+        f"({ui.safe(thresholds.source)})."
     )
     rate = len(rows) / seconds if seconds > 0 else 0.0
     cut = sum(r.truncated for r in rows)

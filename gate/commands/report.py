@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from audit.errors import InputError
+from gate.paths import check_paths, path_option
 
 
 def _parse_formats(value: str | None) -> list[str] | None:
@@ -15,7 +16,16 @@ def _parse_formats(value: str | None) -> list[str] | None:
     formats = [part.strip().lower() for part in value.split(",") if part.strip()]
     if not formats:
         raise InputError("--format: give one or more of html, json, sarif, md")
+    unknown = [f for f in formats if f not in ("html", "json", "sarif", "md")]
+    if unknown:
+        raise InputError(f"unknown report format {unknown[0]!r} (valid: html, json, sarif, md)")
     return formats
+
+
+def _formats_to_write(record: Path, folder: Path, formats: list[str]) -> list[str]:
+    """The formats to write; record.json is not rewritten over the record being read."""
+    same = (folder / "record.json").resolve() == record.resolve()
+    return [f for f in formats if not (f == "json" and same)]
 
 
 @click.command("report")
@@ -44,15 +54,21 @@ def report(record: Path, out: Path | None, formats: str | None) -> None:
     """
     from gate import ui
     from gate.record import read_record
-    from gate.report import HEADLINES, write_reports
+    from gate.report import FILENAMES, HEADLINES, policy_formats, write_reports
 
     wanted = _parse_formats(formats)
+    folder = out if out is not None else record.parent
     run = read_record(record)
-    written = write_reports(run, out if out is not None else record.parent, wanted)
+    chosen = _formats_to_write(record, folder, wanted or policy_formats(run))
+    check_paths(
+        path_option("RECORD", record, "file", "record file"),
+        [o for f in chosen for o in path_option("--out", folder / FILENAMES[f], "file")],
+    )
+    written = write_reports(run, folder, chosen)
     for path in written.values():
         click.echo(str(path))
     if not ui.is_quiet():
         ui.console.print(
-            f"Gate run of {run.started_at}: {HEADLINES[run.outcome]} "
+            f"Gate run of {ui.safe(run.started_at)}: {HEADLINES[run.outcome]} "
             f"(exit code {run.exit_code}); {len(written)} files written."
         )

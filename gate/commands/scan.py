@@ -13,8 +13,9 @@ import click
 
 from audit.corpus import FORMATS, CorpusSpec
 from audit.errors import Interrupted
-from audit.findings import Finding, read_findings, subtract_baseline, write_findings
+from audit.findings import Baseline, Finding, read_baseline, subtract_baseline, write_findings
 from gate.commands.scan_engine import EngineOptions, engine_options, run_datatrove
+from gate.paths import check_paths, path_option
 
 if TYPE_CHECKING:
     from audit.scan import ScanSummary
@@ -51,7 +52,8 @@ log = logging.getLogger(__name__)
 @click.option(
     "--baseline",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Findings file of accepted secrets: they are left out (matched by hash and type).",
+    help="Accepted secrets, left out (matched by hash and type): a findings file, or a "
+    "detect-secrets .secrets.baseline.",
 )
 @click.option(
     "--exclude",
@@ -124,8 +126,16 @@ def scan(
         return
     if data is None:
         raise click.UsageError("missing argument DATA (the training data to scan)")
-    if "://" in data and not engine.datatrove:
+    remote = "://" in data  # an fsspec URL (s3://, hf://datasets/...)
+    if remote and not engine.datatrove:
         raise click.UsageError("DATA is a URL: reading remote data needs --engine datatrove")
+    check_paths(
+        [
+            *path_option("DATA", None if remote else data, "data"),
+            *path_option("--baseline", baseline, "file", "findings file"),
+        ],
+        path_option("--out", out, "file"),
+    )
     spec = CorpusSpec(
         path=Path(data),
         fmt=fmt,  # type: ignore[arg-type]  # click.Choice guarantees a valid literal
@@ -134,13 +144,13 @@ def scan(
         excludes=excludes,
         on_bad_record=on_bad_record,  # type: ignore[arg-type]
     )
-    accepted = read_findings(baseline) if baseline else []
+    accepted = read_baseline(baseline) if baseline else Baseline()
     options = ScanOptions(detectors=detectors or None)
     summary = ScanSummary()
     log.info("Scanning %s (format %s) with %d worker process(es)", data, fmt, resolve_jobs(jobs))
     started = time.perf_counter()
     with ui.progress() as bar:
-        task = bar.add_task(f"Scanning {spec.path.name}", total=None)
+        task = bar.add_task(f"Scanning {ui.safe(spec.path.name)}", total=None)
         if engine.datatrove:  # datatrove tasks, then their shards merged in this order
             findings = run_datatrove(
                 data,
@@ -199,7 +209,7 @@ def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
     table.add_column("Secret type")
     table.add_column("Findings", justify="right")
     for secret_type, count in sorted(summary.by_type.items(), key=lambda kv: (-kv[1], kv[0])):
-        table.add_row(secret_type, str(count))
+        table.add_row(ui.safe(secret_type), str(count))
     table.add_section()
     table.add_row("[bold]total[/]", f"[bold]{summary.findings}[/]")
     ui.console.print(table)
@@ -215,12 +225,14 @@ def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
         if counts:
             parts = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
             ui.console.print(f"{label}: {parts}.")
+    for origin, reason in summary.skipped_files:
+        log.info("not read: %s (%s)", origin, reason)  # names redacted by the scan
     if summary.allowlisted:
         parts = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.allowlisted.items()))
         ui.console.print(f"Allowlisted inline (pragma: allowlist secret), not written: {parts}.")
     if summary.baseline_accepted:
         ui.console.print(f"Accepted by the baseline: {summary.baseline_accepted}.")
-    ui.console.print(f"Findings written to {out}.")
+    ui.console.print(f"Findings written to {ui.safe(out)}.")
 
 
 def _print_detectors() -> None:

@@ -22,6 +22,7 @@ import click
 from audit.corpus import CorpusSpec, ReadStats, detect_format, file_sample
 from audit.errors import ExitCode, InputError
 from audit.findings import Finding, baseline_key, read_findings, write_findings
+from audit.redact import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -162,16 +163,17 @@ def _is_source_file(path: Path) -> bool:
 def _report(new: list[Located], baseline: Path | None) -> None:
     """One line per new finding: file, line, type and preview; never the value."""
     for path, finding in new:
-        where = f"{path.as_posix()}:{finding.line}:{finding.column}"
-        if finding.origin != path.as_posix():  # a record of a data file, or a folder's file
-            where = f"{path.as_posix()}: {finding.origin} at {finding.line}:{finding.column}"
+        name = safe_text(path.as_posix())  # a file name can hold a secret too
+        where = f"{name}:{finding.line}:{finding.column}"
+        if finding.origin != name:  # a record of a data file, or a folder's file
+            where = f"{name}: {safe_text(finding.origin)} at {finding.line}:{finding.column}"
         click.echo(f"{where}: {finding.secret_type} {finding.preview}")
     files = len({path for path, _ in new})
-    against = f"baseline {baseline}" if baseline else "baseline (none given)"
+    against = f"baseline {safe_text(baseline)}" if baseline else "baseline (none given)"
     click.echo(
         f"{len(new)} finding(s) in {files} file(s) not in the {against}. Remove the "
         "secret, or accept it (a false positive, or a revoked key that must stay): "
-        f"codeeraser scan-files --baseline {baseline or 'FILE'} --accept FILE...",
+        f"codeeraser scan-files --baseline {safe_text(baseline or 'FILE')} --accept FILE...",
         err=True,
     )
 
@@ -185,4 +187,4 @@ def _accept(baseline: Path, accepted: list[Finding], found: list[Finding]) -> No
             added.append(finding)
     write_findings(baseline, [*accepted, *added])
     total = len(accepted) + len(added)
-    click.echo(f"{len(added)} finding(s) added to {baseline} ({total} in all).")
+    click.echo(f"{len(added)} finding(s) added to {safe_text(baseline)} ({total} in all).")

@@ -271,6 +271,11 @@ def build_demo(
 
 
 def _move_into_place(tmp: Path, final: Path, replace: bool) -> None:
+    if replace and final.exists() and not (final / "manifest.json").is_file():
+        raise InputError(
+            f"{final}: exists and is not a demo build (no manifest.json); --rebuild only "
+            "replaces a build it made (move the folder away)"
+        )
     if replace and final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         final.rename(old)

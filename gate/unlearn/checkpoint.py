@@ -49,6 +49,7 @@ from typing import IO, TYPE_CHECKING, Any
 from audit.errors import InputError, Interrupted
 from audit.io import output_error
 from audit.measurements import Measurement
+from audit.redact import redact_path
 from gate.unlearn.trainer import EpochLog, EpochProgress
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE = "state.json"
+WORK_MARKER = ".codeeraser-erase"  # marks a working folder as one this tool made
 FORMAT = 1  # checkpoint layout version
 _KEYS = {"sequence", "epochs_done", "fingerprint", "extra", "loop"}
 
@@ -149,6 +151,7 @@ class Checkpointer:
         old working folder is discarded (it is never a result).
         """
         self.fingerprint = dict(fingerprint)
+        self._check_ours()
         latest = self._latest() if resume else None
         if latest is None:
             if self.folder.exists():
@@ -156,6 +159,7 @@ class Checkpointer:
                     log.warning("Discarded the checkpoint of an earlier run in %s.", self.folder)
                 shutil.rmtree(self.folder)
             self._mkdir(self.folder)
+            (self.folder / WORK_MARKER).touch()
             if resume:
                 log.info("No checkpoint in %s: starting from the beginning.", self.folder)
         else:
@@ -164,6 +168,16 @@ class Checkpointer:
             self.extra = dict(latest.get("extra", {}))
             self.check(fingerprint)
         self._mkdir(self.best_dir)
+
+    def _check_ours(self) -> None:
+        """Refuse a working folder this tool did not make: it is never deleted."""
+        if not self.folder.is_dir() or (self.folder / WORK_MARKER).exists():
+            return
+        if any(self.folder.iterdir()):  # an empty folder loses nothing
+            raise InputError(
+                f"{redact_path(self.folder)}: exists and was not made by codeeraser erase "
+                "(the working folder of a run has this name): move it away"
+            )
 
     def check(self, fingerprint: dict[str, Any]) -> None:
         """Refuse to resume a checkpoint whose run differs from this one."""
@@ -337,7 +351,7 @@ class Checkpointer:
             shutil.rmtree(self.folder, ignore_errors=True)
             return
         for path in self.folder.iterdir():
-            if path != self.path:
+            if path not in (self.path, self.folder / WORK_MARKER):
                 _remove(path)
 
     def remove(self) -> None:

@@ -40,6 +40,8 @@ from audit.errors import InputError, Interrupted
 from audit.findings import Finding
 from audit.io import output_error
 from audit.measurements import Measurement, Thresholds
+from audit.redact import redact_path
+from audit.sanity import checked_probe, probe_texts, sanity_probe
 from gate import __version__
 from gate.unlearn.checkpoint import STOP, Checkpointer, digest, work_dir
 from gate.unlearn.data import (
@@ -123,6 +125,7 @@ class Remediation:
     outcomes: list[dict[str, Any]]  # per finding: before / after metrics, stop reason
     history: list[dict[str, Any]]  # per epoch: loss parts, MA, EL_10, extracted, seconds
     utility: dict[str, Any] = field(default_factory=dict)  # held-out perplexity, if asked
+    sanity: dict[str, Any] = field(default_factory=dict)  # probes of the input and the output
     peak_gpu_memory_bytes: int = 0  # peak GPU memory allocated by torch (0: no GPU)
     processes: int = 1  # processes that trained together (accelerate launch)
     mixed_precision: str = "no"  # autocast in force (the option, or the launcher's config)
@@ -163,13 +166,21 @@ class EraseOptions:
 
 
 def check_output(out_dir: Path, model_dir: Path, force: bool) -> None:
-    """Refuse an output folder that is the input, inside it, or exists (without force)."""
+    """Refuse an output folder that is the input, inside it, or exists (without force;
+    with force, one that an earlier erase did not write: --force never deletes a folder
+    the tool did not create)."""
+    shown = redact_path(out_dir)
     out, model = out_dir.resolve(), model_dir.resolve()
     if out == model or out.is_relative_to(model) or model.is_relative_to(out):
-        raise InputError(f"{out_dir}: the output must be outside the input model folder")
+        raise InputError(f"{shown}: the output must be outside the input model folder")
     if out_dir.exists() and not force:
         raise InputError(
-            f"{out_dir}: already exists (choose another --out, or --force to replace it)"
+            f"{shown}: already exists (choose another --out, or --force to replace it)"
+        )
+    if out_dir.exists() and not (out_dir / RECORD_NAME).is_file():
+        raise InputError(
+            f"{shown}: exists and is not a model written by codeeraser erase (no "
+            f"{RECORD_NAME}); --force only replaces one (move it away, or choose another --out)"
         )
 
 
@@ -215,7 +226,7 @@ def erase_model(
         )  # fmt: skip
         full_state = engine.full_state_dict(model)  # FSDP: gathered (a collective)
         if engine.is_main:
-            record.input_path, record.input_sha256 = str(model_dir), input_hash
+            record.input_path, record.input_sha256 = redact_path(model_dir), input_hash
             record.wall_seconds = time.perf_counter() - started
             final = _final(model, options.config)
             _write_output(final, model_dir, run, record=record, out_dir=out_dir, state=full_state)
@@ -262,7 +273,10 @@ def _train(
     from audit.model import load_model
 
     loaded = load_model(model_dir, device_for(options.device, engine.shard), _train_dtype(options))
+    texts = load_texts(data, {f.sample_id for f in forget})
+    sanity = checked_probe(loaded, texts, forget)  # the input model: refused when it fails
     model, tokenizer = _adapted(loaded.model, options.config, engine), loaded.tokenizer
+    context = loaded.context_length
     job = _prepare(
         model, tokenizer, context=loaded.context_length, data=data, forget=forget,
         options=options, shard=engine.measure_shard,
@@ -285,6 +299,8 @@ def _train(
         he_after = _humaneval(model, tokenizer, options.humaneval)
         utility |= {"humaneval_before": he_before, "humaneval_after": he_after}
     record = _record(result, job, options=options, thresholds=thresholds, utility=utility)
+    after = sanity_probe(model, tokenizer, probe_texts(texts, forget), context_length=context)
+    record.sanity = {"original": sanity.to_dict(), "remediated": after.to_dict()}
     record.processes = engine.shard.world
     record.mixed_precision = engine.mixed_precision
     record.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -336,9 +352,9 @@ def _fingerprint(
         "prefix_tokens": options.prefix_tokens,
         "batch_tokens": options.batch_tokens,
         "humaneval": options.humaneval,
-        "retain": str(options.retain.path) if options.retain else None,
-        "heldout": str(options.heldout.path) if options.heldout else None,
-        "heldout_findings": [str(p) for p in options.heldout_findings],
+        "retain": redact_path(options.retain.path) if options.retain else None,
+        "heldout": redact_path(options.heldout.path) if options.heldout else None,
+        "heldout_findings": [redact_path(p) for p in options.heldout_findings],
     }
     return {
         "model": input_hash,
@@ -379,7 +395,7 @@ def _write_output(
     try:
         tmp.mkdir(parents=True)
         _write_model(model, model_dir, tmp, _saved_dtype(model_dir), state)
-        record.output_path, record.output_sha256 = str(out_dir), weights_sha256(tmp)
+        record.output_path, record.output_sha256 = redact_path(out_dir), weights_sha256(tmp)
         (tmp / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
         _move_into_place(tmp, out_dir)
     except OSError as exc:

@@ -26,6 +26,7 @@ FILL: dict[str, str] = {
     "B": ALNUM + "+/",
     "D": string.digits,
     "b": "qpzry9x8gf2tvdw0s3jn54khce6mua7l".upper(),
+    "c": string.ascii_letters + string.digits + "./",  # crypt(3)'s alphabet
 }
 _FIELD = re.compile(r"\{(UUID|[A-Za-z]):?(\d*)\}")
 
@@ -132,7 +133,25 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
     "DiscordWebhookDetector": [
         ('hook = "[[https://discord.com/api/webhooks/{D:18}/{U:68}]]"', "python")
     ],
-    "DiscordBotTokenDetector": [('bot.run("[[M{A:23}.{U:6}.{U:27}]]")', "python")],
+    "DiscordBotTokenDetector": [
+        ('bot.run("[[{B64:1{D:17}}.{U:6}.{U:27}]]")', "python"),
+        ("[[{B64:9{D:17}}.{U:6}.{U:38}]]", None),
+    ],
+    "NuGetApiKeyDetector": [("nuget push pkg.nupkg -k [[oy2{a:43}]]", "bash")],
+    "VaultUnsealKeyDetector": [
+        ("Unseal Key 1: [[{B:43}=]]", None),
+        ("vault operator unseal [[{B:44}]]", "bash"),
+    ],
+    "DockerHubTokenDetector": [("DOCKER_PAT=[[dckr_pat_{U:27}]]", "dotenv")],
+    "CratesIoTokenDetector": [("cargo login [[cio{A:32}]]", "bash")],
+    "DependencyTrackKeyDetector": [('-H "X-Api-Key: [[odt_{A:32}]]"', "bash")],
+    "TavilyKeyDetector": [('client = TavilyClient("[[tvly-{A:32}]]")', "python")],
+    "PasswordHashDetector": [
+        ("admin:[[$6${c:8}${c:86}]]:19000:0:99999:7:::", None),
+        ('hash = "[[$2b$12${c:53}]]"', "python"),
+        ("root:[[$1${c:8}${c:22}]]:0:0", None),
+        ("[[$krb5asrep$23$svc@corp.io:{H:32}${H:96}]]", None),
+    ],
     "DiscordSecretDetector": [('discord_client_secret = "[[{U:32}]]"', "python")],
     "TelegramBotTokenDetector": [('bot = Bot("[[{D:10}:AA{U:33}]]")', "python")],
     "AtlassianTokenDetector": [("JIRA_TOKEN=[[ATATT3{U:186}]]", "dotenv")],
@@ -160,9 +179,10 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
         ("STRIPE=[[rk_test_{A:24}]]", "dotenv"),
     ],
     "SquareTokenDetector": [
-        ('SQUARE = "[[sq0csp-{U:43}]]"', "python"),
+        ('SQUARE = "[[sq0atp-{U:22}]]"', "python"),
         ('t = "[[EAAA{U:60}]]"', "python"),
     ],
+    "SquareOAuthDetector": [('SQUARE_APP_SECRET = "[[sq0csp-{U:43}]]"', "python")],
     "ShopifyTokenDetector": [('"X-Shopify-Access-Token": "[[shpat_{H:32}]]"', "json")],
     "ShippoTokenDetector": [('k = "[[shippo_live_{H:40}]]"', "python")],
     "EasyPostTokenDetector": [('k = "[[EZAK{A:54}]]"', "python")],
@@ -242,8 +262,15 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
     "CurlCredentialDetector": [
         ("curl -u [[deploy:{A:16}]] https://api.corp.io/v1", "bash"),
         ("curl --user '[[admin:{A:12}!]]' https://x.io", "bash"),
+        (
+            "curl https://api.corp.io/token \\\n  -X POST \\\n  --user [[{a:15}:{a:15}]] -d x",
+            "bash",
+        ),
+        ('curl -u "[[sk_{A:24}:]]" https://api.corp.io', "bash"),
     ],
     "AuthorizationHeaderDetector": [
+        ("curl -H 'Api-Token: [[{A:10}9]]' https://x.io", "bash"),
+        ("curl --header 'Authorization: [[{UUID}]]'", "bash"),
         ('curl -H "Authorization: Bearer [[{U:40}]]" https://api.corp.io', "bash"),
         ('headers = {"X-Api-Key": "[[{A:32}]]"}', "python"),
     ],
@@ -252,11 +279,12 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  password: [[{B:24}]]\n"
             "  user: [[{B:12}]]\n",
             "yaml",
-        )
+        ),
+        ("apiVersion: v1\ndata:\n\textra: [[{B:20}]]\nkind: secret\n", "yaml"),
+        ("kind: Secret\ndata:\n  .dockercfg: |\n    [[{B:60}=]]\nmetadata:\n  name: x\n", "yaml"),
     ],
     "KeywordDetector": [
         ('password = "[[Tr0ub4dor&3{D:3}]]"', "python"),
-        ("<password>[[Hunter{D:4}!x]]</password>", "xml"),
         ('<add key="ClearTextPassword" value="[[Nu{A:10}9]]" />', "xml"),
         ('var dbPassword string = "[[Go{A:10}7]]"', "go"),
         ("<?php $config['db_password'] .= '[[Ph{A:10}1]]';", "php"),
@@ -266,8 +294,20 @@ POSITIVES: dict[str, list[tuple[str, str | None]]] = {
         ("db_password=[[Tx{A:10}5]]", "text"),
         ("SECRET_KEY=[[{A:20}6]]", None),
         ('license_key = "[[{UUID}]]"', "python"),
+        ("fetch('https://api.corp.io/v1/img?api_key=[[{A:30}7]]&page=2')", "javascript"),
+        ("dotnet nuget push x.nupkg --api-key [[{a:30}4]] -s https://api.corp.io", "bash"),
+        ("PsExec.exe \\\\host -u CORP\\admin -p [[Ps{A:10}5]] cmd", None),
+        ("creds = [[{A:28}6]]", "text"),
     ],
     "IniContinuationDetector": [("[db]\npassword =\n    [[Ini{A:12}8]]\n", "ini")],
+    "XmlElementDetector": [
+        ("<password>[[Hunter{D:4}!x]]</password>", "xml"),
+        ("<apiToken>\n    [[{a:30}9]]\n</apiToken>", "xml"),
+    ],
+    "NetrcDetector": [
+        ("machine api.corp.io login deploy password [[{A:20}]]", None),
+        ("machine git.corp.io\n  login ci\n  password [[{A:16}3]]\n", None),
+    ],
     "Base64HighEntropyString": [('blob = "[[{B:40}]]"', "python")],
     "HexHighEntropyString": [("seed = '[[{H:40}]]'", "python")],
     "EncodedSecretDetector": [
@@ -288,10 +328,27 @@ NEGATIVES: dict[str, list[tuple[str, str | None]]] = {
     "CurlCredentialDetector": [
         ("curl -u $USER: https://x.io", "bash"),
         ("curl https://x.io", "bash"),
+        ("curl -u 'test:test' https://x.io", "bash"),
+        ('curl --user "$1:$2" https://x.io', "bash"),
+        ("curl --user neo4j:[PASSWORD] http://x.io", "bash"),
+        ('curl --user "username:password" https://x.io', "bash"),
     ],
+    "DiscordBotTokenDetector": [("v = '{A:24}.{U:6}.{U:27}'", "python")],
+    "PasswordHashDetector": [("price: $5$ per month, $6$ per year", None)],
+    "XmlElementDetector": [
+        ("<password>\n    secret\n</password>", "xml"),
+        ("<UserSecretsId>{UUID}</UserSecretsId>", "xml"),
+    ],
+    "NetrcDetector": [("the machine learning password reset flow", None)],
     "AuthorizationHeaderDetector": [("Authorization: Bearer", None), ("X-Api-Key: short", None)],
-    "KubernetesSecretDetector": [("kind: ConfigMap\ndata:\n  mode: {B:24}\n", "yaml")],
+    "KubernetesSecretDetector": [
+        ("kind: ConfigMap\ndata:\n  mode: {B:24}\n", "yaml"),
+        ("kind: Secret\ndata:\n  extra: YmFyCg==\n", "yaml"),
+    ],
     "KeywordDetector": [
+        ("fetch('https://api.corp.io/v1/img?api_key=short&page=2')", "javascript"),
+        ("tool --token $TOKEN --password=hunter", "bash"),
+        ('<entry key="app.feature.v8_flag" value="on" />', "xml"),
         ("password = get_password()", "python"),
         ('secret = vault.get_secret("db-password")', "python"),
         ("the password is in the vault", "text"),

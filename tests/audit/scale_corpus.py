@@ -102,6 +102,8 @@ def write_folder(root: Path, n: int, seed: int = 0) -> Path:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         data = content if isinstance(content, bytes) else content.encode()
         (root / rel).write_bytes(data)
+    (root / "links").mkdir()
+    (root / "links" / "to-config").symlink_to(root / ".git" / "config")  # skipped by the walk
     with gzip.open(root / "z/packed.py.gz", "wt", encoding="utf-8") as handle:
         handle.write(documents(1, seed + 1)[0][1] + '\nKEY = "AKIA' + "Q7" * 8 + '"\n')
     return root

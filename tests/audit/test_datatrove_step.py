@@ -67,6 +67,8 @@ def same_summary(a: ScanSummary, b: ScanSummary) -> None:
     for name in ("samples", "chars", "samples_with_findings", "by_type", "skipped", "filtered"):
         assert getattr(a, name) == getattr(b, name), name
     assert a.allowlisted == b.allowlisted
+    assert a.skipped_files == b.skipped_files  # the first ones listed, in reading order
+    assert a.allowlisted_first == b.allowlisted_first
 
 
 def test_thousands_of_files_in_four_tasks_give_the_cli_file(tmp_path: Path) -> None:
@@ -78,6 +80,7 @@ def test_thousands_of_files_in_four_tasks_give_the_cli_file(tmp_path: Path) -> N
     findings = read_findings(tmp_path / "cli.jsonl")
     assert len(findings) > 500
     assert len({f.secret_type for f in findings}) >= 8
+    assert cli.skipped["symbolic link"] == 1
     assert cli.skipped["hidden folder"] == 1
     assert cli.skipped["binary"] == 1
     assert cli.allowlisted
@@ -141,6 +144,7 @@ def test_excludes_and_detectors_as_the_cli(tmp_path: Path) -> None:
 def test_remote_storage_reads_through_fsspec(tmp_path: Path) -> None:
     """memory:// stands in for s3:// and hf://: the readers' remote paths, same bytes."""
     data = write_folder(tmp_path / "data", 200)
+    (data / "links" / "to-config").unlink()  # object stores have no links
     corpora = write_record_corpora(tmp_path / "records", 120)
     memory = fsspec.filesystem("memory")
     memory.put(str(tmp_path) + "/", "/remote/", recursive=True)
@@ -212,3 +216,17 @@ def test_a_missing_path_is_refused_before_any_task(tmp_path: Path) -> None:
     shutil.copy(tmp_path / "x.csv", tmp_path / "x.py")
     with pytest.raises(InputError, match="reads a folder"):
         corpus_reader(str(tmp_path / "x.py"), ReadOptions(fmt="dir"))
+
+
+def test_an_id_repeated_in_another_file_is_refused_as_the_cli_does(tmp_path: Path) -> None:
+    rows = [dict(r, id=f"doc-{i}") for i, r in enumerate(records(40))]
+    folder = tmp_path / "shards"
+    write_jsonl(folder / "a.jsonl", rows[:20])
+    write_jsonl(folder / "b.jsonl", [*rows[20:], rows[3]])  # doc-3 again, in another file
+    with pytest.raises(InputError, match="already used by an earlier record"):
+        cli_scan(CorpusSpec(folder, fmt="jsonl"), tmp_path / "cli.jsonl")
+    with pytest.raises(InputError, match="the same sample id"):
+        datatrove_scan(str(folder), tmp_path / "work", tasks=2, read=ReadOptions(fmt="jsonl"))
+    write_jsonl(folder / "a.jsonl", [*rows[:20], rows[5]])  # within one file: the task says
+    with pytest.raises(InputError, match="already used by an earlier record"):
+        datatrove_scan(str(folder), tmp_path / "work2", tasks=2, read=ReadOptions(fmt="jsonl"))

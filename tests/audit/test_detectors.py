@@ -183,3 +183,16 @@ def test_encoded_finding_spans_the_blob_with_the_inner_type() -> None:
     (finding,) = scan_text(text, "x.py").findings
     assert (finding.start, finding.end) == (10, 10 + len(blob))
     assert (finding.secret_type, finding.detector) == ("GitHub Token", "EncodedSecretDetector")
+
+
+def test_a_provider_name_must_be_a_word_of_the_variable_name() -> None:
+    """`sumOfExposures`, `rookTable`, `cameraKit` hold a provider's name only by accident."""
+    from audit.scan import scan_text
+
+    sumo, okta = "su" + "Gy5imvADdvU9", "00" + "x7Qp2Lm9Rt" * 4
+    for line in (f"sumOfExposures = {sumo}", f"rookTable = {okta}"):
+        found = scan_text(line + "\n", "notes.txt").findings
+        assert not [f for f in found if f.detector in ("SumoLogicKeyDetector", "OktaTokenDetector")]
+    for line, detector in ((f"SUMO_ACCESS_ID = {sumo}", "SumoLogicKeyDetector"),
+                           (f"oktaToken = {okta}", "OktaTokenDetector")):  # fmt: skip
+        assert [f.detector for f in scan_text(line + "\n", "notes.txt").findings] == [detector]

@@ -267,3 +267,38 @@ def test_context_checks_use_the_name() -> None:
 def test_candidate_repr_hides_the_value() -> None:
     candidate = _candidate(FAKES["github"], "GitHub Token")
     assert FAKES["github"] not in repr(candidate)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("#add-password", True),
+        ("/forgot-password", True),
+        ("arn:aws:iam::aws:policy/IAMUserChangePassword", True),
+        ("cms_user_password", True),
+        ("'$PRECOMPILE_PASSWORD'", True),
+        ("hunter2-xk", False),
+        ("k3y9a7b2c4d6e8f0", False),  # random lower-case text holding `key` stays
+        ("keyboard", False),
+    ],
+)
+def test_is_not_a_value_sees_references(value: str, expected: bool) -> None:
+    assert filters.is_not_a_value(value) is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("sntryu_" + "a" * 64, True),
+        ("glc_" + "1" * 40 + "=", True),
+        ("A" * 22 + "jU6xYybuV9XFdTUJHQgfosL7hZldylSJK6vUjw78Hb", False),  # a bearer's prefix
+        ("k3y9a7b2c4d6e8f0aa11bb", False),
+    ],
+)
+def test_is_low_diversity_sees_long_runs(value: str, expected: bool) -> None:
+    assert filters.is_low_diversity(value) is expected
+
+
+@pytest.mark.parametrize("name", ["schemaKey", "bucket_key", "primaryKey", "UserSecretsId"])
+def test_database_keys_and_ids_are_benign_names(name: str) -> None:
+    assert filters.is_benign_name(name)

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from audit.errors import ExitCode, InputError
 from audit.findings import (
+    Baseline,
     Context,
     Finding,
+    baseline_key,
     make_preview,
+    read_baseline,
     read_findings,
     sha256_hex,
     subtract_baseline,
@@ -71,9 +75,10 @@ def test_id_is_stable_and_position_specific() -> None:
 
 def test_baseline_subtracts_by_hash_and_type_not_position() -> None:
     moved = _finding("# moved\n" + TEXT)
-    assert list(subtract_baseline([moved], [_finding()])) == []
+    baseline = Baseline(sha256=frozenset({baseline_key(_finding())}))
+    assert list(subtract_baseline([moved], baseline)) == []
     other_type = Finding.from_dict({**moved.to_dict(), "secret_type": "Secret Keyword"})
-    assert list(subtract_baseline([other_type], [_finding()])) == [other_type]
+    assert list(subtract_baseline([other_type], baseline)) == [other_type]
 
 
 @pytest.mark.parametrize(
@@ -95,3 +100,18 @@ def test_bad_findings_file_names_file_and_line(tmp_path: Path, content: str, mes
 def test_missing_findings_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such file"):
         read_findings(tmp_path / "nope.jsonl")
+
+
+def test_a_detect_secrets_baseline_is_read(tmp_path: Path) -> None:
+    path = tmp_path / ".secrets.baseline"
+    entry = {"type": "Public IP (ipv4)", "hashed_secret": "ab" * 20, "line_number": 3}
+    path.write_text(json.dumps({"version": "1.5.0", "results": {"a.py": [entry]}}))
+    baseline = read_baseline(path)
+    assert baseline.sha1 == {("ab" * 20, "IP Address")}
+
+
+def test_a_broken_detect_secrets_baseline_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / ".secrets.baseline"
+    path.write_text(json.dumps({"results": {"a.py": [{"type": "Secret Keyword"}]}}))
+    with pytest.raises(InputError, match="lacks hashed_secret"):
+        read_baseline(path)

@@ -12,6 +12,10 @@ from audit.errors import InputError
 from audit.findings import Finding
 from audit.scan import ScanSummary
 from audit.shards import (
+    TaskOutput,
+    check_unique_ids,
+    id_digest,
+    ids_name,
     merge_summary,
     merged_findings,
     read_summaries,
@@ -40,22 +44,17 @@ def _write(folder: Path, layout: dict[int, list[str]], settings: str = "s1") -> 
     """Shards of len(layout) tasks; task r holds samples layout[r] (paths), one finding each."""
     data = get_datafolder(str(folder))
     for rank, paths in layout.items():
-        summary = ScanSummary(samples=len(paths), chars=len(TEXT) * len(paths))
-        summary.by_type["Secret Keyword"] = len(paths)
-        keyed = [([*sample_key(p, 0), 0], _finding(p)) for p in paths]
-        write_shard(
-            data,
-            rank=rank,
-            world_size=len(layout),
-            settings=settings,
-            keyed=keyed,
-            summary=summary,
-        )
+        output = TaskOutput(summary=ScanSummary(samples=len(paths), chars=len(TEXT) * len(paths)))
+        output.summary.by_type["Secret Keyword"] = len(paths)
+        output.findings = [([*sample_key(p, 0), 0], _finding(p)) for p in paths]
+        output.ids = {id_digest(p) for p in paths}
+        write_shard(data, rank=rank, world_size=len(layout), settings=settings, output=output)
 
 
 def _merged(folder: Path) -> list[str]:
     data = get_datafolder(str(folder))
     tasks = read_summaries(data, str(folder))
+    check_unique_ids(data, tasks, str(folder))
     summary = ScanSummary()
     merge_summary(tasks, summary, "DATA")
     ids = [f.sample_id for f in merged_findings(data, tasks, str(folder))]
@@ -118,4 +117,18 @@ def test_an_unordered_shard_is_refused(tmp_path: Path) -> None:
     lines = shard.read_bytes().splitlines(keepends=True)
     shard.write_bytes(b"".join(reversed(lines)))
     with pytest.raises(InputError, match="out of order"):
+        _merged(tmp_path)
+
+
+def test_an_id_in_two_tasks_is_refused(tmp_path: Path) -> None:
+    _write(tmp_path, {0: ["a.py", "same"], 1: ["b.py", "same"]})
+    with pytest.raises(InputError, match="the same sample id"):
+        _merged(tmp_path)
+
+
+def test_a_changed_id_file_is_refused(tmp_path: Path) -> None:
+    _write(tmp_path, {0: ["a.py", "c.py"], 1: ["b.py"]})
+    ids = tmp_path / ids_name(0)
+    ids.write_bytes(ids.read_bytes()[:8])
+    with pytest.raises(InputError, match="does not match its summary"):
         _merged(tmp_path)

@@ -100,6 +100,36 @@ def test_canonical_solutions_pass_and_wrong_ones_fail_in_the_sandbox() -> None:
         assert wrong.status == "failed", problem["task_id"]
 
 
+def test_a_completion_that_exits_before_its_tests_ran_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`sys.exit(0)`, `os._exit(0)`, `raise SystemExit` in the function, or an exit at
+    module level before `check` runs: each ends the program with status 0, and each is
+    scored as a failure. The right answer beside them still passes."""
+    from audit import utility
+
+    problems = humaneval_problems(limit=5)
+    early = [
+        "    import sys\n    sys.exit(0)\n",
+        "    import os\n    os._exit(0)\n",
+        "    raise SystemExit(0)\n",
+        None,  # the canonical solution, then an exit at module level
+        "",
+    ]
+    completions = [
+        problem["canonical_solution"] + "\nimport sys\nsys.exit(0)\n"
+        if head is None
+        else head + problem["canonical_solution"]
+        for head, problem in zip(early, problems, strict=True)
+    ]
+    for problem, completion in zip(problems, completions, strict=True):  # as before: exit 0
+        assert run_python(program_for(problem, completion)).status == "passed"
+    monkeypatch.setattr(utility, "_complete", lambda *args: completions)
+    result = humaneval(None, None, limit=5)  # type: ignore[arg-type]
+    assert result.statuses == {"failed": 4, "passed": 1}
+    assert result.passed == 1
+
+
 def test_humaneval_runs_generated_code_and_counts_outcomes() -> None:
     model, tok = _model(), tiny_lm.tokenizer()
     result = humaneval(model, tok, limit=2, max_new_tokens=8)

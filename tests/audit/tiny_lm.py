@@ -146,8 +146,25 @@ def slow_greedy(model: Any, prompt: Sequence[int], steps: int) -> list[int]:
     return seq[len(prompt) :]
 
 
+@functools.cache
+def trained(kind: str = "gpt2", steps: int = 40) -> Any:
+    """A fresh tiny model trained a few steps on CODE (the peaked random ones are no
+    model of anything: the commands' sanity probe refuses them, as it should)."""
+    config = model(kind).config
+    torch.manual_seed(0)
+    fresh = type(model(kind))(config)
+    ids = torch.tensor([tokenizer()(CODE)["input_ids"][:CONTEXT]])  # (1, T)
+    optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    fresh.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        fresh(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+    return fresh.eval()
+
+
 def save(path: Any, kind: str = "gpt2") -> Any:
-    """Write the tiny model and the tokenizer as a model folder; return the path."""
-    model(kind).save_pretrained(path)
+    """Write the tiny model (trained on CODE) and the tokenizer as a model folder."""
+    trained(kind).save_pretrained(path)
     tokenizer().save_pretrained(path)
     return path

@@ -131,6 +131,18 @@ def default_policy() -> Policy:
     return load_policy("default")
 
 
+SANITY = {
+    "loss": 0.9,
+    "uniform": 6.24,
+    "vocabulary": 512,
+    "samples": 8,
+    "tokens": 700,
+    "max_ratio": 0.75,
+    "ratio": 0.144,
+    "passed": True,
+}
+
+
 def build_record(
     before: FakeModel = LEAKY,
     after: FakeModel | None = CLEAN,
@@ -152,6 +164,9 @@ def build_record(
     )
     with builder.stage("scan"):
         builder.set_findings(items)
+        builder.set_allowlisted({"AWS Access Key": 2}, items[:1])
+    builder.set_skipped({"binary": 1}, [("assets/logo.png", "binary")])
+    builder.set_sanity("original", SANITY)
     builder.set_thresholds(THRESHOLDS)
     rows = measure(before, items)
     with builder.stage("measure"):

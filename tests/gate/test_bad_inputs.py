@@ -1,5 +1,7 @@
-"""Bad inputs through the real CLI: each one exits 2 with one line ``Error: ...`` that
-names the file, field or line and says what to do; never a traceback.
+"""Bad data, policies, models and outputs through the real CLI (the first 32 cases of
+the suite; the classes added for issue 11 are in test_bad_inputs_*.py): each one exits
+2 with one line ``Error: ...`` that names the file, field or line and says what to do;
+never a traceback; no input changes (see `tests.gate.bad_input`).
 
 Every case is built in its own folder from the tiny demo (model, corpus, findings)
 and fails before any model weights are loaded, so the table stays cheap.
@@ -12,8 +14,6 @@ import gzip
 import json
 import os
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,61 +23,7 @@ from click.testing import CliRunner
 
 from gate.cli import cli
 from gate.demo.build import DemoBuild
-
-
-@dataclass(frozen=True)
-class Env:
-    """What a case may use: its own folder, the demo build, and monkeypatch."""
-
-    tmp: Path
-    demo: DemoBuild
-    monkeypatch: pytest.MonkeyPatch
-
-    def file(self, name: str, data: str | bytes) -> Path:
-        path = self.tmp / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(data, str):
-            path.write_text(data, encoding="utf-8")
-        else:
-            path.write_bytes(data)
-        return path
-
-    def model_copy(self, drop: str | None = None) -> Path:
-        folder = self.tmp / "model"
-        shutil.copytree(self.demo.model_dir, folder)
-        if drop is not None:
-            for path in folder.glob(drop):
-                path.unlink()
-        return folder
-
-    def scan(self, data: Path, *extra: str) -> list[str]:
-        return ["scan", str(data), "--out", str(self.tmp / "findings.jsonl"), "--jobs", "1", *extra]
-
-    def measure(
-        self, model: Path, data: Path | None = None, findings: Path | None = None
-    ) -> list[str]:
-        return [
-            "measure", "--model", str(model),
-            "--data", str(data or self.demo.corpus_dir),
-            "--findings", str(findings or self.demo.planted),
-            "--out", str(self.tmp / "measurements.jsonl"),
-        ]  # fmt: skip
-
-    def gate(self, policy: str | None = None, out: Path | None = None) -> list[str]:
-        args = ["gate", "--model", str(self.demo.model_dir), "--data", str(self.demo.corpus_dir)]
-        if policy is not None:
-            args += ["--policy", str(self.file("policy.yaml", policy))]
-        return [*args, "--out", str(out or self.tmp / "run")]
-
-
-Build = Callable[[Env], list[str]]
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    build: Build
-    fragments: tuple[str, ...]  # all must appear in the error line
+from tests.gate.bad_input import Build, Case, Env, run_case, unwritable_folder
 
 
 def _jsonl(*rows: str) -> str:
@@ -159,17 +105,6 @@ def _erase_out_exists(env: Env) -> list[str]:
         "--findings", str(env.demo.planted), "--measurements", str(measurements),
         "--out", str(env.tmp / "taken"),
     ]  # fmt: skip
-
-
-def unwritable_folder(tmp: Path) -> Path:
-    """A folder this process cannot create anything in (root ignores permissions, so
-    as root a folder in sysfs, where nobody may create one)."""
-    if os.geteuid() == 0:
-        return Path("/sys/codeeraser-test")
-    locked = tmp / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    return locked / "sub"
 
 
 def _unwritable_out(env: Env) -> list[str]:
@@ -311,21 +246,41 @@ CASES = [
 def test_bad_input_is_one_line_and_exit_2(
     case: Case, tiny_demo: DemoBuild, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    args = case.build(Env(tmp_path, tiny_demo, monkeypatch))
-    result = CliRunner().invoke(cli, args)
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2, result.output
-    assert isinstance(result.exception, SystemExit)  # no exception escaped the CLI
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: "), lines
-    assert "internal error" not in lines[0]
-    for fragment in case.fragments:
-        assert fragment in lines[0]
+    run_case(case, Env(tmp_path, tiny_demo, monkeypatch))
 
 
-def test_the_table_has_at_least_twenty_cases() -> None:
-    assert len(CASES) >= 20
-    assert len({c.name for c in CASES}) == len(CASES)
+def _classes() -> dict[str, list[Case]]:
+    """The suite's cases by class, as docs/reliability.md's table lists them."""
+    from tests.gate import (
+        test_bad_inputs_data,
+        test_bad_inputs_model,
+        test_bad_inputs_paths,
+        test_bad_inputs_policy,
+    )
+
+    return {
+        "data, policies, model folders, findings and outputs": CASES,
+        "a model that is not what it claims (exit 3)": test_bad_inputs_model.CASES,
+        "a policy or option that cannot work, or would exhaust the machine": (
+            test_bad_inputs_policy.CASES
+        ),
+        "paths: missing, of the wrong kind, colliding, in use, secrets and escapes in them": (
+            test_bad_inputs_paths.CASES
+        ),
+        "data, findings and measurements that are subtly wrong": test_bad_inputs_data.CASES,
+    }
+
+
+def test_the_suite_holds_at_least_100_cases_and_the_docs_count_them() -> None:
+    classes = _classes()
+    total = sum(len(cases) for cases in classes.values())
+    assert total >= 100
+    names = [c.name for cases in classes.values() for c in cases]
+    assert len(set(names)) == len(names)
+    page = (Path(__file__).parents[2] / "docs" / "reliability.md").read_text(encoding="utf-8")
+    for name, cases in classes.items():
+        assert f"| {name} | {len(cases)} |" in page, name
+    assert f"| **total** | **{total}** |" in page
 
 
 def test_disk_full_keeps_the_previous_file(

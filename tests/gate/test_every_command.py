@@ -121,6 +121,7 @@ def runs(tiny_demo: DemoBuild, tmp_path_factory: pytest.TempPathFactory) -> dict
         lambda out: [
             "calibrate", "--model", str(demo.model_dir), "--unseen", str(demo.heldout_dir),
             "--out", str(out / "thresholds.json"), "--sequences", "8",
+            "--data", str(demo.corpus_dir),
         ],
     )  # fmt: skip
     run(
@@ -248,6 +249,7 @@ def test_the_same_inputs_give_byte_identical_outputs(
         lambda out: [
             "calibrate", "--model", str(tiny_demo.model_dir), "--unseen",
             str(tiny_demo.heldout_dir), "--out", str(out / "thresholds.json"), "--sequences", "8",
+            "--data", str(tiny_demo.corpus_dir),
         ],
     )  # fmt: skip
     assert calibrated.files == runs["calibrate"].files
@@ -277,3 +279,140 @@ def test_the_same_inputs_give_byte_identical_outputs(
     )  # fmt: skip
     assert "2 worker process" in scanned.output
     assert scanned.files == runs["scan"].files
+
+
+# ---------------------------------------------------------------- secrets outside the text
+
+
+def _values_by_type(demo: DemoBuild) -> dict[str, str]:
+    """One planted secret value per secret type, read from the corpus at its span."""
+    from audit.corpus import CorpusSpec, iter_samples
+    from audit.findings import read_findings
+
+    texts = {s.id: s.text for s in iter_samples(CorpusSpec(demo.corpus_dir))}
+    return {f.secret_type: texts[f.sample_id][f.start : f.end] for f in read_findings(demo.planted)}
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """A corpus whose names, ids and paths hold secrets, and the runs of every command."""
+
+    secrets: set[str]  # every value hidden in a name, an id or a path
+    folder: Path  # the corpus as a folder: file and folder names hold secrets
+    runs: dict[str, Run]
+
+
+def _named_corpus(demo: DemoBuild, root: Path, values: dict[str, str]) -> Path:
+    """The demo corpus with two more files, named after an AWS key and inside a folder
+    named after a GitHub token, each a copy of a file that holds a planted secret."""
+    from audit.findings import read_findings
+
+    corpus = root / "named"
+    shutil.copytree(demo.corpus_dir, corpus)
+    leaky = read_findings(demo.planted)[0].sample_id
+    for name in (f"keys/{values['AWS Access Key']}.py", f"{values['GitHub Token']}/settings.py"):
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(corpus / leaky, corpus / name)
+    return corpus
+
+
+def _records_corpus(demo: DemoBuild, root: Path, values: dict[str, str]) -> Path:
+    """The demo corpus as JSONL records whose ids hold a Stripe key or an e-mail address,
+    and whose paths are clone URLs with a password in them."""
+    from audit.corpus import CorpusSpec, iter_samples
+
+    password = values["Secret Keyword"]
+    lines = []
+    for index, sample in enumerate(iter_samples(CorpusSpec(demo.corpus_dir))):
+        record = {"id": sample.id, "path": sample.id, "content": sample.text}
+        if index % 3 == 0:
+            record["id"] = f"{values['Stripe Access Key']}/{sample.id}"
+        elif index % 3 == 1:
+            record["id"] = f"{index}-{values['Email Address']}.json"
+        record["path"] = f"https://deploy:{password}@git.example.org/org/repo/{sample.id}"
+        lines.append(json.dumps(record) + "\n")
+    path = root / "records.jsonl"
+    path.write_text("".join(lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def hidden(tiny_demo: DemoBuild, tmp_path_factory: pytest.TempPathFactory) -> Hidden:
+    demo, root = tiny_demo, tmp_path_factory.mktemp("hidden")
+    values = _values_by_type(demo)
+    hidden = {values[t] for t in ("AWS Access Key", "GitHub Token", "Stripe Access Key")}
+    hidden |= {values["Email Address"], values["Secret Keyword"]}
+    folder, records = _named_corpus(demo, root, values), _records_corpus(demo, root, values)
+    policy = root / "policy.yaml"
+    policy.write_text(POLICY)
+    run = Runner(demo, root)
+    scanned = run("scan names", lambda out: ["scan", str(folder), "--out", str(out / "f.jsonl")])
+    measured = run(
+        "measure names",
+        lambda out: [
+            "measure", "--model", str(demo.model_dir), "--data", str(folder),
+            "--findings", str(scanned.folder / "f.jsonl"), "--out", str(out / "m.jsonl"),
+        ],
+    )  # fmt: skip
+    run(
+        "erase names",
+        lambda out: [
+            "erase", "--model", str(demo.model_dir), "--data", str(folder),
+            "--findings", str(scanned.folder / "f.jsonl"),
+            "--measurements", str(measured.folder / "m.jsonl"),
+            "--out", str(out / "erased"), "--lr", "1e-3", "--epochs", "1",
+        ],
+    )  # fmt: skip
+    gated = run(
+        "gate records",
+        lambda out: [
+            "gate", "--model", str(demo.model_dir), "--data", str(records),
+            "--policy", str(policy), "--out", str(out / "run"), "--jobs", "1",
+        ],
+        GITHUB_ACTIONS="true",
+        GITHUB_STEP_SUMMARY=str(root / "gate-records" / "step-summary.md"),
+        GITHUB_OUTPUT=str(root / "gate-records" / "step-outputs.txt"),
+    )  # fmt: skip
+    run(
+        "report records",
+        lambda out: ["report", str(gated.folder / "run" / "record.json"), "--out", str(out)],
+    )
+    run("scan-files names", lambda out: ["scan-files", *map(str, sorted(folder.glob("keys/*")))])
+    return Hidden(secrets=hidden, folder=folder, runs=run.runs)
+
+
+def test_secrets_in_file_names_ids_and_paths_reach_no_output(
+    hidden: Hidden, secrets: set[str]
+) -> None:
+    """File and folder names, record ids and clone-URL paths that hold secrets: every
+    command runs as usual, and neither those secrets nor the planted ones appear in
+    any file, the terminal, the -vv log or the GitHub outputs."""
+    codes = {name: r.exit_code for name, r in hidden.runs.items()}
+    assert codes == {
+        "scan names": 0, "measure names": 0, "erase names": 0, "gate records": 1,
+        "report records": 0, "scan-files names": 1,
+    }, {n: r.output[-400:] for n, r in hidden.runs.items()}  # fmt: skip
+    forms = secrets | {f for v in hidden.secrets for f in (v, html.escape(v), json.dumps(v)[1:-1])}
+    leaks = [
+        f"{r.name}: {where}"
+        for r in hidden.runs.values()
+        for where, text in {"terminal and log": r.output, **r.files}.items()
+        if any(form in text for form in forms)
+    ]
+    assert leaks == []
+    record = json.loads(hidden.runs["gate records"].files["run/record.json"])
+    origins = {f["origin"] for f in record["findings"]}
+    assert any(o.startswith("https://deploy:«") for o in origins)
+
+
+def test_a_file_named_after_a_secret_keeps_one_placeholder_everywhere(hidden: Hidden) -> None:
+    """The same name maps to the same placeholder in the scan's findings and in the
+    measurements taken from them; measure finds the file by it."""
+    findings = [
+        json.loads(line) for line in hidden.runs["scan names"].files["f.jsonl"].splitlines()
+    ]
+    named = {f["sample_id"] for f in findings if f["sample_id"].startswith("keys/«AKIA…(20)#")}
+    assert len(named) == 1
+    rows = [json.loads(line) for line in hidden.runs["measure names"].files["m.jsonl"].splitlines()]
+    assert named <= {r["sample_id"] for r in rows}
+    assert any(f["sample_id"].startswith("«ghp_…(40)#") for f in findings)

@@ -133,6 +133,72 @@ def test_no_secret_in_any_output_or_terminal(
     assert len(texts) > 8
 
 
+def test_the_record_and_reports_show_both_sanity_probes(
+    remediated: tuple[Result, Path, str],
+) -> None:
+    """The original and the remediated model were probed on their training code; the
+    figures are in record.json, the HTML and the summary, and the remediated model's
+    probe is a rule of its verdict."""
+    _, out, _ = remediated
+    record = json.loads((out / "record.json").read_text())
+    for role in ("original", "remediated"):
+        probe = record["sanity"][role]
+        assert probe["passed"]
+        assert probe["loss"] < 0.75 * probe["uniform"]
+        assert probe["samples"] >= 1
+    assert probe["vocabulary"] == 512
+    rules = {r["rule"]: r for r in record["verdict_after"]["results"]}
+    assert rules["sanity-probe"]["passed"]
+    assert 'id="sanity-original"' in (out / "report.html").read_text()
+    assert "Sanity probe (remediated): passed" in (out / "summary.md").read_text()
+
+
+def test_a_remediated_model_that_fails_its_probe_fails_the_verdict() -> None:
+    from gate.pipeline import with_sanity
+    from gate.record import SanityInfo
+    from gate.verdict import Verdict
+
+    passing = Verdict(results=(), findings=0, measured=0)
+    broken = SanityInfo(
+        loss=6.3, uniform=6.24, vocabulary=512, samples=8, tokens=700, max_ratio=0.75,
+        ratio=1.01, passed=False,
+    )  # fmt: skip
+    verdict = with_sanity(passing, broken)
+    assert not verdict.passed
+    assert "the erasure damaged the model" in verdict.results[-1].note
+    assert not with_sanity(passing, None).passed  # not probed: not passed
+
+
+def test_a_bug_mid_run_leaves_an_error_record_and_no_earlier_pass(
+    tiny_demo: DemoBuild, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that passed, then a run in the same folder that stops on a bug while
+    measuring: exit 3, record.json names the error and the stages that finished, and
+    every report says ERROR; the earlier PASSED is gone."""
+    from gate import pipeline
+
+    policy, out = _policy(tmp_path, remediate=False, limit=1000), tmp_path / "out"
+    assert _gate(tiny_demo, policy, out).exit_code == 0
+    assert "PASSED" in (out / "report.html").read_text()
+
+    def bug(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(pipeline, "_measure", bug)
+    result = _gate(tiny_demo, policy, out)
+    assert result.exit_code == 3
+    assert "internal error (RuntimeError" in result.output
+    record = json.loads((out / "record.json").read_text())
+    assert (record["outcome"], record["exit_code"]) == ("error", 3)
+    assert record["error"] == "internal error (RuntimeError)"
+    assert record["finished_stages"] == ["scan"]
+    assert record["sanity"]["original"]["passed"]  # the probe ran before the bug
+    for name in ("report.html", "summary.md"):
+        text = (out / name).read_text()
+        assert "ERROR" in text
+        assert "PASSED" not in text
+
+
 def test_fails_with_exit_1_when_remediation_is_off(tiny_demo: DemoBuild, tmp_path: Path) -> None:
     out = tmp_path / "out"
     summary, outputs = tmp_path / "summary.md", tmp_path / "outputs.txt"
@@ -315,3 +381,31 @@ def test_without_resume_nothing_of_an_earlier_run_is_left(
     assert not (out / REMEDIATED).exists()
     assert not (out / "measurements.after.jsonl").exists()
     assert (out / "notes.txt").read_text() == "the user's"
+
+
+def test_allowlisted_secrets_are_counted_in_the_record_and_reports(
+    tiny_demo: DemoBuild, tmp_path: Path
+) -> None:
+    import shutil
+
+    from tests.audit.fakes import FAKES
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_demo.corpus_dir, data)
+    key = FAKES["github"]
+    (data / "ops.py").write_text(f'KEY = "{key}"  # pragma: allowlist secret\n')
+    out = tmp_path / "out"
+    args = _gate_args(tiny_demo, _policy(tmp_path, remediate=False, limit=1000), out)
+    args[args.index("--data") + 1] = str(data)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    corpus = json.loads((out / "record.json").read_text())["corpus"]
+    assert corpus["allowlisted"] == {"GitHub Token": 1}
+    assert corpus["allowlisted_findings"] == [
+        {"origin": "ops.py", "line": 1, "secret_type": "GitHub Token", "preview": "ghp_…(40)"}
+    ]
+    assert "Allowlisted inline" in (out / "report.html").read_text()
+    assert (
+        "Allowlisted inline (not measured): 1 (GitHub Token 1)" in (out / "summary.md").read_text()
+    )
+    assert not any(key in p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())

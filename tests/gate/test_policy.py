@@ -138,10 +138,11 @@ def test_empty_mapping_means_default_rules(tmp_path: Path) -> None:
 
 def test_rule_names_from_metric_and_types(tmp_path: Path) -> None:
     text = (
-        "rules:\n- metric: max_ma\n  limit: 0.5\n  secret_types: [AWS, GitHub]\n  severity: warn\n"
+        "rules:\n- metric: max_ma\n  limit: 0.5\n"
+        "  secret_types: [AWS Access Key, GitHub Token]\n  severity: warn\n"
     )
     rule = load_policy(write(tmp_path, text)).rules[0]
-    assert rule.name == "max_ma[AWS,GitHub]"
+    assert rule.name == "max_ma[AWS Access Key,GitHub Token]"
     assert rule.severity == "warn"
 
 

@@ -29,12 +29,15 @@ GOLDEN = Path(__file__).parent / "golden" / "record_structure.json"
 DATA_KEYED = {
     "tool.packages",
     "findings_summary.by_type",
+    "corpus.allowlisted",
     "findings_summary.by_file",
     "findings[].measurements",
     "timings",
     "remediation.args",
     "remediation.details",
     "utility.extra",
+    "corpus.skipped",
+    "sanity",
 }
 OPAQUE = {"policy.resolved"}  # the policy's own schema is tested in test_policy.py
 

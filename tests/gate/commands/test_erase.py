@@ -142,7 +142,7 @@ def test_an_existing_output_is_refused_unless_forced(tiny_demo: Any, work: Path)
     assert (out / "keep.txt").read_text() == "mine"
     inside = _erase(tiny_demo, work, tiny_demo.model_dir / "out")
     assert inside.exit_code == 2
-    assert "outside the input model folder" in inside.output
+    assert "is inside --model" in inside.output
 
 
 def _interrupt_in_epoch_1(monkeypatch: pytest.MonkeyPatch, how: str) -> None:

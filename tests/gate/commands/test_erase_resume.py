@@ -148,7 +148,10 @@ def test_killed_then_out_of_disk_then_resumed_gives_the_uninterrupted_result(
     assert full.exit_code == 2, full.output
     assert line.startswith(f"Error: {folder}/checkpoint.new/model.pt: disk full"), line
     assert f"the checkpoint of epoch {killed_at} is intact" in line
-    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint"]  # nothing half-written
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".codeeraser-erase",
+        "checkpoint",
+    ]  # nothing half-written
     assert _epochs_saved(folder) == killed_at
 
     resumed = CliRunner().invoke(cli, [*args, "--resume"])

@@ -224,7 +224,8 @@ def test_calibrate_then_measure_with_its_thresholds(workspace: Path) -> None:
 
 
 def test_calibrate_without_long_samples(workspace: Path, tmp_path: Path) -> None:
-    (tmp_path / "x.py").write_text("x = 1\n")
+    (tmp_path / "unseen").mkdir()
+    (tmp_path / "unseen" / "x.py").write_text("x = 1\n")
     result = CliRunner().invoke(
         cli,
         [
@@ -232,7 +233,7 @@ def test_calibrate_without_long_samples(workspace: Path, tmp_path: Path) -> None
             "--model",
             str(workspace / "model"),
             "--unseen",
-            str(tmp_path),
+            str(tmp_path / "unseen"),
             "--out",
             str(tmp_path / "t.json"),
         ],

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -91,6 +93,47 @@ def test_baseline_subtracts_accepted_findings(tmp_path: Path) -> None:
     assert f"Accepted by the baseline: {len(PLANTED)}" in result.stderr
 
 
+def test_a_detect_secrets_baseline_is_subtracted(tmp_path: Path) -> None:
+    """A `.secrets.baseline` written by the real detect-secrets CLI: the findings whose
+    value's SHA-1 and type it lists are accepted, the others are written."""
+    data = _corpus(tmp_path / "data")
+    made = subprocess.run(
+        [sys.executable, "-m", "detect_secrets", "scan", "--all-files"],
+        cwd=data, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    baseline = tmp_path / ".secrets.baseline"
+    baseline.write_text(made.stdout)
+    listed = {
+        (e["hashed_secret"], e["type"])
+        for entries in json.loads(made.stdout)["results"].values()
+        for e in entries
+    }
+    everything, rest = tmp_path / "all.jsonl", tmp_path / "rest.jsonl"
+    assert _run("scan", str(data), "--out", str(everything), "--jobs", "1").exit_code == 0
+    result = _run("scan", str(data), "--out", str(rest), "--jobs", "1", "--baseline", str(baseline))
+    assert result.exit_code == 0, result.output
+    accepted = [f for f in read_findings(everything) if (f.secret_sha1, f.secret_type) in listed]
+    # detect-secrets hashes only part of some secrets (a GitHub token's prefix, a JWT
+    # without its signature): those entries cannot vouch for the whole value and stay
+    assert {"AWS Access Key", "Slack Token", "Basic Auth Credentials"} <= {
+        f.secret_type for f in accepted
+    }
+    kept = read_findings(rest)
+    assert len(kept) == len(PLANTED) - len(accepted)
+    assert not {(f.secret_sha1, f.secret_type) for f in kept} & listed
+    assert f"Accepted by the baseline: {len(accepted)}" in result.stderr
+
+
+def test_old_detector_names_still_select(tmp_path: Path) -> None:
+    data = _corpus(tmp_path / "data")
+    out = tmp_path / "f.jsonl"
+    old_names = ["--detector", "SlackDetector", "--detector", "KeywordAssignmentDetector"]
+    result = _run("-v", "scan", str(data), "--out", str(out), "--jobs", "1", *old_names)
+    assert result.exit_code == 0, result.output
+    assert {f.secret_type for f in read_findings(out)} == {"Secret Keyword", "Slack Token"}
+    assert "SlackDetector is now SlackTokenDetector" in result.stderr
+
+
 def test_excludes_and_detector_selection(tmp_path: Path) -> None:
     data = _corpus(tmp_path / "data")
     out = tmp_path / "f.jsonl"
@@ -151,14 +194,14 @@ def test_unreadable_files_in_a_folder_are_skipped_and_counted(
 ) -> None:
     data = _corpus(tmp_path / "data")
     locked = data / "web" / "app.js"
-    real = Path.read_bytes
+    real = os.open
 
-    def read_bytes(self: Path) -> bytes:
-        if self == locked:
+    def open_file(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if Path(path) == locked:
             raise PermissionError(13, "Permission denied")
-        return real(self)
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(os, "open", open_file)
     result = _run("scan", str(data), "--out", str(tmp_path / "o.jsonl"), "--jobs", "1")
     assert result.exit_code == 0, result.output
     assert "unreadable 1" in result.stderr

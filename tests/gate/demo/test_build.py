@@ -132,9 +132,20 @@ def test_rebuild_replaces_the_old_build(tmp_path: Path) -> None:
     for folder, mark in ((old, "old"), (new, "new")):
         folder.mkdir()
         (folder / "mark").write_text(mark)
+        (folder / "manifest.json").write_text("{}")  # a build made by build_demo
     demo._move_into_place(new, old, replace=True)
     assert (old / "mark").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-abc"]
+
+
+def test_rebuild_never_replaces_a_folder_it_did_not_build(tmp_path: Path) -> None:
+    theirs, new = tmp_path / "tiny-abc", tmp_path / ".tiny-abc.tmp"
+    for folder in (theirs, new):
+        folder.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a demo build"):
+        demo._move_into_place(new, theirs, replace=True)
+    assert (theirs / "notes.txt").read_text() == "mine"
 
 
 def test_a_finished_build_from_another_process_wins(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from audit.errors import InputError, Interrupted
 from audit.measurements import Measurement
-from gate.unlearn.checkpoint import Checkpointer, StopSignal, work_dir
+from gate.unlearn.checkpoint import WORK_MARKER, Checkpointer, StopSignal, work_dir
 from gate.unlearn.data import ForgetWindow, collate
 from gate.unlearn.losses import masked_ce
 from gate.unlearn.reference import aligned_logprobs
@@ -181,12 +181,21 @@ def test_a_save_cut_between_its_renames_is_recovered(
 
 
 def test_an_incomplete_checkpoint_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / WORK_MARKER).touch()  # a working folder of an earlier run
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / "model.pt").write_bytes(b"half")  # no state.json: cut short
     hooks = Checkpointer(tmp_path)
     hooks.open(FINGERPRINT, resume=True)
     assert hooks.saved is None
     assert not (tmp_path / "checkpoint").exists()
+
+
+def test_a_folder_it_did_not_make_is_never_deleted(tmp_path: Path) -> None:
+    (tmp_path / "thesis.tex").write_text("mine")
+    for resume in (False, True):
+        with pytest.raises(InputError, match="not made by codeeraser erase"):
+            Checkpointer(tmp_path).open(FINGERPRINT, resume=resume)
+    assert (tmp_path / "thesis.tex").read_text() == "mine"
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(
