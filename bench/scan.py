@@ -9,6 +9,7 @@ per-kind recall, decoys flagged, and wall-clock throughput (process start includ
 
     python bench/scan.py                 # the numbers in BENCHMARKS.md
     python bench/scan.py --keep corpus/  # also keep the generated corpus
+    python bench/scan.py --datatrove --before ../before   # the datatrove engine, 1 TB estimate
 
 Recall for codeeraser counts a planted secret as found only when a finding has its
 exact span. For detect-secrets, which reports lines, it is given both ways: any
@@ -35,6 +36,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -439,12 +441,15 @@ def _copy_stdlib(target: Path, rng: random.Random, count: int) -> None:
         shutil.copyfile(path, target / rel)
 
 
-def run_codeeraser(corpus: Path, out: Path, jobs: int | None) -> float:
-    """Wall-clock seconds of one `codeeraser scan`, process start included."""
-    cmd = [sys.executable, "-m", "gate", "-q", "scan", str(corpus), "--out", str(out)]
+def run_codeeraser(
+    corpus: Path, out: Path, jobs: int | None, repo: Path = REPO, extra: tuple[str, ...] = ()
+) -> float:
+    """Wall-clock seconds of one `codeeraser scan` (of the code in `repo`), process start
+    included."""
+    cmd = [sys.executable, "-m", "gate", "-q", "scan", str(corpus), "--out", str(out), *extra]
     if jobs is not None:
         cmd += ["--jobs", str(jobs)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     started = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
@@ -857,7 +862,131 @@ def compare_report(c: dict[str, Any], stages: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+# --------------------------------------------------------------------------------------
+# At corpus scale: the datatrove engine against the local engine, and a 1 TB estimate.
+# --------------------------------------------------------------------------------------
+
+
+def datatrove_bench(tmp: Path, repeat: int, before: Path | None) -> dict[str, Any]:
+    """Every standard-library module scanned by the local engine (--jobs 1 and 2; also by
+    the code in `before`, the tree before the datatrove engine) and by the datatrove
+    engine (1 and 2 tasks), runs interleaved; every output must be the same bytes."""
+    corpus = tmp / "stdlib-scale"
+    for path, rel in _stdlib_modules():
+        (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, corpus / rel)
+    runs: dict[str, Callable[[Path], float]] = {}
+    for n in (1, 2):
+        runs[f"cli --jobs {n}"] = partial(_cli_run, corpus, jobs=n, repo=REPO)
+        if before is not None:
+            runs[f"before: cli --jobs {n}"] = partial(_cli_run, corpus, jobs=n, repo=before)
+    for n in (1, 2):
+        runs[f"datatrove, {n} task(s)"] = partial(_datatrove_run, corpus, tasks=n)
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    outputs: set[bytes] = set()
+    for r in range(repeat):
+        for name, run in runs.items():
+            out = tmp / f"out-{r}-{len(seconds[name])}-{abs(hash(name))}.jsonl"
+            seconds[name].append(run(out))
+            outputs.add(out.read_bytes())
+    files = list(corpus.rglob("*.py"))
+    return {
+        "files": len(files),
+        "mb": sum(p.stat().st_size for p in files) / 1e6,
+        "seconds": {name: statistics.median(times) for name, times in seconds.items()},
+        "runs": seconds,
+        "identical_outputs": len(outputs) == 1,
+        "startup": _startup_seconds(),
+        "merge": merge_bench(tmp),
+        "cores": _cores(),
+        "load": os.getloadavg()[0],
+    }
+
+
+def _cli_run(corpus: Path, out: Path, jobs: int, repo: Path) -> float:
+    return run_codeeraser(corpus, out, jobs, repo=repo)
+
+
+def _datatrove_run(corpus: Path, out: Path, tasks: int) -> float:
+    work = out.with_suffix(".work")
+    extra = ("--engine", "datatrove", "--tasks", str(tasks), "--workers", str(tasks))
+    seconds = run_codeeraser(corpus, out, None, extra=(*extra, "--work-dir", str(work)))
+    shutil.rmtree(work)
+    return seconds
+
+
+def merge_bench(tmp: Path, findings: int = 400_000, tasks: int = 8) -> dict[str, float]:
+    """Seconds to merge `findings` synthetic findings from `tasks` shards into one file."""
+    from datatrove.io import get_datafolder
+
+    from audit.datatrove_step import merge_shards
+    from audit.findings import Finding
+    from audit.shards import TaskOutput, sample_key, write_shard
+
+    text = "x = 1\nTOKEN = 'abcdefghijklmnopqrstuvwx'\n"
+    made = partial(Finding.create, text=text, start=11, end=35, secret_type="Secret Keyword",
+                   detector="KeywordDetector")  # fmt: skip
+    folder = get_datafolder(str(tmp / "merge-shards"))
+    for rank in range(tasks):
+        output = TaskOutput()
+        output.summary.samples = findings // tasks
+        for i in range(rank, findings, tasks):
+            rel = f"src/m{i:07d}.py"
+            output.findings.append(([*sample_key(rel, 0), 0], made(sample_id=rel, origin=rel)))
+        write_shard(folder, rank=rank, world_size=tasks, settings="bench", output=output)
+    started = time.perf_counter()
+    merge_shards(str(tmp / "merge-shards"), tmp / "merged.jsonl", data="bench")
+    seconds = time.perf_counter() - started
+    return {"findings": findings, "tasks": tasks, "seconds": seconds}
+
+
+# Assumptions of the 1 TB estimate, printed with it.
+TB = 1e12
+CORES_PER_MACHINE = 32
+FINDINGS_PER_MB = 2.0  # findings per MB of code: the standard library gives about 0.2
+
+
+def scale_report(result: dict[str, Any]) -> str:
+    """The side-by-side table and the 1 TB extrapolation with its assumptions."""
+    mb, secs = result["mb"], result["seconds"]
+    lines = [
+        f"{result['files']} standard-library modules, {mb:.1f} MB, {result['cores']} cores "
+        f"(load {result['load']:.1f}); median of {len(next(iter(result['runs'].values())))} "
+        "interleaved runs, process start included; outputs identical: "
+        f"{result['identical_outputs']}",
+        "",
+        "| run | wall s | MB/s | vs cli --jobs 1 |",
+        "|---|---|---|---|",
+    ]
+    base = secs["cli --jobs 1"]
+    for name, seconds in secs.items():
+        lines.append(f"| {name} | {seconds:.2f} | {mb / seconds:.2f} | {base / seconds:.2f}x |")
+    merge = result["merge"]
+    merge_rate = merge["findings"] / merge["seconds"]
+    lines += ["", f"merge: {merge['findings']} findings from {merge['tasks']} shards in "
+              f"{merge['seconds']:.1f} s ({merge_rate:,.0f} findings/s)", ""]  # fmt: skip
+    lines += extrapolate(mb / (secs["datatrove, 1 task(s)"] - result["startup"]), merge_rate)
+    return "\n".join(lines)
+
+
+def extrapolate(task_mb_s: float, merge_rate: float) -> list[str]:
+    """Hours to scan 1 TB on N machines of CORES_PER_MACHINE cores, one task per core."""
+    lines = [
+        f"1 TB estimate: {task_mb_s:.2f} MB/s per task (one core, start-up excluded), "
+        f"{CORES_PER_MACHINE} tasks per machine, merge of {FINDINGS_PER_MB:g} findings/MB "
+        f"at {merge_rate:,.0f} findings/s on one core:",
+        "",
+        "| machines | scan hours | merge hours | total hours |",
+        "|---|---|---|---|",
+    ]
+    merge_h = TB / 1e6 * FINDINGS_PER_MB / merge_rate / 3600
+    for machines in (1, 8, 32, 128):
+        scan_h = TB / 1e6 / (task_mb_s * CORES_PER_MACHINE * machines) / 3600
+        lines.append(f"| {machines} | {scan_h:.1f} | {merge_h:.1f} | {scan_h + merge_h:.1f} |")
+    return lines
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--files", type=int, default=360, help="files in the corpus, in all")
@@ -869,7 +998,23 @@ def main() -> int:
     parser.add_argument("--cases", action="store_true", help="only the case suite")
     parser.add_argument("--compare", action="store_true", help="only the standard-library speed")
     parser.add_argument("--small", action="store_true", help="--compare on modules under 60 KB")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--datatrove", action="store_true", help="only the datatrove engine and the 1 TB estimate"
+    )
+    parser.add_argument(
+        "--before", type=Path, help="with --datatrove: a checkout of the code before, run beside"
+    )
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = _arguments()
+    if args.datatrove:
+        with tempfile.TemporaryDirectory() as tmp:
+            scaled = datatrove_bench(Path(tmp), args.repeat, args.before)
+        args.out.with_name("scan-datatrove.json").write_text(json.dumps(scaled, indent=1))
+        print(scale_report(scaled))
+        return 0
     if args.cases:
         print(suite_report(case_suite(args.seed)))
         return 0

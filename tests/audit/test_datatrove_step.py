@@ -3,6 +3,7 @@ byte for byte and in order, for every layout, number of tasks and storage."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ import pytest
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.readers import JsonlReader
 
-from audit.corpus import CorpusSpec
+from audit.corpus import CorpusSpec, verify_findings
 from audit.datatrove_step import ReadOptions, ScanSecrets, corpus_reader, merge_shards
 from audit.errors import InputError
 from audit.findings import read_findings, write_findings
@@ -27,6 +28,8 @@ from tests.audit.scale_corpus import (
 
 if TYPE_CHECKING:
     from gate.demo.build import DemoBuild
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "datatrove" / "scan_pipeline.py"
 
 
 def cli_scan(
@@ -230,3 +233,27 @@ def test_an_id_repeated_in_another_file_is_refused_as_the_cli_does(tmp_path: Pat
     write_jsonl(folder / "a.jsonl", [*rows[:20], rows[5]])  # within one file: the task says
     with pytest.raises(InputError, match="already used by an earlier record"):
         datatrove_scan(str(folder), tmp_path / "work2", tasks=2, read=ReadOptions(fmt="jsonl"))
+
+
+def test_the_documented_pipeline_scans_what_it_writes(tmp_path: Path) -> None:
+    """examples/datatrove/scan_pipeline.py: a user's reader, filter and PII formatter,
+    the writer, then the scan; its findings belong to the written training data."""
+    rows = [dict(r, id=f"doc-{i}") for i, r in enumerate(records(120))]
+    for row in rows[::5]:
+        row["content"] += "\n# maintainer: ops.lead@corp-mail.io\n"
+    raw = write_jsonl(tmp_path / "raw" / "part.jsonl", rows)
+    _, before = cli_scan(CorpusSpec(raw), tmp_path / "raw.jsonl")
+    assert before.by_type["Email Address"] > 0
+    spec = importlib.util.spec_from_file_location("scan_pipeline", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    work = tmp_path / "work"
+    example.pipeline(str(raw.parent), str(work), tasks=2).run()
+    findings = read_findings(work / "findings.jsonl")
+    written = CorpusSpec(work / "train", fmt="jsonl", text_field="text")
+    verify_findings(written, findings)  # each at its span of the written data
+    assert findings
+    assert not [f for f in findings if f.secret_type == "Email Address"]  # PII came first
+    assert {f.sample_id for f in findings} <= {r["id"] for r in rows}

@@ -80,5 +80,5 @@ def test_a_findings_file_inside_the_run_folder_is_refused(
     inside.write_bytes(scaled.read_bytes())
     result = _gate(tiny_demo, out, "--findings", str(inside), "--force")
     assert result.exit_code == 2
-    assert "outside the run folder" in result.stderr
+    assert "contains --findings" in result.stderr
     assert inside.read_bytes() == scaled.read_bytes()
