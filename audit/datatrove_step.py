@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -336,6 +337,7 @@ class ScanSecrets(PipelineStep):  # type: ignore[misc]
 
     def _scan(self, data: DocumentsPipeline, rank: int, world_size: int) -> Iterator[Document]:
         output = TaskOutput()
+        started = time.process_time()
         batch: list[tuple[Key, Sample]] = []
         for seq, doc in enumerate(data or ()):
             key, sample, positional = document_sample(doc, rank, seq)
@@ -351,6 +353,7 @@ class ScanSecrets(PipelineStep):  # type: ignore[misc]
             yield doc
         self._scan_batch(batch, output)
         self._add_reader_skips(output)
+        output.cpu_seconds = time.process_time() - started
         write_shard(
             self.shards, rank=rank, world_size=world_size, settings=self.settings, output=output
         )

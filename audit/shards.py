@@ -73,6 +73,7 @@ class TaskOutput:
     skipped_files: list[tuple[Key, str, str]] = field(default_factory=list)
     allowlisted: list[tuple[Key, Finding]] = field(default_factory=list)
     ids: set[int] = field(default_factory=set)
+    cpu_seconds: float = 0.0  # the task process's CPU time while it ran (for benchmarks)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class TaskSummary:
     counts: dict[str, Any]  # a ScanSummary's counts (see `_counts`)
     skipped_files: list[Any]  # [key, origin, reason], the first ones in reading order
     allowlisted: list[Any]  # [key, finding], the first ones in reading order
+    cpu_seconds: float = 0.0  # CPU time of the task (not merged: it varies run to run)
     version: int = SHARD_VERSION
 
 
@@ -129,6 +131,7 @@ def write_shard(
         counts=_counts(output.summary),
         skipped_files=[list(entry) for entry in output.skipped_files[:MAX_SKIPPED_LISTED]],
         allowlisted=[[k, f.to_dict()] for k, f in output.allowlisted[:MAX_ALLOWLISTED_LISTED]],
+        cpu_seconds=output.cpu_seconds,
     )
     with folder.open(summary_name(rank), "wb") as handle:
         handle.write(json.dumps(task.__dict__, sort_keys=True).encode("utf-8"))

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import string
@@ -867,50 +868,80 @@ def compare_report(c: dict[str, Any], stages: dict[str, float]) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def datatrove_bench(tmp: Path, repeat: int, before: Path | None) -> dict[str, Any]:
-    """Every standard-library module scanned by the local engine (--jobs 1 and 2; also by
-    the code in `before`, the tree before the datatrove engine) and by the datatrove
-    engine (1 and 2 tasks), runs interleaved; every output must be the same bytes."""
+def datatrove_bench(tmp: Path, repeat: int, before: Path | None, copies: int = 4) -> dict[str, Any]:
+    """`copies` copies of every standard-library module scanned by the local engine
+    (--jobs 1 and 2; also by the code in `before`, the tree before the datatrove engine)
+    and by the datatrove engine (1 and 2 tasks), runs interleaved; every output must be
+    the same bytes. The datatrove engine's fixed cost (start-up, executor, merge) is
+    measured on a one-file corpus."""
     corpus = tmp / "stdlib-scale"
-    for path, rel in _stdlib_modules():
-        (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, corpus / rel)
+    for copy in range(copies):
+        for path, rel in _stdlib_modules():
+            (corpus / f"copy{copy}" / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, corpus / f"copy{copy}" / rel)
+    tiny = tmp / "one-file"
+    tiny.mkdir()
+    (tiny / "a.py").write_text("x = 1\n")
     runs: dict[str, Callable[[Path], float]] = {}
     for n in (1, 2):
         runs[f"cli --jobs {n}"] = partial(_cli_run, corpus, jobs=n, repo=REPO)
         if before is not None:
             runs[f"before: cli --jobs {n}"] = partial(_cli_run, corpus, jobs=n, repo=before)
+    task_cpu: dict[str, list[float]] = {}
     for n in (1, 2):
-        runs[f"datatrove, {n} task(s)"] = partial(_datatrove_run, corpus, tasks=n)
+        name = f"datatrove, {n} task(s)"
+        task_cpu[name], task_cpu[f"{name}, one file"] = [], []
+        runs[name] = partial(_datatrove_run, corpus, tasks=n, task_cpu=task_cpu[name])
+        runs[f"{name}, one file"] = partial(
+            _datatrove_run, tiny, tasks=n, task_cpu=task_cpu[f"{name}, one file"]
+        )
     seconds: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     outputs: set[bytes] = set()
     for r in range(repeat):
-        for name, run in runs.items():
-            out = tmp / f"out-{r}-{len(seconds[name])}-{abs(hash(name))}.jsonl"
+        for i, (name, run) in enumerate(runs.items()):
+            out = tmp / f"out-{r}-{i}.jsonl"
+            before_cpu = _children_cpu()
             seconds[name].append(run(out))
-            outputs.add(out.read_bytes())
+            cpu[name].append(_children_cpu() - before_cpu)
+            if "one file" not in name:
+                outputs.add(out.read_bytes())
     files = list(corpus.rglob("*.py"))
     return {
         "files": len(files),
         "mb": sum(p.stat().st_size for p in files) / 1e6,
         "seconds": {name: statistics.median(times) for name, times in seconds.items()},
+        "cpu": {name: statistics.median(times) for name, times in cpu.items()},
+        "task_cpu": {name: statistics.median(times) for name, times in task_cpu.items()},
         "runs": seconds,
         "identical_outputs": len(outputs) == 1,
-        "startup": _startup_seconds(),
+        "findings": len(next(iter(outputs)).splitlines()),
         "merge": merge_bench(tmp),
         "cores": _cores(),
         "load": os.getloadavg()[0],
     }
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far. Processes a
+    child starts and does not wait for (worker pools) may be missing: compare only runs
+    in one process."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _cli_run(corpus: Path, out: Path, jobs: int, repo: Path) -> float:
     return run_codeeraser(corpus, out, jobs, repo=repo)
 
 
-def _datatrove_run(corpus: Path, out: Path, tasks: int) -> float:
+def _datatrove_run(corpus: Path, out: Path, tasks: int, task_cpu: list[float]) -> float:
+    """Wall seconds of the datatrove engine; the tasks' CPU seconds (summed, from their
+    shard summaries) go to `task_cpu`."""
     work = out.with_suffix(".work")
     extra = ("--engine", "datatrove", "--tasks", str(tasks), "--workers", str(tasks))
     seconds = run_codeeraser(corpus, out, None, extra=(*extra, "--work-dir", str(work)))
+    summaries = (work / "shards").glob("*.json")
+    task_cpu.append(sum(json.loads(p.read_text())["cpu_seconds"] for p in summaries))
     shutil.rmtree(work)
     return seconds
 
@@ -950,39 +981,52 @@ def scale_report(result: dict[str, Any]) -> str:
     """The side-by-side table and the 1 TB extrapolation with its assumptions."""
     mb, secs = result["mb"], result["seconds"]
     lines = [
-        f"{result['files']} standard-library modules, {mb:.1f} MB, {result['cores']} cores "
-        f"(load {result['load']:.1f}); median of {len(next(iter(result['runs'].values())))} "
-        "interleaved runs, process start included; outputs identical: "
-        f"{result['identical_outputs']}",
+        f"{result['files']} files (copies of the standard library), {mb:.1f} MB, "
+        f"{result['findings']} findings; {result['cores']} cores (load average "
+        f"{result['load']:.1f} at the end); median of "
+        f"{len(next(iter(result['runs'].values())))} interleaved runs, process start "
+        f"included; outputs identical: {result['identical_outputs']}",
         "",
-        "| run | wall s | MB/s | vs cli --jobs 1 |",
-        "|---|---|---|---|",
+        "| run | wall s | MB/s | vs cli --jobs 1 | CPU s (one process) | tasks' CPU s |",
+        "|---|---|---|---|---|---|",
     ]
     base = secs["cli --jobs 1"]
     for name, seconds in secs.items():
-        lines.append(f"| {name} | {seconds:.2f} | {mb / seconds:.2f} | {base / seconds:.2f}x |")
+        rate = "" if "one file" in name else f"{mb / seconds:.2f}"
+        single = "jobs 1" in name or "1 task" in name
+        used = f"{result['cpu'][name]:.2f}" if single else ""
+        tasks = f"{result['task_cpu'][name]:.2f}" if name in result["task_cpu"] else ""
+        lines.append(
+            f"| {name} | {seconds:.2f} | {rate} | {base / seconds:.2f}x | {used} | {tasks} |"
+        )
+    if "before: cli --jobs 1" in secs:
+        ratios = [secs[f"before: cli --jobs {n}"] / secs[f"cli --jobs {n}"] for n in (1, 2)]
+        lines += ["", "local engine, speed of this tree over the tree before: "
+                  f"--jobs 1 {ratios[0]:.2f}x, --jobs 2 {ratios[1]:.2f}x"]  # fmt: skip
     merge = result["merge"]
     merge_rate = merge["findings"] / merge["seconds"]
     lines += ["", f"merge: {merge['findings']} findings from {merge['tasks']} shards in "
               f"{merge['seconds']:.1f} s ({merge_rate:,.0f} findings/s)", ""]  # fmt: skip
-    lines += extrapolate(mb / (secs["datatrove, 1 task(s)"] - result["startup"]), merge_rate)
+    lines += extrapolate(mb / result["task_cpu"]["datatrove, 1 task(s)"], merge_rate)
     return "\n".join(lines)
 
 
 def extrapolate(task_mb_s: float, merge_rate: float) -> list[str]:
     """Hours to scan 1 TB on N machines of CORES_PER_MACHINE cores, one task per core."""
     lines = [
-        f"1 TB estimate: {task_mb_s:.2f} MB/s per task (one core, start-up excluded), "
+        f"1 TB estimate: {task_mb_s:.2f} MB per CPU second in a task (the one-task run's "
+        "task CPU time), "
         f"{CORES_PER_MACHINE} tasks per machine, merge of {FINDINGS_PER_MB:g} findings/MB "
         f"at {merge_rate:,.0f} findings/s on one core:",
         "",
-        "| machines | scan hours | merge hours | total hours |",
+        "| machines | scan minutes | merge minutes | total minutes |",
         "|---|---|---|---|",
     ]
-    merge_h = TB / 1e6 * FINDINGS_PER_MB / merge_rate / 3600
-    for machines in (1, 8, 32, 128):
-        scan_h = TB / 1e6 / (task_mb_s * CORES_PER_MACHINE * machines) / 3600
-        lines.append(f"| {machines} | {scan_h:.1f} | {merge_h:.1f} | {scan_h + merge_h:.1f} |")
+    merge_min = TB / 1e6 * FINDINGS_PER_MB / merge_rate / 60
+    for machines in (1, 4, 16, 64):
+        scan_min = TB / 1e6 / (task_mb_s * CORES_PER_MACHINE * machines) / 60
+        total = scan_min + merge_min
+        lines.append(f"| {machines} | {scan_min:.0f} | {merge_min:.0f} | {total:.0f} |")
     return lines
 
 
@@ -1012,8 +1056,9 @@ def main() -> int:
     if args.datatrove:
         with tempfile.TemporaryDirectory() as tmp:
             scaled = datatrove_bench(Path(tmp), args.repeat, args.before)
-        args.out.with_name("scan-datatrove.json").write_text(json.dumps(scaled, indent=1))
         print(scale_report(scaled))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name("scan-datatrove.json").write_text(json.dumps(scaled, indent=1))
         return 0
     if args.cases:
         print(suite_report(case_suite(args.seed)))

@@ -119,7 +119,7 @@ def _manifest(
     detectors, excludes = scan
     settings = {
         "tool": __version__,
-        "data": data,
+        "data": data if "://" in data else str(Path(data).resolve()),
         "read": asdict(read),
         "detectors": sorted(detectors) if detectors else None,
         "excludes": list(excludes),
