@@ -971,10 +971,9 @@ def merge_bench(tmp: Path, findings: int = 400_000, tasks: int = 8) -> dict[str,
     return {"findings": findings, "tasks": tasks, "seconds": seconds}
 
 
-# Assumptions of the 1 TB estimate, printed with it.
+# Assumptions of the 1 TB estimate, printed with it (the findings per MB are measured).
 TB = 1e12
 CORES_PER_MACHINE = 32
-FINDINGS_PER_MB = 2.0  # findings per MB of code: the standard library gives about 0.2
 
 
 def scale_report(result: dict[str, Any]) -> str:
@@ -1007,22 +1006,24 @@ def scale_report(result: dict[str, Any]) -> str:
     merge_rate = merge["findings"] / merge["seconds"]
     lines += ["", f"merge: {merge['findings']} findings from {merge['tasks']} shards in "
               f"{merge['seconds']:.1f} s ({merge_rate:,.0f} findings/s)", ""]  # fmt: skip
-    lines += extrapolate(mb / result["task_cpu"]["datatrove, 1 task(s)"], merge_rate)
+    density = result["findings"] / mb
+    lines += extrapolate(mb / result["task_cpu"]["datatrove, 1 task(s)"], merge_rate, density)
     return "\n".join(lines)
 
 
-def extrapolate(task_mb_s: float, merge_rate: float) -> list[str]:
-    """Hours to scan 1 TB on N machines of CORES_PER_MACHINE cores, one task per core."""
+def extrapolate(task_mb_s: float, merge_rate: float, findings_per_mb: float) -> list[str]:
+    """Minutes to scan 1 TB on N machines of CORES_PER_MACHINE cores, one task per core,
+    then merge its findings on one core."""
     lines = [
         f"1 TB estimate: {task_mb_s:.2f} MB per CPU second in a task (the one-task run's "
         "task CPU time), "
-        f"{CORES_PER_MACHINE} tasks per machine, merge of {FINDINGS_PER_MB:g} findings/MB "
+        f"{CORES_PER_MACHINE} tasks per machine, merge of {findings_per_mb:.1f} findings/MB "
         f"at {merge_rate:,.0f} findings/s on one core:",
         "",
         "| machines | scan minutes | merge minutes | total minutes |",
         "|---|---|---|---|",
     ]
-    merge_min = TB / 1e6 * FINDINGS_PER_MB / merge_rate / 60
+    merge_min = TB / 1e6 * findings_per_mb / merge_rate / 60
     for machines in (1, 4, 16, 64):
         scan_min = TB / 1e6 / (task_mb_s * CORES_PER_MACHINE * machines) / 60
         total = scan_min + merge_min
