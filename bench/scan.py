@@ -1000,8 +1000,10 @@ def scale_report(result: dict[str, Any]) -> str:
         )
     if "before: cli --jobs 1" in secs:
         ratios = [secs[f"before: cli --jobs {n}"] / secs[f"cli --jobs {n}"] for n in (1, 2)]
-        lines += ["", "local engine, speed of this tree over the tree before: "
-                  f"--jobs 1 {ratios[0]:.2f}x, --jobs 2 {ratios[1]:.2f}x"]  # fmt: skip
+        cpu = result["cpu"]["before: cli --jobs 1"] / result["cpu"]["cli --jobs 1"]
+        lines += ["", "local engine, speed of this tree over the tree before: wall time "
+                  f"--jobs 1 {ratios[0]:.2f}x, --jobs 2 {ratios[1]:.2f}x; CPU time "
+                  f"--jobs 1 {cpu:.2f}x"]  # fmt: skip
     merge = result["merge"]
     merge_rate = merge["findings"] / merge["seconds"]
     lines += ["", f"merge: {merge['findings']} findings from {merge['tasks']} shards in "
