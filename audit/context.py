@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from tree_sitter import Language, Parser
+
 from audit.filters import words
 from audit.findings import Context
 
@@ -93,8 +95,6 @@ def parser_for(language: str) -> Any | None:
     if target is None:
         return None
     try:
-        from tree_sitter import Language, Parser
-
         module = importlib.import_module(target[0])
     except ImportError:
         return None

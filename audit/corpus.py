@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import gzip
+import lzma
 import os
 import stat
 from collections import Counter
@@ -32,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
 from audit.errors import InputError
-from audit.findings import Finding
+from audit.findings import Finding, checked_text
 from audit.io import iter_lines, parse_jsonl_line, stream_lines
 from audit.placeholders import is_redacted, matches_redacted, raw_length
 
@@ -287,25 +289,15 @@ def texts_for_findings(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[st
 
 def verify_findings(spec: CorpusSpec, findings: Sequence[Finding]) -> None:
     """Check that the findings belong to this data: every finding's sample is in it and
-    the text at its span has its hash; else an InputError naming the first that does
-    not. One pass (a folder: its files read by id); no text is kept."""
+    the text at its span has its hash (`checked_text`); else an InputError naming the
+    first that does not. One pass (a folder: its files read by id); no text is kept."""
     by_sample: dict[str, list[Finding]] = {}
     for finding in findings:
         by_sample.setdefault(finding.sample_id, []).append(finding)
     for sample_id, text in iter_texts(spec, by_sample):
-        for finding in by_sample.pop(sample_id):
-            if finding.start >= finding.end or not finding.matches(text):
-                raise InputError(
-                    f"finding {finding.id} ({finding.origin}:{finding.line}): the data at its "
-                    "span does not match its hash (the findings file is from another corpus, "
-                    "or the data changed since the scan): scan this data again"
-                )
-    if by_sample:
-        missing = next(iter(by_sample.values()))[0]
-        raise InputError(
-            f"finding {missing.id}: sample {missing.sample_id!r} is not in {spec.path} "
-            "(is the findings file from another corpus?)"
-        )
+        checked_text(by_sample.pop(sample_id), {sample_id: text})
+    for missing in by_sample.values():
+        checked_text(missing, {})
 
 
 def excluded(origin: str, patterns: tuple[str, ...]) -> bool:
@@ -474,8 +466,6 @@ def _decoded(data: bytes, stats: ReadStats, origin: str) -> str | None:
 def _decompressed(raw: IO[bytes], suffix: str) -> bytes | None:
     """The content of an open .gz/.xz/.zst file, or None if it is corrupt or decompresses
     to more than MAX_FILE_BYTES (read in bounded steps: a zip bomb never fills memory)."""
-    import gzip
-    import lzma
 
     import zstandard
 

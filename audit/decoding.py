@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicLayer
 
 from audit.model import forward, model_device, new_cache
-
-if TYPE_CHECKING:
-    import torch
 
 Chooser = Callable[["torch.Tensor"], "torch.Tensor"]  # (B, V) logits -> (B,) token ids
 # Finished rows leave the batch once they are 1/8 of it: dropping them copies the whole
@@ -36,7 +36,6 @@ def left_pad(
     seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded ids, attention mask and the positions the unpadded rows would have."""
-    import torch
 
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, L)
@@ -91,7 +90,6 @@ def continue_decoding(
 ) -> list[list[int]]:
     """Decode the rest of each row, given its cache, mask (B, L), the position of its
     first new token (B, 1) and that token (B,): steps[r] tokens in all."""
-    import torch
 
     ordered = all(a >= b for a, b in itertools.pairwise(steps))
     can_shrink = ordered and hasattr(cache, "batch_select_indices")
@@ -125,7 +123,6 @@ def _narrowed(choose: Chooser, rows: int) -> Chooser:
 
 def gatherable(cache: Any) -> bool:
     """Whether rows can be cut out of this cache: every layer keeps every position."""
-    from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
     if not isinstance(layers, list) or not layers:
@@ -150,7 +147,6 @@ def gather_cache(
     The keys already carry their positions (rotary or learned), which stay the ones
     the rows had in the source pass: 0..length-1 from each row's first real token.
     """
-    import torch
 
     width = int(lengths.max())
     offset = torch.arange(width, device=rows.device)[None, :] - (width - lengths[:, None])  # (R, W)
@@ -189,7 +185,6 @@ class GumbelChooser:
     def seeded(
         cls, seeds: Sequence[int], temperature: float, top_k: int, device: torch.device
     ) -> GumbelChooser:
-        import torch
 
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         return cls(generators, temperature, top_k)
@@ -198,7 +193,6 @@ class GumbelChooser:
         return GumbelChooser(self.generators[:rows], self.temperature, self.top_k)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        import torch
 
         scores = logits.float() / self.temperature  # (B, V)
         index = None

@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import torch
+
 from audit.errors import InputError
 
 T = TypeVar("T")
@@ -73,10 +75,6 @@ class Shard:
         """This rank's share of `items`: every world-th item, starting at its rank."""
         return list(items[self.rank :: self.world])
 
-    def owns(self, index: int) -> bool:
-        """Whether item `index` of a list is in this rank's share."""
-        return index % self.world == self.rank
-
     def gather(self, part: dict[K, V]) -> dict[K, V]:
         """Every rank's `part` merged, on every rank (keys are disjoint across ranks)."""
         if not self.distributed:
@@ -107,7 +105,12 @@ def current(*, cpu: bool | None = None) -> Shard:
     """
     if launched_world_size() <= 1:
         return LOCAL
-    state = _partial_state(cpu)
+    return shard_of(_partial_state(cpu))
+
+
+def shard_of(state: Any) -> Shard:
+    """The Shard of an Accelerate process state (a `PartialState` or an `Accelerator`):
+    its rank and world, and Accelerate's collectives."""
     from accelerate.utils import broadcast_object_list, gather_object
 
     def broadcast(obj: Any) -> Any:
@@ -136,8 +139,6 @@ def _partial_state(cpu: bool | None) -> Any:
             f"Accelerate ({INSTALL_HINT})"
         ) from None
     if cpu is None:
-        import torch
-
         forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
         cpu = forced or not torch.cuda.is_available()
     return PartialState(cpu=cpu)

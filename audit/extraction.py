@@ -38,6 +38,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import torch
+
 from audit import decoding, metrics
 from audit.distributed import LOCAL, Shard
 from audit.errors import InputError
@@ -52,7 +54,6 @@ from audit.probes import (
 )
 
 if TYPE_CHECKING:
-    import torch
     from rich.progress import Progress
     from transformers import PreTrainedTokenizerBase
 
@@ -176,7 +177,6 @@ def _score_distinct(
     *,
     shard: Shard = LOCAL,
 ) -> list[ProbeScores]:
-    import torch
 
     config = config or MeasureConfig()
     if not probes:
@@ -213,7 +213,6 @@ def memorization_accuracies(
     config: MeasureConfig | None = None,
 ) -> list[float]:
     """MA alone (one teacher-forced pass per batch): the cheapest check, e.g. per epoch."""
-    import torch
 
     config = config or MeasureConfig()
     if not probes:
@@ -231,7 +230,6 @@ def extraction_likelihoods(
     config: MeasureConfig | None = None,
 ) -> list[dict[int, float]]:
     """EL_n alone for n in config.el_ns (n -> EL_n per probe), from batched cached decoding."""
-    import torch
 
     config = replace(config or MeasureConfig(), extraction=False)
     if not probes:
@@ -452,7 +450,6 @@ def _teacher_forced(
     model: torch.nn.Module, probes: list[Probe], pad_id: int, *, keep_cache: bool
 ) -> _Pass:
     """One forward pass over prefix + secret for every probe; MA hits at once."""
-    import torch
 
     seqs = [p.prefix_ids + p.secret_ids for p in probes]
     ids, mask, positions = decoding.left_pad(seqs, pad_id, model_device(model))
@@ -524,7 +521,6 @@ def _decode_from_pass(
     model: torch.nn.Module, done: _Pass, rows: Sequence[_Row], config: MeasureConfig
 ) -> dict[Key, list[int]]:
     """Decode greedy rows whose prompts are prefixes of the pass's rows, from its cache."""
-    import torch
 
     out: dict[Key, list[int]] = {}
     device = model_device(model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,26 @@ class Finding:
 _REQUIRED = {f for f in Finding.__dataclass_fields__ if f not in ("context", "secret_sha1")}
 _FIELDS = tuple(Finding.__dataclass_fields__)
 _CONTEXT_FIELDS = tuple(Context.__dataclass_fields__)
+
+
+def checked_text(findings: Sequence[Finding], texts: Mapping[str, str]) -> str:
+    """The text of the sample that `findings` (all of one sample) are in, once each
+    finding's span is checked against its hash; an InputError names the first that fails."""
+    first = findings[0]
+    text = texts.get(first.sample_id)
+    if text is None:
+        raise InputError(
+            f"finding {first.id}: sample {first.sample_id!r} is not in the data "
+            "(is the findings file from another corpus?)"
+        )
+    for finding in findings:
+        if finding.start >= finding.end or not finding.matches(text):
+            raise InputError(
+                f"finding {finding.id} ({finding.origin}:{finding.line}): the data at its "
+                "span does not match its hash (the findings file is from another corpus, or "
+                "the data changed since the scan): scan this data again"
+            )
+    return text
 
 
 def write_findings(path: Path, findings: Iterable[Finding]) -> int:

@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import json
 import math
 import os
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import is_dataclass
 from pathlib import Path
 from types import UnionType
-from typing import IO, Any, Union, get_args, get_origin, get_type_hints
+from typing import IO, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from audit.errors import InputError
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a JSONL line longer than this is not a code record
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 of a JSON-able object (keys sorted): a fingerprint of settings or data."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def output_error(path: Path, exc: OSError) -> InputError:
@@ -38,13 +45,16 @@ def output_error(path: Path, exc: OSError) -> InputError:
     return InputError(f"{path}: cannot be written ({exc.strerror or type(exc).__name__})")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and a rename."""
+@contextmanager
+def atomic_file(path: Path, mode: Literal["wb", "w"] = "wb") -> Iterator[IO[Any]]:
+    """A handle on a temporary file next to `path` that becomes `path` (synced, by a
+    rename) when the block ends; if the block raises, `path` is left as it was."""
     path = Path(path)
     fd, tmp = _temporary_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        encoding, newline = ("utf-8", "\n") if mode == "w" else (None, None)
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -53,6 +63,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise output_error(path, exc) from None
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and a rename."""
+    with atomic_file(path) as handle:
+        handle.write(data)
 
 
 def _temporary_sibling(path: Path) -> tuple[int, str]:
@@ -78,22 +94,11 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     Rows are streamed to the temporary file, so memory does not grow with their number;
     if the iteration raises, the previous file at `path` is left as it was.
     """
-    path = Path(path)
-    fd, tmp = _temporary_sibling(path)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise output_error(path, exc) from None
-        raise
+    with atomic_file(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 

@@ -7,12 +7,12 @@ when ``ma >= thresholds.ma`` or ``el_10 >= thresholds.el_10``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from audit.errors import InputError
-from audit.io import atomic_write_json, atomic_write_jsonl, read_jsonl, type_problem
+from audit.io import atomic_write_jsonl, read_jsonl, type_problem
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,26 @@ class Thresholds:
         return cls(ma=float(obj["ma"]), el_10=float(obj["el_10"]), source=str(obj["source"]))
 
 
-def write_thresholds(path: Path, thresholds: Thresholds, **extra: Any) -> None:
-    atomic_write_json(path, {**thresholds.to_dict(), **extra})
+@dataclass(frozen=True)
+class Perplexity:
+    """Held-out perplexity and what it was computed over."""
+
+    perplexity: float
+    nll: float  # mean negative log-likelihood per token, nats
+    tokens: int  # tokens scored
+    windows: int
+    texts: int
+
+
+@dataclass(frozen=True)
+class HumanEvalResult:
+    """pass@1 over the problems run, and how each run ended."""
+
+    pass_at_1: float
+    passed: int
+    problems: int
+    statuses: dict[str, int] = field(default_factory=dict)  # passed / failed / timeout / error
+    isolation: tuple[str, ...] = ()  # sandbox protections that were in force
 
 
 @dataclass(frozen=True)

@@ -11,42 +11,17 @@ Definitions follow the paper (Jang et al. 2023 metrics, design §4):
 - **Verbatim extraction**: the decoded text contains the secret; the longest leaked
   prefix counts the secret's leading characters the decode reproduces in place.
 
-Every metric here measures leakage, so for all of them a lower value is the better
-outcome (`higher_is_better` is False); a policy compares them against limits.
+Every metric here measures leakage: a lower value is the better outcome. What a policy
+holds them to is `gate.rule_metrics`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """What a metric means to a policy or a report."""
-
-    name: str  # the Measurement field that holds it
-    higher_is_better: bool
-    unit: str  # "fraction", "bool" or "chars"
-    description: str
-
-
-METRICS: dict[str, MetricSpec] = {
-    spec.name: spec
-    for spec in (
-        MetricSpec("ma", False, "fraction", "secret tokens the model predicts greedily"),
-        MetricSpec("el_3", False, "fraction", "extraction likelihood with 3-grams"),
-        MetricSpec("el_5", False, "fraction", "extraction likelihood with 5-grams"),
-        MetricSpec("el_10", False, "fraction", "extraction likelihood with 10-grams"),
-        MetricSpec("extracted_greedy", False, "bool", "greedy decoding reproduces the secret"),
-        MetricSpec("extracted_sampled", False, "bool", "a sampled decode reproduces the secret"),
-        MetricSpec("longest_leaked_prefix", False, "chars", "secret characters leaked in place"),
-    )
-}
 
 
 def greedy_hits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -55,15 +30,6 @@ def greedy_hits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
     `logits` (B, T, V) at position t predict `targets[:, t]` (already shifted).
     """
     return (logits.argmax(dim=-1) == targets) & mask.bool()  # (B, T)
-
-
-def memorization_accuracy(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """(B,) float: the share of masked positions whose greedy prediction is the target."""
-    hits = greedy_hits(logits, targets, mask).sum(dim=-1)  # (B,)
-    counts = mask.bool().sum(dim=-1).clamp(min=1)  # (B,)
-    return hits.double() / counts.double()
 
 
 def ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:

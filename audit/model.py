@@ -18,19 +18,21 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.utils import logging as hf_logging
 
 from audit.errors import InputError, ModelLoadError
 from audit.integrity import check_loading_info
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
-Device = Literal["auto", "cpu", "cuda", "mps"]
-DType = Literal["auto", "float32", "bfloat16", "float16"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
@@ -63,8 +65,6 @@ def load_model(path: Path | str, device: str = "auto", dtype: str = "auto") -> L
     torch_dtype = resolve_dtype(dtype, dev)
     tokenizer = load_tokenizer(path)
     check_vocabulary(path, tokenizer, _config_vocab_size(path))
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # ours is on stderr
     verbosity = hf_logging.get_verbosity()
@@ -97,7 +97,6 @@ def load_model(path: Path | str, device: str = "auto", dtype: str = "auto") -> L
 
 def check_model_dir(path: Path) -> str:
     """Check that `path` holds a causal LM saved with safetensors; return its model type."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     if not path.is_dir():
         raise InputError(f"{path}: no such model folder (give a folder written by save_pretrained)")
@@ -159,7 +158,6 @@ def _config_vocab_size(path: Path) -> int | None:
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     """The folder's fast tokenizer, set up for left padding."""
-    from transformers import AutoTokenizer
 
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise InputError(
@@ -243,7 +241,6 @@ def context_length_of(model: torch.nn.Module, tokenizer: Any = None) -> int:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """cuda, then mps, then cpu for "auto"; a forced device that is absent is an InputError."""
-    import torch
 
     if device not in DEVICES:
         raise InputError(f"unknown device {device!r} (use one of {', '.join(DEVICES)})")
@@ -257,7 +254,6 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """bf16 on a GPU and fp32 on CPU for "auto" (fp16 on a GPU without bf16)."""
-    import torch
 
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r} (use one of {', '.join(DTYPES)})")
@@ -274,7 +270,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter (its input embeddings live there)."""
-    import torch
 
     for parameter in model.parameters():
         return parameter.device
@@ -324,7 +319,6 @@ def forward(
 
 def new_cache(model: torch.nn.Module) -> Any:
     """An empty KV cache laid out for the model (sliding-window layers included)."""
-    from transformers import DynamicCache
 
     config = getattr(model, "config", None)
     return DynamicCache(config=config) if config is not None else DynamicCache()

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from audit.errors import InputError
-from audit.findings import Finding
+from audit.findings import Finding, checked_text
+from audit.model import start_token_id
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -90,14 +91,12 @@ def build_probes(
             f"the model's context ({context_length} tokens) is too short to measure anything"
         )
     if start_token is None:
-        from audit.model import start_token_id
-
         start_token = start_token_id(tokenizer)
     bos = _document_start(tokenizer)
     return [
         _probe(
             finding,
-            _checked_text(finding, texts),
+            checked_text([finding], texts),
             tokenizer,
             context_length=context_length,
             prefix_tokens=prefix_tokens,
@@ -108,22 +107,6 @@ def build_probes(
         )
         for finding in findings
     ]
-
-
-def _checked_text(finding: Finding, texts: Mapping[str, str]) -> str:
-    text = texts.get(finding.sample_id)
-    if text is None:
-        raise InputError(
-            f"finding {finding.id}: sample {finding.sample_id!r} is not in the data "
-            "(is the findings file from another corpus?)"
-        )
-    if finding.start >= finding.end or not finding.matches(text):
-        raise InputError(
-            f"finding {finding.id} ({finding.origin}:{finding.line}): the data at its span "
-            "does not match its hash (the findings file is from another corpus, or the "
-            "data changed since the scan): scan this data again"
-        )
-    return text
 
 
 def _probe(

@@ -17,14 +17,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
+
+from audit.corpus import iter_samples
 from audit.errors import InputError, ModelLoadError
 from audit.model import forward, model_device
+from audit.scan import scan_samples
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedTokenizerBase
 
     from audit.corpus import CorpusSpec
@@ -95,10 +100,6 @@ def checked_probe(
 def corpus_probe(loaded: LoadedModel, spec: CorpusSpec, role: str = "model") -> SanityProbe:
     """Probe a loaded model on the first samples of a corpus (the secrets a scan finds in
     them left out); refuse it when it fails (ModelLoadError)."""
-    from itertools import islice
-
-    from audit.corpus import iter_samples
-    from audit.scan import scan_samples
 
     samples = list(islice(iter_samples(spec), PROBE_SAMPLES))
     results = scan_samples(samples)
@@ -129,7 +130,6 @@ def sanity_probe(
     context_length: int,
 ) -> SanityProbe:
     """Mean next-token loss over `samples` (text, spans to leave out), one sample a row."""
-    import torch
 
     limit = min(PROBE_TOKENS, context_length)
     rows = [_row(tokenizer, text, spans, limit) for text, spans in samples]
@@ -176,8 +176,6 @@ def _row_loss(
     model: torch.nn.Module, ids: list[int], keep: list[bool], device: torch.device
 ) -> tuple[float, int]:
     """Summed next-token loss of one row at its kept positions, and the vocabulary size."""
-    import torch
-    import torch.nn.functional as F
 
     input_ids = torch.tensor([ids], device=device)  # (1, T)
     mask = torch.ones_like(input_ids)

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import bisect
 import logging
+import multiprocessing
 import os
 import re
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache, partial
 from itertools import chain
@@ -29,7 +32,7 @@ from ahocorasick_rs import AhoCorasick, Implementation
 
 from audit.allowlist import is_allowlisted
 from audit.context import SourceContext
-from audit.corpus import CorpusSpec, ReadStats, Sample, iter_samples
+from audit.corpus import CorpusSpec, ReadStats, Sample, iter_samples, language_for
 from audit.detectors import (
     CODE_LANGUAGES,
     KEYWORD_TYPE,
@@ -612,9 +615,6 @@ def _scan_chunks(
 def _scan_in_pool(
     chunks: Iterator[list[Sample]], options: ScanOptions, jobs: int
 ) -> Iterator[tuple[list[Sample], list[SampleResult]]]:
-    # imported here: most scans run in one process, and these imports cost start-up time
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
@@ -636,7 +636,6 @@ def _scan_in_pool(
 def _next_result(
     pending: deque[tuple[list[Sample], Future[list[SampleResult]]]],
 ) -> tuple[list[Sample], list[SampleResult]]:
-    from concurrent.futures.process import BrokenProcessPool
 
     chunk, future = pending.popleft()
     try:
@@ -652,7 +651,6 @@ def scan_text(
 ) -> SampleResult:
     """Scan one document (e.g. one record of a data pipeline): its findings, those
     allowlisted inline, and filter counts. `language` defaults to the origin's."""
-    from audit.corpus import language_for
 
     chosen = language if language is not None else language_for(origin)
     sample = Sample(id=origin, origin=origin, text=text, language=chosen)

@@ -16,34 +16,26 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
+
 from audit.corpus import CorpusSpec, iter_samples
+from audit.decoding import decode_batch
 from audit.errors import InputError
 from audit.findings import read_findings
+from audit.measurements import HumanEvalResult, Perplexity
 from audit.model import context_length_of, pad_token_id
 from audit.sandbox import SandboxLimits, SandboxResult, run_python
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import torch
     from transformers import PreTrainedTokenizerBase
 
 DEFAULT_BATCH_TOKENS = 16384  # padded tokens per forward pass
 STOP_SEQUENCES = ("\nclass ", "\ndef ", "\n#", "\nif ", "\nprint(")  # Codex paper's stops
-
-
-@dataclass(frozen=True)
-class Perplexity:
-    """Held-out perplexity and what it was computed over."""
-
-    perplexity: float
-    nll: float  # mean negative log-likelihood per token, nats
-    tokens: int  # tokens scored
-    windows: int
-    texts: int
 
 
 def clean_texts(spec: CorpusSpec, findings_files: Sequence[Path] = ()) -> list[tuple[str, str]]:
@@ -61,7 +53,6 @@ def perplexity(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
 ) -> Perplexity:
     """Token-weighted perplexity of `model` on `texts` (windows of the context length)."""
-    import torch
 
     width = context_length or context_length_of(model, tokenizer)
     windows: list[list[int]] = []
@@ -91,8 +82,6 @@ def perplexity(
 
 def _window_nll(model: torch.nn.Module, windows: list[list[int]], pad_id: int) -> tuple[float, int]:
     """Summed NLL and token count of right-padded windows."""
-    import torch
-    import torch.nn.functional as F
 
     device = next(model.parameters()).device
     width = max(len(w) for w in windows)
@@ -114,17 +103,6 @@ def _window_nll(model: torch.nn.Module, windows: list[list[int]], pad_id: int) -
 
 
 # --- HumanEval -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HumanEvalResult:
-    """pass@1 over the problems run, and how each run ended."""
-
-    pass_at_1: float
-    passed: int
-    problems: int
-    statuses: dict[str, int] = field(default_factory=dict)  # passed / failed / timeout / error
-    isolation: tuple[str, ...] = ()  # sandbox protections that were in force
 
 
 def humaneval_problems(limit: int | None = None) -> list[dict[str, Any]]:
@@ -199,9 +177,6 @@ def _complete(
     batch_size: int,
 ) -> list[str]:
     """Greedy completions, prompts cut from the left to leave room in the context."""
-    import torch
-
-    from audit.decoding import decode_batch
 
     context = context_length_of(model, tokenizer)
     steps = max(1, min(max_new_tokens, context // 2))

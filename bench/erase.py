@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,6 @@ sys.path.insert(0, str(ROOT))
 from gate.unlearn.trainer import Unlearner, is_forgotten, leak_score  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "erase.json"
-# UnlearnConfig field -> `codeeraser erase` option, where the two names differ.
-OPTION = {"lam": "lambda", "reference": "kl-reference"}
 REFERENCE_OWN_BUDGET_S = 240.0  # wall-time cap of the reference loop with its own metric code
 
 
@@ -43,14 +41,8 @@ def demo_settings() -> dict[str, Any]:
     """The demo's CodeEraser settings: `remediation.args` of policies/demo.yaml, as
     UnlearnConfig fields, so the bench and `codeeraser demo` cannot drift apart."""
     from gate.policy import load_policy
-    from gate.unlearn.trainer import UnlearnConfig
 
-    remediation = load_policy("demo").remediation
-    config = UnlearnConfig.from_args(remediation.method, remediation.args.model_dump(by_alias=True))
-    fields = asdict(config)
-    renames = {"lambda": "lam", "max_epochs": "epochs"}
-    names = [renames.get(key, key) for key in remediation.args.model_dump(by_alias=True)]
-    return {name: fields[name] for name in names}  # the method is the run's own
+    return load_policy("demo").remediation.args.model_dump()  # the method is the run's own
 
 
 DEMO = demo_settings()
@@ -229,7 +221,7 @@ def run_unlearning(
         "method": method,
         "variant": variant,
         "stop": stop,
-        "config": asdict(config),
+        "config": config.model_dump(mode="json"),
         "thresholds": calibrated.to_dict(),
         "before": _means(before),
         "after": _means(after),
@@ -269,7 +261,7 @@ def _loop_for(
     the same loop measuring with the reference's own algorithms (bench/measure.py),
     stopped after REFERENCE_OWN_BUDGET_S seconds of wall time.
     """
-    from gate.unlearn.trainer import UnlearnConfig
+    from gate.unlearn.settings import UnlearnConfig
 
     if variant == "ours":
         config = UnlearnConfig(**{**DEMO, "method": method, **overrides})
@@ -430,7 +422,8 @@ def run_memory(size: str, variant: str) -> dict[str, Any]:
     _threads()
     import torch
 
-    from gate.unlearn.trainer import UnlearnConfig, Unlearner
+    from gate.unlearn.settings import UnlearnConfig
+    from gate.unlearn.trainer import Unlearner
 
     model, forget, retain, k = _memory_model(size)
     params = sum(p.numel() for p in model.parameters())
@@ -525,7 +518,7 @@ def run_topk() -> dict[str, Any]:
     from gate.unlearn.data import collate
     from gate.unlearn.losses import full_reference, kl_per_position, topk_reference
     from gate.unlearn.reference import aligned_logprobs
-    from gate.unlearn.trainer import UnlearnConfig
+    from gate.unlearn.settings import UnlearnConfig
 
     demo = _demo()
     thresholds = _thresholds(demo)
@@ -586,7 +579,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def part_acceptance() -> dict[str, Any]:
     """The shipped commands end to end on the demo: calibrate, measure, erase, measure."""
     from audit.measurements import read_measurements
+    from gate.commands.options import as_arguments
     from gate.unlearn.erase import weights_sha256
+    from gate.unlearn.remediation import Remediation
+    from gate.unlearn.settings import UnlearnArgs
 
     demo = _demo()
     with tempfile.TemporaryDirectory(prefix="bench-erase-") as tmp:
@@ -598,7 +594,7 @@ def part_acceptance() -> dict[str, Any]:
         common = ["--data", str(demo.corpus_dir), "--findings", str(demo.planted),
                   "--thresholds", str(thresholds)]  # fmt: skip
         _cli("measure", "--model", str(demo.model_dir), *common, "--out", str(work / "m0.jsonl"))
-        settings = [f"--{OPTION.get(k, k).replace('_', '-')}={v}" for k, v in DEMO.items()]
+        settings = as_arguments(UnlearnArgs(**DEMO))  # as --lambda=..., --epochs=..., ...
         start = time.perf_counter()
         heldout = ["--heldout", str(demo.heldout_dir), "--heldout-findings", str(demo.controls)]
         out = ["--measurements", str(work / "m0.jsonl"), "--out", str(work / "erased")]
@@ -606,12 +602,14 @@ def part_acceptance() -> dict[str, Any]:
         seconds = time.perf_counter() - start
         _cli("measure", "--model", str(work / "erased"), *common, "--samples", str(SAMPLES),
              "--out", str(work / "m1.jsonl"))  # fmt: skip
-        record = json.loads((work / "erased" / "remediation.json").read_text())
+        record = Remediation.read(work / "erased")
         limits = json.loads(thresholds.read_text())
         before = read_measurements(work / "m0.jsonl")
         memorized = {m.finding_id for m in before if m.memorized}
         after = [m for m in read_measurements(work / "m1.jsonl") if m.finding_id in memorized]
-        utility = record["details"]["utility"]
+        utility = record.utility
+        assert utility.perplexity_before is not None
+        assert utility.perplexity_after is not None
         result = {
             "thresholds": {"ma": limits["ma"], "el_10": limits["el_10"]},
             "findings": len(before),
@@ -623,13 +621,13 @@ def part_acceptance() -> dict[str, Any]:
             / len(memorized),
             "mean_ma_after": sum(m.ma for m in after) / len(after),
             "mean_el_10_after": sum(m.el_10 for m in after) / len(after),
-            "perplexity_before": utility["perplexity_before"]["perplexity"],
-            "perplexity_after": utility["perplexity_after"]["perplexity"],
-            "perplexity_change": utility["perplexity_change"],
+            "perplexity_before": utility.perplexity_before.perplexity,
+            "perplexity_after": utility.perplexity_after.perplexity,
+            "perplexity_change": utility.perplexity_increase,
             "input_sha256_before": input_hash,
             "input_sha256_after": weights_sha256(demo.model_dir),
-            "epochs": record["epochs"],
-            "stop_reason": record["stop_reason"],
+            "epochs": record.epochs,
+            "stop_reason": record.stop_reason,
             "erase_seconds": seconds,
             "settings": DEMO,
             "erase_options": settings,

@@ -173,7 +173,8 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
     from audit.extraction import MeasureConfig
     from audit.measurements import Thresholds
     from gate.unlearn.erase import measure_by_id, screen_by_id
-    from gate.unlearn.trainer import UnlearnConfig, Unlearner
+    from gate.unlearn.settings import UnlearnConfig
+    from gate.unlearn.trainer import Unlearner
 
     shape = SHAPES["tiny" if options.tiny else "1b"]
     tokenizer = word_tokenizer(shape["vocab_size"])

@@ -244,8 +244,10 @@ from audit.findings import read_findings
 from audit.measurements import Measurement, Thresholds
 from audit.model import load_model, pad_token_id
 from gate.unlearn.data import build_forget_windows, build_retain_windows
-from gate.unlearn.trainer import UnlearnConfig, Unlearner
+from gate.unlearn.trainer import Unlearner
 
+
+from gate.unlearn.settings import UnlearnConfig
 a = json.loads(sys.argv[1])
 loaded = load_model(a["model"], "cpu", "float32")
 tok = loaded.tokenizer

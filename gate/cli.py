@@ -16,7 +16,9 @@ How a command ends, whatever happens inside it:
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import logging
 import os
 import signal
@@ -31,7 +33,8 @@ from typing import Any
 import click
 
 from audit.errors import CodeEraserError, ExitCode
-from gate import __version__
+from audit.redact import safe_text
+from gate import __version__, ui
 
 log = logging.getLogger(__name__)
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +65,6 @@ class _InternalProblem(click.ClickException):
 
 
 def _as_click(error: CodeEraserError) -> click.ClickException:
-    from audit.redact import safe_text
 
     message = safe_text(error.message)  # it may quote a path or id that holds a secret
     if error.exit_code == ExitCode.USAGE:
@@ -74,7 +76,6 @@ def _safe_click(error: click.ClickException) -> click.ClickException:
     """Click's own errors, on one line like ours: a usage error without the usage
     block (its --help named instead), and the values it quotes (a bad choice, a path)
     made safe."""
-    from audit.redact import safe_text
 
     message = safe_text(error.format_message())
     if isinstance(error, click.UsageError):
@@ -112,6 +113,15 @@ class LazyGroup(click.Group):
             raise TypeError(f"{target} is not a click command")
         return command
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of --help, read from each command's source: listing the
+        commands imports none of them (they import the schemas, the scanner, the
+        report renderer)."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short_help(COMMANDS[name], limit)) for name in names])
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             with _sigterm_as_interrupt():
@@ -131,6 +141,21 @@ class LazyGroup(click.Group):
             if os.environ.get("CODEERASER_DEBUG") == "1":
                 raise
             raise _InternalProblem(internal_error_message(exc)) from None
+
+
+def short_help(target: str, limit: int = 45) -> str:
+    """A command's short help (the start of its docstring, as Click shortens it), read
+    from the source of its module without importing it."""
+    module_name, attr = target.split(":")
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or spec.origin is None:
+        raise TypeError(f"{target}: no such module")
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == attr:
+            stand_in = click.Command(attr, help=ast.get_docstring(node))
+            return stand_in.get_short_help_str(limit)
+    raise TypeError(f"{target}: no such command function")
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -203,7 +228,6 @@ def cli(verbose: int, quiet: bool) -> None:
 
     Exit codes: 0 passed, 1 policy failed, 2 usage/policy/input error, 3 internal error.
     """
-    from gate import ui
 
     ui.configure(verbose, quiet)
 

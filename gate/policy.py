@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from audit.corpus import CorpusSpec
+from audit.corpus import CorpusSpec, Format, OnBad
 from audit.errors import PolicyError
 from audit.measurements import Thresholds
 from audit.suggest import close_matches
@@ -28,11 +28,9 @@ from gate import limits
 from gate.policy_check import check_yaml_bounds, check_yaml_text, policy_problem
 from gate.resources import builtin_policy, builtin_policy_names
 from gate.rule_metrics import METRICS, metric_names
+from gate.unlearn.settings import MethodName, UnlearnArgs
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
-
-METHODS: tuple[str, ...] = ("codeeraser", "ga", "cu")
-FORMATS: tuple[str, ...] = ("html", "json", "sarif", "md")
 
 
 class _Section(BaseModel):
@@ -49,10 +47,20 @@ class ScanOptions(_Section):
     detectors: dict[str, bool] = Field(default_factory=dict)  # detector name -> on/off
     excludes: list[str] = Field(default_factory=list)  # glob patterns matched on the origin
     baseline: str | None = None  # findings JSONL of accepted findings, subtracted from the scan
-    format: Literal["auto", "dir", "jsonl", "parquet", "hf"] = "auto"
-    text_field: str = "content"  # JSONL/Parquet/HF field holding the code
-    id_field: str = "id"  # field holding a stable sample id
-    on_bad_record: Literal["skip", "fail"] = "fail"
+    format: Format = Field(
+        default="auto",
+        description="How the data is stored: a folder, JSONL(.gz), Parquet, or a saved HF "
+        "dataset (auto: from the path).",
+    )
+    text_field: str = Field(default="content", description="Record field with the text.")
+    id_field: str = Field(
+        default="id", description="Record field with the sample id (else <file>:<line or row>)."
+    )
+    on_bad_record: OnBad = Field(
+        default="fail",
+        description="A record that is not JSON or lacks the text field: stop, or skip and "
+        "count it.",
+    )
 
     def corpus_spec(self, path: Path) -> CorpusSpec:
         """How to read the training data at `path` under these options."""
@@ -78,9 +86,24 @@ class SampledAttack(_Section):
 class ExtractionOptions(_Section):
     """How each finding is probed."""
 
-    prefix_tokens: int = Field(default=128, ge=1, le=limits.MAX_TOKENS)  # code before the secret
-    secret_tokens: int = Field(default=32, ge=1, le=limits.MAX_TOKENS)  # cap on secret tokens
-    max_findings: int | None = Field(default=None, ge=1, le=limits.MAX_FINDINGS)  # at most
+    prefix_tokens: int = Field(
+        default=128,
+        ge=1,
+        le=limits.MAX_TOKENS,
+        description="Tokens of code before a secret the attacker prompts with.",
+    )
+    secret_tokens: int = Field(
+        default=32,
+        ge=1,
+        le=limits.MAX_TOKENS,
+        description="Secret tokens measured at most; longer secrets are cut (truncated: true).",
+    )
+    max_findings: int | None = Field(
+        default=None,
+        ge=1,
+        le=limits.MAX_FINDINGS,
+        description="Measure a deterministic sample of this many findings (for huge corpora).",
+    )
     sampled: SampledAttack = Field(default_factory=SampledAttack)
 
 
@@ -153,35 +176,6 @@ def _default_rules() -> list[Rule]:
     ]
 
 
-class RemediationArgs(_Section):
-    """Unlearning arguments; defaults are the paper's for billion-parameter models."""
-
-    lr: float = Field(default=3e-6, gt=0)  # AdamW learning rate (tiny models need ~1e-4)
-    alpha: float = Field(default=1.0, ge=0)  # α: weight of the retain-set KL
-    kl_weight: float = Field(default=0.1, ge=0, alias="lambda")  # λ: weight of the KL terms
-    gamma: float = Field(default=0.1, ge=0)  # γ: weight of the CE on the code around secrets
-    batch_size: int = Field(default=32, ge=1, le=limits.MAX_BATCH_SIZE)  # k: unlearned together
-    max_epochs: int = Field(default=100, ge=1, le=limits.MAX_EPOCHS)
-    patience: int = Field(default=5, ge=1, le=limits.MAX_EPOCHS)  # epochs without improvement
-    window_tokens: int = Field(default=512, ge=8, le=limits.MAX_TOKENS)  # forget window
-    retain_tokens: int = Field(default=128, ge=8, le=limits.MAX_TOKENS)  # each retain sample
-    seed: int = 0
-    # Scale: memory and speed settings (README "Scaling")
-    train_batch_tokens: int = Field(default=16384, ge=0, le=limits.MAX_BATCH_TOKENS)  # micro-batch
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast through Accelerate
-    lora: bool = False  # train LoRA adapters on the frozen model; the output is merged
-    lora_rank: int = Field(default=16, ge=1, le=limits.MAX_RANK)
-    lora_alpha: float = Field(default=32.0, gt=0)
-    lora_targets: list[str] | None = Field(default=None, min_length=1)  # none: per architecture
-    # Secret tokens the ascent works on: those the model still predicts greedily (measured
-    # to cost less utility on the demo), or all of them as in the paper.
-    ascend_on: Literal["predicted", "all"] = "predicted"
-    # One optimizer step on the forget batch then one on the retain batch (the reference),
-    # or one step on their summed loss.
-    schedule: Literal["alternating", "joint"] = "alternating"
-
-
 class VerifyOptions(_Section):
     """The re-measure after erasing: more than the prompts the erasure was trained on."""
 
@@ -193,17 +187,10 @@ class RemediationOptions(_Section):
     """What to do when the policy fails."""
 
     enabled: bool = True
-    method: str = "codeeraser"
-    args: RemediationArgs = Field(default_factory=RemediationArgs)
+    method: MethodName = "codeeraser"
+    args: UnlearnArgs = Field(default_factory=UnlearnArgs)  # gate.unlearn.settings
     retain: str | None = None  # clean code to preserve; default: corpus samples without findings
     verify: VerifyOptions = Field(default_factory=VerifyOptions)
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        if value not in METHODS:
-            raise ValueError(f"unknown method {value!r} (valid: {', '.join(METHODS)})")
-        return value
 
 
 class UtilityBudget(_Section):
@@ -219,7 +206,7 @@ ReportFormat = Literal["html", "json", "sarif", "md"]
 
 
 def _all_formats() -> list[ReportFormat]:
-    return ["html", "json", "sarif", "md"]
+    return list(get_args(ReportFormat))
 
 
 class ReportOptions(_Section):
@@ -272,7 +259,7 @@ def field_paths(model: type[BaseModel] | None = None, prefix: str = "") -> list[
     model = model or Policy
     paths = []
     for name, info in model.model_fields.items():
-        path = f"{prefix}{info.alias or name}"
+        path = f"{prefix}{info.serialization_alias or info.alias or name}"
         paths.append(path)
         inner = _model_in(info.annotation)
         if inner is not None:
@@ -557,7 +544,7 @@ def _valid_keys(loc: Sequence[str | int]) -> list[str]:
         model = _model_in(field.annotation)
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         return []
-    return [f.alias or name for name, f in model.model_fields.items()]
+    return [f.serialization_alias or f.alias or name for name, f in model.model_fields.items()]
 
 
 def _model_in(annotation: Any) -> Any:

@@ -16,15 +16,21 @@ round-trips through JSON (`write_record` / `read_record`)::
     b.set_thresholds(thresholds)
     b.add_measurements(MeasurementSet(name=BEFORE, model="original", prefix_tokens=128), rows)
     b.set_verdict("before", evaluate(rows, findings, policy))
-    b.set_remediation(RemediationInfo.from_stage(json.loads(remediation_json)))
+    b.set_remediation(remediation)  # what erase_model returned (a Remediation)
     b.add_measurements(MeasurementSet(name=AFTER, model="remediated", ...), after_rows)
     b.add_measurements(MeasurementSet(name="after-prefix-64", model="remediated", ...), alt)
-    b.set_utility(UtilityFigures(ppl_before, ppl_after))
-    b.set_verdict("after", evaluate(worst_case(after_rows, alt), findings, policy, utility))
+    b.set_verdict("after", evaluate(worst_case(after_rows, alt), findings, policy,
+                                    remediation.utility))
     record = b.finish(0, "remediated", released_model=str(out / "model"))
     gate.report.write_and_publish(record, out)
 
 An error after the builder exists still gets a record: ``finish(3, "error", error=msg)``.
+
+The objects stay typed from the stages to the file: findings, measurements, verdicts,
+the erase stage's `Remediation` (settings, outcomes, history, utility figures). JSON is
+only the file: ``schema_version`` says which schema it follows (``record_schema()``,
+written out as docs/record.schema.json). A record of another version is refused with
+a message naming both versions (version 1 held the remediation as untyped mappings).
 """
 
 from __future__ import annotations
@@ -52,9 +58,10 @@ from audit.measurements import Measurement, Thresholds
 from audit.redact import redact_strings
 from gate import __version__
 from gate.policy import Policy
-from gate.verdict import RuleResult, UtilityFigures, Verdict, worst_case
+from gate.unlearn.remediation import Remediation
+from gate.verdict import RuleResult, SanityInfo, UtilityFigures, Verdict, worst_case
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[2] = 2  # of record.json (docs/record.schema.json); 2: typed remediation
 BEFORE = "before"  # the measurement set of the original model
 AFTER = "after"  # the main measurement set of the remediated model
 
@@ -117,29 +124,10 @@ class CorpusInfo(_Record):
     allowlisted_findings: list[AllowlistedFinding] = Field(default_factory=list)  # the first
 
 
-class SanityInfo(_Record):
-    """The sanity probe of one model: its loss on training code against a uniform guess."""
-
-    loss: float  # mean cross-entropy on training samples, nats per token (secrets left out)
-    uniform: float  # ln V
-    vocabulary: int
-    samples: int
-    tokens: int
-    max_ratio: float
-    ratio: float
-    passed: bool
-
-
 class PolicyInfo(_Record):
     source: str
     sha256: str | None
     resolved: dict[str, Any]  # every field, defaults filled in
-
-
-class ThresholdsInfo(_Record):
-    ma: float
-    el_10: float
-    source: str  # "policy", "calibrated:<path>", ...
 
 
 class MeasurementSet(_Record):
@@ -200,53 +188,10 @@ class VerdictInfo(_Record):
         )
 
 
-class RemediationInfo(_Record):
-    """What the erasure did (from the erase stage's remediation.json)."""
-
-    method: str
-    args: dict[str, Any] = Field(default_factory=dict)
-    forget_findings: list[str] = Field(default_factory=list)  # finding ids erased
-    forget_samples: int = 0
-    epochs: int = 0
-    stop_reason: str = ""
-    wall_seconds: float = 0.0
-    peak_memory_bytes: int | None = None
-    output_path: str = ""
-    input_sha256: str | None = None
-    output_sha256: str | None = None
-    details: dict[str, Any] = Field(default_factory=dict)  # anything else the stage reported
-
-    @classmethod
-    def from_stage(cls, data: dict[str, Any]) -> RemediationInfo:
-        """Take the known fields from a remediation.json mapping; keep the rest as details."""
-        known = {k: v for k, v in data.items() if k in cls.model_fields and k != "details"}
-        details = {k: v for k, v in data.items() if k not in cls.model_fields}
-        return cls(**known, details={**data.get("details", {}), **details})
-
-
-class UtilityInfo(_Record):
-    perplexity_before: float | None = None
-    perplexity_after: float | None = None
-    humaneval_before: float | None = None
-    humaneval_after: float | None = None
-    perplexity_increase: float | None = None
-    humaneval_drop: float | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-    @classmethod
-    def of(cls, figures: UtilityFigures) -> UtilityInfo:
-        return cls(
-            **{k: v for k, v in figures.to_dict().items() if k != "extra"},
-            perplexity_increase=figures.perplexity_increase,
-            humaneval_drop=figures.humaneval_drop,
-            extra=dict(figures.extra),
-        )
-
-
 class RunRecord(_Record):
     """One gate run, in full."""
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     tool: ToolInfo = Field(default_factory=ToolInfo)
     started_at: str
     finished_at: str | None = None
@@ -259,17 +204,21 @@ class RunRecord(_Record):
     remediated_model: ModelInfo | None = None
     corpus: CorpusInfo
     policy: PolicyInfo
-    thresholds: ThresholdsInfo | None = None
+    thresholds: Thresholds | None = None  # and where they came from (source)
     measurement_sets: list[MeasurementSet] = Field(default_factory=list)
     findings_summary: FindingsSummary = Field(default_factory=FindingsSummary)
     findings: list[FindingRow] = Field(default_factory=list)
     verdict_before: VerdictInfo | None = None
     verdict_after: VerdictInfo | None = None
-    remediation: RemediationInfo | None = None
-    utility: UtilityInfo | None = None
+    remediation: Remediation | None = None  # remediation.json of the erase stage
     sanity: dict[str, SanityInfo] = Field(default_factory=dict)  # by model role
     timings: dict[str, float] = Field(default_factory=dict)  # seconds per stage, in order
     finished_stages: list[str] = Field(default_factory=list)  # stages that ran to the end
+
+    @property
+    def utility(self) -> UtilityFigures | None:
+        """Utility before and after remediation (measured by the erase stage)."""
+        return self.remediation.utility if self.remediation else None
 
     @property
     def final_verdict(self) -> VerdictInfo | None:
@@ -329,7 +278,7 @@ class RecordBuilder:
         self._findings = {f.id: _finding_row(f) for f in findings}
 
     def set_thresholds(self, thresholds: Thresholds) -> None:
-        self.record.thresholds = ThresholdsInfo(**thresholds.to_dict())
+        self.record.thresholds = thresholds
 
     def add_measurements(self, info: MeasurementSet, measurements: Iterable[Measurement]) -> None:
         """Attach one set of measurements; ids of unknown findings are an error."""
@@ -343,13 +292,10 @@ class RecordBuilder:
     def set_verdict(self, which: Literal["before", "after"], verdict: Verdict) -> None:
         setattr(self.record, f"verdict_{which}", VerdictInfo.of(verdict))
 
-    def set_remediation(self, info: RemediationInfo, model_sha256: str | None = None) -> None:
+    def set_remediation(self, info: Remediation, model_sha256: str | None = None) -> None:
         self.record.remediation = info
         sha = model_sha256 or info.output_sha256
         self.record.remediated_model = ModelInfo(path=info.output_path, sha256=sha)
-
-    def set_utility(self, figures: UtilityFigures) -> None:
-        self.record.utility = UtilityInfo.of(figures)
 
     def set_allowlisted(self, counts: dict[str, int], found: Iterable[Finding]) -> None:
         """Findings allowlisted inline: counts by type and the first ones, located."""
@@ -361,9 +307,9 @@ class RecordBuilder:
             for f in found
         ]
 
-    def set_sanity(self, role: ModelRole, probe: dict[str, Any]) -> None:
-        """The sanity probe of the original or the remediated model (`SanityProbe.to_dict`)."""
-        self.record.sanity[role] = SanityInfo(**probe)
+    def set_sanity(self, role: ModelRole, probe: SanityInfo) -> None:
+        """The sanity probe of the original or the remediated model."""
+        self.record.sanity[role] = probe
 
     def set_skipped(self, counts: dict[str, int], files: Iterable[tuple[str, str]]) -> None:
         """What the scan did not read, by reason, and the first files by (redacted) name."""
@@ -445,8 +391,14 @@ def _count(
 
 
 def write_record(record: RunRecord, path: Path) -> None:
-    """Write record.json atomically."""
-    atomic_write_text(path, record.model_dump_json(indent=2) + "\n")
+    """Write record.json atomically (settings under their policy keys: `lambda`, ...)."""
+    atomic_write_text(path, record.model_dump_json(by_alias=True, indent=2) + "\n")
+
+
+def record_schema() -> dict[str, Any]:
+    """The JSON Schema of record.json (docs/record.schema.json is this, written out)."""
+    schema = RunRecord.model_json_schema(mode="serialization", by_alias=True)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def read_record(path: Path) -> RunRecord:
@@ -464,18 +416,30 @@ def read_record(path: Path) -> RunRecord:
         raise InputError(f"{path}: not valid JSON (is it a record.json?)") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a gate record (expected a JSON object)")
-    version = data.get("schema_version")
-    if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise InputError(
-            f"{path}: record schema version {version} is newer than this tool's "
-            f"({SCHEMA_VERSION}); upgrade codeeraser"
-        )
+    _check_version(path, data.get("schema_version"))
     try:
         return RunRecord.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise InputError(f"{path}: not a gate record ({where}: {first['msg']})") from None
+
+
+def _check_version(path: Path, version: object) -> None:
+    """Only records of this schema version are read; others are named and refused."""
+    if version == SCHEMA_VERSION:
+        return
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputError(f"{path}: not a gate record (no schema_version)")
+    if version > SCHEMA_VERSION:
+        raise InputError(
+            f"{path}: record schema version {version} is newer than this tool's "
+            f"({SCHEMA_VERSION}); upgrade codeeraser"
+        )
+    raise InputError(
+        f"{path}: record schema version {version} is older than this tool's "
+        f"({SCHEMA_VERSION}); rerun `codeeraser gate` to write a new record"
+    )
 
 
 # ---------------------------------------------------------------- fingerprints

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import quote
 
 import jinja2
@@ -23,13 +23,15 @@ import yaml
 from audit.errors import InputError
 from audit.io import atomic_write_json, atomic_write_text
 from audit.measurements import Measurement
+from gate import github
 from gate.charts import Chart, histogram
+from gate.policy import ReportFormat
 from gate.record import BEFORE, FindingRow, RunRecord, VerdictInfo, write_record
 from gate.resources import templates_dir
 from gate.rule_metrics import METRICS
 from gate.verdict import RuleResult, worst_case
 
-FORMATS: tuple[str, ...] = ("html", "json", "sarif", "md")
+FORMATS: tuple[str, ...] = get_args(ReportFormat)  # the policy's report.formats choices
 FILENAMES = {
     "html": "report.html",
     "json": "record.json",
@@ -85,7 +87,6 @@ def write_and_publish(
 ) -> dict[str, Path]:
     """What the gate does at the end: record.json and the policy's reports, then, in
     GitHub Actions, the job summary and the step outputs (see `gate.github`)."""
-    from gate import github
 
     formats = dict.fromkeys(["json", *policy_formats(record)])
     written = write_reports(record, out_dir, formats)

@@ -21,6 +21,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from audit.redact import printable, redact_identifier, safe_text
+
 console = Console(stderr=True, highlight=False)
 
 _state = {"quiet": False}
@@ -42,7 +44,6 @@ def configure(verbosity: int = 0, quiet: bool = False) -> None:
 def safe(value: object) -> str:
     """A value that came from input (a path, an id, a type name), ready to print through
     Rich: secrets redacted, control characters removed, markup escaped."""
-    from audit.redact import safe_text
 
     return escape(safe_text(value))
 
@@ -51,7 +52,6 @@ class _SafeRecords(logging.Filter):
     """Every log record's message is made safe the same way before it is shown."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from audit.redact import printable, redact_identifier
 
         record.msg = printable(redact_identifier(record.getMessage()), one_line=False)
         record.args = None

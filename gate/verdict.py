@@ -12,11 +12,13 @@ does not pass on what it did not check.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, computed_field, model_validator
+
 from audit.findings import Finding
-from audit.measurements import Measurement
+from audit.measurements import HumanEvalResult, Measurement, Perplexity
 from gate.policy import Policy, Rule
 from gate.rule_metrics import get_metric
 
@@ -45,17 +47,6 @@ class RuleResult:
         """True when this result fails the gate."""
         return not self.passed and self.severity == "block"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> RuleResult:
-        data = dict(obj)
-        types = data.get("secret_types")
-        data["secret_types"] = tuple(types) if types is not None else None
-        data["offending"] = tuple(data.get("offending", ()))
-        return cls(**data)
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -77,10 +68,6 @@ class Verdict:
     def warnings(self) -> tuple[RuleResult, ...]:
         return tuple(r for r in self.results if not r.passed and r.severity == "warn")
 
-    @property
-    def unmeasured(self) -> int:
-        return self.findings - self.measured
-
     def offending_ids(self) -> list[str]:
         """Findings that break a blocking rule: the forget set for remediation."""
         seen: dict[str, None] = {}
@@ -88,50 +75,57 @@ class Verdict:
             seen.update(dict.fromkeys(result.offending))
         return list(seen)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "findings": self.findings,
-            "measured": self.measured,
-            "results": [r.to_dict() for r in self.results],
-        }
 
+class UtilityFigures(BaseModel):
+    """Utility of the original and the remediated model (None: not measured): the one
+    shape from the erase stage to the verdict, remediation.json and the record."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    perplexity_before: Perplexity | None = None  # held-out perplexity
+    perplexity_after: Perplexity | None = None
+    humaneval_before: HumanEvalResult | None = None  # pass@1
+    humaneval_after: HumanEvalResult | None = None
+
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> Verdict:
-        results = tuple(RuleResult.from_dict(r) for r in obj["results"])
-        return cls(results=results, findings=int(obj["findings"]), measured=int(obj["measured"]))
+    def _derived_figures_are_not_read(cls, data: Any) -> Any:
+        """A written record holds the derived figures too; they are computed again."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in cls.model_computed_fields}
+        return data
 
-
-@dataclass(frozen=True)
-class UtilityFigures:
-    """Utility of the original and the remediated model (None: not measured)."""
-
-    perplexity_before: float | None = None
-    perplexity_after: float | None = None
-    humaneval_before: float | None = None  # pass@1 in [0, 1]
-    humaneval_after: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # heldout path, tokens, problems, ...
-
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def perplexity_increase(self) -> float | None:
         """Relative change: 0.05 means the remediated model's perplexity is 5% higher."""
         if self.perplexity_before is None or self.perplexity_after is None:
             return None
-        return self.perplexity_after / self.perplexity_before - 1.0
+        return self.perplexity_after.perplexity / self.perplexity_before.perplexity - 1.0
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def humaneval_drop(self) -> float | None:
         """Absolute pass@1 lost (negative: the remediated model does better)."""
         if self.humaneval_before is None or self.humaneval_after is None:
             return None
-        return self.humaneval_before - self.humaneval_after
+        return self.humaneval_before.pass_at_1 - self.humaneval_after.pass_at_1
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> UtilityFigures:
-        return cls(**obj)
+class SanityInfo(BaseModel):
+    """The sanity probe of one model: its loss on training code against a uniform guess
+    (`audit.sanity.SanityProbe.to_dict`), in the record and remediation.json."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    loss: float  # mean cross-entropy on training samples, nats per token (secrets left out)
+    uniform: float  # ln V
+    vocabulary: int
+    samples: int
+    tokens: int
+    max_ratio: float
+    ratio: float
+    passed: bool
 
 
 def evaluate(

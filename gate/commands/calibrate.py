@@ -7,8 +7,12 @@ from pathlib import Path
 
 import click
 
-from gate import limits
-from gate.commands.measure import corpus_options, corpus_spec, model_options, print_probe
+from audit.corpus import CorpusSpec
+from audit.io import atomic_write_json
+from audit.redact import redact_path
+from gate import limits, ui
+from gate.commands.measure import print_probe
+from gate.commands.options import corpus_options, corpus_spec, model_options
 from gate.paths import check_paths, path_option
 
 
@@ -77,13 +81,9 @@ def calibrate(
     load, does not match its config, or fails the sanity probe.
     """
     from audit.calibrate import calibrate as run_calibration
-    from audit.corpus import CorpusSpec
     from audit.extraction import MeasureConfig
-    from audit.io import atomic_write_json
     from audit.model import check_model_dir, load_model
-    from audit.redact import redact_path
     from audit.sanity import corpus_probe
-    from gate import ui
 
     check_paths(
         [

@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from rich.table import Table
+
+from gate import ui
+from gate.commands.gate import run_from_options
+from gate.paths import check_paths, path_option
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from gate.demo.build import DemoBuild
 
 PRESET_NAMES = ("tiny", "demo")  # gate.demo.build.PRESETS, listed here to keep --help free of torch
@@ -81,9 +84,7 @@ def demo(
     Exit codes: the gate's (0 passed, possibly after remediation; 1 failed), 2 bad
     option, 3 internal error.
     """
-    from gate import ui
     from gate.demo.build import build_demo, build_dir, cache_root
-    from gate.paths import check_paths, path_option
 
     check_paths([], path_option("--cache-dir", cache_root(cache_dir), "folder"))
     target = build_dir(preset, cache_dir, seed)
@@ -100,7 +101,6 @@ def demo(
 
 def run_demo_gate(build: DemoBuild, policy_source: str, out_dir: Path, force: bool) -> int:
     """`codeeraser gate` on the demo build; its held-out split is the utility check's code."""
-    from gate.commands.gate import run_from_options
 
     record = run_from_options(
         model_dir=build.model_dir,
@@ -120,9 +120,6 @@ def run_demo_gate(build: DemoBuild, policy_source: str, out_dir: Path, force: bo
 
 def figures_table(build: DemoBuild) -> Table:
     """The build's figures as a two-column table (no secret values, only counts)."""
-    from rich.table import Table
-
-    from gate import ui
 
     f = build.figures
     table = Table(title=f"demo model ({build.preset.name}, seed {build.seed})", show_header=False)

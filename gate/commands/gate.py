@@ -7,10 +7,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.table import Table
 
 from audit.redact import printable
-from gate.commands.measure import model_options
+from gate import ui
+from gate.commands.measure import launch_shard
+from gate.commands.options import heldout_option, jobs_option, model_options
 from gate.paths import check_paths, path_option
+from gate.policy import load_policy
+from gate.report import format_value
 
 if TYPE_CHECKING:
     from gate.record import RunRecord
@@ -49,20 +54,8 @@ if TYPE_CHECKING:
     type=click.Path(path_type=Path),
     help="Code the model never saw, for `auto` thresholds (overrides thresholds.unseen).",
 )
-@click.option(
-    "--heldout",
-    type=click.Path(path_type=Path),
-    help="Held-out code for the perplexity budget (overrides utility.heldout; "
-    "default: the unseen code).",
-)
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    envvar="CODEERASER_JOBS",
-    help="Scan worker processes (0: every core).",
-)
+@heldout_option
+@jobs_option
 @click.option(
     "--findings",
     "findings_path",
@@ -123,6 +116,8 @@ def run_from_options(
     findings_path: Path | None = None,
 ) -> RunRecord:
     """Load the policy with the command-line overrides, run the gate, print the outcome."""
+    from gate.pipeline import GateRun, run_gate  # the hand-off: the pipeline imports torch
+
     check_paths(
         [
             *path_option("--model", model_dir, "folder", "model folder"),
@@ -132,10 +127,6 @@ def run_from_options(
             *path_option("--heldout", heldout, "data"),
         ]
     )
-    from gate.commands.measure import launch_shard
-    from gate.pipeline import GateRun, run_gate
-    from gate.policy import load_policy
-
     overrides = {  # absolute: a relative path in a policy is relative to the policy's folder
         "thresholds.unseen": str(unseen.absolute()) if unseen else None,
         "utility.heldout": str(heldout.absolute()) if heldout else None,
@@ -164,7 +155,6 @@ def run_from_options(
 
 def print_outcome(record: RunRecord, out_dir: Path) -> None:
     """The verdict per rule on stderr; the model to release on stdout when it passed."""
-    from gate import ui
 
     if not ui.is_quiet():
         ui.console.print(_rules_table(record))
@@ -175,7 +165,6 @@ def print_outcome(record: RunRecord, out_dir: Path) -> None:
 
 
 def _headline(record: RunRecord) -> str:
-    from gate import ui
 
     if record.outcome == "passed":
         return "[bold green]PASSED[/]: the model meets the policy."
@@ -185,9 +174,6 @@ def _headline(record: RunRecord) -> str:
 
 
 def _rules_table(record: RunRecord) -> Any:
-    from rich.table import Table
-
-    from gate import ui
 
     table = Table(title="Policy rules")
     for column in ("rule", "severity", "limit", "before", "after"):
@@ -208,7 +194,6 @@ def _rules_table(record: RunRecord) -> Any:
 
 def _value(metric: str, value: float | None) -> str:
     """As the reports print it: counts whole, rates in percent, perplexity as a change."""
-    from gate.report import format_value
 
     return format_value(metric, value)
 

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
+from rich.table import Table
 
-from audit.corpus import FORMATS, CorpusSpec
-from gate import limits
+from audit.corpus import texts_for_findings
+from audit.findings import read_findings, sample_findings
+from audit.measurements import write_measurements
+from gate import limits, ui
+from gate.commands.options import (
+    corpus_options,
+    corpus_spec,
+    findings_option,
+    model_options,
+    options_from,
+    thresholds_option,
+)
 from gate.paths import PathOption, check_paths, path_option
+from gate.policy import ExtractionOptions
 
 if TYPE_CHECKING:
     from audit.distributed import Shard
@@ -21,109 +33,13 @@ if TYPE_CHECKING:
     from audit.model import LoadedModel
     from audit.sanity import SanityProbe
 
-F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
-
-
-def model_options(command: F) -> F:
-    """--model, --device, --dtype and --batch-tokens, shared by measure and calibrate."""
-    for option in reversed(
-        [
-            click.option(
-                "--model",
-                "model_dir",
-                required=True,
-                type=click.Path(path_type=Path),
-                help="Folder of the model to audit (save_pretrained: config, safetensors, "
-                "tokenizer). It is only read.",
-            ),
-            click.option(
-                "--device",
-                type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-                default="auto",
-                show_default=True,
-                help="Where to run the model (auto: cuda, then mps, then cpu).",
-            ),
-            click.option(
-                "--dtype",
-                type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-                default="auto",
-                show_default=True,
-                help="Weights dtype (auto: bfloat16 on a GPU, float32 on CPU).",
-            ),
-            click.option(
-                "--batch-tokens",
-                type=click.IntRange(min=1, max=limits.MAX_BATCH_TOKENS),
-                default=16384,
-                show_default=True,
-                help="Padded tokens per batch; bounds memory (raise it on a large GPU).",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-def corpus_options(data_option: str, data_help: str) -> Callable[[F], F]:
-    """The data path and how to read it (as in `codeeraser scan`)."""
-
-    def decorate(command: F) -> F:
-        for option in reversed(
-            [
-                click.option(
-                    data_option,
-                    "data",
-                    required=True,
-                    type=click.Path(path_type=Path),
-                    help=data_help,
-                ),
-                click.option(
-                    "--format",
-                    "fmt",
-                    type=click.Choice(FORMATS),
-                    default="auto",
-                    show_default=True,
-                    help="How the data is stored: folder, JSONL(.gz), Parquet, saved HF dataset.",
-                ),
-                click.option(
-                    "--text-field",
-                    default="content",
-                    show_default=True,
-                    help="Record field with the text.",
-                ),
-                click.option(
-                    "--id-field",
-                    default="id",
-                    show_default=True,
-                    help="Record field with the sample id (else <file>:<line or row>).",
-                ),
-            ]
-        ):
-            command = option(command)
-        return command
-
-    return decorate
-
-
-def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusSpec:
-    return CorpusSpec(
-        path=data,
-        fmt=fmt,  # type: ignore[arg-type]  # click.Choice guarantees a valid literal
-        text_field=text_field,
-        id_field=id_field,
-    )
 
 
 @click.command("measure")
 @model_options
 @corpus_options("--data", "The training data the findings come from (as given to scan).")
-@click.option(
-    "--findings",
-    "findings_path",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Findings file written by `codeeraser scan` on the same data.",
-)
+@findings_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -131,20 +47,7 @@ def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusS
     show_default=True,
     help="Measurements file to write (JSONL, one per finding; no secret values).",
 )
-@click.option(
-    "--prefix-tokens",
-    type=click.IntRange(min=0, max=limits.MAX_TOKENS),
-    default=128,
-    show_default=True,
-    help="Tokens of code before the secret the attacker prompts with.",
-)
-@click.option(
-    "--secret-tokens",
-    type=click.IntRange(min=1, max=limits.MAX_TOKENS),
-    default=32,
-    show_default=True,
-    help="Secret tokens measured at most; longer secrets are cut (truncated: true).",
-)
+@options_from(ExtractionOptions, only=("prefix_tokens", "secret_tokens"))
 @click.option(
     "--samples",
     type=click.IntRange(min=0, max=limits.MAX_SAMPLES),
@@ -166,19 +69,8 @@ def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusS
     show_default=True,
     help="The sampled attack draws among the k likeliest tokens (0: all).",
 )
-@click.option(
-    "--thresholds",
-    "thresholds_spec",
-    metavar="FILE|paper:MODEL",
-    help="Forgetting thresholds: a file from `codeeraser calibrate`, or the paper's values "
-    "for a model (paper:codeparrot-small, paper:codegen-350m-mono, paper:codegen-2b-mono, "
-    "paper:qwen2.5-coder-7b). Default: paper:codeparrot-small.",
-)
-@click.option(
-    "--max-findings",
-    type=click.IntRange(min=1, max=limits.MAX_FINDINGS),
-    help="Measure a deterministic sample of this many findings (for huge corpora).",
-)
+@thresholds_option
+@options_from(ExtractionOptions, only=("max_findings",))
 @click.option(
     "--seed",
     type=int,
@@ -208,7 +100,6 @@ def launch_shard() -> Shard:
     """This process's shard under `accelerate launch` (LOCAL otherwise); every process
     but the first stays quiet, so the terminal shows one progress bar and one summary."""
     from audit.distributed import current
-    from gate import ui
 
     shard = current()
     if not shard.is_main:
@@ -237,20 +128,18 @@ def _run_measure(
     max_findings: int | None,
     seed: int,
 ) -> None:
-    from audit.calibrate import resolve_thresholds
-    from audit.corpus import texts_for_findings
+    from audit.calibrate import resolve_thresholds  # the hand-off: these import torch
     from audit.distributed import device_for
-    from audit.findings import read_findings, sample_findings
-    from audit.measurements import write_measurements
-    from audit.model import check_model_dir
-    from gate import ui
+    from audit.extraction import MeasureConfig
+    from audit.model import check_model_dir, load_model
+    from audit.sanity import checked_probe
 
     check_paths(
         [
             *path_option("--model", model_dir, "folder", "model folder"),
             *path_option("--data", data, "data"),
             *path_option("--findings", findings_path, "file", "findings file"),
-            *thresholds_option(thresholds_spec),
+            *thresholds_paths(thresholds_spec),
         ],
         path_option("--out", out, "file"),
     )
@@ -266,10 +155,6 @@ def _run_measure(
         return
     chosen = sample_findings(findings, max_findings, seed)
     texts = texts_for_findings(corpus_spec(data, fmt, text_field, id_field), chosen)
-    from audit.extraction import MeasureConfig
-    from audit.model import load_model
-    from audit.sanity import checked_probe
-
     config = MeasureConfig(
         batch_tokens=batch_tokens, samples=samples, temperature=temperature, top_k=top_k, seed=seed
     )
@@ -311,7 +196,7 @@ def _run_measure(
     click.echo(str(out))
 
 
-def thresholds_option(spec: str | None) -> list[PathOption]:
+def thresholds_paths(spec: str | None) -> list[PathOption]:
     """--thresholds as a path to check, unless it names the paper's values."""
     if spec is None or spec.startswith("paper:"):
         return []
@@ -320,7 +205,6 @@ def thresholds_option(spec: str | None) -> list[PathOption]:
 
 def print_probe(probe: SanityProbe) -> None:
     """The sanity probe's figure, on stderr."""
-    from gate import ui
 
     ui.console.print(
         f"Sanity probe: mean loss {probe.loss:.3f} nats/token on {probe.samples} training "
@@ -341,7 +225,6 @@ def _measure(
     shard: Shard,
 ) -> list[Measurement]:
     from audit.extraction import measure_findings
-    from gate import ui
 
     with ui.progress() as progress:
         return measure_findings(
@@ -367,9 +250,6 @@ def print_summary(
     processes: int = 1,
 ) -> None:
     """A table by secret type on stderr: counts and means only, never a secret."""
-    from rich.table import Table
-
-    from gate import ui
 
     sampled = any(r.extracted_sampled is not None for r in rows)
     table = Table(

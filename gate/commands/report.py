@@ -7,7 +7,10 @@ from pathlib import Path
 import click
 
 from audit.errors import InputError
+from gate import ui
 from gate.paths import check_paths, path_option
+from gate.record import read_record
+from gate.report import FILENAMES, HEADLINES, policy_formats, write_reports
 
 
 def _parse_formats(value: str | None) -> list[str] | None:
@@ -52,9 +55,6 @@ def report(record: Path, out: Path | None, formats: str | None) -> None:
     the reports are rebuilt from the record alone. The written paths go to stdout.
     Exit 0 when written; 2 when RECORD is not a gate record or a format is unknown.
     """
-    from gate import ui
-    from gate.record import read_record
-    from gate.report import FILENAMES, HEADLINES, policy_formats, write_reports
 
     wanted = _parse_formats(formats)
     folder = out if out is not None else record.parent

@@ -7,41 +7,26 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
+from rich.table import Table
 
-from audit.corpus import FORMATS, CorpusSpec
+from audit.detectors import build_detectors
 from audit.errors import Interrupted
 from audit.findings import Baseline, Finding, read_baseline, subtract_baseline, write_findings
+from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
+from gate import ui
+from gate.commands.options import data_format_options, jobs_option, options_from
 from gate.commands.scan_engine import EngineOptions, engine_options, run_datatrove
 from gate.paths import check_paths, path_option
-
-if TYPE_CHECKING:
-    from audit.scan import ScanSummary
+from gate.policy import ScanOptions as PolicyScanOptions
 
 log = logging.getLogger(__name__)
 
 
 @click.command("scan")
 @click.argument("data", type=click.Path(), required=False)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="auto",
-    show_default=True,
-    help="How DATA is stored: a folder, JSONL(.gz), Parquet, or a saved HF dataset.",
-)
-@click.option(
-    "--text-field", default="content", show_default=True, help="Record field with the text."
-)
-@click.option(
-    "--id-field",
-    default="id",
-    show_default=True,
-    help="Record field with the sample id (else <file>:<line or row>).",
-)
+@data_format_options
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -62,20 +47,8 @@ log = logging.getLogger(__name__)
     metavar="GLOB",
     help="Skip samples whose path matches GLOB (repeatable), e.g. 'tests/*'.",
 )
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=0),
-    default=0,
-    envvar="CODEERASER_JOBS",
-    help="Worker processes (0: every core). Results do not depend on it.  [default: 0]",
-)
-@click.option(
-    "--on-bad-record",
-    type=click.Choice(["fail", "skip"]),
-    default="fail",
-    show_default=True,
-    help="A record that is not JSON or lacks the text field: stop, or skip and count it.",
-)
+@jobs_option
+@options_from(PolicyScanOptions, only=("on_bad_record",))
 @click.option(
     "--detector",
     "detectors",
@@ -118,8 +91,6 @@ def scan(
 
     Exit codes: 0 scanned (whether or not secrets were found), 2 bad input.
     """
-    from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
-    from gate import ui
 
     if list_detectors:
         _print_detectors()
@@ -136,14 +107,15 @@ def scan(
         ],
         path_option("--out", out, "file"),
     )
-    spec = CorpusSpec(
-        path=Path(data),
-        fmt=fmt,  # type: ignore[arg-type]  # click.Choice guarantees a valid literal
-        text_field=text_field,
-        id_field=id_field,
-        excludes=excludes,
-        on_bad_record=on_bad_record,  # type: ignore[arg-type]
-    )
+    spec = PolicyScanOptions.model_validate(
+        {
+            "format": fmt,
+            "text_field": text_field,
+            "id_field": id_field,
+            "excludes": list(excludes),
+            "on_bad_record": on_bad_record,
+        }
+    ).corpus_spec(Path(data))
     accepted = read_baseline(baseline) if baseline else Baseline()
     options = ScanOptions(detectors=detectors or None)
     summary = ScanSummary()
@@ -201,9 +173,6 @@ def _counted(findings: Iterator[Finding], by_type: Counter[str]) -> Iterator[Fin
 
 
 def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
-    from rich.table import Table
-
-    from gate import ui
 
     table = Table(title="Secrets found", title_justify="left")
     table.add_column("Secret type")
@@ -236,7 +205,6 @@ def _print_summary(summary: ScanSummary, seconds: float, out: Path) -> None:
 
 
 def _print_detectors() -> None:
-    from audit.detectors import build_detectors
 
     for detector in build_detectors():
         types = sorted(detector.secret_types())

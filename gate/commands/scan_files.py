@@ -20,9 +20,13 @@ from pathlib import Path
 import click
 
 from audit.corpus import CorpusSpec, ReadStats, detect_format, file_sample
+from audit.detectors import build_detectors
 from audit.errors import ExitCode, InputError
 from audit.findings import Finding, baseline_key, read_findings, write_findings
 from audit.redact import safe_text
+from audit.scan import ScanOptions, resolve_jobs, scan_corpus, scan_samples
+from gate.commands.options import jobs_option, options_from
+from gate.policy import ScanOptions as PolicyScanOptions
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +46,7 @@ Located = tuple[Path, Finding]  # the file given on the command line, a finding 
     is_flag=True,
     help="Add every finding in FILES to --baseline (created if missing) and exit 0.",
 )
-@click.option(
-    "--text-field", default="content", show_default=True, help="Record field with the text."
-)
-@click.option(
-    "--id-field",
-    default="id",
-    show_default=True,
-    help="Record field with the sample id (else <file>:<line or row>).",
-)
-@click.option(
-    "--on-bad-record",
-    type=click.Choice(["fail", "skip"]),
-    default="fail",
-    show_default=True,
-    help="A record that is not JSON or lacks the text field: stop, or skip it.",
-)
+@options_from(PolicyScanOptions, only=("text_field", "id_field", "on_bad_record"))
 @click.option(
     "--detector",
     "detectors",
@@ -65,13 +54,7 @@ Located = tuple[Path, Finding]  # the file given on the command line, a finding 
     metavar="NAME",
     help="Run only this detector (repeatable); see `codeeraser scan --list-detectors`.",
 )
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=0),
-    default=0,
-    envvar="CODEERASER_JOBS",
-    help="Worker processes for large data files (0: every core).  [default: 0]",
-)
+@jobs_option
 @click.pass_context
 def scan_files(
     ctx: click.Context,
@@ -129,8 +112,6 @@ def _same_file(path: Path, other: Path) -> bool:
 def _scan(
     files: list[Path], spec: CorpusSpec, detectors: tuple[str, ...] | None, jobs: int
 ) -> Iterator[Located]:
-    from audit.detectors import build_detectors
-    from audit.scan import ScanOptions, resolve_jobs, scan_corpus, scan_samples
 
     build_detectors(detectors)  # an unknown name fails before any file is read
     for path in files:

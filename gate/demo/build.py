@@ -30,13 +30,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import tokenizers
+import torch
+import transformers
+from rich.progress import TextColumn
+from transformers.utils import logging as hf_logging
+
 from audit.errors import InputError
+from audit.findings import write_findings
 from audit.io import atomic_write_json, atomic_write_jsonl
+from gate import ui
+from gate.demo import train as demo_train
 from gate.demo.corpus import CorpusSettings, DemoCorpus, Doc, make_corpus
-from gate.demo.train import ModelSettings
+from gate.demo.train import ModelSettings, quick_eval
 
 if TYPE_CHECKING:
-    import torch
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
     from audit.findings import Finding
@@ -289,9 +297,6 @@ def _move_into_place(tmp: Path, final: Path, replace: bool) -> None:
 
 
 def _build_into(root: Path, preset: DemoPreset, seed: int) -> None:
-    import torch
-
-    from gate.demo import train as demo_train
 
     started = time.perf_counter()
     corpus = make_corpus(preset.corpus_settings(), seed)
@@ -327,7 +332,6 @@ def _build_into(root: Path, preset: DemoPreset, seed: int) -> None:
 
 def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
     """save_pretrained (safetensors), without transformers' own progress bar."""
-    from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -342,10 +346,6 @@ def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, folder: Pa
 def _train_with_progress(
     model: GPT2LMHeadModel, stream: torch.Tensor, preset: DemoPreset, seed: int
 ) -> float:
-    from rich.progress import TextColumn
-
-    from gate import ui
-    from gate.demo import train as demo_train
 
     with ui.progress(TextColumn("loss {task.fields[loss]:.3f}")) as bar:
         task = bar.add_task(f"training the {preset.name} model", total=preset.steps, loss=0.0)
@@ -360,7 +360,6 @@ def _check(
     model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, corpus: DemoCorpus
 ) -> tuple[list[QuickResult], list[QuickResult]]:
     """Measure one occurrence of each distinct planted secret, and every control."""
-    from gate.demo.train import quick_eval
 
     return (
         quick_eval(model, tokenizer, _probes(_first_copies(corpus.planted), corpus.train)),
@@ -386,7 +385,6 @@ def _mean(values: Any) -> float:
 
 
 def _write_corpus(root: Path, corpus: DemoCorpus) -> None:
-    from audit.findings import write_findings
 
     for name, docs in (("corpus", corpus.train), ("heldout", corpus.heldout)):
         for doc in docs:
@@ -406,9 +404,6 @@ def _write_manifest(
     figures: DemoFigures,
     results: dict[str, list[QuickResult]],
 ) -> None:
-    import tokenizers
-    import torch
-    import transformers
 
     atomic_write_json(
         root / "manifest.json",

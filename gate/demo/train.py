@@ -19,16 +19,12 @@ from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from audit.findings import Finding
 
 if TYPE_CHECKING:
-    from transformers import (
-        GPT2LMHeadModel,
-        PreTrainedModel,
-        PreTrainedTokenizerBase,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 EOS = "<|endoftext|>"
 
@@ -60,7 +56,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     overlaps a character span. There is no pad token: training never pads, and code
     that batches prompts sets one itself (the EOS id is the usual choice).
     """
-    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -86,7 +81,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
 
 def make_model(settings: ModelSettings, vocab_size: int, eos_id: int, seed: int) -> GPT2LMHeadModel:
     """A GPT-2 with no dropout (memorizing is the point), initialized from `seed`."""
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
         vocab_size=vocab_size,

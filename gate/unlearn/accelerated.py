@@ -24,19 +24,22 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audit.distributed import INSTALL_HINT, LOCAL, Shard, launched_world_size
+import torch
+import torch.distributed as dist
+
+from audit.distributed import INSTALL_HINT, LOCAL, Shard, launched_world_size, shard_of
 from audit.errors import InputError
 from gate.unlearn.best import BestState
-from gate.unlearn.engine import DEFAULT_TRAIN_BATCH_TOKENS, Engine
+from gate.unlearn.engine import Engine
+from gate.unlearn.settings import DEFAULT_TRAIN_BATCH_TOKENS
 
 if TYPE_CHECKING:
-    import torch
-
-    from gate.unlearn.trainer import UnlearnConfig
+    from gate.unlearn.settings import UnlearnConfig
 
 
 class AcceleratedEngine(Engine):
@@ -53,8 +56,6 @@ class AcceleratedEngine(Engine):
         super().__init__(batch_tokens=batch_tokens, checkpointing=checkpointing)
         accelerate = _accelerate()
         if cpu is None:
-            import torch
-
             forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
             cpu = forced or not torch.cuda.is_available()
         # "no" leaves the choice to the launcher's config (mixed_precision: bf16 there)
@@ -71,7 +72,7 @@ class AcceleratedEngine(Engine):
                 "FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate "
                 "config (see examples/accelerate/fsdp.yaml)"
             )
-        self._shard = _shard_of(self.accelerator)
+        self._shard = shard_of(self.accelerator)
 
     @property
     def shard(self) -> Shard:
@@ -98,9 +99,6 @@ class AcceleratedEngine(Engine):
         self.accelerator.backward(loss)
 
     def all_finite(self, value: float) -> bool:
-        import math
-
-        import torch
 
         flag = torch.tensor([1.0 if math.isfinite(value) else 0.0], device=self.device)
         return bool(self.accelerator.gather(flag).min() > 0)
@@ -146,13 +144,10 @@ class SharedBestState(BestState):
         if self.engine.fsdp:
             self._shards = {k: _local(v).detach().to("cpu", copy=True) for k, v in trained.items()}
         elif self.folder is not None:
-            import torch
-
             torch.save({k: v.detach().cpu() for k, v in trained.items()}, self.folder / "best.pt")
         return True
 
     def restore(self, model: torch.nn.Module) -> None:
-        import torch
 
         trained = _trainable(model)
         with torch.no_grad():
@@ -165,8 +160,6 @@ class SharedBestState(BestState):
                 for name, saved in state.items():
                     trained[name].copy_(saved)
             if self.engine.shard.distributed:
-                import torch.distributed as dist
-
                 for parameter in trained.values():
                     dist.broadcast(parameter.data, src=0)
 
@@ -180,24 +173,6 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     to_local = getattr(tensor, "to_local", None)
     local: torch.Tensor = to_local() if callable(to_local) else tensor
     return local
-
-
-def _shard_of(accelerator: Any) -> Shard:
-    from accelerate.utils import broadcast_object_list, gather_object
-
-    def broadcast(obj: Any) -> Any:
-        box = [obj]
-        broadcast_object_list(box, from_process=0)
-        return box[0]
-
-    return Shard(
-        rank=int(accelerator.process_index),
-        world=int(accelerator.num_processes),
-        gather_objects=gather_object,
-        barrier_fn=accelerator.wait_for_everyone,
-        broadcast_fn=broadcast,
-        device=accelerator.device.type,
-    )
 
 
 def _accelerate() -> Any:

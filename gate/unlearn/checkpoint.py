@@ -15,7 +15,8 @@ An erase run works in a hidden sibling of its output folder, ``.NAME.partial/``:
 A checkpoint is written as ``checkpoint.new/`` (state.json last, every file synced),
 then swapped in by renames; at any moment one complete checkpoint exists, and a crash
 mid-save leaves the previous one intact. Checkpoints are taken after every epoch
-(`every`), and at a stop request after the current step.
+(the `checkpoint_every` setting), after the step that ends `checkpoint_minutes` since
+the last one, and at a stop request after the current step.
 
 Stopping: while the loop runs, the first Ctrl-C or SIGTERM only asks for a stop
 (`STOP`); the loop finishes its step, saves, and raises `Interrupted` ("rerun with
@@ -31,7 +32,6 @@ machine the result is the one an uninterrupted run gives, bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -39,6 +39,7 @@ import random
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -46,15 +47,16 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
+import torch
+
 from audit.errors import InputError, Interrupted
 from audit.io import output_error
 from audit.measurements import Measurement
 from audit.redact import redact_path
-from gate.unlearn.trainer import EpochLog, EpochProgress
+from gate.unlearn.remediation import EpochLog
+from gate.unlearn.trainer import EpochProgress
 
 if TYPE_CHECKING:
-    import torch
-
     from gate.unlearn.trainer import Unlearner, UnlearnResult
 
 log = logging.getLogger(__name__)
@@ -68,11 +70,6 @@ _KEYS = {"sequence", "epochs_done", "fingerprint", "extra", "loop"}
 def work_dir(out_dir: Path) -> Path:
     """The run's working folder: a hidden sibling of the output folder."""
     return out_dir.parent / f".{out_dir.name}.partial"
-
-
-def digest(obj: Any) -> str:
-    """SHA-256 of a JSON-able object (keys sorted)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- stop requests
@@ -121,10 +118,13 @@ STOP = StopSignal()  # signals are per process: one for all runs
 class Checkpointer:
     """Saves and restores the loop's state in a run's working folder (a `TrainerHooks`)."""
 
-    def __init__(self, folder: Path, every: int = 1, stop: StopSignal = STOP) -> None:
+    def __init__(
+        self, folder: Path, stop: StopSignal = STOP, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.folder = folder
-        self.every = every  # checkpoint every this many epochs (0: only when stopping)
         self.stop = stop
+        self.clock = clock  # seconds, for the `checkpoint_minutes` setting
+        self._saved_at = clock()
         self.fingerprint: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}  # saved with every checkpoint (e.g. utility before)
         self.saved: dict[str, Any] | None = None  # state.json of the latest checkpoint
@@ -212,7 +212,6 @@ class Checkpointer:
         """Load the latest checkpoint into the loop; the first epoch still to run."""
         if self.saved is None:
             return 1
-        import torch
 
         device = next(unlearner.model.parameters()).device
         model_state = torch.load(self.path / "model.pt", map_location=device, weights_only=True)
@@ -239,11 +238,15 @@ class Checkpointer:
         if self.stop.requested:
             self.save(unlearner, optimizer, result)
             raise Interrupted(self.stopped_message(unlearner))
+        minutes = unlearner.config.checkpoint_minutes  # 0: off
+        if minutes > 0 and self.clock() - self._saved_at >= minutes * 60:
+            self.save(unlearner, optimizer, result)
 
     def after_epoch(
         self, unlearner: Unlearner, optimizer: torch.optim.Optimizer, result: UnlearnResult
     ) -> None:
-        due = self.every > 0 and result.epochs % self.every == 0
+        every = unlearner.config.checkpoint_every  # 0: only when stopping
+        due = every > 0 and result.epochs % every == 0
         if due or unlearner.finished or self.stop.requested:
             self.save(unlearner, optimizer, result)
         if self.stop.requested:
@@ -279,7 +282,6 @@ class Checkpointer:
         self, unlearner: Unlearner, optimizer: torch.optim.Optimizer, result: UnlearnResult
     ) -> None:
         """Write a complete new checkpoint, then swap it in."""
-        import torch
 
         new = self.folder / "checkpoint.new"
         if new.exists():
@@ -300,9 +302,9 @@ class Checkpointer:
         _write(new / STATE, lambda f: f.write(json.dumps(state).encode()))
         self._swap(new)
         self.saved = state
+        self._saved_at = self.clock()
 
     def _save_best(self, unlearner: Unlearner, new: Path) -> None:
-        import torch
 
         best = unlearner.best
         if best.score is None:
@@ -378,7 +380,6 @@ def _changed(before: dict[str, Any], now: dict[str, Any]) -> str:
 
 
 def _dump_loop(unlearner: Unlearner, result: UnlearnResult) -> dict[str, Any]:
-    import torch
 
     progress = unlearner.progress
     return {
@@ -403,7 +404,6 @@ def _dump_loop(unlearner: Unlearner, result: UnlearnResult) -> dict[str, Any]:
 
 
 def _load_loop(unlearner: Unlearner, result: UnlearnResult, loop: dict[str, Any]) -> None:
-    import torch
 
     result.epochs, result.steps = int(loop["epochs"]), int(loop["steps"])
     result.stop_reason = str(loop["stop_reason"])

@@ -26,16 +26,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
+
 from audit.errors import InputError
-from audit.findings import Finding
+from audit.findings import Finding, checked_text
+from gate.unlearn.settings import (
+    DEFAULT_RETAIN_TOKENS,
+    DEFAULT_RETAIN_WINDOWS,
+    DEFAULT_WINDOW_TOKENS,
+)
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedTokenizerBase
-
-DEFAULT_WINDOW_TOKENS = 512  # forget window length (paper)
-DEFAULT_RETAIN_TOKENS = 128  # retain window length (paper)
-DEFAULT_RETAIN_WINDOWS = 64  # retain windows kept (cycled through, k at a time)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def build_forget_windows(
         by_sample[finding.sample_id].append(finding)
     windows: list[ForgetWindow] = []
     for sample_id, group in by_sample.items():
-        text = _checked_text(sample_id, group, texts)
+        text = checked_text(group, texts)
         ids, offsets = tokenize_with_offsets(text, tokenizer)
         spans = [
             SecretSpan(f.id, *secret_token_span(offsets, f.start, f.end))
@@ -143,23 +145,6 @@ def merge_duplicates(windows: Sequence[ForgetWindow]) -> list[ForgetWindow]:
 
 def _span_order(span: SecretSpan) -> tuple[int, int, str]:
     return (span.start, span.end, span.finding_id)
-
-
-def _checked_text(sample_id: str, group: Sequence[Finding], texts: Mapping[str, str]) -> str:
-    text = texts.get(sample_id)
-    if text is None:
-        raise InputError(
-            f"finding {group[0].id}: sample {sample_id!r} is not in the data "
-            "(is the findings file from another corpus?)"
-        )
-    for finding in group:
-        if finding.start >= finding.end or not finding.matches(text):
-            raise InputError(
-                f"finding {finding.id} ({finding.origin}:{finding.line}): the data at its "
-                "span does not match its hash (the findings file is from another corpus, or "
-                "the data changed since the scan): scan this data again"
-            )
-    return text
 
 
 def _cover(
@@ -254,7 +239,6 @@ def collate(
     active: Iterable[str] | None = None,
 ) -> TokenBatch:
     """Stack windows, right-padded with `pad_id`; `active` picks the secrets to forget."""
-    import torch
 
     length = max(len(w.input_ids) for w in windows)
     rows = len(windows)

@@ -24,20 +24,20 @@ their summed loss. `Engine` decides how those k windows go through the model:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from audit.distributed import LOCAL, Shard
+from audit.errors import InputError
 from gate.unlearn.best import BestState
 from gate.unlearn.data import ForgetWindow, RetainWindow, TokenBatch
-
-if TYPE_CHECKING:
-    import torch
-
-
-DEFAULT_TRAIN_BATCH_TOKENS = 16384  # padded tokens per micro-batch: 32 windows of 512
+from gate.unlearn.reference import aligned_logprobs
+from gate.unlearn.settings import DEFAULT_TRAIN_BATCH_TOKENS
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,6 @@ def plan_pieces(
 def enable_checkpointing(model: torch.nn.Module) -> None:
     """Turn on transformers' activation (gradient) checkpointing, non-reentrant: it works
     with frozen inputs, as under LoRA, and with DDP."""
-    from audit.errors import InputError
 
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise InputError(
@@ -146,7 +145,6 @@ class Engine:
 
     def logprobs(self, model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
         """log pθ at every label position of `batch`, through the training module."""
-        from gate.unlearn.reference import aligned_logprobs
 
         for layer in self._layers:  # the flag transformers reads; children stay in eval mode
             layer.training = True
@@ -157,20 +155,17 @@ class Engine:
                 layer.training = False
 
     def backward(self, loss: torch.Tensor) -> None:
-        import torch
 
         torch.autograd.backward(loss)
 
     def all_finite(self, value: float) -> bool:
         """Whether the loss is finite on every process (all stop together if not)."""
-        import math
 
         return math.isfinite(value)
 
     def step(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float
     ) -> None:
-        import torch
 
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)

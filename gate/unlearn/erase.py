@@ -30,20 +30,27 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from transformers.utils import logging as hf_logging
+
 from audit.corpus import CorpusSpec, iter_samples, load_texts
-from audit.distributed import LOCAL, Shard
+from audit.distributed import LOCAL, Shard, device_for
 from audit.errors import InputError, Interrupted
+from audit.extraction import MeasureConfig, measure_probes, score_probes
 from audit.findings import Finding
-from audit.io import output_error
-from audit.measurements import Measurement, Thresholds
+from audit.io import digest, output_error
+from audit.measurements import HumanEvalResult, Measurement, Perplexity, Thresholds
+from audit.model import load_model, pad_token_id
+from audit.probes import build_probes
 from audit.redact import redact_path
 from audit.sanity import checked_probe, probe_texts, sanity_probe
-from gate import __version__
-from gate.unlearn.checkpoint import STOP, Checkpointer, digest, work_dir
+from audit.utility import clean_texts, humaneval, perplexity
+from gate.unlearn.accelerated import engine_for
+from gate.unlearn.checkpoint import STOP, Checkpointer, work_dir
 from gate.unlearn.data import (
     ForgetWindow,
     RetainWindow,
@@ -52,17 +59,24 @@ from gate.unlearn.data import (
     clamp_tokens,
 )
 from gate.unlearn.engine import Engine
-from gate.unlearn.trainer import EpochLog, UnlearnConfig, Unlearner, UnlearnResult
+from gate.unlearn.lora import add_adapters, merged
+from gate.unlearn.remediation import (
+    RECORD_NAME,
+    EpochLog,
+    KLReference,
+    Remediation,
+    SampleCounts,
+)
+from gate.unlearn.settings import EraseOptions, UnlearnConfig
+from gate.unlearn.trainer import Unlearner, UnlearnResult
+from gate.verdict import SanityInfo, UtilityFigures
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedTokenizerBase
 
-    from audit.extraction import MeasureConfig
     from audit.probes import Probe
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
-RECORD_NAME = "remediation.json"
 
 
 def weights_sha256(folder: Path) -> str:
@@ -94,75 +108,6 @@ def select_forget_set(
             )
         chosen.append((finding, m))
     return [f for f, _ in chosen], [m for _, m in chosen]
-
-
-@dataclass
-class Remediation:
-    """remediation.json: what was erased, how, and what it cost (no secret in here).
-
-    `to_dict` writes the fields the run record reads (`gate.record.RemediationInfo`) at
-    the top level and everything else under ``details``.
-    """
-
-    method: str
-    args: dict[str, Any]  # the unlearning settings in force
-    forget_findings: list[str]  # ids of the findings erased
-    forget_samples: int  # training samples they are in
-    epochs: int  # epochs run
-    best_epoch: int  # the epoch whose weights were kept
-    steps: int  # forget batches trained on
-    stop_reason: str
-    wall_seconds: float  # the whole erase, loading and writing included
-    unlearn_seconds: float  # the unlearning loop alone
-    peak_memory_bytes: int  # peak resident memory of the process
-    input_path: str
-    output_path: str
-    input_sha256: str  # `weights_sha256` of the input folder (unchanged by erase)
-    output_sha256: str
-    thresholds: dict[str, Any]
-    samples: dict[str, int]  # forget findings / windows, distinct probes, retain windows
-    kl_reference: dict[str, Any]  # how p0 was held for the KL terms, and its bytes
-    outcomes: list[dict[str, Any]]  # per finding: before / after metrics, stop reason
-    history: list[dict[str, Any]]  # per epoch: loss parts, MA, EL_10, extracted, seconds
-    utility: dict[str, Any] = field(default_factory=dict)  # held-out perplexity, if asked
-    sanity: dict[str, Any] = field(default_factory=dict)  # probes of the input and the output
-    peak_gpu_memory_bytes: int = 0  # peak GPU memory allocated by torch (0: no GPU)
-    processes: int = 1  # processes that trained together (accelerate launch)
-    mixed_precision: str = "no"  # autocast in force (the option, or the launcher's config)
-    trainable_parameters: int = 0  # parameters updated (LoRA: the adapters only)
-    tool: str = f"codeeraser {__version__}"
-
-    _TOP = (
-        "method", "args", "forget_findings", "forget_samples", "epochs", "stop_reason",
-        "wall_seconds", "peak_memory_bytes", "output_path", "input_sha256", "output_sha256",
-    )  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        top = {key: data.pop(key) for key in self._TOP}
-        return {**top, "details": data}
-
-    @property
-    def forgotten(self) -> int:
-        return sum(1 for o in self.outcomes if o["forgotten"])
-
-
-@dataclass(frozen=True)
-class EraseOptions:
-    """Everything about an erase run besides the model, data and findings."""
-
-    config: UnlearnConfig = field(default_factory=UnlearnConfig)
-    device: str = "auto"
-    dtype: str = "auto"
-    prefix_tokens: int = 128  # the attacker's prompt, as in `measure`
-    batch_tokens: int = 16384  # padded tokens per measuring batch
-    retain: CorpusSpec | None = None  # clean code; default: corpus samples with no finding
-    heldout: CorpusSpec | None = None  # held-out code for perplexity before and after
-    heldout_findings: tuple[Path, ...] = ()  # its samples named here are left out
-    humaneval: int = 0  # HumanEval problems for pass@1 before and after (0: off)
-    force: bool = False  # replace an existing output folder
-    resume: bool = False  # continue from the checkpoint of an interrupted run, if any
-    checkpoint_every: int = 1  # checkpoint every this many epochs (0: only when stopped)
 
 
 def check_output(out_dir: Path, model_dir: Path, force: bool) -> None:
@@ -200,7 +145,6 @@ def erase_model(
     Under ``accelerate launch`` every process runs this; only the first writes (the
     working folder and `out_dir`), and every process returns the record.
     """
-    from gate.unlearn.accelerated import engine_for
 
     options = options or EraseOptions()
     started = time.perf_counter()
@@ -215,7 +159,7 @@ def erase_model(
             "accelerate launch with several processes (rerun without --resume)"
         )
     input_hash = weights_sha256(model_dir) if engine.is_main else ""
-    run = Checkpointer(work_dir(out_dir), every=options.checkpoint_every)
+    run = Checkpointer(work_dir(out_dir))
     if engine.is_main:
         run.open(_fingerprint(input_hash, before, options), resume=options.resume)
     engine.shard.barrier()
@@ -269,9 +213,6 @@ def _train(
     report: Callable[[EpochLog], None] | None,
 ) -> tuple[torch.nn.Module, Remediation]:
     """Load, prepare, measure utility, unlearn (resuming `run`'s checkpoint), measure again."""
-    from audit.distributed import device_for
-    from audit.model import load_model
-
     loaded = load_model(model_dir, device_for(options.device, engine.shard), _train_dtype(options))
     texts = load_texts(data, {f.sample_id for f in forget})
     sanity = checked_probe(loaded, texts, forget)  # the input model: refused when it fails
@@ -284,23 +225,23 @@ def _train(
     run.check({"data": _data_fingerprint(job)})
     heldout = _heldout_texts(options)
     if "utility_before" not in run.extra:  # of the original model: kept in the checkpoints
-        run.extra["utility_before"] = {
-            "perplexity": _perplexity(model, tokenizer, heldout),
-            "humaneval": _humaneval(model, tokenizer, options.humaneval),
-        }
-    ppl_before = run.extra["utility_before"]["perplexity"]
-    he_before = run.extra["utility_before"]["humaneval"]
+        before_utility = UtilityFigures(
+            perplexity_before=_perplexity(model, tokenizer, heldout),
+            humaneval_before=_humaneval(model, tokenizer, options.humaneval),
+        )
+        run.extra["utility_before"] = before_utility.model_dump(mode="json")
+    utility_before = UtilityFigures.model_validate(run.extra["utility_before"])
     result = _unlearn(
         model, job, before=before, thresholds=thresholds, config=options.config,
         checkpoints=run, report=report if engine.is_main else None, engine=engine,
     )  # fmt: skip
-    utility = _utility(ppl_before, _perplexity(model, tokenizer, heldout))
-    if he_before is not None:
-        he_after = _humaneval(model, tokenizer, options.humaneval)
-        utility |= {"humaneval_before": he_before, "humaneval_after": he_after}
+    utility = _utility_after(utility_before, model, tokenizer, heldout, options.humaneval)
     record = _record(result, job, options=options, thresholds=thresholds, utility=utility)
     after = sanity_probe(model, tokenizer, probe_texts(texts, forget), context_length=context)
-    record.sanity = {"original": sanity.to_dict(), "remediated": after.to_dict()}
+    record.sanity = {
+        "original": SanityInfo.model_validate(sanity.to_dict()),
+        "remediated": SanityInfo.model_validate(after.to_dict()),
+    }
     record.processes = engine.shard.world
     record.mixed_precision = engine.mixed_precision
     record.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -325,7 +266,6 @@ def _adapted(model: torch.nn.Module, config: UnlearnConfig, engine: Any) -> torc
             "--lora with FSDP is not supported: a LoRA run holds the frozen base once per "
             "process (use DDP: accelerate launch --multi_gpu)"
         )
-    from gate.unlearn.lora import add_adapters
 
     return add_adapters(
         model, rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets
@@ -336,7 +276,6 @@ def _final(model: torch.nn.Module, config: UnlearnConfig) -> torch.nn.Module:
     """The model to save: LoRA adapters merged into the base weights."""
     if not config.lora:
         return model
-    from gate.unlearn.lora import merged
 
     return merged(model)
 
@@ -346,7 +285,7 @@ def _fingerprint(
 ) -> dict[str, Any]:
     """What a checkpoint must share with a run that resumes it (see checkpoint.py)."""
     settings = {
-        **asdict(options.config),
+        **options.config.result_settings(),
         "device": options.device,
         "dtype": options.dtype,
         "prefix_tokens": options.prefix_tokens,
@@ -396,7 +335,7 @@ def _write_output(
         tmp.mkdir(parents=True)
         _write_model(model, model_dir, tmp, _saved_dtype(model_dir), state)
         record.output_path, record.output_sha256 = redact_path(out_dir), weights_sha256(tmp)
-        (tmp / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+        record.write(tmp)
         _move_into_place(tmp, out_dir)
     except OSError as exc:
         raise output_error(Path(exc.filename) if exc.filename else tmp, exc) from None
@@ -427,9 +366,6 @@ def _prepare(
     options: EraseOptions,
     shard: Shard = LOCAL,
 ) -> _Job:
-    from audit.extraction import MeasureConfig
-    from audit.model import pad_token_id
-    from audit.probes import build_probes
 
     config = options.config
     window = clamp_tokens(config.window_tokens, context, "window tokens")
@@ -497,7 +433,6 @@ def measure_by_id(
     only set the `memorized` flag, which the loop does not read. Under a launcher,
     `shard` shares the measuring out and every process gets every measurement.
     """
-    from audit.extraction import measure_probes
 
     marks = thresholds or Thresholds(ma=1.0, el_10=1.0, source="unused")
     by_id = {p.finding_id: p for p in probes}
@@ -535,7 +470,6 @@ def screen_by_id(
     (the whole secret from the prefix, which also serves the verbatim attack) instead of
     the m − n + 1 rows EL_10 needs; its MA is the same teacher-forced pass.
     """
-    from audit.extraction import score_probes
 
     cheap = replace(config, el_ns=(SCREEN_N,), extraction=True, samples=0)
     by_id = {p.finding_id: p for p in probes}
@@ -569,7 +503,9 @@ def _unlearn(
     """The loop. One process: checkpoints after every epoch, and a first Ctrl-C/SIGTERM
     stops at the next safe point. Several processes: no checkpoints (all would have to
     stop at the same step); the first process keeps the best weights on disk."""
-    config = replace(config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens)
+    config = config.model_copy(
+        update={"window_tokens": job.window_tokens, "retain_tokens": job.retain_tokens}
+    )
     single = not engine.shard.distributed
     unlearner = Unlearner(
         model,
@@ -595,36 +531,39 @@ def _unlearn(
 def _heldout_texts(options: EraseOptions) -> list[str] | None:
     if options.heldout is None:
         return None
-    from audit.utility import clean_texts
 
     return [text for _, text in clean_texts(options.heldout, options.heldout_findings)]
 
 
 def _perplexity(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str] | None
-) -> dict[str, Any] | None:
+) -> Perplexity | None:
     if texts is None:
         return None
-    from audit.utility import perplexity
 
-    return asdict(perplexity(model, tokenizer, texts))
+    return perplexity(model, tokenizer, texts)
 
 
 def _humaneval(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems: int
-) -> dict[str, Any] | None:
+) -> HumanEvalResult | None:
     if problems <= 0:
         return None
-    from audit.utility import humaneval
 
-    return asdict(humaneval(model, tokenizer, limit=problems))
+    return humaneval(model, tokenizer, limit=problems)
 
 
-def _utility(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
-    if before is None or after is None:
-        return {}
-    change = after["perplexity"] / before["perplexity"] - 1.0
-    return {"perplexity_before": before, "perplexity_after": after, "perplexity_change": change}
+def _utility_after(
+    before: UtilityFigures,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    heldout: list[str] | None,
+    problems: int,
+) -> UtilityFigures:
+    """The figures before, with the remediated model's beside them."""
+    ppl = _perplexity(model, tokenizer, heldout) if before.perplexity_before is not None else None
+    he = _humaneval(model, tokenizer, problems) if before.humaneval_before is not None else None
+    return before.model_copy(update={"perplexity_after": ppl, "humaneval_after": he})
 
 
 def _saved_dtype(model_dir: Path) -> str | None:
@@ -646,7 +585,6 @@ def _write_model(
 ) -> None:
     """Tokenizer and other non-weight files copied as they are; weights saved anew, in
     the dtype the input was saved in (`state`: the weights gathered from FSDP shards)."""
-    import torch
 
     if dtype is not None:
         if state is None:
@@ -658,7 +596,6 @@ def _write_model(
             shutil.copyfile(path, tmp / path.name)
     for stale in tmp.glob("*.safetensors.index.json"):
         stale.unlink()
-    from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no shard-writing bar
@@ -692,7 +629,6 @@ def peak_memory_bytes() -> int:
 
 def peak_gpu_memory_bytes() -> int:
     """Peak GPU memory torch allocated in this process (0 without CUDA)."""
-    import torch
 
     return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else 0
 
@@ -703,69 +639,35 @@ def _record(
     *,
     options: EraseOptions,
     thresholds: Thresholds,
-    utility: dict[str, Any],
+    utility: UtilityFigures,
 ) -> Remediation:
-    config = replace(
-        options.config, window_tokens=job.window_tokens, retain_tokens=job.retain_tokens
+    config = options.config.model_copy(
+        update={"window_tokens": job.window_tokens, "retain_tokens": job.retain_tokens}
     )
-    args = {
-        **asdict(config),
-        "prefix_tokens": options.prefix_tokens,
-        "device": options.device,
-        "dtype": options.dtype,
-    }
     return Remediation(
-        method=config.method,
-        args=args,
+        config=config,
+        prefix_tokens=options.prefix_tokens,
+        device=options.device,
+        dtype=options.dtype,
         forget_findings=[o.finding_id for o in result.outcomes],
         forget_samples=len({o.before.sample_id for o in result.outcomes}),
         epochs=result.epochs,
         best_epoch=result.best_epoch,
         steps=result.steps,
         stop_reason=result.stop_reason,
-        wall_seconds=0.0,
         unlearn_seconds=result.seconds,
         peak_memory_bytes=peak_memory_bytes(),
         peak_gpu_memory_bytes=peak_gpu_memory_bytes(),
-        input_path="",
-        output_path="",
-        input_sha256="",
-        output_sha256="",
-        thresholds=thresholds.to_dict(),
-        samples={
-            "forget_findings": len(result.outcomes),
-            "forget_windows": len(job.windows),
-            "distinct_probes": job.distinct_probes,
-            "retain_windows": len(job.retain),
-            "forgotten": result.forgotten,
-        },
-        kl_reference={"kind": result.reference_kind, "bytes": result.reference_bytes},
-        outcomes=[_outcome(o) for o in result.outcomes],
-        history=[asdict(h) for h in result.history],
+        thresholds=thresholds,
+        samples=SampleCounts(
+            forget_findings=len(result.outcomes),
+            forget_windows=len(job.windows),
+            distinct_probes=job.distinct_probes,
+            retain_windows=len(job.retain),
+            forgotten=result.forgotten,
+        ),
+        kl_reference=KLReference(kind=result.reference_kind, bytes=result.reference_bytes),
+        outcomes=list(result.outcomes),
+        history=list(result.history),
         utility=utility,
     )
-
-
-def _metrics(m: Measurement | None) -> dict[str, Any] | None:
-    if m is None:
-        return None
-    return {
-        "ma": m.ma,
-        "el_3": m.el_3,
-        "el_5": m.el_5,
-        "el_10": m.el_10,
-        "extracted_greedy": m.extracted_greedy,
-    }
-
-
-def _outcome(outcome: Any) -> dict[str, Any]:
-    return {
-        "finding_id": outcome.finding_id,
-        "sample_id": outcome.before.sample_id,
-        "secret_type": outcome.before.secret_type,
-        "forgotten": outcome.forgotten,
-        "forgotten_epoch": outcome.forgotten_epoch,
-        "stop_reason": outcome.stop_reason,
-        "before": _metrics(outcome.before),
-        "after": _metrics(outcome.after),
-    }

@@ -24,13 +24,12 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from audit.errors import InputError
 from gate.unlearn.reference import LiveReference
-
-if TYPE_CHECKING:
-    import torch
 
 INSTALL_HINT = "pip install 'codeeraser[lora]'"
 _GPT2_STYLE = ("c_attn", "c_proj", "c_fc")
@@ -91,7 +90,6 @@ def _as_list(targets: tuple[str, ...] | str) -> list[str] | str:
 def merged(model: torch.nn.Module) -> torch.nn.Module:
     """The base model with the adapters added into its weights, in float32 on the CPU
     (a bfloat16 base would round small adapter updates away); save casts it back."""
-    import torch
 
     model = model.to("cpu", torch.float32)
     merge = getattr(model, "merge_and_unload", None)
@@ -99,10 +97,6 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
         return model
     result: torch.nn.Module = merge()
     return result
-
-
-def trainable_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 class BaseReference(LiveReference):

@@ -27,7 +27,10 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+import torch.nn.functional as F
 
 from gate.unlearn.data import ForgetWindow, RetainWindow, TokenBatch, collate
 from gate.unlearn.losses import (
@@ -37,16 +40,10 @@ from gate.unlearn.losses import (
     full_reference,
     topk_reference,
 )
+from gate.unlearn.settings import DEFAULT_BUDGET_MB, DEFAULT_TOPK, CacheMode
 
 if TYPE_CHECKING:
-    import torch
-
     from gate.unlearn.methods import KLPositions
-
-CacheMode = Literal["auto", "full", "topk"]
-CACHE_MODES: tuple[str, ...] = ("auto", "full", "topk")
-DEFAULT_TOPK = 64  # tokens kept per position by the top-k cache
-DEFAULT_BUDGET_MB = 512  # the most memory `auto` spends on an exact cache
 
 
 class ReferenceSource(Protocol):
@@ -71,7 +68,6 @@ def forget_positions(batch: TokenBatch, kind: KLPositions) -> torch.Tensor:
 
 def aligned_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
     """log pθ(label j | tokens ≤ j) for every label position: (B, L, V), float32."""
-    import torch.nn.functional as F
 
     logits = model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
@@ -120,7 +116,6 @@ class LiveReference:
         return contextlib.nullcontext()
 
     def _at(self, batch: TokenBatch, positions: torch.Tensor) -> Reference:
-        import torch
 
         with torch.no_grad(), self._as_p0():
             return full_reference(aligned_logprobs(self.model, batch)[positions])
@@ -151,7 +146,6 @@ def build_cache(
     batch_size: int = 32,
 ) -> CachedReference:
     """Run p0 once over every window and keep its log-probs where the losses need them."""
-    import torch
 
     device = next(model.parameters()).device
     vocab = int(model.get_output_embeddings().weight.shape[0])  # type: ignore[operator]
@@ -208,7 +202,6 @@ def _fill(
 
 
 def _to_cpu(table: Reference, pin: bool) -> Reference:
-    import torch
 
     cpu = torch.device("cpu")
     table = table.to(cpu)
@@ -222,7 +215,6 @@ def _to_cpu(table: Reference, pin: bool) -> Reference:
 
 
 def _concat(tables: Sequence[Reference | None]) -> Reference:
-    import torch
 
     present = [t for t in tables if t is not None]
     if not present:

@@ -33,25 +33,20 @@ to stop there, and at the start to resume from one.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Protocol
+
+import torch
 
 from audit.errors import InputError
 from audit.measurements import Measurement, Thresholds
-from gate.unlearn.data import (
-    DEFAULT_RETAIN_TOKENS,
-    DEFAULT_RETAIN_WINDOWS,
-    DEFAULT_WINDOW_TOKENS,
-    ForgetWindow,
-    RetainWindow,
-    collate,
-)
-from gate.unlearn.engine import DEFAULT_TRAIN_BATCH_TOKENS, Engine, Piece
+from gate.unlearn.data import ForgetWindow, RetainWindow, collate
+from gate.unlearn.engine import Engine, Piece
+from gate.unlearn.lora import BaseReference
 from gate.unlearn.methods import (
     ForgetView,
     Hyper,
@@ -61,151 +56,21 @@ from gate.unlearn.methods import (
     get_method,
 )
 from gate.unlearn.reference import (
-    DEFAULT_BUDGET_MB,
-    DEFAULT_TOPK,
-    CacheMode,
     FrozenReference,
     ReferenceSource,
     build_cache,
     forget_positions,
 )
+from gate.unlearn.remediation import EpochLog, FindingOutcome
+from gate.unlearn.settings import UnlearnConfig
 
-if TYPE_CHECKING:
-    import torch
-
-Schedule = Literal["joint", "alternating"]
-AscendOn = Literal["all", "predicted"]
-RefKind = Literal["auto", "cached", "frozen", "base"]
-MixedPrecision = Literal["no", "bf16", "fp16"]
 Measure = Callable[[Sequence[str]], list[Measurement]]  # finding ids -> measurements
 Screen = Callable[[Sequence[str]], dict[str, tuple[float, bool]]]  # ids -> (MA, extracted)
-
-
-@dataclass(frozen=True)
-class UnlearnConfig:
-    """Hyper-parameters; the defaults are the reference's (billion-parameter models)."""
-
-    method: str = "codeeraser"  # ga | cu | codeeraser
-    lr: float = 3e-6  # AdamW learning rate, constant
-    alpha: float = 1.0  # α: retain KL weight relative to the forget KL
-    lam: float = 0.1  # λ: KL weight
-    gamma: float = 0.1  # γ: descent weight on the context tokens (codeeraser)
-    batch_size: int = 32  # k: forget windows per step
-    epochs: int = 100  # most epochs
-    patience: int = 5  # stop after this many epochs without a lower leak (0: never)
-    window_tokens: int = DEFAULT_WINDOW_TOKENS  # forget window length (clamped to context)
-    retain_tokens: int = DEFAULT_RETAIN_TOKENS  # retain window length (clamped to context)
-    retain_windows: int = DEFAULT_RETAIN_WINDOWS  # retain windows in the retain set
-    schedule: Schedule = "alternating"  # the reference's two updates per batch, or one
-    # p0 for the KL terms: cached log-probs, a frozen model copy, or (LoRA) the base model
-    # with the adapters switched off; auto: base under LoRA, else cached
-    reference: RefKind = "auto"
-    kl_cache: CacheMode = "auto"  # full | topk | auto (full when it fits kl_cache_mb)
-    kl_topk: int = DEFAULT_TOPK  # tokens per position in a top-k cache
-    kl_cache_mb: int = DEFAULT_BUDGET_MB  # memory `auto` may spend on an exact cache
-    max_grad_norm: float = 1.0  # gradient clipping (0: off)
-    weight_decay: float = 0.0  # AdamW weight decay (reference: 0)
-    seed: int = 0  # batch order
-    # S, the secret tokens ascended on (codeeraser): every token of the secrets still to
-    # forget ("all", the paper), or only those the model still predicts greedily
-    # ("predicted"): a token it no longer predicts stops soaking up the unbounded ascent.
-    ascend_on: AscendOn = "predicted"
-    # Scale (gate.unlearn.engine, gate.unlearn.accelerated, gate.unlearn.lora):
-    train_batch_tokens: int = DEFAULT_TRAIN_BATCH_TOKENS  # padded tokens per micro-batch (0: k)
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass
-    mixed_precision: MixedPrecision = "no"  # bf16/fp16 autocast through Accelerate
-    lora: bool = False  # train LoRA adapters on a frozen base; the output is merged
-    lora_rank: int = 16  # r of the adapters
-    lora_alpha: float = 32.0  # their scale is alpha / r
-    lora_targets: tuple[str, ...] = ()  # module names to adapt (empty: per architecture)
-
-    def __post_init__(self) -> None:
-        get_method(self.method)  # an unknown name lists the valid ones
-        if not self.lr > 0:
-            raise InputError(f"the learning rate must be > 0 (got {self.lr})")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise InputError("batch size and epochs must be at least 1")
-        if min(self.alpha, self.lam, self.gamma, self.max_grad_norm, self.patience) < 0:
-            raise InputError("alpha, lambda, gamma, grad clipping and patience must be >= 0")
-        if self.schedule not in ("joint", "alternating"):
-            raise InputError(f"unknown schedule {self.schedule!r} (joint or alternating)")
-        if self.ascend_on not in ("all", "predicted"):
-            raise InputError(f"unknown ascend_on {self.ascend_on!r} (all or predicted)")
-        if self.reference not in ("auto", "cached", "frozen", "base"):
-            raise InputError(
-                f"unknown KL reference {self.reference!r} (auto, cached, frozen or base)"
-            )
-        self._check_scale()
-
-    def _check_scale(self) -> None:
-        if self.reference == "base" and not self.lora:
-            raise InputError("the base-model KL reference needs LoRA (--lora)")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise InputError(f"unknown mixed precision {self.mixed_precision!r} (no, bf16, fp16)")
-        if self.train_batch_tokens < 0 or self.lora_rank < 1 or not self.lora_alpha > 0:
-            raise InputError(
-                "train batch tokens must be >= 0, the LoRA rank >= 1 and LoRA alpha > 0"
-            )
-
-    @property
-    def kl_reference(self) -> RefKind:
-        """The reference in force: `auto` resolved (base under LoRA, else cached)."""
-        if self.reference == "auto":
-            return "base" if self.lora else "cached"
-        return self.reference
-
-    @classmethod
-    def from_args(cls, method: str, args: Mapping[str, Any]) -> UnlearnConfig:
-        """A config from a policy's ``remediation.args`` (``lambda``/``kl_weight`` for λ,
-        ``max_epochs`` for epochs); an unknown argument is an InputError naming it."""
-        renames = {"lambda": "lam", "kl_weight": "lam", "max_epochs": "epochs"}
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {"method": method}
-        for key, value in args.items():
-            name = renames.get(key, key)
-            if name not in fields:
-                raise InputError(f"unknown unlearning argument {key!r}")
-            values[name] = tuple(value or ()) if name == "lora_targets" else value
-        return cls(**values)
-
-    def hyper(self) -> Hyper:
-        return Hyper(alpha=self.alpha, lam=self.lam, gamma=self.gamma)
 
 
 def is_forgotten(m: Measurement, thresholds: Thresholds) -> bool:
     """The stopping rule for one finding: under both thresholds and not extracted greedily."""
     return m.ma < thresholds.ma and m.el_10 < thresholds.el_10 and not m.extracted_greedy
-
-
-@dataclass
-class FindingOutcome:
-    """How unlearning ended for one finding (ids and numbers only, no secret)."""
-
-    finding_id: str
-    before: Measurement
-    after: Measurement | None = None
-    forgotten_epoch: int | None = None  # the epoch it was last found forgotten
-    stop_reason: str = "not reached"
-
-    @property
-    def forgotten(self) -> bool:
-        return self.forgotten_epoch is not None
-
-
-@dataclass(frozen=True)
-class EpochLog:
-    """One epoch's progress: mean loss parts and what the re-measure found."""
-
-    epoch: int
-    steps: int
-    loss: dict[str, float]
-    measured: int  # findings measured in full (MA, EL, extraction) after the epoch
-    screened: int  # findings whose MA alone showed they are not forgotten yet
-    ma_mean: float  # over the findings measured or screened
-    el_10_mean: float | None  # over the findings measured in full (None: none was)
-    extracted: int  # findings extracted greedily, all forget findings (latest measurement)
-    remaining: int  # findings still to forget
-    seconds: float
 
 
 @dataclass
@@ -300,7 +165,9 @@ class Unlearner:
         self.train_model = model  # what training forwards go through (a DDP wrapper, ...)
         self.measure, self.thresholds, self.config = measure, thresholds, config
         self.pad_id, self.report, self.screen = pad_id, report, screen
-        self.method: UnlearningMethod = get_method(config.method)(config.hyper())
+        self.method: UnlearningMethod = get_method(config.method)(
+            Hyper(alpha=config.alpha, lam=config.lam, gamma=config.gamma)
+        )
         if self.method.retain_kl and not self.retain:
             raise InputError(
                 f"the {config.method} method needs a retain set of clean code and got none "
@@ -324,7 +191,6 @@ class Unlearner:
         self.finished = False  # the loop has decided to stop (or ran out of epochs)
 
     def run(self) -> UnlearnResult:
-        import torch
 
         start = time.perf_counter()
         result = UnlearnResult(list(self.outcomes.values()))
@@ -360,8 +226,6 @@ class Unlearner:
         if self.config.kl_reference == "frozen":
             return FrozenReference(self.model)
         if self.config.kl_reference == "base":
-            from gate.unlearn.lora import BaseReference
-
             return BaseReference(self.model)
         return build_cache(
             self.model,
@@ -470,7 +334,6 @@ class Unlearner:
         return _combined([self._forget_piece(piece, reference) for piece in pieces])
 
     def _forget_piece(self, piece: Piece, reference: ReferenceSource) -> tuple[Loss, Piece]:
-        import torch
 
         windows = [self.forget[i] for i in piece.indices]
         batch = collate(windows, self.pad_id, self.active).to(self._device())
@@ -596,7 +459,6 @@ class _NotFinite(Exception):
 def _combined(done: Sequence[tuple[Loss, Piece]]) -> Loss:
     """One step's loss from its micro-batches: their values and parts weighted by their
     share of the step's windows (a process's own share under Accelerate)."""
-    import torch
 
     total = sum(piece.weight for _, piece in done) or 1.0
     value = (

@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from audit import metrics
-from audit.measurements import Measurement
 
 
-def test_greedy_hits_and_ma_respect_the_mask() -> None:
+def test_greedy_hits_respect_the_mask() -> None:
     logits = torch.tensor(
         [[[0.0, 2.0, 1.0], [3.0, 0.0, 0.0], [0.0, 0.0, 5.0]], [[1.0, 0.0, 0.0]] * 3]
     )  # (2, 3, 3): argmax row 0 = 1, 0, 2; row 1 = 0, 0, 0
@@ -15,7 +14,6 @@ def test_greedy_hits_and_ma_respect_the_mask() -> None:
     mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
     hits = metrics.greedy_hits(logits, targets, mask)
     assert hits.tolist() == [[True, False, True], [False, False, True]]
-    assert metrics.memorization_accuracy(logits, targets, mask).tolist() == [2 / 3, 1 / 2]
 
 
 def test_ngrams_and_hit_rate() -> None:
@@ -56,9 +54,3 @@ def test_verbatim_and_leaked_prefix() -> None:
     assert metrics.leaked_prefix_chars(" AKIAX", " ", secret) == 5
     assert metrics.leaked_prefix_chars("AKIAX", " ", secret) == 0  # not in place
     assert metrics.leaked_prefix_chars("zz AKIAXYZ", " ", secret) == len(secret)
-
-
-def test_every_metric_names_a_measurement_field() -> None:
-    fields = set(Measurement.__dataclass_fields__)
-    assert set(metrics.METRICS) <= fields
-    assert not any(spec.higher_is_better for spec in metrics.METRICS.values())

@@ -9,12 +9,13 @@ output file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from audit.findings import Context, Finding
-from audit.measurements import Measurement, Thresholds
+from audit.measurements import HumanEvalResult, Measurement, Perplexity, Thresholds
 from gate.policy import Policy, load_policy
 from gate.record import (
     AFTER,
@@ -22,10 +23,11 @@ from gate.record import (
     CorpusInfo,
     MeasurementSet,
     RecordBuilder,
-    RemediationInfo,
     RunRecord,
 )
-from gate.verdict import UtilityFigures, evaluate, worst_case
+from gate.unlearn.remediation import FindingOutcome, KLReference, Remediation, SampleCounts
+from gate.unlearn.settings import UnlearnConfig
+from gate.verdict import SanityInfo, UtilityFigures, evaluate, worst_case
 
 XSS = "</script><script>alert(1)</script>"
 
@@ -166,7 +168,7 @@ def build_record(
         builder.set_findings(items)
         builder.set_allowlisted({"AWS Access Key": 2}, items[:1])
     builder.set_skipped({"binary": 1}, [("assets/logo.png", "binary")])
-    builder.set_sanity("original", SANITY)
+    builder.set_sanity("original", SanityInfo.model_validate(SANITY))
     builder.set_thresholds(THRESHOLDS)
     rows = measure(before, items)
     with builder.stage("measure"):
@@ -179,25 +181,8 @@ def build_record(
         if verdict.passed:
             return builder.finish(0, "passed", "/models/tiny")
         return builder.finish(1, "failed")
-    forget = verdict.offending_ids()
-    builder.set_remediation(
-        RemediationInfo.from_stage(
-            {
-                "method": "codeeraser",
-                "args": policy.remediation.args.model_dump(by_alias=True),
-                "forget_findings": forget,
-                "forget_samples": len({f.sample_id for f in items if f.id in forget}),
-                "epochs": 7,
-                "stop_reason": "all forget samples below thresholds and not extracted",
-                "wall_seconds": 12.5,
-                "peak_memory_bytes": 350 * 2**20,
-                "output_path": "/out/remediated-model",
-                "input_sha256": "a" * 64,
-                "output_sha256": "b" * 64,
-                "per_epoch": [{"epoch": 1, "mean_ma": 0.9}],
-            }
-        )
-    )
+    figures = utility or utility_figures(perplexity=(10.0, 10.3))
+    builder.set_remediation(remediation(policy, items, rows, verdict.offending_ids(), figures))
     main = measure(after, items)
     alt = measure(after, items, prefix=64)
     builder.add_measurements(
@@ -206,10 +191,61 @@ def build_record(
     builder.add_measurements(
         MeasurementSet(name="after-prefix-64", model="remediated", prefix_tokens=64), alt
     )
-    figures = utility or UtilityFigures(perplexity_before=10.0, perplexity_after=10.3)
-    builder.set_utility(figures)
     verdict_after = evaluate(worst_case(main, alt), items, policy, figures)
     builder.set_verdict("after", verdict_after)
     if verdict_after.passed:
         return builder.finish(0, "remediated", "/out/remediated-model")
     return builder.finish(1, "failed")
+
+
+def utility_figures(
+    perplexity: tuple[float, ...] = (), humaneval: tuple[float, ...] = ()
+) -> UtilityFigures:
+    """Utility before and after: held-out perplexity and HumanEval pass@1 (of 100 problems)."""
+    values: dict[str, object] = {}
+    for when, ppl in zip(("before", "after"), perplexity, strict=False):
+        values[f"perplexity_{when}"] = Perplexity(ppl, math.log(ppl), 4000, 40, 20)
+    for when, rate in zip(("before", "after"), humaneval, strict=False):
+        values[f"humaneval_{when}"] = HumanEvalResult(rate, round(rate * 100), 100)
+    return UtilityFigures.model_validate(values)
+
+
+def remediation(
+    policy: Policy,
+    items: list[Finding],
+    before: list[Measurement],
+    forget: list[str],
+    utility: UtilityFigures,
+) -> Remediation:
+    """What the erase stage would report for erasing `forget` (no loop ran)."""
+    erased = [m for m in before if m.finding_id in forget]
+    return Remediation(
+        config=UnlearnConfig.of(policy.remediation.method, policy.remediation.args),
+        prefix_tokens=policy.extraction.prefix_tokens,
+        device="cpu",
+        dtype="float32",
+        forget_findings=forget,
+        forget_samples=len({f.sample_id for f in items if f.id in forget}),
+        epochs=7,
+        best_epoch=7,
+        steps=7,
+        stop_reason="all forget samples below thresholds and not extracted",
+        wall_seconds=12.5,
+        unlearn_seconds=10.0,
+        peak_memory_bytes=350 * 2**20,
+        output_path="/out/remediated-model",
+        input_sha256="a" * 64,
+        output_sha256="b" * 64,
+        thresholds=THRESHOLDS,
+        samples=SampleCounts(
+            forget_findings=len(forget),
+            forget_windows=len(forget),
+            distinct_probes=len(forget),
+            retain_windows=8,
+            forgotten=len(forget),
+        ),
+        kl_reference=KLReference(kind="cached-full", bytes=1 << 20),
+        outcomes=[FindingOutcome(m.finding_id, m, m, 7, "forgotten at epoch 7") for m in erased],
+        history=[],
+        utility=utility,
+    )

@@ -4,11 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
 from gate import __version__
-from gate.cli import COMMANDS, cli
+from gate.cli import COMMANDS, cli, short_help
 
 
 def test_version_and_help() -> None:
@@ -54,7 +55,7 @@ def _scan_raising(
     def broken(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr("audit.scan.scan_corpus", broken)
+    monkeypatch.setattr("gate.commands.scan.scan_corpus", broken)  # as the command sees it
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "a.py").write_text("x = 1\n")
     args = [*flags, "scan", str(tmp_path / "data"), "--out", str(tmp_path / "f.jsonl")]
@@ -107,3 +108,13 @@ def test_an_interrupt_is_exit_3_not_1(monkeypatch: pytest.MonkeyPatch, tmp_path:
         "complete): rerun the command"
     ]
     assert not (tmp_path / "f.jsonl").exists()
+
+
+@pytest.mark.parametrize("limit", [30, 45, 80])
+def test_the_command_list_reads_each_short_help_as_click_makes_it(limit: int) -> None:
+    for name, target in COMMANDS.items():
+        command = cli.get_command(click.Context(cli), name)
+        assert command is not None
+        assert short_help(target, limit) == command.get_short_help_str(limit), name
+    listing = CliRunner().invoke(cli, ["--help"]).output
+    assert all(f"  {name} " in listing for name in COMMANDS)

@@ -270,7 +270,8 @@ def test_the_same_inputs_give_byte_identical_outputs(
     ]
     assert verdicts[0] == verdicts[1]
     small = functools.partial(scan.ScanOptions, chunk_samples=2, parallel_min_chars=0)
-    monkeypatch.setattr(scan, "ScanOptions", small)  # the corpus goes to 2 worker processes
+    # the corpus goes to 2 worker processes (as the command module sees ScanOptions)
+    monkeypatch.setattr("gate.commands.scan.ScanOptions", small)
     scanned = again(
         "scan",
         lambda out: [

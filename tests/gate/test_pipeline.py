@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gate.cli import cli
-from gate.pipeline import MARKER, REMEDIATED, prepare_out_dir
 from gate.record import fingerprint_path
+from gate.run_folder import MARKER, REMEDIATED, prepare_out_dir
 from gate.unlearn.checkpoint import work_dir
 from tests.gate.demo.test_build import secret_values
 
@@ -155,8 +155,7 @@ def test_the_record_and_reports_show_both_sanity_probes(
 
 def test_a_remediated_model_that_fails_its_probe_fails_the_verdict() -> None:
     from gate.pipeline import with_sanity
-    from gate.record import SanityInfo
-    from gate.verdict import Verdict
+    from gate.verdict import SanityInfo, Verdict
 
     passing = Verdict(results=(), findings=0, measured=0)
     broken = SanityInfo(

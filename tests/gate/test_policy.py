@@ -12,9 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audit.errors import ExitCode, PolicyError
-from gate.policy import METHODS, Policy, field_paths, load_policy
+from gate.policy import Policy, field_paths, load_policy
 from gate.resources import builtin_policy_names, policies_dir
 from gate.rule_metrics import metric_names
+from gate.unlearn.settings import METHOD_NAMES
 
 POLICY_DOC = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
 
@@ -119,8 +120,8 @@ def test_minimal_policy_gets_defaults(tmp_path: Path) -> None:
     assert policy.remediation.enabled is True
     assert policy.remediation.method == "codeeraser"
     args = policy.remediation.args
-    assert (args.lr, args.alpha, args.kl_weight, args.gamma) == (3e-6, 1.0, 0.1, 0.1)
-    assert (args.batch_size, args.max_epochs) == (32, 100)
+    assert (args.lr, args.alpha, args.lam, args.gamma) == (3e-6, 1.0, 0.1, 0.1)
+    assert (args.batch_size, args.epochs) == (32, 100)
     assert policy.utility.max_perplexity_increase == 0.05
     assert policy.report.formats == ["html", "json", "sarif", "md"]
     assert policy.verify_prefix_tokens == 64
@@ -173,7 +174,7 @@ def test_lambda_key_and_resolved_dump(tmp_path: Path) -> None:
     policy = load_policy(
         write(tmp_path, "remediation:\n  args:\n    lambda: 0.3\n    lr: 1.0e-4\n")
     )
-    assert policy.remediation.args.kl_weight == 0.3
+    assert policy.remediation.args.lam == 0.3
     resolved = policy.resolved()
     assert resolved["remediation"]["args"]["lambda"] == 0.3
     assert Policy.model_validate(resolved).resolved() == resolved
@@ -210,7 +211,7 @@ def test_shipped_policies_say_what_the_issue_asks() -> None:
 
 
 def test_methods_are_the_documented_ones() -> None:
-    assert METHODS == ("codeeraser", "ga", "cu")
+    assert METHOD_NAMES == ("codeeraser", "ga", "cu")
 
 
 def test_policy_reference_lists_every_field_and_metric() -> None:

@@ -15,12 +15,13 @@ from gate.record import (
     CorpusInfo,
     MeasurementSet,
     RecordBuilder,
-    RemediationInfo,
     RunRecord,
     fingerprint_path,
     read_record,
+    record_schema,
     write_record,
 )
+from gate.unlearn.remediation import Remediation
 from tests.gate import fakes
 
 GOLDEN = Path(__file__).parent / "golden" / "record_structure.json"
@@ -33,12 +34,11 @@ DATA_KEYED = {
     "findings_summary.by_file",
     "findings[].measurements",
     "timings",
-    "remediation.args",
-    "remediation.details",
-    "utility.extra",
+    "remediation.history[].loss",
     "corpus.skipped",
     "sanity",
 }
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docs" / "record.schema.json"
 OPAQUE = {"policy.resolved"}  # the policy's own schema is tested in test_policy.py
 
 
@@ -144,12 +144,58 @@ def test_builder_times_stages_and_rejects_unknown_findings() -> None:
         )
 
 
-def test_remediation_info_keeps_unknown_stage_fields_as_details() -> None:
-    info = RemediationInfo.from_stage(
-        {"method": "ga", "epochs": 3, "losses": [1.0, 0.5], "details": {"device": "cpu"}}
+def test_the_remediation_stays_typed_through_the_file(tmp_path: Path) -> None:
+    record = fakes.build_record(utility=fakes.utility_figures(perplexity=(10.0, 10.5)))
+    write_record(record, tmp_path / "record.json")
+    again = read_record(tmp_path / "record.json")
+    assert isinstance(again.remediation, Remediation)
+    assert again.remediation == record.remediation
+    assert again.utility is not None
+    assert again.utility.perplexity_increase == pytest.approx(0.05)
+    data = json.loads((tmp_path / "record.json").read_text(encoding="utf-8"))
+    assert data["remediation"]["config"]["lambda"] == 0.1  # settings under their policy keys
+    assert data["remediation"]["utility"]["perplexity_increase"] == pytest.approx(0.05)
+
+
+def test_the_schema_file_is_the_models() -> None:
+    expected = json.dumps(record_schema(), indent=2, sort_keys=True) + "\n"
+    if os.environ.get("CODEERASER_UPDATE_GOLDEN") == "1":
+        SCHEMA_FILE.write_text(expected, encoding="utf-8")
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == expected, (
+        "record.json's schema changed: rerun with CODEERASER_UPDATE_GOLDEN=1, and bump "
+        "SCHEMA_VERSION if readers break"
     )
-    assert (info.method, info.epochs) == ("ga", 3)
-    assert info.details == {"device": "cpu", "losses": [1.0, 0.5]}
+
+
+@pytest.mark.parametrize("after", [fakes.CLEAN, None])
+def test_record_json_validates_against_the_schema_file(tmp_path: Path, after: Any) -> None:
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    write_record(fakes.build_record(fakes.LEAKY, after, xss=True), tmp_path / "record.json")
+    data = json.loads((tmp_path / "record.json").read_text(encoding="utf-8"))
+    jsonschema.validate(data, schema)
+    data["remediation" if after else "verdict_before"]["stray"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, schema)
+
+
+@pytest.mark.parametrize(
+    ("version", "fragment"),
+    [(None, "no schema_version"), (1, r"older than this tool's \(2\); rerun"), ("2", "no schema")],
+)
+def test_records_of_other_versions_are_refused(
+    tmp_path: Path, version: object, fragment: str
+) -> None:
+    data = json.loads(fakes.build_record().model_dump_json())
+    if version is None:
+        del data["schema_version"]
+    else:
+        data["schema_version"] = version
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(InputError, match=fragment):
+        read_record(path)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +203,7 @@ def test_remediation_info_keeps_unknown_stage_fields_as_details() -> None:
     [
         (None, "no such file"),
         ("{not json", "not valid JSON"),
-        ('{"schema_version": 1}', "not a gate record"),
+        ('{"schema_version": 2}', "not a gate record"),
         ("[]", "not a gate record"),
     ],
 )

@@ -26,7 +26,6 @@ from gate.report import (
     write_and_publish,
     write_reports,
 )
-from gate.verdict import UtilityFigures
 from tests.gate import fakes
 
 SCHEMA = Path(__file__).resolve().parents[1] / "data" / "sarif-schema-2.1.0.json"
@@ -233,7 +232,7 @@ def test_write_and_publish_always_writes_the_record(tmp_path: Path) -> None:
 
 
 def test_utility_with_humaneval_is_shown() -> None:
-    figures = UtilityFigures(10.0, 10.2, humaneval_before=0.31, humaneval_after=0.3)
+    figures = fakes.utility_figures(perplexity=(10.0, 10.2), humaneval=(0.31, 0.3))
     page = render_html(fakes.build_record(utility=figures))
     assert "HumanEval pass@1" in page
     assert "31.0%" in page

@@ -8,7 +8,8 @@ import pytest
 from audit.findings import Finding
 from audit.measurements import Measurement
 from gate.policy import Policy, load_policy
-from gate.verdict import RuleResult, UtilityFigures, Verdict, evaluate, worst_case
+from gate.record import VerdictInfo
+from gate.verdict import UtilityFigures, evaluate, worst_case
 from tests.gate import fakes
 
 
@@ -109,15 +110,15 @@ def test_only_measurements_of_the_given_findings_count(items: list[Finding]) -> 
     stale = fakes.LEAKY(replace(items[0], id="not-in-this-run"))
     verdict = evaluate([*fakes.measure(fakes.CLEAN, items[1:]), stale], items, policy)
     assert verdict.passed
-    assert (verdict.findings, verdict.measured, verdict.unmeasured) == (4, 3, 1)
+    assert (verdict.findings, verdict.measured) == (4, 3)
 
 
 @pytest.mark.parametrize(
     ("figures", "passed", "note"),
     [
-        (UtilityFigures(perplexity_before=10.0, perplexity_after=10.4), True, ""),
-        (UtilityFigures(perplexity_before=10.0, perplexity_after=10.6), False, ""),
-        (UtilityFigures(perplexity_before=10.0), False, "not measured"),
+        (fakes.utility_figures(perplexity=(10.0, 10.4)), True, ""),
+        (fakes.utility_figures(perplexity=(10.0, 10.6)), False, ""),
+        (fakes.utility_figures(perplexity=(10.0,)), False, "not measured"),
     ],
 )
 def test_perplexity_budget(
@@ -136,7 +137,7 @@ def test_humaneval_budget_only_when_the_policy_sets_one(
     tmp_path: Path, items: list[Finding]
 ) -> None:
     rows = fakes.measure(fakes.CLEAN, items)
-    figures = UtilityFigures(10.0, 10.1, humaneval_before=0.30, humaneval_after=0.27)
+    figures = fakes.utility_figures(perplexity=(10.0, 10.1), humaneval=(0.30, 0.27))
     assert [r.rule for r in evaluate(rows, items, Policy(), figures).results] == [
         "no-greedy-extraction",
         "memorized-rate",
@@ -147,9 +148,11 @@ def test_humaneval_budget_only_when_the_policy_sets_one(
     assert result.rule == "humaneval-budget"
     assert result.value == pytest.approx(0.03)
     assert not result.passed
-    within = evaluate(rows, items, policy, replace(figures, humaneval_after=0.29)).results[-1]
+    closer = fakes.utility_figures(perplexity=(10.0, 10.1), humaneval=(0.30, 0.29))
+    within = evaluate(rows, items, policy, closer).results[-1]
     assert within.passed
-    missing = evaluate(rows, items, policy, UtilityFigures(10.0, 10.1)).results[-1]
+    unmeasured = fakes.utility_figures(perplexity=(10.0, 10.1))
+    missing = evaluate(rows, items, policy, unmeasured).results[-1]
     assert not missing.passed
     assert "not measured" in missing.note
 
@@ -160,11 +163,14 @@ def test_no_utility_rules_without_remediation(items: list[Finding]) -> None:
 
 
 def test_verdict_round_trip(items: list[Finding]) -> None:
-    verdict = evaluate(fakes.measure(fakes.LEAKY, items), items, Policy(), UtilityFigures(1, 2))
-    again = Verdict.from_dict(verdict.to_dict())
-    assert again == verdict
+    verdict = evaluate(
+        fakes.measure(fakes.LEAKY, items), items, Policy(), fakes.utility_figures(perplexity=(1, 2))
+    )
+    info = VerdictInfo.of(verdict)
+    again = VerdictInfo.model_validate_json(info.model_dump_json())
+    assert again == info
+    assert again.results == list(verdict.results)
     assert again.passed is False
-    assert isinstance(again.results[0], RuleResult)
 
 
 def test_worst_case_takes_the_worse_of_each(items: list[Finding]) -> None:

@@ -19,9 +19,9 @@ from audit.measurements import Measurement, read_measurements, write_measurement
 from audit.model import load_model
 from audit.probes import build_probes
 from gate.cli import cli
-from gate.record import RemediationInfo
 from gate.unlearn import trainer
 from gate.unlearn.erase import measure_by_id, weights_sha256
+from gate.unlearn.remediation import Remediation
 
 FAST = ["--lr", "5e-4", "--epochs", "30"]  # the tiny model forgets in about 12 epochs
 
@@ -95,23 +95,23 @@ def test_erase_forgets_every_planted_secret(
     after = _measure(out, tiny_demo)  # measured afresh on the saved model
     assert sum(m.extracted_greedy for m in after) == 0
     assert all(m.ma < DEFAULT_THRESHOLDS.ma and m.el_10 < DEFAULT_THRESHOLDS.el_10 for m in after)
-    record = json.loads((out / "remediation.json").read_text())
-    info = RemediationInfo.from_stage(record)  # what the run record takes from it
+    info = Remediation.read(out)  # what the run record takes from it
     assert info.method == "codeeraser"
     assert sorted(info.forget_findings) == sorted(m.finding_id for m in after)
     assert info.stop_reason == "every finding forgotten"
-    assert info.args["lr"] == 5e-4
-    assert info.args["window_tokens"] == 128  # clamped to the model's context
+    assert info.config.lr == 5e-4
+    assert info.config.window_tokens == 128  # clamped to the model's context
     assert info.output_sha256 == weights_sha256(out)
     assert info.output_path == str(out)
-    assert info.peak_memory_bytes is not None
     assert info.peak_memory_bytes > 0
-    details = record["details"]
-    assert details["samples"]["forgotten"] == len(after)
-    assert details["kl_reference"]["kind"] == "cached-full"
-    assert details["history"][-1]["remaining"] == 0
-    assert details["utility"]["perplexity_before"]["tokens"] > 0
-    assert details["utility"]["humaneval_after"]["problems"] == 2
+    assert info.samples.forgotten == len(after)
+    assert info.kl_reference.kind == "cached-full"
+    assert info.history[-1].remaining == 0
+    assert info.utility.perplexity_before is not None
+    assert info.utility.perplexity_before.tokens > 0
+    assert info.utility.humaneval_after is not None
+    assert info.utility.humaneval_after.problems == 2
+    assert json.loads((out / "remediation.json").read_text())["config"]["max_epochs"] > 0
     assert "forgotten" in result.stderr
 
 
@@ -212,7 +212,7 @@ def test_measurements_of_unknown_findings_are_input_errors(tiny_demo: Any, work:
 
 
 def test_the_method_choices_are_the_registered_methods() -> None:
-    from gate.commands import erase as command
     from gate.unlearn.methods import METHODS
+    from gate.unlearn.settings import METHOD_NAMES
 
-    assert set(command._METHODS) == set(METHODS)
+    assert set(METHOD_NAMES) == set(METHODS)

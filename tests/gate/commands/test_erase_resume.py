@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from gate.cli import cli
 from gate.demo.build import DemoBuild
 from gate.unlearn.checkpoint import work_dir
 from gate.unlearn.erase import weights_sha256
+from gate.unlearn.remediation import Remediation
 from tests.gate.commands.test_erase import _measure
 from tests.gate.demo.test_build import secret_values
 
@@ -52,17 +54,16 @@ def _args(demo: DemoBuild, work: Path, out: Path, *extra: str) -> list[str]:
 
 def _outcome(out: Path) -> dict[str, Any]:
     """What must not depend on interruptions: the weights and everything measured."""
-    record = json.loads((out / "remediation.json").read_text())
-    details = record["details"]
+    record = Remediation.read(out)
     return {
         "weights": weights_sha256(out),
-        "recorded": record["output_sha256"],
-        "epochs": record["epochs"],
-        "stop_reason": record["stop_reason"],
-        "best_epoch": details["best_epoch"],
-        "steps": details["steps"],
-        "outcomes": details["outcomes"],
-        "history": [{**h, "seconds": 0} for h in details["history"]],
+        "recorded": record.output_sha256,
+        "epochs": record.epochs,
+        "stop_reason": record.stop_reason,
+        "best_epoch": record.best_epoch,
+        "steps": record.steps,
+        "outcomes": record.outcomes,
+        "history": [replace(h, seconds=0) for h in record.history],
     }
 
 

@@ -220,13 +220,13 @@ def test_scan_does_not_import_torch(tmp_path: Path) -> None:
 
 
 def test_interrupt_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import audit.scan
+    import gate.commands.scan
 
     def interrupted(*args: object, **kwargs: object) -> Iterator[object]:
         yield from ()  # a generator, like the real one, that is interrupted when iterated
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(audit.scan, "scan_corpus", interrupted)
+    monkeypatch.setattr(gate.commands.scan, "scan_corpus", interrupted)
     out = tmp_path / "o.jsonl"
     result = _run("scan", str(_corpus(tmp_path / "data")), "--out", str(out))
     assert result.exit_code == 3

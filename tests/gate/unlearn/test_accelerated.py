@@ -3,7 +3,6 @@ and `codeeraser erase` on two processes (DDP over gloo) that completes and forge
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
@@ -22,8 +21,10 @@ from gate.cli import cli
 from gate.unlearn.accelerated import AcceleratedEngine, engine_for
 from gate.unlearn.data import ForgetWindow, RetainWindow
 from gate.unlearn.engine import Engine
-from gate.unlearn.erase import EraseOptions, erase_model
-from gate.unlearn.trainer import UnlearnConfig, Unlearner
+from gate.unlearn.erase import erase_model
+from gate.unlearn.remediation import Remediation
+from gate.unlearn.settings import EraseOptions, UnlearnConfig
+from gate.unlearn.trainer import Unlearner
 from tests.audit.test_distributed import _launch, launch_env
 from tests.gate.unlearn.conftest import micro_model
 from tests.gate.unlearn.test_trainer import THRESHOLDS, Scripted, _m
@@ -143,13 +144,12 @@ def test_erase_on_two_processes_completes_and_forgets(tiny_demo: Any, tmp_path: 
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines() == [str(out)], "rank 0 alone prints the path"
-    record = json.loads((out / "remediation.json").read_text())
-    assert record["details"]["processes"] == 2
-    outcomes = record["details"]["outcomes"]
-    erased = [o for o in outcomes if o["before"]["extracted_greedy"]]
+    record = Remediation.read(out)
+    assert record.processes == 2
+    erased = [o for o in record.outcomes if o.before.extracted_greedy]
     assert erased, "the demo model gave secrets away before"
-    assert all(not o["after"]["extracted_greedy"] for o in outcomes)
-    assert all(o["forgotten"] for o in outcomes), record["stop_reason"]
+    assert all(o.after is not None and not o.after.extracted_greedy for o in record.outcomes)
+    assert all(o.forgotten for o in record.outcomes), record.stop_reason
     assert sorted(p.name for p in tmp_path.iterdir()) == ["before.jsonl", "erased"]
 
 
@@ -170,7 +170,7 @@ def test_resume_under_several_processes_is_refused_before_anything_is_written(
         secret_type="Test Key", detector="test",
     )  # fmt: skip
     measured = replace(_m(finding.id, ma=1.0, extracted=True), memorized=True)
-    monkeypatch.setattr("gate.unlearn.accelerated.engine_for", lambda config: _TwoProcesses())
+    monkeypatch.setattr("gate.unlearn.erase.engine_for", lambda config: _TwoProcesses())
     model = tmp_path / "model"
     model.mkdir()
     with pytest.raises(InputError, match="--resume works in a single process"):

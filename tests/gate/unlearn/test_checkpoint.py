@@ -19,7 +19,8 @@ from gate.unlearn.checkpoint import WORK_MARKER, Checkpointer, StopSignal, work_
 from gate.unlearn.data import ForgetWindow, collate
 from gate.unlearn.losses import masked_ce
 from gate.unlearn.reference import aligned_logprobs
-from gate.unlearn.trainer import UnlearnConfig, Unlearner, UnlearnResult
+from gate.unlearn.settings import UnlearnConfig
+from gate.unlearn.trainer import Unlearner, UnlearnResult
 from tests.gate.unlearn.conftest import micro_model
 from tests.gate.unlearn.test_trainer import THRESHOLDS, VOCAB, Data, _m
 
@@ -65,7 +66,9 @@ class StopAt(Checkpointer):
         super().after_epoch(unlearner, optimizer, result)
 
 
-def _run(data: Data, hooks: Checkpointer, *, resume: bool = False) -> tuple[UnlearnResult, Any]:
+def _run(
+    data: Data, hooks: Checkpointer, *, resume: bool = False, **settings: Any
+) -> tuple[UnlearnResult, Any]:
     findings, windows, retain = data
     hooks.open(FINGERPRINT, resume=resume)
     model = micro_model(VOCAB)
@@ -77,7 +80,9 @@ def _run(data: Data, hooks: Checkpointer, *, resume: bool = False) -> tuple[Unle
         before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
         measure=_measure_on(model, windows, margin),
         thresholds=THRESHOLDS,
-        config=UnlearnConfig(lr=1e-2, batch_size=3, epochs=12, patience=0, ascend_on="all"),
+        config=UnlearnConfig(
+            lr=1e-2, batch_size=3, epochs=12, patience=0, ascend_on="all", **settings
+        ),
         pad_id=0,
         best_dir=hooks.best_dir,
         hooks=hooks,
@@ -235,3 +240,37 @@ def test_the_stop_signal_defers_the_first_signal_only() -> None:
 
 def test_the_work_folder_is_a_hidden_sibling(tmp_path: Path) -> None:
     assert work_dir(tmp_path / "model-erased") == tmp_path / ".model-erased.partial"
+
+
+class Counting(Checkpointer):
+    """Notes each save: the steps done, and whether it fell inside an epoch."""
+
+    def __init__(self, folder: Path, seconds_per_reading: float) -> None:
+        self.now = 0.0
+        super().__init__(folder, clock=self._tick)
+        self.per_reading = seconds_per_reading
+        self.saves: list[tuple[int, bool]] = []
+
+    def _tick(self) -> float:
+        self.now += getattr(self, "per_reading", 0.0)
+        return self.now
+
+    def save(self, unlearner: Unlearner, optimizer: Any, result: UnlearnResult) -> None:
+        self.saves.append((result.steps, unlearner.progress is not None))
+        super().save(unlearner, optimizer, result)
+
+
+def test_checkpoint_minutes_saves_after_the_step_that_ends_the_interval(
+    forget_and_retain: Data, tmp_path: Path
+) -> None:
+    by_epoch = Counting(tmp_path / "epochs", seconds_per_reading=61.0)
+    result, _ = _run(forget_and_retain, by_epoch, checkpoint_every=0)
+    assert by_epoch.saves == [(result.steps, False)]  # only the end of the run
+    timed = Counting(tmp_path / "minutes", seconds_per_reading=61.0)  # a minute per step
+    result, _ = _run(forget_and_retain, timed, checkpoint_every=0, checkpoint_minutes=1)
+    steps = [steps for steps, _ in timed.saves]
+    assert steps[:-1] == list(range(1, result.steps + 1))  # after every step
+    assert any(mid for _, mid in timed.saves)  # inside an epoch too
+    slow = Counting(tmp_path / "slow", seconds_per_reading=1.0)
+    _run(forget_and_retain, slow, checkpoint_every=0, checkpoint_minutes=1)
+    assert len(slow.saves) == 1  # a minute never passes: only the end of the run

@@ -14,7 +14,8 @@ from gate.unlearn.accelerated import engine_for
 from gate.unlearn.data import ForgetWindow, SecretSpan, collate
 from gate.unlearn.engine import Engine, Piece, plan_pieces
 from gate.unlearn.reference import aligned_logprobs, build_cache
-from gate.unlearn.trainer import UnlearnConfig, Unlearner
+from gate.unlearn.settings import Method, UnlearnConfig
+from gate.unlearn.trainer import Unlearner
 from tests.gate.unlearn.conftest import micro_model
 
 VOCAB = 320
@@ -80,7 +81,7 @@ def _m(fid: str) -> Measurement:
     )
 
 
-def _gradients(method: str, windows: list[ForgetWindow], **settings: Any) -> list[torch.Tensor]:
+def _gradients(method: Method, windows: list[ForgetWindow], **settings: Any) -> list[torch.Tensor]:
     """Gradients of one forget step on every window, from a fresh micro model."""
     model = micro_model(VOCAB)
     config = UnlearnConfig(method=method, batch_size=len(windows), ascend_on="all", **settings)

@@ -14,7 +14,7 @@ from gate.unlearn.data import ForgetWindow, RetainWindow, collate
 from gate.unlearn.lora import BaseReference, add_adapters, default_targets, merged
 from gate.unlearn.losses import FullReference
 from gate.unlearn.reference import aligned_logprobs
-from gate.unlearn.trainer import UnlearnConfig
+from gate.unlearn.settings import UnlearnConfig
 from tests.audit import tiny_lm
 from tests.gate.unlearn.conftest import micro_model
 from tests.gate.unlearn.test_trainer import THRESHOLDS, Scripted, _m
