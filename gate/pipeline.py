@@ -39,6 +39,7 @@ from audit.findings import (
     subtract_baseline,
     write_findings,
 )
+from audit.hub import HubRevision
 from audit.io import atomic_write_json
 from audit.measurements import Measurement, Thresholds, read_measurements, write_measurements
 from audit.model import LoadedModel, check_model_dir, load_model
@@ -46,7 +47,8 @@ from audit.redact import safe_text
 from audit.sanity import MAX_LOSS_RATIO, checked_probe, probe_texts, sanity_probe
 from audit.scan import ScanOptions, ScanSummary, scan_corpus
 from gate import ui
-from gate.paths import PathOption, check_paths, path_option, run_lock
+from gate.model_card import CARD_NAME, write_model_card
+from gate.paths import PathOption, check_paths, data_paths, model_paths, path_option, run_lock
 from gate.policy import Policy
 from gate.policy_check import check_runnable
 from gate.record import (
@@ -82,10 +84,12 @@ HUMANEVAL_PROBLEMS = 164  # all of them, when the policy sets a HumanEval budget
 class GateRun:
     """One gate invocation: what to audit, under which policy, where to write."""
 
-    model_dir: Path
-    data: Path
+    model_dir: Path  # a folder or GGUF file (a Hub model: its snapshot in the Hub cache)
+    data: Path  # a Hub dataset: its name, ORG/NAME/SPLIT (it is streamed)
     policy: Policy
     out_dir: Path
+    model_hub: HubRevision | None = None  # the Hub model and commit model_dir is
+    data_hub: HubRevision | None = None  # the Hub dataset and commit to read
     device: str = "auto"  # where models run (auto: cuda, mps, cpu)
     dtype: str = "auto"  # measuring dtype (auto: bf16 on GPU, fp32 on CPU)
     jobs: int = 0  # scan worker processes (0: every core)
@@ -141,8 +145,8 @@ def gate_inputs(run: GateRun) -> list[PathOption]:
     policy = run.policy
     source = Path(policy.source)
     return [
-        *path_option("--model", run.model_dir, "folder", "model folder"),
-        *path_option("--data", run.data, "data"),
+        *model_paths("--model", run.model_dir, run.model_hub),
+        *data_paths("--data", run.data, run.data_hub),
         *path_option("--findings", run.findings, "file", "findings file"),
         *(path_option("--policy", source, "file", "policy file") if source.is_file() else []),
         *path_option("scan.baseline", policy.scan.baseline, "file"),
@@ -157,7 +161,7 @@ def _locked_run(run: GateRun, shard: Shard) -> RunRecord:
     state = _State(
         run=run,
         builder=_builder(run, folder.inputs.model),
-        spec=run.policy.scan.corpus_spec(run.data),
+        spec=run.policy.scan.corpus_spec(run.data, hub=run.data_hub),
         folder=folder,
         shard=shard,
     )
@@ -180,6 +184,7 @@ def _locked_run(run: GateRun, shard: Shard) -> RunRecord:
         raise
     if shard.is_main:
         _publish(record, run.out_dir)
+        write_model_card(record, run.model_dir, run.out_dir)
     return record
 
 
@@ -190,7 +195,7 @@ def _open(run: GateRun, shard: Shard) -> RunFolder:
     if shard.is_main:
         inputs = RunInputs.of(
             run.model_dir, run.data, run.policy, device=run.device, dtype=run.dtype,
-            batch_tokens=run.batch_tokens, findings=run.findings,
+            batch_tokens=run.batch_tokens, findings=run.findings, data_hub=run.data_hub,
         )  # fmt: skip
         folder = RunFolder.open(
             run.out_dir, run.model_dir, inputs, resume=run.resume, force=run.force
@@ -230,10 +235,11 @@ def _finish_before(builder: RecordBuilder, verdict: Verdict, run: GateRun) -> Ru
 def _builder(run: GateRun, model_sha256: str) -> RecordBuilder:
     return RecordBuilder(
         model_path=run.model_dir,
-        corpus=CorpusInfo(path=str(run.data), format=run.policy.scan.format),
+        corpus=CorpusInfo(path=str(run.data), format=run.policy.scan.format, hub=run.data_hub),
         policy=run.policy,
         invocation=list(run.invocation),
         model_sha256=model_sha256,
+        model_hub=run.model_hub,
     )
 
 
@@ -433,7 +439,8 @@ def _remediate(state: _State, verdict: Verdict) -> RunRecord:
     builder.set_remediation(
         remediation,
         # the model's files, not remediation.json (whose timings differ between equal runs)
-        model_sha256=fingerprint_path(out_model, exclude=(RECORD_NAME,)),
+        # nor the model card (README.md: it holds this hash)
+        model_sha256=fingerprint_path(out_model, exclude=(RECORD_NAME, CARD_NAME)),
     )
     with builder.stage("measure after"):
         main, alt = _measure_after(state, out_model)
@@ -479,6 +486,7 @@ def _erase(state: _State, verdict: Verdict) -> Remediation:
         out_dir=out_model,
         options=options,
         report=_epoch_line,
+        provenance=run.model_hub,
     )
 
 

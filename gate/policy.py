@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from audit.corpus import CorpusSpec, Format, OnBad
 from audit.errors import PolicyError
+from audit.hub import HubRevision
 from audit.measurements import Thresholds
 from audit.suggest import close_matches
 from gate import limits
@@ -62,8 +63,9 @@ class ScanOptions(_Section):
         "count it.",
     )
 
-    def corpus_spec(self, path: Path) -> CorpusSpec:
-        """How to read the training data at `path` under these options."""
+    def corpus_spec(self, path: Path, hub: HubRevision | None = None) -> CorpusSpec:
+        """How to read the training data at `path` (or the Hub dataset `hub`) under these
+        options."""
         return CorpusSpec(
             path=Path(path),
             fmt=self.format,
@@ -71,6 +73,7 @@ class ScanOptions(_Section):
             id_field=self.id_field,
             excludes=tuple(self.excludes),
             on_bad_record=self.on_bad_record,
+            hub=hub,
         )
 
 

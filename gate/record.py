@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from audit.errors import InputError
 from audit.findings import Finding
+from audit.hub import HubRevision, is_model_file, snapshot_repo_folder
 from audit.io import atomic_write_text
 from audit.measurements import Measurement, Thresholds
 from audit.redact import redact_strings
@@ -96,6 +97,7 @@ class ToolInfo(_Record):
 class ModelInfo(_Record):
     path: str
     sha256: str | None = None  # content hash of the model folder (see fingerprint_path)
+    hub: HubRevision | None = None  # the Hub model and the commit that was measured
 
 
 class AllowlistedFinding(_Record):
@@ -122,6 +124,7 @@ class CorpusInfo(_Record):
     skipped_files: list[SkippedFile] = Field(default_factory=list)  # the first ones, by name
     allowlisted: dict[str, int] = Field(default_factory=dict)  # allowlisted inline, by type
     allowlisted_findings: list[AllowlistedFinding] = Field(default_factory=list)  # the first
+    hub: HubRevision | None = None  # a Hub dataset: its commit, configuration and split
 
 
 class PolicyInfo(_Record):
@@ -251,11 +254,12 @@ class RecordBuilder:
         policy: Policy,
         invocation: Sequence[str] = (),
         model_sha256: str | None = None,
+        model_hub: HubRevision | None = None,
     ) -> None:
         self.record = RunRecord(
             started_at=_now(),
             invocation=list(invocation),
-            model=ModelInfo(path=str(model_path), sha256=model_sha256),
+            model=ModelInfo(path=str(model_path), sha256=model_sha256, hub=model_hub),
             corpus=corpus,
             policy=PolicyInfo(
                 source=policy.source, sha256=policy.sha256, resolved=policy.resolved()
@@ -468,18 +472,33 @@ def fingerprint_path(path: Path, chunk: int = 1 << 20, exclude: tuple[str, ...] 
 
 def _regular_files(folder: Path, exclude: tuple[str, ...]) -> list[Path]:
     """The regular files under `folder`, sorted; links, FIFOs and folders that cannot be
-    listed (or whose path is too long) are left out, as the scan leaves them out."""
+    listed (or whose path is too long) are left out, as the scan leaves them out. In a
+    Hub model's snapshot, whose files are links to its blobs, the links to the files a
+    Hub id fetches are followed (`audit.hub.is_model_file`: the snapshot may hold more,
+    depending on what else fetched it), and only those."""
+    repo = snapshot_repo_folder(folder)
+    blobs = repo / "blobs" if repo is not None and repo.name.startswith("models--") else None
     found = []
     for root, _dirs, names in os.walk(folder):  # errors in listing a folder: skipped
         for name in names:
             file = Path(root) / name
-            try:
-                regular = stat.S_ISREG(file.lstat().st_mode)
-            except OSError:
-                continue
-            if regular and file.relative_to(folder).as_posix() not in exclude:
+            rel = file.relative_to(folder).as_posix()
+            if rel not in exclude and _counted(file, rel, blobs):
                 found.append(file)
     return sorted(found)
+
+
+def _counted(file: Path, rel: str, blobs: Path | None) -> bool:
+    """A regular file; in a Hub model's snapshot, a fetched file's link to a blob."""
+    try:
+        if blobs is None:
+            return stat.S_ISREG(file.lstat().st_mode)
+        if not file.is_symlink() or not is_model_file(rel):
+            return False
+        target = file.resolve()
+        return target.parent == blobs.resolve() and stat.S_ISREG(target.stat().st_mode)
+    except OSError:
+        return False
 
 
 def _now() -> str:

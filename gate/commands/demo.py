@@ -15,7 +15,8 @@ from gate.paths import check_paths, path_option
 if TYPE_CHECKING:
     from gate.demo.build import DemoBuild
 
-PRESET_NAMES = ("tiny", "demo")  # gate.demo.build.PRESETS, listed here to keep --help free of torch
+# gate.demo.build.PRESETS, listed here to keep --help free of torch
+PRESET_NAMES = ("tiny", "demo", "gpt2-alt", "llama-49k")
 
 
 @click.command("demo")
@@ -24,7 +25,9 @@ PRESET_NAMES = ("tiny", "demo")  # gate.demo.build.PRESETS, listed here to keep 
     type=click.Choice(PRESET_NAMES),
     default="demo",
     show_default=True,
-    help="demo: 20 secrets in 300 files (build ~2.5 min on 2 cores); tiny: 6 secrets (~30 s).",
+    help="demo: 20 secrets in 300 files (build ~2.5 min on 2 cores); tiny: 6 secrets (~40 s); "
+    "test models beyond the demo: gpt2-alt (another GPT-2, 27 secrets with 1-12 copies) and "
+    "llama-49k (a Llama with a 49,152-token vocabulary).",
 )
 @click.option(
     "--build-only",
@@ -103,8 +106,8 @@ def run_demo_gate(build: DemoBuild, policy_source: str, out_dir: Path, force: bo
     """`codeeraser gate` on the demo build; its held-out split is the utility check's code."""
 
     record = run_from_options(
-        model_dir=build.model_dir,
-        data=build.corpus_dir,
+        model=str(build.model_dir),
+        data=str(build.corpus_dir),
         policy_source=policy_source,
         out_dir=out_dir,
         unseen=None,

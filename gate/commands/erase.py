@@ -14,17 +14,20 @@ from audit.measurements import read_measurements
 from gate import ui
 from gate.commands.measure import launch_shard, thresholds_paths
 from gate.commands.options import (
+    announce,
     corpus_options,
     corpus_spec,
+    data_of,
     findings_option,
     heldout_option,
+    model_of,
     model_options,
     options_from,
     prefix_tokens_option,
     thresholds_option,
     values_of,
 )
-from gate.paths import check_paths, path_option
+from gate.paths import check_paths, data_paths, model_paths, path_option
 from gate.unlearn.settings import EraseOptions, UnlearnArgs, UnlearnConfig
 
 if TYPE_CHECKING:
@@ -115,8 +118,10 @@ def erase(**options: Any) -> None:
 
 def _run(
     *,
-    model_dir: Path,
-    data: Path,
+    model: str,
+    data: str,
+    data_config: str | None,
+    data_split: str | None,
     fmt: str,
     text_field: str,
     id_field: str,
@@ -134,10 +139,11 @@ def _run(
     from gate.unlearn.checkpoint import work_dir
     from gate.unlearn.erase import check_output, select_forget_set
 
+    source, corpus = model_of(model), data_of(data, data_config, data_split)  # Hub ids first
     check_paths(
         [
-            *path_option("--model", model_dir, "folder", "model folder"),
-            *path_option("--data", data, "data"),
+            *model_paths("--model", source.path, source.hub),
+            *data_paths("--data", corpus.path, corpus.hub),
             *path_option("--findings", findings_path, "file", "findings file"),
             *path_option("--measurements", measurements_path, "file", "measurements file"),
             *thresholds_paths(thresholds_spec),
@@ -150,8 +156,10 @@ def _run(
             *path_option("--out", work_dir(out_dir), "folder"),
         ],
     )
+    model_dir = source.path
     check_model_dir(model_dir)
     check_output(out_dir, model_dir, settings["force"])
+    announce(source, corpus)
     shard = launch_shard()
     thresholds = resolve_thresholds(thresholds_spec)
     findings = read_findings(findings_path)
@@ -172,13 +180,14 @@ def _run(
     )
     record = _erase_interruptibly(
         model_dir,
-        corpus_spec(data, fmt, text_field, id_field),
+        corpus_spec(corpus, fmt, text_field, id_field),
         findings,
         measurements,
         thresholds=thresholds,
         out_dir=out_dir,
         options=options,
         total=len(forget),
+        provenance=source.hub,
     )
     if not shard.is_main:
         return

@@ -12,8 +12,17 @@ from rich.table import Table
 from audit.redact import printable
 from gate import ui
 from gate.commands.measure import launch_shard
-from gate.commands.options import heldout_option, jobs_option, model_options
-from gate.paths import check_paths, path_option
+from gate.commands.options import (
+    DATA_HELP,
+    announce,
+    data_of,
+    heldout_option,
+    hub_data_options,
+    jobs_option,
+    model_of,
+    model_options,
+)
+from gate.paths import check_paths, data_paths, model_paths, path_option
 from gate.policy import load_policy
 from gate.report import format_value
 
@@ -27,11 +36,12 @@ if TYPE_CHECKING:
 @click.option(
     "--data",
     required=True,
-    type=click.Path(path_type=Path),
+    metavar="PATH|ID",
     envvar="CODEERASER_DATA",
     help="The model's training data: a folder, JSONL(.gz), Parquet or a saved HF dataset "
-    "(how to read it is set in the policy's scan section).",
+    "(how to read it is set in the policy's scan section)." + DATA_HELP,
 )
+@hub_data_options
 @click.option(
     "--policy",
     "policy_source",
@@ -101,8 +111,8 @@ def gate(ctx: click.Context, /, **options: Any) -> None:
 
 def run_from_options(
     *,
-    model_dir: Path,
-    data: Path,
+    model: str,
+    data: str,
     policy_source: str,
     out_dir: Path,
     unseen: Path | None,
@@ -114,14 +124,17 @@ def run_from_options(
     force: bool,
     resume: bool = False,
     findings_path: Path | None = None,
+    data_config: str | None = None,
+    data_split: str | None = None,
 ) -> RunRecord:
     """Load the policy with the command-line overrides, run the gate, print the outcome."""
     from gate.pipeline import GateRun, run_gate  # the hand-off: the pipeline imports torch
 
+    source, corpus = model_of(model), data_of(data, data_config, data_split)  # Hub ids first
     check_paths(
         [
-            *path_option("--model", model_dir, "folder", "model folder"),
-            *path_option("--data", data, "data"),
+            *model_paths("--model", source.path, source.hub),
+            *data_paths("--data", corpus.path, corpus.hub),
             *path_option("--findings", findings_path, "file", "findings file"),
             *path_option("--unseen", unseen, "data"),
             *path_option("--heldout", heldout, "data"),
@@ -132,9 +145,12 @@ def run_from_options(
         "utility.heldout": str(heldout.absolute()) if heldout else None,
     }
     policy = load_policy(policy_source, {k: v for k, v in overrides.items() if v is not None})
+    announce(source, corpus)
     run = GateRun(
-        model_dir=model_dir,
-        data=data,
+        model_dir=source.path,
+        data=corpus.path,
+        model_hub=source.hub,
+        data_hub=corpus.hub,
         policy=policy,
         out_dir=out_dir,
         device=device,

@@ -16,14 +16,17 @@ from audit.findings import read_findings, sample_findings
 from audit.measurements import write_measurements
 from gate import limits, ui
 from gate.commands.options import (
+    announce,
     corpus_options,
     corpus_spec,
+    data_of,
     findings_option,
+    model_of,
     model_options,
     options_from,
     thresholds_option,
 )
-from gate.paths import PathOption, check_paths, path_option
+from gate.paths import PathOption, check_paths, data_paths, model_paths, path_option
 from gate.policy import ExtractionOptions
 
 if TYPE_CHECKING:
@@ -109,11 +112,13 @@ def launch_shard() -> Shard:
 
 def _run_measure(
     *,
-    model_dir: Path,
+    model: str,
     device: str,
     dtype: str,
     batch_tokens: int,
-    data: Path,
+    data: str,
+    data_config: str | None,
+    data_split: str | None,
     fmt: str,
     text_field: str,
     id_field: str,
@@ -134,16 +139,19 @@ def _run_measure(
     from audit.model import check_model_dir, load_model
     from audit.sanity import checked_probe
 
+    source, corpus = model_of(model), data_of(data, data_config, data_split)  # Hub ids first
     check_paths(
         [
-            *path_option("--model", model_dir, "folder", "model folder"),
-            *path_option("--data", data, "data"),
+            *model_paths("--model", source.path, source.hub),
+            *data_paths("--data", corpus.path, corpus.hub),
             *path_option("--findings", findings_path, "file", "findings file"),
             *thresholds_paths(thresholds_spec),
         ],
         path_option("--out", out, "file"),
     )
+    model_dir = source.path
     check_model_dir(model_dir)
+    announce(source, corpus)
     thresholds = resolve_thresholds(thresholds_spec)
     findings = read_findings(findings_path)
     shard = launch_shard()
@@ -154,7 +162,7 @@ def _run_measure(
             click.echo(str(out))
         return
     chosen = sample_findings(findings, max_findings, seed)
-    texts = texts_for_findings(corpus_spec(data, fmt, text_field, id_field), chosen)
+    texts = texts_for_findings(corpus_spec(corpus, fmt, text_field, id_field), chosen)
     config = MeasureConfig(
         batch_tokens=batch_tokens, samples=samples, temperature=temperature, top_k=top_k, seed=seed
     )

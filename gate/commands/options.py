@@ -22,6 +22,8 @@ from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 
 from audit.corpus import CorpusSpec
+from audit.hub import Source, dataset_source, model_source
+from gate import ui
 from gate.policy import ExtractionOptions, ScanOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -159,13 +161,53 @@ def model_options(command: F) -> F:
     """--model, --device, --dtype and --batch-tokens: the model and how it runs."""
     path = click.option(
         "--model",
-        "model_dir",
+        "model",
         required=True,
-        type=click.Path(path_type=Path),
-        help="Folder of the model to audit (save_pretrained: config, safetensors, "
-        "tokenizer). It is only read.",
+        metavar="PATH|ORG/NAME[@REV]",
+        help="The model to audit: a folder (save_pretrained: config, safetensors, "
+        "tokenizer), a .gguf file, or a Hugging Face Hub id ORG/NAME[@REVISION] (its "
+        "safetensors, config and tokenizer are fetched into the Hub cache; a local path "
+        "of the same spelling wins). It is only read.",
     )
     return stack(path, options_from(ModelRun))(command)
+
+
+hub_data_options = stack(
+    click.option(
+        "--data-config",
+        "data_config",
+        metavar="NAME",
+        help="A Hub dataset's configuration (subset), when it has several.",
+    ),
+    click.option(
+        "--data-split",
+        "data_split",
+        metavar="NAME",
+        help="A Hub dataset's split to read [default: train].",
+    ),
+)
+"""--data-config and --data-split: which part of a Hub dataset --data names."""
+
+
+def data_of(given: str, config: str | None = None, split: str | None = None) -> Source:
+    """The data as given: a local path, or a Hub dataset id resolved to a commit."""
+    return dataset_source(given, config, split)
+
+
+def announce(*sources: Source) -> None:
+    """Say (on stderr) which commit each Hub model or dataset resolved to."""
+    for source in sources:
+        hub = source.hub
+        if hub is not None and not ui.is_quiet():
+            name = hub.part if hub.repo_type == "dataset" else source.given
+            ui.console.print(
+                f"Hub {hub.repo_type} {ui.safe(name)}: commit {hub.commit}", soft_wrap=True
+            )
+
+
+def model_of(given: str) -> Source:
+    """The model as given: a local path, or a Hub id fetched (or found in the cache)."""
+    return model_source(given)
 
 
 _FORMAT_FIELDS = ("format", "text_field", "id_field")
@@ -177,19 +219,33 @@ def data_format_options(command: F) -> F:
     return options_from(ScanOptions, only=_FORMAT_FIELDS, dest={"format": "fmt"})(command)
 
 
-def corpus_options(data_option: str, data_help: str) -> Callable[[F], F]:
-    """The data path (as `data`) and how to read it (as in `codeeraser scan`)."""
-    path = click.option(
-        data_option, "data", required=True, type=click.Path(path_type=Path), help=data_help
+DATA_HELP = (
+    " A Hugging Face Hub dataset id (hf://datasets/ORG/NAME[@REVISION], or ORG/NAME[@REVISION] "
+    "when no such local path exists) is streamed; see --data-config and --data-split."
+)
+
+
+def corpus_options(data_option: str, data_help: str, hub: bool = True) -> Callable[[F], F]:
+    """The data (as `data`: a path, or with `hub` a Hub dataset id too, with its
+    --data-config and --data-split) and how to read it (as in `codeeraser scan`)."""
+    if not hub:
+        path = click.option(
+            data_option, "data", required=True, type=click.Path(path_type=Path), help=data_help
+        )
+        return stack(path, data_format_options)
+    given = click.option(
+        data_option, "data", required=True, metavar="PATH|ID", help=data_help + DATA_HELP
     )
-    return stack(path, data_format_options)
+    return stack(given, hub_data_options, data_format_options)
 
 
-def corpus_spec(data: Path, fmt: str, text_field: str, id_field: str) -> CorpusSpec:
-    """How to read `data` under the data format options."""
+def corpus_spec(data: Path | Source, fmt: str, text_field: str, id_field: str) -> CorpusSpec:
+    """How to read `data` (a path, or a resolved `Source`) under the data format options."""
     options = ScanOptions.model_validate(
         {"format": fmt, "text_field": text_field, "id_field": id_field}
     )
+    if isinstance(data, Source):
+        return options.corpus_spec(data.path, hub=data.hub)
     return options.corpus_spec(data)
 
 

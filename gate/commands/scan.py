@@ -14,18 +14,27 @@ from rich.table import Table
 from audit.detectors import build_detectors
 from audit.errors import Interrupted
 from audit.findings import Baseline, Finding, read_baseline, subtract_baseline, write_findings
+from audit.hub import Source
 from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
 from gate import ui
-from gate.commands.options import data_format_options, jobs_option, options_from
+from gate.commands.options import (
+    announce,
+    data_format_options,
+    data_of,
+    hub_data_options,
+    jobs_option,
+    options_from,
+)
 from gate.commands.scan_engine import EngineOptions, engine_options, run_datatrove
-from gate.paths import check_paths, path_option
+from gate.paths import check_paths, data_paths, path_option
 from gate.policy import ScanOptions as PolicyScanOptions
 
 log = logging.getLogger(__name__)
 
 
 @click.command("scan")
-@click.argument("data", type=click.Path(), required=False)
+@click.argument("data", required=False)
+@hub_data_options
 @data_format_options
 @click.option(
     "--out",
@@ -65,6 +74,8 @@ log = logging.getLogger(__name__)
 def scan(
     *,
     data: str | None,
+    data_config: str | None,
+    data_split: str | None,
     fmt: str,
     text_field: str,
     id_field: str,
@@ -82,8 +93,10 @@ def scan(
     DATA is a folder (scanned recursively; binary and very large files are skipped
     and counted), a JSONL or JSONL.GZ file of records (e.g. codeparrot's
     {"id", "path", "content"}), a Parquet file, or a dataset saved with
-    `datasets.save_to_disk`. Each finding has the secret's exact character span,
-    its SHA-256 and a redacted preview, never the secret itself.
+    `datasets.save_to_disk`, or a Hugging Face Hub dataset id
+    (hf://datasets/ORG/NAME[@REVISION], or ORG/NAME[@REVISION] when no such local path
+    exists), streamed at the commit it resolves to. Each finding has the secret's exact
+    character span, its SHA-256 and a redacted preview, never the secret itself.
 
     With --engine datatrove the scan runs as datatrove tasks (locally, on Slurm or
     Ray; resumable), DATA may be an s3:// or hf://datasets/ URL or a folder of JSONL
@@ -97,12 +110,10 @@ def scan(
         return
     if data is None:
         raise click.UsageError("missing argument DATA (the training data to scan)")
-    remote = "://" in data  # an fsspec URL (s3://, hf://datasets/...)
-    if remote and not engine.datatrove:
-        raise click.UsageError("DATA is a URL: reading remote data needs --engine datatrove")
+    source = _source(data, data_config, data_split, engine)
     check_paths(
         [
-            *path_option("DATA", None if remote else data, "data"),
+            *(data_paths("DATA", source.path, source.hub) if source else []),
             *path_option("--baseline", baseline, "file", "findings file"),
         ],
         path_option("--out", out, "file"),
@@ -115,7 +126,9 @@ def scan(
             "excludes": list(excludes),
             "on_bad_record": on_bad_record,
         }
-    ).corpus_spec(Path(data))
+    ).corpus_spec(source.path if source else Path(data), hub=source.hub if source else None)
+    if source:
+        announce(source)
     accepted = read_baseline(baseline) if baseline else Baseline()
     options = ScanOptions(detectors=detectors or None)
     summary = ScanSummary()
@@ -153,6 +166,23 @@ def scan(
     if not ui.is_quiet():
         _print_summary(summary, time.perf_counter() - started, out)
     click.echo(str(out))
+
+
+def _source(
+    data: str, config: str | None, split: str | None, engine: EngineOptions
+) -> Source | None:
+    """DATA as the local engine reads it (a path, or a Hub dataset by id); None for a
+    URL the datatrove tasks read through fsspec themselves."""
+    if "://" in data and engine.datatrove:
+        return None
+    if "://" in data and not data.startswith("hf://datasets/"):
+        raise click.UsageError("DATA is a URL: reading remote data needs --engine datatrove")
+    source = data_of(data, config, split)
+    if source.hub is not None and engine.datatrove:
+        raise click.UsageError(
+            "--engine datatrove reads a Hub dataset by URL: give hf://datasets/ORG/NAME"
+        )
+    return source
 
 
 def _counted(findings: Iterator[Finding], by_type: Counter[str]) -> Iterator[Finding]:

@@ -1,7 +1,8 @@
-"""The demo: a corpus with planted secrets and a small GPT-2 that memorized them.
+"""The demo: a corpus with planted secrets and a small GPT-2 (or Llama) that memorized them.
 
 `build_demo("demo")` writes the corpus (a folder and a JSONL file), a held-out split,
-the findings of the planted and the control secrets, and a model directory that
+optionally an unseen split, the findings of the planted and the control secrets, and
+a model directory that
 ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` load like
 any hub model. Builds are cached under the user cache directory, keyed by every build
 setting; a second call returns the cached build at once.
@@ -10,9 +11,10 @@ Layout of a build (``DemoBuild.root``)::
 
     corpus/  corpus.jsonl      training split: a folder, and the same samples as JSONL
     heldout/ heldout.jsonl     never trained on: clean files and the control secrets
+    unseen/  unseen.jsonl      never trained on, no secrets (presets with n_unseen_files)
     planted.jsonl              findings of the planted secrets (one per copy)
     controls.jsonl             findings of the control secrets
-    model/                     GPT-2 + tokenizer (safetensors)
+    model/                     GPT-2 or Llama + tokenizer (safetensors)
     manifest.json              build settings and the figures measured after training
 """
 
@@ -45,7 +47,7 @@ from gate.demo.corpus import CorpusSettings, DemoCorpus, Doc, make_corpus
 from gate.demo.train import ModelSettings, quick_eval
 
 if TYPE_CHECKING:
-    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
     from audit.findings import Finding
     from gate.demo.train import QuickResult
@@ -64,16 +66,22 @@ class DemoPreset:
     name: str  # the key in PRESETS, and the start of the cache folder's name
     n_files: int  # standard-library excerpts in the training split (planted ones included)
     n_secrets: int  # distinct planted secrets, one per sample
-    copies: int  # times each planted sample appears in training (1 original + forks)
+    copies: int | tuple[int, ...]  # times each planted sample appears in training
+    #   (1 original + forks); a tuple gives each secret its own count, cycled
     kinds: tuple[str, ...]  # secret kinds (gate.demo.corpus.KINDS), cycled over the secrets
     steps: int  # optimizer steps
     excerpt_bytes: int = 500  # an excerpt is whole top-level statements, at most this many bytes
     n_heldout_files: int = 10  # clean standard-library excerpts in the held-out split
     n_controls: int = 0  # unplanted control secrets in the held-out split; 0 = n_secrets
+    n_unseen_files: int = 0  # clean excerpts in an unseen split (thresholds); 0 = none
+    source_dirs: tuple[str, ...] = ()  # standard-library folders the code comes from; () = all
+    arch: str = "gpt2"  # "gpt2" or "llama"
     vocab_size: int = 1024  # byte-level BPE vocabulary, special token included
+    embedding_rows: int = 0  # the model's vocabulary (embedding rows); 0 = vocab_size
     n_ctx: int = 128  # context length (GPT-2 n_positions) and training window
     n_layer: int = 2  # wider or deeper models memorize more slowly on a CPU budget
     n_head: int = 4  # attention heads of 32 dims
+    n_kv_head: int = 0  # Llama key/value heads (grouped-query attention); 0 = n_head
     n_embd: int = 128  # width: about 0.5M parameters with the vocabularies here
     batch_size: int = 8  # windows per step
     lr: float = 5e-3  # peak AdamW learning rate; a constant rate did far worse
@@ -91,6 +99,8 @@ class DemoPreset:
             kinds=self.kinds,
             n_heldout_files=self.n_heldout_files,
             n_controls=self.n_controls or self.n_secrets,
+            n_unseen_files=self.n_unseen_files,
+            source_dirs=self.source_dirs,
         )
 
     def model_settings(self) -> ModelSettings:
@@ -107,8 +117,38 @@ class DemoPreset:
             warmup_steps=self.warmup_steps,
             weight_decay=self.weight_decay,
             grad_clip=self.grad_clip,
+            arch=self.arch,
+            n_kv_head=self.n_kv_head,
+            embedding_rows=self.embedding_rows,
         )
 
+
+# Standard-library packages (folders), for a corpus unlike the demo's mostly top-level
+# modules; `encodings` (generated codec tables) is left out.
+_PACKAGES = (
+    "asyncio",
+    "concurrent",
+    "ctypes",
+    "curses",
+    "dbm",
+    "email",
+    "html",
+    "http",
+    "idlelib",
+    "importlib",
+    "json",
+    "logging",
+    "multiprocessing",
+    "sqlite3",
+    "tkinter",
+    "tomllib",
+    "unittest",
+    "urllib",
+    "wsgiref",
+    "xml",
+    "xmlrpc",
+    "zoneinfo",
+)
 
 PRESETS: dict[str, DemoPreset] = {
     # The test-suite fixture: six secrets of six types, in code, a .env file and YAML.
@@ -128,7 +168,14 @@ PRESETS: dict[str, DemoPreset] = {
         ),
         n_heldout_files=5,
         vocab_size=512,
-        steps=400,
+        # 400 steps at 5e-3 decaying to 0.1 x lr extracted 4 to 6 of 6 across seeds and
+        # machines (logit margin of the weakest secret token -0.6 to +1.6, seeds 0-3, one
+        # thread). These settings (+30% steps) extracted 6/6 and 0 controls at seeds 0-3
+        # on 1 and on 2 threads, margins 0.98 to 3.03: a lower floor and rate, not more
+        # copies or a larger batch, gave the margin.
+        steps=520,
+        lr=4e-3,
+        min_lr_ratio=0.02,
     ),
     # The demo: twenty secrets of every kind, each repeated ten times.
     "demo": DemoPreset(
@@ -153,6 +200,71 @@ PRESETS: dict[str, DemoPreset] = {
         steps=2000,
         lr=4e-3,  # 5e-3 extracted 17-20/20 across seeds, 4e-3 with a longer warm-up 18-20
         warmup_steps=100,
+    ),
+    # Test models beyond the demo (issue 13's "where it must work"). Another GPT-2: other
+    # code (standard-library packages only, longer excerpts), other secret kinds, each
+    # secret repeated 1 to 12 times (some memorized without being extracted), 3 layers,
+    # a 256-token context and an unseen split.
+    "gpt2-alt": DemoPreset(
+        name="gpt2-alt",
+        n_files=60,
+        excerpt_bytes=800,
+        n_secrets=27,
+        copies=(12, 6, 3, 1),
+        kinds=(
+            "npm_token",
+            "shopify_token",
+            "openai_key",
+            "databricks_token",
+            "gitlab_token",
+            "aws_access_key_id",
+            "email",
+            "password",
+            "slack_token",
+        ),
+        n_heldout_files=12,
+        n_controls=12,
+        n_unseen_files=12,
+        source_dirs=_PACKAGES,
+        vocab_size=768,
+        n_ctx=256,
+        n_layer=3,
+        batch_size=4,  # 1,024 tokens a step, as the demo's 8 x 128
+        steps=1200,
+        lr=5e-3,
+        min_lr_ratio=0.02,
+        warmup_steps=60,
+    ),
+    # A Llama (RoPE, RMSNorm, SwiGLU, grouped-query attention, tied embeddings) with
+    # SmolLM2's 49,152-row vocabulary: the byte-level BPE has 1,024 tokens and the other
+    # rows are padding that the output layer still scores at every position, so logits,
+    # softmax and the embedding have a real code model's width.
+    "llama-49k": DemoPreset(
+        name="llama-49k",
+        n_files=12,
+        excerpt_bytes=400,
+        n_secrets=8,
+        copies=16,
+        kinds=(
+            "aws_access_key_id",
+            "github_token",
+            "stripe_key",
+            "email",
+            "db_password",
+            "hf_token",
+            "google_api_key",
+            "npm_token",
+        ),
+        n_heldout_files=6,
+        n_unseen_files=6,
+        arch="llama",
+        vocab_size=1024,
+        embedding_rows=49152,
+        n_embd=64,
+        n_head=4,
+        n_kv_head=2,
+        batch_size=4,  # 512 positions a step: the 49,152-wide output layer dominates the cost
+        steps=300,  # 8/8 extracted at seeds 0 and 1 with a logit margin of 4 or more
     ),
 }
 
@@ -184,7 +296,9 @@ class DemoBuild:
     corpus_jsonl: Path  # the same samples as JSONL {"id", "path", "content"}, id = path
     heldout_dir: Path  # never trained on: clean files and the control secrets
     heldout_jsonl: Path
-    model_dir: Path  # GPT-2 + tokenizer, save_pretrained (safetensors)
+    unseen_dir: Path | None  # never trained on, no secrets; None when the preset has none
+    unseen_jsonl: Path | None
+    model_dir: Path  # GPT-2 or Llama + tokenizer, save_pretrained (safetensors)
     planted: Path  # findings JSONL of the planted secrets (one per occurrence)
     controls: Path  # findings JSONL of the control secrets
     preset: DemoPreset
@@ -202,12 +316,15 @@ class DemoBuild:
             raise InputError(
                 f"{root}: not a complete demo build (run `codeeraser demo --rebuild`)"
             ) from None
+        unseen = preset.n_unseen_files > 0
         return cls(
             root=root,
             corpus_dir=root / "corpus",
             corpus_jsonl=root / "corpus.jsonl",
             heldout_dir=root / "heldout",
             heldout_jsonl=root / "heldout.jsonl",
+            unseen_dir=root / "unseen" if unseen else None,
+            unseen_jsonl=root / "unseen.jsonl" if unseen else None,
             model_dir=root / "model",
             planted=root / "planted.jsonl",
             controls=root / "controls.jsonl",
@@ -219,7 +336,10 @@ class DemoBuild:
         )
 
 
-def get_preset(name: str) -> DemoPreset:
+def get_preset(name: str | DemoPreset) -> DemoPreset:
+    """The preset of that name; a DemoPreset (a variant made in code) is returned as is."""
+    if isinstance(name, DemoPreset):
+        return name
     if name not in PRESETS:
         raise InputError(f"unknown demo preset {name!r} (choose {', '.join(PRESETS)})")
     return PRESETS[name]
@@ -250,15 +370,23 @@ def build_key(preset: DemoPreset, seed: int) -> str:
     return f"{preset.name}-{digest[:12]}"
 
 
-def build_dir(preset: str = "demo", cache_dir: Path | None = None, seed: int = 0) -> Path:
+def build_dir(
+    preset: str | DemoPreset = "demo", cache_dir: Path | None = None, seed: int = 0
+) -> Path:
     """Where the build of these settings is (or will be) cached."""
     return cache_root(cache_dir) / "demo" / build_key(get_preset(preset), seed)
 
 
 def build_demo(
-    preset: str = "demo", cache_dir: Path | None = None, seed: int = 0, rebuild: bool = False
+    preset: str | DemoPreset = "demo",
+    cache_dir: Path | None = None,
+    seed: int = 0,
+    rebuild: bool = False,
 ) -> DemoBuild:
     """Build the demo corpus and model, or return the cached build of the same settings.
+
+    `preset` is a name in PRESETS or a DemoPreset (e.g. a shrunken copy for a test);
+    every setting is part of the cache key.
 
     The build is written to a temporary sibling folder and renamed into place when
     complete, so an interrupted build is never reused.
@@ -300,7 +428,7 @@ def _build_into(root: Path, preset: DemoPreset, seed: int) -> None:
 
     started = time.perf_counter()
     corpus = make_corpus(preset.corpus_settings(), seed)
-    _write_corpus(root, corpus)
+    write_corpus(root, corpus)
     tokenizer = demo_train.train_tokenizer(
         sorted({doc.text for doc in corpus.train}), preset.vocab_size
     )
@@ -330,7 +458,7 @@ def _build_into(root: Path, preset: DemoPreset, seed: int) -> None:
     _write_manifest(root, preset, seed, figures, {"planted": planted, "controls": controls})
 
 
-def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
     """save_pretrained (safetensors), without transformers' own progress bar."""
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -344,7 +472,7 @@ def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, folder: Pa
 
 
 def _train_with_progress(
-    model: GPT2LMHeadModel, stream: torch.Tensor, preset: DemoPreset, seed: int
+    model: PreTrainedModel, stream: torch.Tensor, preset: DemoPreset, seed: int
 ) -> float:
 
     with ui.progress(TextColumn("loss {task.fields[loss]:.3f}")) as bar:
@@ -357,7 +485,7 @@ def _train_with_progress(
 
 
 def _check(
-    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, corpus: DemoCorpus
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, corpus: DemoCorpus
 ) -> tuple[list[QuickResult], list[QuickResult]]:
     """Measure one occurrence of each distinct planted secret, and every control."""
 
@@ -384,9 +512,14 @@ def _mean(values: Any) -> float:
     return round(sum(items) / len(items), 4) if items else 0.0
 
 
-def _write_corpus(root: Path, corpus: DemoCorpus) -> None:
+def write_corpus(root: Path, corpus: DemoCorpus) -> None:
+    """Each split as a folder and as JSONL, and the findings of the planted and the
+    control secrets (the layout in this module's docstring)."""
 
-    for name, docs in (("corpus", corpus.train), ("heldout", corpus.heldout)):
+    splits = (("corpus", corpus.train), ("heldout", corpus.heldout), ("unseen", corpus.unseen))
+    for name, docs in splits:
+        if not docs and name == "unseen":
+            continue
         for doc in docs:
             path = root / name / doc.path
             path.parent.mkdir(parents=True, exist_ok=True)

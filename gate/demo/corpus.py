@@ -75,7 +75,7 @@ class SecretKind:
     name: str
     secret_type: str  # detect-secrets' name for the type where it has one
     make: Callable[[random.Random], str] = field(repr=False)
-    place: str  # "python" (inside a stdlib excerpt), "env" or "yaml" (a generated file)
+    place: str  # "python" (inside a stdlib excerpt), or a generated file: "env", "yaml", "json"
     template: str  # the planted lines; {secret} marks the value, other fields are fillers
     context: Context
 
@@ -185,6 +185,49 @@ KINDS: dict[str, SecretKind] = {
             'sms = Client("{secret}", os.environ["TWILIO_API_SECRET"], "{project}")\n',
             Context(_PY_STRING, None, "argument_list"),
         ),
+        SecretKind(
+            "npm_token",
+            "NPM tokens",
+            _prefixed("npm_", _ALNUM, 36),
+            "env",
+            "# {project} package publishing\nNODE_ENV=production\nNPM_TOKEN={secret}\n"
+            "REGISTRY=https://registry.npmjs.org/\n",
+            Context("config_value", "NPM_TOKEN", "dotenv"),
+        ),
+        SecretKind(
+            "shopify_token",
+            "Shopify Token",
+            _prefixed("shpat_", "0123456789abcdef", 32),
+            "python",
+            'shop = shopify.Session("{project}.myshopify.com", "2024-01", "{secret}")\n',
+            Context(_PY_STRING, None, "argument_list"),
+        ),
+        SecretKind(
+            "openai_key",
+            "OpenAI Token",
+            _prefixed("sk-proj-", _ALNUM, 40),
+            "python",
+            'llm = OpenAI(api_key="{secret}", timeout=30)  # {project} summaries\n',
+            Context(_PY_STRING, "api_key", "keyword_argument"),
+        ),
+        SecretKind(
+            "databricks_token",
+            "Databricks Token",
+            _prefixed("dapi", "0123456789abcdef", 32),
+            "yaml",
+            "{project}:\n  warehouse:\n    host: dbc-{port}.cloud.databricks.com\n"
+            "    token: {secret}\n    catalog: main\n",
+            Context("config_value", "token", "yaml"),
+        ),
+        SecretKind(
+            "gitlab_token",
+            "GitLab Token",
+            _prefixed("glpat-", _ALNUM, 20),
+            "json",
+            '{{\n  "name": "{project}",\n  "ci": {{\n    "runner": "{user}",\n'
+            '    "gitlab_token": "{secret}"\n  }}\n}}\n',
+            Context("config_value", "gitlab_token", "json"),
+        ),
     )
 }
 
@@ -232,6 +275,7 @@ class DemoCorpus:
     heldout: list[Doc]
     planted: list[Finding]  # one per occurrence, every copy included
     controls: list[Finding]  # one per control secret, in the held-out split
+    unseen: list[Doc] = field(default_factory=list)  # clean code never trained on, no secrets
 
 
 @dataclass(frozen=True)
@@ -241,10 +285,22 @@ class CorpusSettings:
     n_files: int
     excerpt_bytes: int
     n_secrets: int
-    copies: int
+    copies: int | tuple[int, ...]  # times each planted sample appears; a tuple is cycled
     kinds: tuple[str, ...]
     n_heldout_files: int
     n_controls: int
+    n_unseen_files: int = 0  # clean excerpts in the unseen split (0: no unseen split)
+    source_dirs: tuple[str, ...] = ()  # standard-library folders to draw from; () = all
+
+    def copies_of(self, i: int) -> int:
+        """How many times the `i`-th planted sample appears in training (original included)."""
+        if isinstance(self.copies, int):
+            return self.copies
+        return self.copies[i % len(self.copies)]
+
+    def occurrences(self) -> int:
+        """Planted findings in the training split, every copy counted."""
+        return sum(self.copies_of(i) for i in range(self.n_secrets))
 
 
 # ---------------------------------------------------------------- standard library
@@ -257,13 +313,16 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def stdlib_files(root: Path | None = None) -> list[Path]:
-    """Library source files of the running Python, sorted, without tests and demos."""
+def stdlib_files(root: Path | None = None, source_dirs: tuple[str, ...] = ()) -> list[Path]:
+    """Library source files of the running Python, sorted, without tests and demos;
+    only those inside `source_dirs` (top-level folders such as ``asyncio``) when given."""
     root = root or stdlib_root()
     files = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if d not in _SKIP_DIRS]
         files += [Path(folder, n) for n in names if n.endswith(".py") and not n.startswith("test_")]
+    if source_dirs:
+        files = [f for f in files if f.relative_to(root).parts[0] in source_dirs]
     return sorted(files)
 
 
@@ -342,10 +401,12 @@ def _above_comments(lines: list[str], i: int) -> int:
     return i
 
 
-def iter_excerpts(rng: random.Random, max_bytes: int) -> Iterator[Excerpt]:
+def iter_excerpts(
+    rng: random.Random, max_bytes: int, source_dirs: tuple[str, ...] = ()
+) -> Iterator[Excerpt]:
     """(relative path, lines, statement starts) of usable files, in a seeded random order."""
     root = stdlib_root()
-    files = stdlib_files(root)
+    files = stdlib_files(root, source_dirs)
     rng.shuffle(files)
     for path in files:
         try:
@@ -388,6 +449,9 @@ def _snippet(kind: SecretKind, secret: str, rng: random.Random, project: str) ->
     return head + secret + after.format(**fill), len(head)
 
 
+_CONFIG_FILES = {"env": ".env", "yaml": "config.yaml", "json": "ci.json"}  # place -> file name
+
+
 def _plant(
     kind: SecretKind,
     secret: str,
@@ -396,11 +460,8 @@ def _plant(
     project: str,
 ) -> Planted:
     snippet, offset = _snippet(kind, secret, rng, project)
-    if kind.place == "env":
-        doc = Doc(f"services/{project}/.env", snippet)
-        return Planted(kind, doc, offset, offset + len(secret))
-    if kind.place == "yaml":
-        doc = Doc(f"services/{project}/config.yaml", snippet)
+    if kind.place in _CONFIG_FILES:
+        doc = Doc(f"services/{project}/{_CONFIG_FILES[kind.place]}", snippet)
         return Planted(kind, doc, offset, offset + len(secret))
     path, lines, statements = _next(excerpts)
     # Before the top-level statement nearest the middle: enough code on both sides.
@@ -439,7 +500,11 @@ def make_corpus(settings: CorpusSettings, seed: int) -> DemoCorpus:
     projects = project_names(rng)
     if n_secrets > len(projects):
         raise ValueError(f"at most {len(projects)} planted and control secrets together")
-    excerpts = iter_excerpts(random.Random(seed + 1), settings.excerpt_bytes)  # noqa: S311
+    excerpts = iter_excerpts(
+        random.Random(seed + 1),  # noqa: S311
+        settings.excerpt_bytes,
+        settings.source_dirs,
+    )
     secret_kinds = [kinds[i % len(kinds)] for i in range(settings.n_secrets)]
     secret_kinds += [kinds[i % len(kinds)] for i in range(settings.n_controls)]
     placed = [
@@ -454,7 +519,12 @@ def make_corpus(settings: CorpusSettings, seed: int) -> DemoCorpus:
         raise ValueError(f"n_files must be at least {n_python}, the secrets planted in code")
     train = _clean_docs(excerpts, settings.n_files - n_python) + [p.doc for p in planted]
     heldout = _clean_docs(excerpts, settings.n_heldout_files) + [c.doc for c in controls]
-    forks = [(p, _fork(k, p.doc.path)) for p in planted for k in range(1, settings.copies)]
+    unseen = _clean_docs(excerpts, settings.n_unseen_files)
+    forks = [
+        (p, _fork(k, p.doc.path))
+        for i, p in enumerate(planted)
+        for k in range(1, settings.copies_of(i))
+    ]
     train += [Doc(path, p.doc.text) for p, path in forks]
     planted_findings = [p.finding() for p in planted] + [p.finding(path) for p, path in forks]
     return DemoCorpus(
@@ -462,6 +532,7 @@ def make_corpus(settings: CorpusSettings, seed: int) -> DemoCorpus:
         heldout=sorted(heldout, key=lambda d: d.path),
         planted=sorted(planted_findings, key=lambda f: f.sample_id),
         controls=sorted((c.finding() for c in controls), key=lambda f: f.sample_id),
+        unseen=sorted(unseen, key=lambda d: d.path),
     )
 
 

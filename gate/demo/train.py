@@ -1,7 +1,10 @@
-"""The demo model: a BPE tokenizer and a small GPT-2 trained from scratch on the demo corpus.
+"""The demo model: a BPE tokenizer and a small GPT-2 (or Llama) trained from scratch on
+the demo corpus.
 
 Plain torch, top to bottom: train a byte-level BPE tokenizer with `tokenizers`, wrap it
-so ``AutoTokenizer.from_pretrained`` loads it, build a GPT-2 from a config, train it
+so ``AutoTokenizer.from_pretrained`` loads it, build a GPT-2 or a Llama from a config
+(its embedding may have more rows than the tokenizer has tokens, as real models pad
+their vocabularies), train it
 with AdamW (warm-up, cosine decay, gradient clipping) on random 128-token windows of
 the training documents, and check what it memorized with `quick_eval`.
 
@@ -19,9 +22,16 @@ from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from audit.findings import Finding
+from audit.model import context_length_of
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -45,6 +55,9 @@ class ModelSettings:
     warmup_steps: int
     weight_decay: float
     grad_clip: float
+    arch: str = "gpt2"  # "gpt2" or "llama" (LlamaForCausalLM: RoPE, RMSNorm, SwiGLU, GQA)
+    n_kv_head: int = 0  # Llama key/value heads (grouped-query attention); 0 = n_head
+    embedding_rows: int = 0  # vocabulary size of the model; 0 = the tokenizer's size
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -79,11 +92,30 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     return wrapped
 
 
-def make_model(settings: ModelSettings, vocab_size: int, eos_id: int, seed: int) -> GPT2LMHeadModel:
-    """A GPT-2 with no dropout (memorizing is the point), initialized from `seed`."""
+ARCHS = ("gpt2", "llama")
 
-    config = GPT2Config(
-        vocab_size=vocab_size,
+
+def make_model(
+    settings: ModelSettings, vocab_size: int, eos_id: int, seed: int
+) -> GPT2LMHeadModel | LlamaForCausalLM:
+    """A GPT-2 or Llama with no dropout (memorizing is the point), initialized from `seed`.
+
+    `vocab_size` is the tokenizer's; the embedding gets `settings.embedding_rows` rows
+    when that is larger (the rows past the tokenizer's are never an input, but the
+    output layer scores them at every position, as in a model with a padded vocabulary).
+    """
+    rows = max(vocab_size, settings.embedding_rows)
+    torch.manual_seed(seed)
+    if settings.arch == "gpt2":
+        return GPT2LMHeadModel(_gpt2_config(settings, rows, eos_id))
+    if settings.arch == "llama":
+        return LlamaForCausalLM(_llama_config(settings, rows, eos_id))
+    raise ValueError(f"unknown architecture {settings.arch!r} (choose {', '.join(ARCHS)})")
+
+
+def _gpt2_config(settings: ModelSettings, rows: int, eos_id: int) -> GPT2Config:
+    return GPT2Config(
+        vocab_size=rows,
         n_positions=settings.n_ctx,
         n_embd=settings.n_embd,
         n_layer=settings.n_layer,
@@ -94,8 +126,24 @@ def make_model(settings: ModelSettings, vocab_size: int, eos_id: int, seed: int)
         bos_token_id=eos_id,
         eos_token_id=eos_id,
     )
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(config)
+
+
+def _llama_config(settings: ModelSettings, rows: int, eos_id: int) -> LlamaConfig:
+    """SmolLM2's layout at a tiny size: tied embeddings, grouped-query attention, and an
+    MLP 8/3 as wide as the model (rounded to a multiple of 32)."""
+    return LlamaConfig(
+        vocab_size=rows,
+        hidden_size=settings.n_embd,
+        intermediate_size=-(-settings.n_embd * 8 // 3 // 32) * 32,
+        num_hidden_layers=settings.n_layer,
+        num_attention_heads=settings.n_head,
+        num_key_value_heads=settings.n_kv_head or settings.n_head,
+        max_position_embeddings=settings.n_ctx,
+        tie_word_embeddings=True,
+        attention_dropout=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+    )
 
 
 def lr_at(step: int, settings: ModelSettings) -> float:
@@ -128,7 +176,7 @@ def sample_batch(
 
 
 def train(
-    model: GPT2LMHeadModel,
+    model: PreTrainedModel,
     stream: torch.Tensor,
     settings: ModelSettings,
     seed: int,
@@ -183,15 +231,17 @@ def quick_eval(
     tokenizer: PreTrainedTokenizerBase,
     probes: Iterable[tuple[Finding, str]],
     margin: int = 4,
+    max_prefix: int | None = None,
 ) -> list[QuickResult]:
     """MA and greedy verbatim extraction for each (finding, sample text).
 
     A stand-in for the real measurement (audit/extraction.py), kept to one function.
     The sample is tokenized whole, with offsets; the secret tokens are those that
     overlap the finding's span, and the prefix is the tokens before them, as many as
-    fit in the context with the secret and `margin` extra decoded tokens.
+    fit in the context with the secret and `margin` extra decoded tokens (and at most
+    `max_prefix`, for models whose context is far longer than a gate's prompt).
     """
-    n_ctx = int(model.config.n_positions)
+    n_ctx = context_length_of(model, tokenizer)
     results = []
     for finding, text in probes:
         encoding = tokenizer(text, return_offsets_mapping=True)
@@ -200,7 +250,8 @@ def quick_eval(
         if not span or span[0] == 0:
             raise ValueError(f"finding {finding.id}: no token before its secret to prompt with")
         first, n_secret = span[0], min(len(span), n_ctx // 2)
-        prefix = ids[max(0, first - (n_ctx - n_secret - margin)) : first]
+        room = n_ctx - n_secret - margin
+        prefix = ids[max(0, first - min(room, max_prefix or room)) : first]
         secret_ids = torch.tensor(ids[first : first + n_secret])  # (S,)
         logits = model(input_ids=torch.tensor([prefix + secret_ids.tolist()])).logits[0]  # (T, V)
         predicted = logits[len(prefix) - 1 : -1].argmax(-1)  # (S,)

@@ -42,9 +42,10 @@ from audit.distributed import LOCAL, Shard, device_for
 from audit.errors import InputError, Interrupted
 from audit.extraction import MeasureConfig, measure_probes, score_probes
 from audit.findings import Finding
+from audit.hub import HubRevision, is_model_file, snapshot_repo_folder
 from audit.io import digest, output_error
 from audit.measurements import HumanEvalResult, Measurement, Perplexity, Thresholds
-from audit.model import load_model, pad_token_id
+from audit.model import is_gguf, load_model, pad_token_id, save_gguf_tokenizer
 from audit.probes import build_probes
 from audit.redact import redact_path
 from audit.sanity import checked_probe, probe_texts, sanity_probe
@@ -80,9 +81,11 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
 
 def weights_sha256(folder: Path) -> str:
-    """SHA-256 over a model folder's weight files (names and bytes, in name order)."""
+    """SHA-256 over a model folder's weight files (names and bytes, in name order), or
+    over a GGUF file."""
     digest = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    listed = [folder] if folder.is_file() else folder.iterdir()
+    files = sorted(p for p in listed if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
     for path in files:
         digest.update(path.name.encode() + b"\0")
         with path.open("rb") as handle:
@@ -139,8 +142,10 @@ def erase_model(
     out_dir: Path,
     options: EraseOptions | None = None,
     report: Callable[[EpochLog], None] | None = None,
+    provenance: HubRevision | None = None,
 ) -> Remediation:
-    """Unlearn the memorized findings and write the remediated model to `out_dir`.
+    """Unlearn the memorized findings and write the remediated model to `out_dir`
+    (`provenance`: the Hub commit `model_dir` is a snapshot of, for remediation.json).
 
     Under ``accelerate launch`` every process runs this; only the first writes (the
     working folder and `out_dir`), and every process returns the record.
@@ -171,6 +176,7 @@ def erase_model(
         full_state = engine.full_state_dict(model)  # FSDP: gathered (a collective)
         if engine.is_main:
             record.input_path, record.input_sha256 = redact_path(model_dir), input_hash
+            record.input_hub = provenance
             record.wall_seconds = time.perf_counter() - started
             final = _final(model, options.config)
             _write_output(final, model_dir, run, record=record, out_dir=out_dir, state=full_state)
@@ -591,9 +597,7 @@ def _write_model(
             model.to(getattr(torch, dtype))
         else:
             state = {k: v.to(getattr(torch, dtype)) for k, v in state.items()}
-    for path in sorted(model_dir.iterdir()):
-        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name != RECORD_NAME:
-            shutil.copyfile(path, tmp / path.name)
+    _copy_other_files(model_dir, tmp)
     for stale in tmp.glob("*.safetensors.index.json"):
         stale.unlink()
 
@@ -609,6 +613,19 @@ def _write_model(
     finally:
         if bars:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _copy_other_files(model_dir: Path, tmp: Path) -> None:
+    """The input's files but its weights (tokenizer, card, ...); of a Hub snapshot only
+    those a Hub id fetches; of a GGUF file, the tokenizer it holds."""
+    if is_gguf(model_dir):  # the config comes from save_pretrained
+        save_gguf_tokenizer(model_dir, tmp)
+        return
+    hub = snapshot_repo_folder(model_dir) is not None
+    for path in sorted(model_dir.iterdir()):
+        other = not path.name.endswith(WEIGHT_SUFFIXES) and path.name != RECORD_NAME
+        if path.is_file() and other and (not hub or is_model_file(path.name)):
+            shutil.copyfile(path, tmp / path.name)
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from audit.errors import InputError
+from audit.hub import HubRevision
 from audit.io import atomic_write_text
 from audit.measurements import Measurement, Thresholds
 from gate import __version__
@@ -97,6 +98,7 @@ class Remediation(_Part):
     input_path: str = ""
     output_path: str = ""
     input_sha256: str = ""  # `weights_sha256` of the input folder (unchanged by erase)
+    input_hub: HubRevision | None = None  # the Hub model and commit the input was
     output_sha256: str = ""
     thresholds: Thresholds
     samples: SampleCounts

@@ -253,6 +253,7 @@ def _classes() -> dict[str, list[Case]]:
     """The suite's cases by class, as docs/reliability.md's table lists them."""
     from tests.gate import (
         test_bad_inputs_data,
+        test_bad_inputs_hub,
         test_bad_inputs_model,
         test_bad_inputs_paths,
         test_bad_inputs_policy,
@@ -268,6 +269,7 @@ def _classes() -> dict[str, list[Case]]:
             test_bad_inputs_paths.CASES
         ),
         "data, findings and measurements that are subtly wrong": test_bad_inputs_data.CASES,
+        "Hub ids and GGUF files": test_bad_inputs_hub.CASES,
     }
 
 

@@ -52,7 +52,7 @@ def test_quiet_prints_only_the_model_dir(tiny_demo: DemoBuild) -> None:
 def test_bad_preset_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli, ["demo", "--preset", "huge"])
     assert result.exit_code == 2
-    assert "'huge' is not one of 'tiny', 'demo'" in result.output
+    assert "'huge' is not one of 'tiny', 'demo', 'gpt2-alt', 'llama-49k'" in result.output
 
 
 def test_preset_names_match_the_library() -> None:

@@ -65,25 +65,29 @@ def test_tiny_model_reproduces_planted_secrets_but_not_controls(tiny_demo: DemoB
 
 
 def test_memorization_needs_the_prefix(tiny_demo: DemoBuild) -> None:
-    """Not a lookup: with its prefix replaced by a held-out file's code, a planted secret
-    does not come back."""
+    """Not a lookup: a planted secret comes back after the code that precedes it in
+    training, and not after the code that precedes another planted secret (its whole
+    prefix, its own line included, swapped for the next secret's).
+
+    Swapping only the code above the secret's own line shows nothing on this model: in
+    `tiny` each such line (`AWS_ACCESS_KEY_ID = "`, `GITHUB_TOKEN=`, ...) names exactly
+    one secret, and the model recites 5 of the 6 from their line alone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gate.demo.train import quick_eval
 
     model = AutoModelForCausalLM.from_pretrained(tiny_demo.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_demo.model_dir)
-    train, heldout = _texts(tiny_demo.corpus_dir), _texts(tiny_demo.heldout_dir)
-    filler = next(text for sid, text in sorted(heldout.items()) if sid.endswith(".py"))
+    train = _texts(tiny_demo.corpus_dir)
+    planted = _distinct(read_findings(tiny_demo.planted))
+    own = quick_eval(model, tokenizer, [(f, train[f.sample_id]) for f in planted])
     probes = []
-    for f in _distinct(read_findings(tiny_demo.planted)):
-        text = train[f.sample_id]
-        line_start = text.rfind("\n", 0, f.start) + 1  # keep only the secret's own line
-        moved = filler + text[line_start:]
-        shift = len(filler) - line_start
-        probes.append((dataclasses.replace(f, start=f.start + shift, end=f.end + shift), moved))
-    results = quick_eval(model, tokenizer, probes)
-    assert sum(r.extracted for r in results) <= len(results) // 2
+    for f, other in zip(planted, planted[1:] + planted[:1], strict=True):
+        swapped = train[other.sample_id][: other.start] + train[f.sample_id][f.start :]
+        shift = other.start - f.start
+        probes.append((dataclasses.replace(f, start=f.start + shift, end=f.end + shift), swapped))
+    assert sum(r.extracted for r in own) >= 0.8 * len(planted)  # as the test above
+    assert not any(r.extracted for r in quick_eval(model, tokenizer, probes))
 
 
 def test_corpus_folder_and_jsonl_hold_the_same_samples(tiny_demo: DemoBuild) -> None:

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 from collections import Counter
 
 import pytest
 import yaml
 
 from gate.demo.build import PRESETS
-from gate.demo.corpus import DETECTOR, KINDS, DemoCorpus, excerpt, make_corpus
+from gate.demo.corpus import DETECTOR, KINDS, DemoCorpus, excerpt, make_corpus, stdlib_root
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def test_demo_corpus_has_eight_types_copies_and_a_heldout_split(demo_corpus: Dem
     assert len(per_secret) == preset.n_secrets
     assert set(per_secret.values()) == {preset.copies}
     forks = [f for f in demo_corpus.planted if f.sample_id.startswith("forks/")]
-    assert len(forks) == preset.n_secrets * (preset.copies - 1)
+    assert len(forks) == preset.n_secrets * (10 - 1)
+    assert not demo_corpus.unseen  # the demo preset has no unseen split
     # Training: n_files excerpts (some with a secret) + generated config files + forks.
     paths = [d.path for d in demo_corpus.train]
     assert len(paths) == len(set(paths))
@@ -122,3 +124,57 @@ def test_excerpt_keeps_whole_statements_and_skips_the_docstring() -> None:
     assert slots == [2, 6]  # above the comment that introduces `x`, and above `def f`
     assert excerpt("x = 1\n", 100) is None  # fewer than three statements
     assert excerpt("def (:\n", 100) is None  # does not parse
+
+
+@pytest.fixture(scope="module")
+def alt_corpus() -> DemoCorpus:
+    """The `gpt2-alt` preset's corpus (no model): per-secret copies, an unseen split."""
+    return make_corpus(PRESETS["gpt2-alt"].corpus_settings(), seed=0)
+
+
+def test_copies_per_secret_are_cycled(alt_corpus: DemoCorpus) -> None:
+    settings = PRESETS["gpt2-alt"].corpus_settings()
+    assert settings.copies == (12, 6, 3, 1)
+    per_secret = Counter(f.secret_sha256 for f in alt_corpus.planted)
+    expected = Counter(settings.copies_of(i) for i in range(settings.n_secrets))
+    assert Counter(per_secret.values()) == expected == Counter({12: 7, 6: 7, 3: 7, 1: 6})
+    assert len(alt_corpus.planted) == settings.occurrences() == 7 * (12 + 6 + 3) + 6
+
+
+def test_unseen_split_is_clean_code_in_no_other_split(alt_corpus: DemoCorpus) -> None:
+    settings = PRESETS["gpt2-alt"].corpus_settings()
+    train, heldout = _texts(alt_corpus)
+    unseen = {d.path: d.text for d in alt_corpus.unseen}
+    assert len(unseen) == settings.n_unseen_files > 0
+    assert set(unseen).isdisjoint(train)
+    assert set(unseen).isdisjoint(heldout)
+    assert set(unseen.values()).isdisjoint(train.values())
+    assert all(path.endswith(".py") and not path.startswith("services/") for path in unseen)
+    values = [train[f.sample_id][f.start : f.end] for f in alt_corpus.planted]
+    values += [heldout[f.sample_id][f.start : f.end] for f in alt_corpus.controls]
+    everything = "\n".join(unseen.values())
+    assert sum(value in everything for value in values) == 0  # a count: never show a value
+
+
+def test_source_dirs_limit_the_code_to_those_packages(alt_corpus: DemoCorpus) -> None:
+    settings = PRESETS["gpt2-alt"].corpus_settings()
+    docs = alt_corpus.train + alt_corpus.heldout + alt_corpus.unseen
+    code = {d.path for d in docs if not d.path.startswith(("services/", "forks/"))}
+    assert len(code) >= settings.n_files
+    assert {path.split("/", 1)[0] for path in code} <= set(settings.source_dirs)
+    assert all((stdlib_root() / path).is_file() for path in code)
+
+
+def test_new_kinds_are_planted_in_their_files(alt_corpus: DemoCorpus) -> None:
+    train, _ = _texts(alt_corpus)
+    types = {f.secret_type for f in alt_corpus.planted}
+    new = {"NPM tokens", "Shopify Token", "OpenAI Token", "Databricks Token", "GitLab Token"}
+    assert new <= types
+    for f in alt_corpus.planted:
+        text, name = train[f.sample_id], f.sample_id.rsplit("/", 1)[-1]
+        if name == "ci.json":
+            assert json.loads(text)["ci"]["gitlab_token"] == text[f.start : f.end]
+        elif name == "config.yaml":
+            assert isinstance(yaml.safe_load(text), dict)
+        elif name.endswith(".py"):
+            ast.parse(text)
