@@ -80,6 +80,7 @@ def test_a_hub_url_reads_through_the_hub_reader_unless_datatrove_is_asked(
     url = _run("scan", "hf://datasets/acme/tiny-data@r1", "--out", str(tmp_path / "a"))
     assert url.exit_code == 0, url.output
     by_id = _run("scan", "acme/tiny-data@r1", "--out", str(tmp_path / "b"))
+    assert by_id.exit_code == 0, by_id.output
     assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
     refused = _run("scan", "acme/tiny-data", "--engine", "datatrove", "--out", str(tmp_path / "c"))
     assert refused.exit_code == 2
