@@ -92,13 +92,15 @@ class IdTokenizer:
         return "".join(f"<{i}>" for i in ids)
 
 
-def build_model(vocab: int, device: str) -> Any:
+def build_model(vocab: int, device: str, *, train: bool = False) -> Any:
+    """The model in measure's dtype (bf16 on a GPU), or float32 master weights to train
+    (under bf16 autocast on a GPU)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     model: Any = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **SHAPE))
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device == "cuda" and not train else torch.float32
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -141,7 +143,7 @@ def run_case(case: str, options: dict[str, Any]) -> dict[str, Any]:
     from audit.measurements import Thresholds
 
     device = options["device"]
-    model = build_model(options["vocab"], device)
+    model = build_model(options["vocab"], device, train=case in ("finetune", "erase"))
     data = synthetic(options["findings"], options["k"], options["vocab"])
     config = MeasureConfig(batch_tokens=options["batch_tokens"])
     thresholds = Thresholds(0.5, 0.5, "bench")
