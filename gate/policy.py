@@ -186,10 +186,17 @@ class VerifyOptions(_Section):
     prefix_tokens: int | None = Field(default=None, ge=1, le=limits.MAX_TOKENS)  # default: half
 
 
+RemediationTarget = Literal["at-risk", "offending"]
+
+
 class RemediationOptions(_Section):
     """What to do when the policy fails."""
 
     enabled: bool = True
+    # at-risk: every finding memorized (MA or EL_10) or extracted by any attack;
+    # offending: only the findings that break a blocking rule (the report says which)
+    target: RemediationTarget = "at-risk"
+    max_rounds: int = Field(default=3, ge=1, le=limits.MAX_ROUNDS)  # erase → measure rounds
     method: MethodName = "codeeraser"
     args: UnlearnArgs = Field(default_factory=UnlearnArgs)  # gate.unlearn.settings
     retain: str | None = None  # clean code to preserve; default: corpus samples without findings

@@ -271,7 +271,7 @@ def test_out_folder_rules(tmp_path: Path) -> None:
 ROOT = Path(__file__).resolve().parents[2]
 VOLATILE = {
     "started_at", "finished_at", "timings", "invocation", "wall_seconds", "unlearn_seconds",
-    "peak_memory_bytes", "seconds",
+    "peak_memory_bytes", "seconds", "erase_seconds", "measure_seconds",
 }  # fmt: skip
 STAGE_FILES = (
     "findings.jsonl",
