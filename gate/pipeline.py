@@ -48,6 +48,7 @@ from audit.sanity import MAX_LOSS_RATIO, checked_probe, probe_texts, sanity_prob
 from audit.scan import ScanOptions, ScanSummary, scan_corpus
 from gate import ui
 from gate.model_card import CARD_NAME, write_model_card
+from gate.never_seen import NeverSeen, compare, never_seen_rule
 from gate.paths import PathOption, check_paths, data_paths, model_paths, path_option, run_lock
 from gate.policy import Policy
 from gate.policy_check import check_runnable
@@ -433,11 +434,62 @@ def _remediate(state: _State, verdict: Verdict) -> RunRecord:
     builder.record.remediation_target = remediation.target
     _add_after_sets(state)
     after = outcome.last.verdict
+    comparison = _never_seen(state, outcome.forget)
+    builder.record.never_seen = comparison
+    margin = remediation.verify.never_seen_margin
+    if margin is not None:
+        after = replace(after, results=(*after.results, never_seen_rule(comparison, margin)))
     builder.set_verdict("after", after)
     if after.passed:
         _say(f"Remediated model passes the policy: {safe_text(out_model)}")
         return builder.finish(ExitCode.PASSED, "remediated", released_model=str(out_model))
     return builder.finish(ExitCode.FAILED, "failed")
+
+
+def _never_seen(state: _State, erased: list[str]) -> NeverSeen | None:
+    """The erased secrets' MA against never-seen secrets' of the same types: those found
+    in the held-out code, measured on the remediated model (None: no held-out code)."""
+    run, policy = state.run, state.run.policy
+    heldout, path = _heldout_spec(policy), run.out_dir / "heldout-findings.jsonl"
+    if heldout is None or not path.is_file():
+        return None
+    controls = read_findings(path)
+    with state.builder.stage("never-seen"):
+        loaded = load_model(run.out_dir / REMEDIATED, _device(state), run.dtype)
+        rows = _measure_controls(state, loaded, heldout, controls)
+    chosen = set(erased)
+    comparison = compare([m for m in state.after[0] if m.finding_id in chosen], rows)
+    _say(_never_seen_line(comparison))
+    return comparison
+
+
+def _measure_controls(
+    state: _State, loaded: LoadedModel, heldout: CorpusSpec, controls: list[Finding]
+) -> list[Measurement]:
+    extraction = state.run.policy.extraction
+    assert state.thresholds is not None
+    with ui.progress() as progress:
+        return measure_findings(
+            loaded,
+            controls,
+            texts_for_findings(heldout, controls),
+            state.thresholds,
+            MeasureConfig(batch_tokens=state.run.batch_tokens, samples=0),
+            prefix_tokens=extraction.prefix_tokens,
+            max_secret_tokens=extraction.secret_tokens,
+            progress=progress,
+            shard=state.shard,
+        )
+
+
+def _never_seen_line(comparison: NeverSeen) -> str:
+    if comparison.gap is None:
+        return "Never-seen comparison: no held-out secret of an erased type."
+    return (
+        f"Never-seen comparison: erased secrets' mean MA {comparison.erased_ma:.3f} "
+        f"({comparison.erased}), never-seen secrets of the same types "
+        f"{comparison.never_seen_ma:.3f} ({comparison.never_seen})."
+    )
 
 
 def _target_line(target: str, chosen: int, offending: int) -> str:
@@ -459,6 +511,7 @@ def _round(state: _State, number: int, ids: list[str]) -> RoundResult:
     with builder.stage("erase"):
         remediation = _erase(state, number, ids)
     erased = time.perf_counter()
+    _say_probe(number, remediation)
     with builder.stage("measure after"):
         main, alt = _measure_after(state, state.run.out_dir / REMEDIATED, reuse=number == 1)
     measured = time.perf_counter()
@@ -471,6 +524,22 @@ def _round(state: _State, number: int, ids: list[str]) -> RoundResult:
     verdict = with_sanity(verdict, builder.record.sanity.get("remediated"))
     _say(f"Round {number}: {_verdict_words(verdict)}.")
     return RoundResult(remediation, rows, verdict, erased - started, measured - erased)
+
+
+def _say_probe(number: int, remediation: Remediation) -> None:
+    probe = remediation.lr_probe
+    if probe is None:
+        return
+    tried = ", ".join(
+        f"{t.lr:.1e}: {t.retain_kl:.4f}" if t.retain_kl is not None else f"{t.lr:.1e}: not finite"
+        for t in probe.trials
+    )
+    _say(
+        f"Round {number}: lr auto chose {probe.chosen:.1e} (retain KL after {probe.steps} "
+        f"steps, budget {probe.kl_budget}: {tried}; {probe.seconds:.1f} s)."
+    )
+    for change in probe.changes:
+        _say(f"Round {number}: {change}.")
 
 
 def _verdict_words(verdict: Verdict) -> str:

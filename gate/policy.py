@@ -184,6 +184,8 @@ class VerifyOptions(_Section):
 
     sampled: bool = True  # also run the sampled attack on the remediated model
     prefix_tokens: int | None = Field(default=None, ge=1, le=limits.MAX_TOKENS)  # default: half
+    # the erased secrets' mean MA may exceed never-seen ones' by at most this (null: shown only)
+    never_seen_margin: float | None = Field(default=None, ge=0, le=1)
 
 
 RemediationTarget = Literal["at-risk", "offending"]

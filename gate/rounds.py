@@ -56,7 +56,7 @@ class RoundInfo(BaseModel):
     added: int  # of those, findings that joined in this round
     forgotten: int  # of the forget set, found forgotten by the erase's last measure
     epochs: int
-    lr: float  # the learning rate the round trained with
+    lr: float | None  # the learning rate the round started with (None: not recorded)
     erase_stop: str  # why the round's erase stopped
     extracted_after: int  # findings extracted by any attack after the round
     memorized_after: int
@@ -139,7 +139,7 @@ def _info(
         added=added,
         forgotten=rem.forgotten,
         epochs=rem.epochs,
-        lr=float(rem.config.lr),
+        lr=None if rem.config.lr == "auto" else rem.config.lr,
         erase_stop=rem.stop_reason,
         extracted_after=sum(m.extracted for m in result.rows),
         memorized_after=sum(m.memorized for m in result.rows),

@@ -13,9 +13,11 @@ untouched, and a rate that erases a small model breaks a large one. So `auto` me
    (or whose loss is not finite). No rung within: the lowest rung.
 2. **Steering** (every epoch, `LrSteer`): the same watch KL is measured after each
    epoch. Over `auto_kl_max` the rate is divided by `AUTO_FACTOR` and that epoch's
-   weights are not kept as the best; when no finding was forgotten and the mean MA of
-   what is left fell by less than 1% of itself, the rate is multiplied by
-   `AUTO_FACTOR` (at most `AUTO_MAX_RAISE` rungs above the probe's choice).
+   weights are not kept as the best; a second epoch over it in a row stops the loop
+   (the best weights within the budget are restored). When no finding was forgotten
+   and the mean MA of what is left fell by less than 1% of itself, the rate is
+   multiplied by `AUTO_FACTOR` (at most `AUTO_MAX_RAISE` rungs above the probe's
+   choice).
 
 Cost: at most `len(AUTO_LADDER)` × `auto_probe_steps` steps on a small batch (9 × 3 =
 27 steps), plus one forward over the watch windows per rung and per epoch; the
@@ -151,19 +153,24 @@ class LrSteer:
         self.ceiling = probe.chosen * AUTO_FACTOR**AUTO_MAX_RAISE
         self.last_ma: float | None = None
         self.last_remaining: int | None = None
+        self.over = False  # the last epoch was over auto_kl_max
 
-    def after_epoch(self, log: EpochLog) -> tuple[float, bool]:
-        """The rate for the next epoch, and whether this epoch's weights may be kept."""
+    def after_epoch(self, log: EpochLog) -> tuple[float, bool, str]:
+        """The rate for the next epoch, whether this epoch's weights may be kept, and a
+        reason to stop the loop (empty: go on)."""
         kl = self.watch()
         ok = kl <= self.config.auto_kl_max
-        if not ok:
+        stop = ""
+        if not ok and self.over:
+            stop = f"retain KL over auto_kl_max ({self.config.auto_kl_max}) for 2 epochs"
+        elif not ok:
             self._change(log.epoch, self.lr / AUTO_FACTOR, f"retain KL {kl:.4f} over budget")
         elif self._stalled(log):
             raised = min(self.ceiling, self.lr * AUTO_FACTOR)
             if raised > self.lr:
                 self._change(log.epoch, raised, "forgetting stalled")
-        self.last_ma, self.last_remaining = log.ma_mean, log.remaining
-        return self.lr, ok
+        self.last_ma, self.last_remaining, self.over = log.ma_mean, log.remaining, not ok
+        return self.lr, ok, stop
 
     def _stalled(self, log: EpochLog) -> bool:
         if self.last_ma is None or self.last_remaining is None:

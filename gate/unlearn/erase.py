@@ -699,8 +699,9 @@ def _record(
     thresholds: Thresholds,
     utility: UtilityFigures,
 ) -> Remediation:
+    lr = result.lr_probe.chosen if result.lr_probe is not None else options.config.lr
     config = options.config.model_copy(
-        update={"window_tokens": job.window_tokens, "retain_tokens": job.retain_tokens}
+        update={"window_tokens": job.window_tokens, "retain_tokens": job.retain_tokens, "lr": lr}
     )
     return Remediation(
         config=config,

@@ -335,9 +335,24 @@ class EraseOptions:
 
 def describe(exc: ValidationError) -> str:
     """One line for the first problem: the setting and what is wrong with it."""
-    error = exc.errors(include_url=False)[0]
-    name = ".".join(str(part) for part in error["loc"])
+    errors = exc.errors(include_url=False)
+    error = errors[0]
+    name = _field_name(error["loc"])
     if error["type"] == "extra_forbidden":
         return f"unknown unlearning argument {name!r}"
-    message = str(error["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
+    # a setting of several kinds (lr: a number or auto) fails once per kind
+    same = (
+        [e for e in errors if _field_name(e["loc"]) == name] if len(error["loc"]) > 1 else [error]
+    )
+    message = " or ".join(dict.fromkeys(_message(e) for e in same))
     return f"{name}: {message}" if name else message
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    """A location without the union member names pydantic adds (`constrained-float`)."""
+    return ".".join(str(p) for p in loc if isinstance(p, int) or str(p).isidentifier())
+
+
+def _message(error: Any) -> str:
+    text = str(error["msg"]).removeprefix("Value error, ")
+    return text.replace("Input should be", "must be")

@@ -115,9 +115,10 @@ class EpochProgress:
 
 class Steer(Protocol):
     """Called after every epoch (`gate.unlearn.autolr.LrSteer`): the learning rate for
-    the next epoch, and whether this epoch's weights may be kept as the best."""
+    the next epoch, whether this epoch's weights may be kept as the best, and a reason
+    to stop (empty: go on)."""
 
-    def after_epoch(self, log: EpochLog) -> tuple[float, bool]: ...
+    def after_epoch(self, log: EpochLog) -> tuple[float, bool, str]: ...
 
 
 class TrainerHooks(Protocol):
@@ -282,11 +283,12 @@ class Unlearner:
         result.history.append(log)
         if self.report is not None:
             self.report(log)
+        steered = ""
         if self.steer is not None:
-            rate, self.admissible = self.steer.after_epoch(log)
+            rate, self.admissible, steered = self.steer.after_epoch(log)
             for group in optimizer.param_groups:
                 group["lr"] = rate
-        return self._stop_reason(epoch)
+        return self._stop_reason(epoch) or steered
 
     def _stop_reason(self, epoch: int) -> str:
         score = leak_score(list(self.latest.values()), self.thresholds)

@@ -3,11 +3,12 @@ the pipeline passes in: a round's "model" is the set of findings it still leaks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pytest
 
 from audit.findings import Finding
+from audit.measurements import Measurement
 from gate.report import render_html, render_markdown
 from gate.rounds import RoundResult, at_risk, run_rounds
 from gate.verdict import evaluate
@@ -17,7 +18,7 @@ POLICY = fakes.default_policy()
 ITEMS = fakes.findings(fakes.corpus())
 
 
-def _leaking(leaks: dict[str, fakes.FakeModel]) -> list:  # type: ignore[type-arg]
+def _leaking(leaks: Mapping[str, fakes.FakeModel]) -> list[Measurement]:
     return [leaks.get(f.id, fakes.CLEAN)(f, 128) for f in ITEMS]
 
 
