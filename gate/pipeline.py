@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ from gate.run_folder import (
 )
 from gate.unlearn.erase import erase_model
 from gate.unlearn.remediation import RECORD_NAME, EpochLog, Remediation
-from gate.unlearn.settings import EraseOptions, UnlearnConfig
+from gate.unlearn.settings import EraseOptions, UnlearnArgs, UnlearnConfig
 from gate.verdict import RuleResult, SanityInfo, UtilityFigures, Verdict, evaluate, worst_case
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class _State:
     after: tuple[list[Measurement], list[Measurement]] = field(default_factory=lambda: ([], []))
     utility_before: UtilityFigures | None = None  # of the original model (round 1)
     round: int = 0  # the round under way
+    utility_spent: float | None = None  # perplexity increase after the last round
     forget_total: int = 0  # its forget set
     max_epochs: int = 0
 
@@ -517,6 +519,7 @@ def _round(state: _State, number: int, ids: list[str]) -> RoundResult:
     measured = time.perf_counter()
     state.after = (main, alt)
     utility = _overall_utility(state, number, remediation)
+    state.utility_spent = utility.perplexity_increase
     remediation = remediation.model_copy(update={"utility": utility})
     rows = worst_case(main, alt)
     state.current = rows
@@ -576,7 +579,7 @@ def _erase(state: _State, number: int, ids: list[str]) -> Remediation:
         shutil.rmtree(target)
     state.shard.barrier()
     options = EraseOptions(
-        config=UnlearnConfig.of(policy.remediation.method, policy.remediation.args),
+        config=UnlearnConfig.of(policy.remediation.method, _round_args(state, number)),
         device=run.device,
         prefix_tokens=policy.extraction.prefix_tokens,
         batch_tokens=run.batch_tokens,
@@ -605,6 +608,20 @@ def _erase(state: _State, number: int, ids: list[str]) -> Remediation:
         _replace_model(target, out_model)
     state.shard.barrier()
     return record
+
+
+def _round_args(state: _State, number: int) -> UnlearnArgs:
+    """The policy's settings; under lr auto, a later round's KL limits shrink with the
+    share of the perplexity budget the earlier rounds spent (their KL terms hold the
+    model to the previous round's weights, not the original's)."""
+    policy = state.run.policy
+    args, budget = policy.remediation.args, policy.utility.max_perplexity_increase
+    spent = state.utility_spent
+    if number == 1 or args.lr != "auto" or not budget or spent is None:
+        return args
+    left = max(0.1, 1 - math.log1p(max(0.0, spent)) / math.log1p(budget))
+    limit = args.auto_kl_max * left
+    return args.model_copy(update={"auto_kl_max": limit, "auto_kl": min(args.auto_kl, limit)})
 
 
 def _replace_model(new: Path, out_model: Path) -> None:
