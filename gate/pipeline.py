@@ -422,6 +422,7 @@ def _remediate(state: _State, verdict: Verdict) -> RunRecord:
     outcome = run_rounds(
         first,
         lambda number, ids: _round(state, number, ids),
+        before=state.before,
         max_rounds=remediation.max_rounds,
         target=remediation.target,
     )

@@ -91,26 +91,44 @@ class LoopOutcome:
 
 
 def run_rounds(
-    first: Sequence[str], step: RoundStep, *, max_rounds: int, target: Target
+    first: Sequence[str],
+    step: RoundStep,
+    *,
+    before: Sequence[Measurement],
+    max_rounds: int,
+    target: Target,
 ) -> LoopOutcome:
     """Run rounds until the verdict passes, the utility budget breaks, no blocking
-    security rule fails, nothing new is at risk and nothing was forgotten, or
-    `max_rounds` ran."""
+    security rule fails, a round leaves nothing new at risk and leaks no less than the
+    best model so far (`before`: the original's measurements), or `max_rounds` ran."""
     forget, added = list(first), len(first)
     infos: list[RoundInfo] = []
+    leak = _leak(before)
     while True:
         number = len(infos) + 1
         result = step(number, list(forget))
         risk = at_risk(result.rows, result.verdict, target)
         new = [fid for fid in risk if fid not in set(forget)]
-        decision = _decide(result, number, max_rounds, new)
+        decision = _decide(result, number, max_rounds, new, progressed=_leak(result.rows) < leak)
+        leak = min(leak, _leak(result.rows))
         infos.append(_info(number, forget, added, result, decision))
         if not decision.startswith("next round"):
             return LoopOutcome(infos, result, forget)
         forget, added = forget + new, len(new)
 
 
-def _decide(result: RoundResult, number: int, max_rounds: int, new: list[str]) -> str:
+def _leak(rows: Sequence[Measurement]) -> tuple[int, int, float]:
+    """Lower is better: extracted by any attack, memorized, then total MA."""
+    return (
+        sum(m.extracted for m in rows),
+        sum(m.memorized for m in rows),
+        round(sum(m.ma for m in rows), 6),
+    )
+
+
+def _decide(
+    result: RoundResult, number: int, max_rounds: int, new: list[str], *, progressed: bool
+) -> str:
     verdict = result.verdict
     if verdict.passed:
         return "stop: the policy passes"
@@ -120,8 +138,8 @@ def _decide(result: RoundResult, number: int, max_rounds: int, new: list[str]) -
         return "stop: no blocking security rule fails"
     if number >= max_rounds:
         return f"stop: {max_rounds} rounds run (remediation.max_rounds)"
-    if not new and result.remediation.forgotten == 0:
-        return "stop: the round forgot nothing and nothing new is at risk"
+    if not new and not progressed:
+        return "stop: the round leaked no less than before and nothing new is at risk"
     return f"next round: {len(new)} more findings at risk"
 
 

@@ -16,6 +16,7 @@ from tests.gate import fakes
 
 POLICY = fakes.default_policy()
 ITEMS = fakes.findings(fakes.corpus())
+BEFORE = fakes.measure(fakes.LEAKY, ITEMS)
 
 
 def _leaking(leaks: Mapping[str, fakes.FakeModel]) -> list[Measurement]:
@@ -52,7 +53,9 @@ def test_a_secret_that_becomes_extractable_after_round_1_is_erased_in_round_2() 
         return {} if late in forget else {late: fakes.LEAKY}  # freed by erasing the others
 
     calls: list[list[str]] = []
-    outcome = run_rounds(first, _world(after, calls=calls), max_rounds=3, target="at-risk")
+    outcome = run_rounds(
+        first, _world(after, calls=calls), before=BEFORE, max_rounds=3, target="at-risk"
+    )
     assert len(outcome.rounds) == 2
     assert calls == [first, [*first, late]]  # round 2 continues with the new offender added
     assert outcome.last.verdict.passed
@@ -68,10 +71,25 @@ def test_the_rounds_are_bounded() -> None:
     def after(number: int, forget: list[str]) -> dict[str, fakes.FakeModel]:
         return {ITEMS[0].id: fakes.LEAKY}  # never goes
 
-    outcome = run_rounds(_ids(ITEMS[:1]), _world(after), max_rounds=2, target="at-risk")
+    outcome = run_rounds(
+        _ids(ITEMS[:1]), _world(after), before=BEFORE, max_rounds=2, target="at-risk"
+    )
     assert len(outcome.rounds) == 2
     assert outcome.rounds[-1].decision == "stop: 2 rounds run (remediation.max_rounds)"
     assert not outcome.last.verdict.passed
+
+
+def test_a_round_that_leaks_no_less_stops_the_loop() -> None:
+    def after(number: int, forget: list[str]) -> dict[str, fakes.FakeModel]:
+        return {ITEMS[0].id: fakes.LEAKY} if number == 1 else dict.fromkeys(forget, fakes.LEAKY)
+
+    outcome = run_rounds(
+        _ids(ITEMS[:2]), _world(after), before=BEFORE, max_rounds=5, target="at-risk"
+    )
+    assert [r.decision for r in outcome.rounds] == [
+        "next round: 0 more findings at risk",  # round 1 leaked less than the original
+        "stop: the round leaked no less than before and nothing new is at risk",
+    ]
 
 
 def test_a_spent_utility_budget_stops_the_loop() -> None:
@@ -79,7 +97,7 @@ def test_a_spent_utility_budget_stops_the_loop() -> None:
         return {ITEMS[1].id: fakes.LEAKY}
 
     step = _world(after, ppl_after=11.0)  # +10% against the default policy's 5%
-    outcome = run_rounds(_ids(ITEMS[:1]), step, max_rounds=5, target="at-risk")
+    outcome = run_rounds(_ids(ITEMS[:1]), step, before=BEFORE, max_rounds=5, target="at-risk")
     assert [r.decision for r in outcome.rounds] == ["stop: the utility budget is spent"]
     assert outcome.rounds[0].perplexity_increase == pytest.approx(0.1)
 
@@ -98,7 +116,9 @@ def test_the_report_shows_every_round_and_the_target() -> None:
     def after(number: int, forget: list[str]) -> dict[str, fakes.FakeModel]:
         return {} if ITEMS[2].id in forget else {ITEMS[2].id: fakes.LEAKY}
 
-    outcome = run_rounds(_ids(ITEMS[:2]), _world(after), max_rounds=3, target="at-risk")
+    outcome = run_rounds(
+        _ids(ITEMS[:2]), _world(after), before=BEFORE, max_rounds=3, target="at-risk"
+    )
     record = fakes.build_record(fakes.LEAKY, fakes.CLEAN)
     record.rounds, record.remediation_target = outcome.rounds, "at-risk"
     page = render_html(record)
