@@ -1,18 +1,25 @@
 """Read training data as a stream of Samples, whatever it is stored as.
 
 Formats: a folder (recursive), JSONL or JSONL.GZ with a text field (the codeparrot
-layout: ``{"id", "path", "content"}``), Parquet, a dataset saved with
+layout: ``{"id", "path", "content"}``), Parquet (a file, or with an explicit format a
+folder of such files: the shards of a large dataset), a dataset saved with
 ``datasets.save_to_disk``, or a Hugging Face Hub dataset at a commit (`audit.hub`,
 streamed). Reading streams: memory does not grow with corpus size.
 
 Sample ids are what findings refer to, so they must be the same on every read:
 - folder: the file's path relative to the folder, with ``/`` separators;
 - JSONL / Parquet / HF: the ``id_field`` value when the record has one, else
-  ``<file name>:<line or row>``;
+  ``<file>:<line or row>``, where ``<file>`` is the file's name, or its path relative
+  to the folder for a folder of JSONL or Parquet files;
 - a Hub dataset: the ``id_field`` value, else ``ORG/NAME[/CONFIG]/SPLIT:<row>``.
 ``origin`` is where a reviewer finds the sample: the relative path for a folder, the
-record's ``path`` field when it has one, else ``<file name>:<line or row>``; for a Hub
+record's ``path`` field when it has one, else ``<file>:<line or row>``; for a Hub
 dataset always ``ORG/NAME[/CONFIG]/SPLIT:<row>`` (the dataset, split and row).
+
+Reading order, which is the order of the findings: a folder's files sorted by their
+path components (as `pathlib` sorts paths), then each file's lines or rows in order.
+The datatrove engine (`audit.datatrove_step`) reads through the public functions below
+and reproduces this order when it merges its shards.
 """
 
 from __future__ import annotations
@@ -26,13 +33,13 @@ import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
 from audit.errors import InputError
-from audit.findings import Finding
+from audit.findings import Finding, checked_text
 from audit.hub import HubRevision, stream_dataset
-from audit.io import iter_lines, parse_jsonl_line
+from audit.io import iter_lines, parse_jsonl_line, stream_lines
 from audit.placeholders import is_redacted, matches_redacted, raw_length
 
 Format = Literal["auto", "dir", "jsonl", "parquet", "hf"]
@@ -92,6 +99,11 @@ _MAKEFILES = frozenset({"makefile", "gnumakefile", "makefile.am", "makefile.in"}
 # Compressed files in a folder are read through their decompressor, up to MAX_FILE_BYTES
 # of text; the sample keeps the file's own path, its language is the inner name's.
 COMPRESSED = (".gz", ".xz", ".zst")
+# The files a folder of records is read from, by format.
+RECORD_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "jsonl": (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson"),
+    "parquet": (".parquet",),
+}
 
 
 def language_for(path: str) -> str | None:
@@ -147,6 +159,16 @@ class CorpusSpec:
     hub: HubRevision | None = None  # a Hub dataset (then `path` is only its name, ORG/NAME/SPLIT)
 
 
+def is_record_file(name: str, fmt: str) -> bool:
+    """A file a folder of `fmt` ("jsonl" or "parquet") records is read from."""
+    return name.lower().endswith(RECORD_SUFFIXES[fmt])
+
+
+def in_hidden_folder(rel: str) -> bool:
+    """A file under a hidden folder (`.git/`, `.venv/`): not read, counted as skipped."""
+    return any(part.startswith(".") and part != ".env" for part in rel.split("/")[:-1])
+
+
 def detect_format(path: Path) -> Format:
     """Pick the reader from what `path` is; raise InputError naming what to fix."""
     if not path.exists():
@@ -154,10 +176,9 @@ def detect_format(path: Path) -> Format:
     if path.is_dir():
         return "hf" if is_saved_dataset(path) else "dir"
     name = path.name.lower()
-    if name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
-        return "jsonl"
-    if name.endswith(".parquet"):
-        return "parquet"
+    for fmt in ("jsonl", "parquet"):
+        if is_record_file(name, fmt):
+            return fmt
     raise InputError(
         f"{path}: unknown data format (use a folder, .jsonl, .jsonl.gz, .parquet, "
         "a saved HF dataset, or --format)"
@@ -185,7 +206,7 @@ def iter_samples(spec: CorpusSpec, stats: ReadStats | None = None) -> Iterator[S
         stats.bytes += len(sample.text)
         yield sample
     if stats.samples == 0:
-        raise InputError(f"{spec.path}: {_nothing_read(stats)}")
+        raise InputError(f"{spec.path}: {nothing_read(stats)}")
 
 
 def _reader(spec: CorpusSpec) -> Callable[[CorpusSpec, ReadStats], Iterator[Sample]]:
@@ -198,7 +219,7 @@ def _reader(spec: CorpusSpec) -> Callable[[CorpusSpec, ReadStats], Iterator[Samp
     return readers[fmt]
 
 
-def _nothing_read(stats: ReadStats) -> str:
+def nothing_read(stats: ReadStats) -> str:
     """Why a corpus gave no sample, and what to do."""
     if not stats.skipped:
         return "no samples in it (give the folder or file that holds the training code)"
@@ -215,23 +236,32 @@ def load_texts(spec: CorpusSpec, sample_ids: Iterable[str]) -> dict[str, str]:
     Ids are as findings hold them: an id with a secret in it is redacted
     (`audit.placeholders`), and matches the sample whose own id it was made from.
     """
+    return dict(iter_texts(spec, sample_ids))
+
+
+def iter_texts(spec: CorpusSpec, sample_ids: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(id, text) for each of the given samples found, as `load_texts` finds them, one
+    at a time: a folder's files read by id, then one pass over the corpus that stops
+    once every id was found."""
     wanted = set(sample_ids)
-    found: dict[str, str] = {}
+    found: set[str] = set()
     local = spec.hub is None and spec.fmt in ("auto", "dir") and spec.path.is_dir()
     if local and detect_format(spec.path) == "dir":
-        found = _read_by_id(spec.path, [i for i in wanted if not is_redacted(i)])
+        for sample_id, text in _read_by_id(spec.path, [i for i in wanted if not is_redacted(i)]):
+            found.add(sample_id)
+            yield sample_id, text
         if len(found) == len(wanted):
-            return found
+            return
     by_length: dict[int, list[str]] = {}  # redacted ids, by the length of their sample's id
     for redacted in (i for i in wanted if is_redacted(i)):
         by_length.setdefault(raw_length(redacted), []).append(redacted)
     for sample in iter_samples(spec):
         key = _wanted_key(sample.id, wanted, by_length)
         if key is not None and key not in found:
-            found[key] = sample.text
+            found.add(key)
+            yield key, sample.text
             if len(found) == len(wanted):
-                break
-    return found
+                return
 
 
 def _wanted_key(sample_id: str, wanted: set[str], by_length: dict[int, list[str]]) -> str | None:
@@ -242,10 +272,9 @@ def _wanted_key(sample_id: str, wanted: set[str], by_length: dict[int, list[str]
     return next((r for r in candidates if matches_redacted(sample_id, r)), None)
 
 
-def _read_by_id(folder: Path, sample_ids: Iterable[str]) -> dict[str, str]:
+def _read_by_id(folder: Path, sample_ids: Iterable[str]) -> Iterator[tuple[str, str]]:
     """A folder's files read by id (its relative path) directly, without a walk."""
     root = folder.resolve()
-    found: dict[str, str] = {}
     for sample_id in sample_ids:
         try:
             path = (root / sample_id).resolve()
@@ -255,8 +284,7 @@ def _read_by_id(folder: Path, sample_ids: Iterable[str]) -> dict[str, str]:
             continue
         text = _read_file(path, ReadStats())
         if text is not None:
-            found[sample_id] = text
-    return found
+            yield sample_id, text
 
 
 def texts_for_findings(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[str, str]:
@@ -271,20 +299,74 @@ def texts_for_findings(spec: CorpusSpec, findings: Sequence[Finding]) -> dict[st
     return texts
 
 
+def verify_findings(spec: CorpusSpec, findings: Sequence[Finding]) -> None:
+    """Check that the findings belong to this data: every finding's sample is in it and
+    the text at its span has its hash (`checked_text`); else an InputError naming the
+    first that does not. One pass (a folder: its files read by id); no text is kept."""
+    by_sample: dict[str, list[Finding]] = {}
+    for finding in findings:
+        by_sample.setdefault(finding.sample_id, []).append(finding)
+    for sample_id, text in iter_texts(spec, by_sample):
+        checked_text(by_sample.pop(sample_id), {sample_id: text})
+    for missing in by_sample.values():
+        checked_text(missing, {})
+
+
+def excluded(origin: str, patterns: tuple[str, ...]) -> bool:
+    """`origin` matches one of the --exclude glob patterns."""
+    return _excluded(origin, patterns)
+
+
 def _excluded(origin: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(origin, pattern) for pattern in patterns)
 
 
 def _iter_dir(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
-    root = spec.path
-    for path in sorted(_walk(root, stats)):
-        rel = path.relative_to(root).as_posix()
-        if any(part.startswith(".") and part not in (".env",) for part in rel.split("/")[:-1]):
-            stats.skip("hidden folder")
-            continue
-        text = _read_file(path, stats, rel)
-        if text is not None:
-            yield Sample(id=rel, origin=rel, text=text, language=language_for(rel))
+    for rel in folder_files(spec.path, stats):
+        sample = folder_sample(spec.path, rel, stats)
+        if sample is not None:
+            yield sample
+
+
+def folder_files(root: Path, stats: ReadStats) -> list[str]:
+    """The files under `root` in reading order, as `/`-separated relative paths (what
+    the walk leaves out is counted in `stats`)."""
+    return [path.relative_to(root).as_posix() for path in sorted(_walk(root, stats))]
+
+
+def folder_sample(root: Path, rel: str, stats: ReadStats) -> Sample | None:
+    """The file `rel` of a folder corpus as a sample; None when it is skipped (counted)."""
+    if in_hidden_folder(rel):
+        stats.skip("hidden folder")
+        return None
+    text = _read_file(root / rel, stats, rel)
+    return None if text is None else Sample(rel, rel, text, language_for(rel))
+
+
+def stream_sample(
+    rel: str, size: int, open_binary: Callable[[], IO[bytes]], stats: ReadStats
+) -> Sample | None:
+    """`folder_sample` for a file of a remote folder (fsspec): its `size` in bytes, and
+    a function that opens it for reading. The same checks, in the same order."""
+    if in_hidden_folder(rel):
+        stats.skip("hidden folder")
+        return None
+    if size > MAX_FILE_BYTES:
+        stats.skip("too large", rel)
+        return None
+    suffix = PurePosixPath(rel).suffix.lower()
+    try:
+        with open_binary() as handle:
+            compressed = suffix in COMPRESSED
+            data = _decompressed(handle, suffix) if compressed else handle.read(MAX_FILE_BYTES + 1)
+    except OSError:
+        stats.skip("unreadable", rel)
+        return None
+    if data is None:
+        stats.skip("compressed: corrupt or over the size limit", rel)
+        return None
+    text = _decoded(data, stats, rel)
+    return None if text is None else Sample(rel, rel, text, language_for(rel))
 
 
 def _walk(root: Path, stats: ReadStats) -> Iterator[Path]:
@@ -425,6 +507,15 @@ def _read_upto(stream: Any, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def record_sample(
+    spec: CorpusSpec, record: dict[str, Any], where: str, stats: ReadStats
+) -> Sample | None:
+    """One record as a sample (`where` is `<file>:<line or row>`); None when it is a bad
+    record that `spec.on_bad_record` skips (counted). Ids are not checked for repeats
+    here (`_samples_of` does that for a whole corpus)."""
+    return _record_sample(spec, record, where, stats)
+
+
 def _record_sample(
     spec: CorpusSpec, record: dict[str, Any], where: str, stats: ReadStats
 ) -> Sample | None:
@@ -507,50 +598,105 @@ def _iter_jsonl(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
     return _samples_of(spec, _jsonl_records(spec, stats), stats)
 
 
+def record_files(spec: CorpusSpec, fmt: str, stats: ReadStats) -> list[tuple[Path, str]]:
+    """The files a JSONL or Parquet corpus is read from, with the names its sample ids
+    use: the file and its name, or a folder's files of that format and their relative
+    paths, in a folder corpus's order (those in hidden folders counted as skipped)."""
+    if not spec.path.is_dir():
+        return [(spec.path, spec.path.name)]
+    files: list[tuple[Path, str]] = []
+    for rel in folder_files(spec.path, stats):
+        if not is_record_file(rel, fmt):
+            continue
+        if in_hidden_folder(rel):
+            stats.skip("hidden folder")
+        else:
+            files.append((spec.path / rel, rel))
+    return files
+
+
 def _jsonl_records(spec: CorpusSpec, stats: ReadStats) -> Iterator[Record]:
-    for lineno, raw in iter_lines(spec.path, what="record"):
-        where = f"{spec.path.name}:{lineno}"
+    for path, name in record_files(spec, "jsonl", stats):
+        lines = iter_lines(path, what="record")
+        for _, record, where in jsonl_file_records(spec, lines, name, path, stats):
+            yield record, where
+
+
+IndexedRecord = tuple[int, dict[str, Any], str]  # line or row, record, <file>:<line or row>
+
+
+def jsonl_file_records(
+    spec: CorpusSpec,
+    lines: Iterable[tuple[int, bytes | None]],
+    name: str,
+    label: Path | str,
+    stats: ReadStats,
+) -> Iterator[IndexedRecord]:
+    """The records of one JSONL file's lines (from `iter_lines` or `stream_lines`);
+    `name` goes into ids, `label` into error messages."""
+    for lineno, raw in lines:
+        where = f"{name}:{lineno}"
         try:
-            record = parse_jsonl_line(spec.path, lineno, raw, what="record")
+            record = parse_jsonl_line(label, lineno, raw, what="record")
         except InputError as exc:
             if spec.on_bad_record == "fail":
                 raise InputError(f"{exc.message}; fix it, or {SKIP_HINT}") from None
             stats.skip("bad JSON line" if raw is not None else "line too long", where)
             continue
-        yield record, where
+        yield lineno, record, where
+
+
+def jsonl_stream_records(
+    spec: CorpusSpec, handle: IO[bytes], name: str, label: str, stats: ReadStats
+) -> Iterator[IndexedRecord]:
+    """`jsonl_file_records` of an open, decompressed binary stream (a remote file)."""
+    return jsonl_file_records(spec, stream_lines(handle, label), name, label, stats)
 
 
 def _iter_parquet(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
-    return _samples_of(spec, _parquet_records(spec), stats)
+    return _samples_of(spec, _parquet_records(spec, stats), stats)
 
 
-def _parquet_records(spec: CorpusSpec) -> Iterator[Record]:
+def _parquet_records(spec: CorpusSpec, stats: ReadStats) -> Iterator[Record]:
+    for path, name in record_files(spec, "parquet", stats):
+        for _, record, where in parquet_file_records(spec, path, name, path):
+            yield record, where
+
+
+def parquet_file_records(
+    spec: CorpusSpec, source: Path | IO[bytes], name: str, label: Path | str
+) -> Iterator[IndexedRecord]:
+    """The records of one Parquet file (a path or an open binary stream) with their row
+    numbers; `name` goes into ids, `label` into error messages."""
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(spec.path)
+        parquet = pq.ParquetFile(source)
     except Exception as exc:  # pyarrow raises several types for a bad file
-        raise InputError(
-            f"{spec.path}: not a readable Parquet file ({type(exc).__name__})"
-        ) from None
+        raise InputError(f"{label}: not a readable Parquet file ({type(exc).__name__})") from None
     schema = parquet.schema_arrow
-    _check_text_column(spec, schema.names, lambda: str(schema.field(spec.text_field).type))
+    kind = lambda: str(schema.field(spec.text_field).type)  # noqa: E731
+    _check_text_column(spec, schema.names, kind, label)
     columns = [c for c in (spec.text_field, spec.id_field, "path") if c in schema.names]
     row = 0
     for batch in parquet.iter_batches(batch_size=1024, columns=columns):
         for record in batch.to_pylist():
-            yield record, f"{spec.path.name}:{row}"
+            yield row, record, f"{name}:{row}"
             row += 1
 
 
 _TEXT_TYPES = ("string", "large_string", "string_view")
 
 
-def _check_text_column(spec: CorpusSpec, names: Sequence[str], kind: Callable[[], str]) -> None:
-    """The text column exists and holds text (Arrow/HF type names)."""
+def _check_text_column(
+    spec: CorpusSpec, names: Sequence[str], kind: Callable[[], str], label: Path | str = ""
+) -> None:
+    """The text column exists and holds text (Arrow/HF type names); `label` names the
+    file in errors (default: the corpus)."""
+    where = label or spec.path
     if spec.text_field not in names:
         raise InputError(
-            f"{spec.path}: no column {spec.text_field!r} (columns: {', '.join(names)}; "
+            f"{where}: no column {spec.text_field!r} (columns: {', '.join(names)}; "
             "set --text-field)"
         )
     found = kind()
@@ -559,7 +705,7 @@ def _check_text_column(spec: CorpusSpec, names: Sequence[str], kind: Callable[[]
     )
     if not text:
         raise InputError(
-            f"{spec.path}: column {spec.text_field!r} holds {found}, not text "
+            f"{where}: column {spec.text_field!r} holds {found}, not text "
             "(set --text-field to the column that holds the code)"
         )
 
@@ -569,6 +715,14 @@ def _iter_hf(spec: CorpusSpec, stats: ReadStats) -> Iterator[Sample]:
 
 
 def _hf_records(spec: CorpusSpec) -> Iterator[Record]:
+    dataset = saved_dataset(str(spec.path), spec)
+    for row, record in enumerate(dataset):
+        yield dict(record), f"{spec.path.name}:{row}"
+
+
+def saved_dataset(path: str, spec: CorpusSpec) -> Any:
+    """The dataset saved with `save_to_disk` at `path` (a folder or an fsspec URL),
+    checked to be one split whose text column holds text."""
     try:
         import datasets
     except ImportError:
@@ -577,14 +731,14 @@ def _hf_records(spec: CorpusSpec) -> Iterator[Record]:
             "(pip install 'codeeraser[hf]')"
         ) from None
     try:
-        dataset = datasets.load_from_disk(str(spec.path))
+        dataset = datasets.load_from_disk(path)
     except Exception as exc:  # datasets raises several types for a bad folder
-        raise InputError(f"{spec.path}: not a saved HF dataset ({type(exc).__name__})") from None
+        raise InputError(f"{path}: not a saved HF dataset ({type(exc).__name__})") from None
     if isinstance(dataset, datasets.DatasetDict):
-        raise InputError(f"{spec.path}: a DatasetDict; give one split's folder instead")
-    _check_text_column(spec, dataset.column_names, lambda: _hf_type(dataset, spec.text_field))
-    for row, record in enumerate(dataset):
-        yield dict(record), f"{spec.path.name}:{row}"
+        raise InputError(f"{path}: a DatasetDict; give one split's folder instead")
+    kind = lambda: _hf_type(dataset, spec.text_field)  # noqa: E731
+    _check_text_column(spec, dataset.column_names, kind, path)
+    return dataset
 
 
 def _hf_type(dataset: Any, column: str) -> str:

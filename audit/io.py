@@ -119,18 +119,34 @@ def iter_lines(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file (expected a JSONL file of {what}s)")
+    try:
+        handle = _open_binary(path)
+    except OSError as exc:
+        raise _unreadable(str(path), 0, exc) from None
+    with handle:
+        yield from stream_lines(handle, str(path), max_bytes)
+
+
+def stream_lines(
+    handle: IO[bytes], name: str, max_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, bytes | None]]:
+    """`iter_lines` over an open (already decompressed) binary stream; `name` is the file
+    an error names."""
     lineno = 0
     try:
-        with _open_binary(path) as handle:
-            for lineno, line in _bounded_lines(handle, max_bytes):
-                if line is None or line.strip():
-                    yield lineno, line
+        for lineno, line in _bounded_lines(handle, max_bytes):
+            if line is None or line.strip():
+                yield lineno, line
     except (OSError, EOFError, zlib.error) as exc:
-        where = f" after line {lineno}" if lineno else ""
-        kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
-        raise InputError(
-            f"{path}: unreadable{where} ({kind}): the file is truncated or corrupt; copy it again"
-        ) from None
+        raise _unreadable(name, lineno, exc) from None
+
+
+def _unreadable(name: str, lineno: int, exc: BaseException) -> InputError:
+    where = f" after line {lineno}" if lineno else ""
+    kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
+    return InputError(
+        f"{name}: unreadable{where} ({kind}): the file is truncated or corrupt; copy it again"
+    )
 
 
 def _bounded_lines(handle: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
@@ -146,7 +162,7 @@ def _bounded_lines(handle: IO[bytes], max_bytes: int) -> Iterator[tuple[int, byt
 
 
 def parse_jsonl_line(
-    path: Path, lineno: int, raw: bytes | None, what: str = "record"
+    path: Path | str, lineno: int, raw: bytes | None, what: str = "record"
 ) -> dict[str, Any]:
     """One JSON object from one line (None: a line over MAX_LINE_BYTES); errors name the
     file and line."""

@@ -9,6 +9,7 @@ per-kind recall, decoys flagged, and wall-clock throughput (process start includ
 
     python bench/scan.py                 # the numbers in BENCHMARKS.md
     python bench/scan.py --keep corpus/  # also keep the generated corpus
+    python bench/scan.py --datatrove --before ../before   # the datatrove engine, 1 TB estimate
 
 Recall for codeeraser counts a planted secret as found only when a finding has its
 exact span. For detect-secrets, which reports lines, it is given both ways: any
@@ -24,6 +25,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import string
@@ -35,6 +37,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -439,12 +442,15 @@ def _copy_stdlib(target: Path, rng: random.Random, count: int) -> None:
         shutil.copyfile(path, target / rel)
 
 
-def run_codeeraser(corpus: Path, out: Path, jobs: int | None) -> float:
-    """Wall-clock seconds of one `codeeraser scan`, process start included."""
-    cmd = [sys.executable, "-m", "gate", "-q", "scan", str(corpus), "--out", str(out)]
+def run_codeeraser(
+    corpus: Path, out: Path, jobs: int | None, repo: Path = REPO, extra: tuple[str, ...] = ()
+) -> float:
+    """Wall-clock seconds of one `codeeraser scan` (of the code in `repo`), process start
+    included."""
+    cmd = [sys.executable, "-m", "gate", "-q", "scan", str(corpus), "--out", str(out), *extra]
     if jobs is not None:
         cmd += ["--jobs", str(jobs)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     started = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
@@ -857,7 +863,177 @@ def compare_report(c: dict[str, Any], stages: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+# --------------------------------------------------------------------------------------
+# At corpus scale: the datatrove engine against the local engine, and a 1 TB estimate.
+# --------------------------------------------------------------------------------------
+
+
+def datatrove_bench(tmp: Path, repeat: int, before: Path | None, copies: int = 4) -> dict[str, Any]:
+    """`copies` copies of every standard-library module scanned by the local engine
+    (--jobs 1 and 2; also by the code in `before`, the tree before the datatrove engine)
+    and by the datatrove engine (1 and 2 tasks), runs interleaved; every output must be
+    the same bytes. The datatrove engine's fixed cost (start-up, executor, merge) is
+    measured on a one-file corpus."""
+    corpus = tmp / "stdlib-scale"
+    for copy in range(copies):
+        for path, rel in _stdlib_modules():
+            (corpus / f"copy{copy}" / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, corpus / f"copy{copy}" / rel)
+    tiny = tmp / "one-file"
+    tiny.mkdir()
+    (tiny / "a.py").write_text("x = 1\n")
+    runs: dict[str, Callable[[Path], float]] = {}
+    for n in (1, 2):
+        runs[f"cli --jobs {n}"] = partial(_cli_run, corpus, jobs=n, repo=REPO)
+        if before is not None:
+            runs[f"before: cli --jobs {n}"] = partial(_cli_run, corpus, jobs=n, repo=before)
+    task_cpu: dict[str, list[float]] = {}
+    for n in (1, 2):
+        name = f"datatrove, {n} task(s)"
+        task_cpu[name], task_cpu[f"{name}, one file"] = [], []
+        runs[name] = partial(_datatrove_run, corpus, tasks=n, task_cpu=task_cpu[name])
+        runs[f"{name}, one file"] = partial(
+            _datatrove_run, tiny, tasks=n, task_cpu=task_cpu[f"{name}, one file"]
+        )
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    outputs: set[bytes] = set()
+    for r in range(repeat):
+        for i, (name, run) in enumerate(runs.items()):
+            out = tmp / f"out-{r}-{i}.jsonl"
+            before_cpu = _children_cpu()
+            seconds[name].append(run(out))
+            cpu[name].append(_children_cpu() - before_cpu)
+            if "one file" not in name:
+                outputs.add(out.read_bytes())
+    files = list(corpus.rglob("*.py"))
+    return {
+        "files": len(files),
+        "mb": sum(p.stat().st_size for p in files) / 1e6,
+        "seconds": {name: statistics.median(times) for name, times in seconds.items()},
+        "cpu": {name: statistics.median(times) for name, times in cpu.items()},
+        "task_cpu": {name: statistics.median(times) for name, times in task_cpu.items()},
+        "runs": seconds,
+        "identical_outputs": len(outputs) == 1,
+        "findings": len(next(iter(outputs)).splitlines()),
+        "merge": merge_bench(tmp),
+        "cores": _cores(),
+        "load": os.getloadavg()[0],
+    }
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far. Processes a
+    child starts and does not wait for (worker pools) may be missing: compare only runs
+    in one process."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cli_run(corpus: Path, out: Path, jobs: int, repo: Path) -> float:
+    return run_codeeraser(corpus, out, jobs, repo=repo)
+
+
+def _datatrove_run(corpus: Path, out: Path, tasks: int, task_cpu: list[float]) -> float:
+    """Wall seconds of the datatrove engine; the tasks' CPU seconds (summed, from their
+    shard summaries) go to `task_cpu`."""
+    work = out.with_suffix(".work")
+    extra = ("--engine", "datatrove", "--tasks", str(tasks), "--workers", str(tasks))
+    seconds = run_codeeraser(corpus, out, None, extra=(*extra, "--work-dir", str(work)))
+    summaries = (work / "shards").glob("*.json")
+    task_cpu.append(sum(json.loads(p.read_text())["cpu_seconds"] for p in summaries))
+    shutil.rmtree(work)
+    return seconds
+
+
+def merge_bench(tmp: Path, findings: int = 400_000, tasks: int = 8) -> dict[str, float]:
+    """Seconds to merge `findings` synthetic findings from `tasks` shards into one file."""
+    from datatrove.io import get_datafolder
+
+    from audit.datatrove_step import merge_shards
+    from audit.findings import Finding
+    from audit.shards import TaskOutput, sample_key, write_shard
+
+    text = "x = 1\nTOKEN = 'abcdefghijklmnopqrstuvwx'\n"
+    made = partial(Finding.create, text=text, start=11, end=35, secret_type="Secret Keyword",
+                   detector="KeywordDetector")  # fmt: skip
+    folder = get_datafolder(str(tmp / "merge-shards"))
+    for rank in range(tasks):
+        output = TaskOutput()
+        output.summary.samples = findings // tasks
+        for i in range(rank, findings, tasks):
+            rel = f"src/m{i:07d}.py"
+            output.findings.append(([*sample_key(rel, 0), 0], made(sample_id=rel, origin=rel)))
+        write_shard(folder, rank=rank, world_size=tasks, settings="bench", output=output)
+    started = time.perf_counter()
+    merge_shards(str(tmp / "merge-shards"), tmp / "merged.jsonl", data="bench")
+    seconds = time.perf_counter() - started
+    return {"findings": findings, "tasks": tasks, "seconds": seconds}
+
+
+# Assumptions of the 1 TB estimate, printed with it (the findings per MB are measured).
+TB = 1e12
+CORES_PER_MACHINE = 32
+
+
+def scale_report(result: dict[str, Any]) -> str:
+    """The side-by-side table and the 1 TB extrapolation with its assumptions."""
+    mb, secs = result["mb"], result["seconds"]
+    lines = [
+        f"{result['files']} files (copies of the standard library), {mb:.1f} MB, "
+        f"{result['findings']} findings; {result['cores']} cores (load average "
+        f"{result['load']:.1f} at the end); median of "
+        f"{len(next(iter(result['runs'].values())))} interleaved runs, process start "
+        f"included; outputs identical: {result['identical_outputs']}",
+        "",
+        "| run | wall s | MB/s | vs cli --jobs 1 | CPU s (one process) | tasks' CPU s |",
+        "|---|---|---|---|---|---|",
+    ]
+    base = secs["cli --jobs 1"]
+    for name, seconds in secs.items():
+        rate = "" if "one file" in name else f"{mb / seconds:.2f}"
+        single = "jobs 1" in name or "1 task" in name
+        used = f"{result['cpu'][name]:.2f}" if single else ""
+        tasks = f"{result['task_cpu'][name]:.2f}" if name in result["task_cpu"] else ""
+        lines.append(
+            f"| {name} | {seconds:.2f} | {rate} | {base / seconds:.2f}x | {used} | {tasks} |"
+        )
+    if "before: cli --jobs 1" in secs:
+        ratios = [secs[f"before: cli --jobs {n}"] / secs[f"cli --jobs {n}"] for n in (1, 2)]
+        cpu = result["cpu"]["before: cli --jobs 1"] / result["cpu"]["cli --jobs 1"]
+        lines += ["", "local engine, speed of this tree over the tree before: wall time "
+                  f"--jobs 1 {ratios[0]:.2f}x, --jobs 2 {ratios[1]:.2f}x; CPU time "
+                  f"--jobs 1 {cpu:.2f}x"]  # fmt: skip
+    merge = result["merge"]
+    merge_rate = merge["findings"] / merge["seconds"]
+    lines += ["", f"merge: {merge['findings']} findings from {merge['tasks']} shards in "
+              f"{merge['seconds']:.1f} s ({merge_rate:,.0f} findings/s)", ""]  # fmt: skip
+    density = result["findings"] / mb
+    lines += extrapolate(mb / result["task_cpu"]["datatrove, 1 task(s)"], merge_rate, density)
+    return "\n".join(lines)
+
+
+def extrapolate(task_mb_s: float, merge_rate: float, findings_per_mb: float) -> list[str]:
+    """Minutes to scan 1 TB on N machines of CORES_PER_MACHINE cores, one task per core,
+    then merge its findings on one core."""
+    lines = [
+        f"1 TB estimate: {task_mb_s:.2f} MB per CPU second in a task (the one-task run's "
+        "task CPU time), "
+        f"{CORES_PER_MACHINE} tasks per machine, merge of {findings_per_mb:.1f} findings/MB "
+        f"at {merge_rate:,.0f} findings/s on one core:",
+        "",
+        "| machines | scan minutes | merge minutes | total minutes |",
+        "|---|---|---|---|",
+    ]
+    merge_min = TB / 1e6 * findings_per_mb / merge_rate / 60
+    for machines in (1, 4, 16, 64):
+        scan_min = TB / 1e6 / (task_mb_s * CORES_PER_MACHINE * machines) / 60
+        total = scan_min + merge_min
+        lines.append(f"| {machines} | {scan_min:.0f} | {merge_min:.0f} | {total:.0f} |")
+    return lines
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--files", type=int, default=360, help="files in the corpus, in all")
@@ -869,7 +1045,24 @@ def main() -> int:
     parser.add_argument("--cases", action="store_true", help="only the case suite")
     parser.add_argument("--compare", action="store_true", help="only the standard-library speed")
     parser.add_argument("--small", action="store_true", help="--compare on modules under 60 KB")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--datatrove", action="store_true", help="only the datatrove engine and the 1 TB estimate"
+    )
+    parser.add_argument(
+        "--before", type=Path, help="with --datatrove: a checkout of the code before, run beside"
+    )
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = _arguments()
+    if args.datatrove:
+        with tempfile.TemporaryDirectory() as tmp:
+            scaled = datatrove_bench(Path(tmp), args.repeat, args.before)
+        print(scale_report(scaled))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name("scan-datatrove.json").write_text(json.dumps(scaled, indent=1))
+        return 0
     if args.cases:
         print(suite_report(case_suite(args.seed)))
         return 0

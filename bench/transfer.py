@@ -13,7 +13,7 @@ capped at ``--timeout`` seconds. From the run's record.json (when the run got th
 it reads the outcome, the findings, what was memorized and extracted before and after,
 the remediation (epochs, stop reason, time) and the stage times; peak RSS and wall time
 come from ``time -v``; the rounds of the closed loop and the never-seen comparison
-come from the record, and `bench/greedy_check.py` checks the final model's greedy
+come from the record, and `bench/generate_check.py` checks the final model's greedy
 extraction independently (HF ``generate``; ``--no-check`` skips it). Counts only,
 never a secret. Results go to stdout as a markdown
 table and to ``bench/results/transfer.json``.
@@ -202,17 +202,36 @@ def summarize(record_path: Path) -> dict[str, Any]:
 
 
 def greedy_check(run: Path, data: Path) -> dict[str, Any]:
-    """bench/greedy_check.py on the run's final model (HF generate, not the tool's decoding)."""
+    """bench/generate_check.py on the run's final model and measurements (HF generate,
+    not the tool's decoding): counts, and how many findings disagree."""
     import importlib.util
 
-    script = ROOT / "bench" / "greedy_check.py"
-    spec = importlib.util.spec_from_file_location("greedy_check", script)
+    from gate.record import read_record
+
+    script = ROOT / "bench" / "generate_check.py"
+    spec = importlib.util.spec_from_file_location("generate_check", script)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    found: dict[str, Any] = module.check(run, data)
-    return found
+    record = read_record(run / "record.json")
+    remediated = (run / "remediated-model").is_dir() and record.remediation is not None
+    model = run / "remediated-model" if remediated else Path(record.model.path)
+    measured = "measurements.after.jsonl" if remediated else "measurements.before.jsonl"
+    prefix = int(record.policy.resolved["extraction"]["prefix_tokens"])
+    args = module._parser().parse_args(
+        ["--model", str(model), "--data", str(data), "--findings", str(run / "findings.jsonl"),
+         "--measurements", str(run / measured), "--prefix-tokens", str(prefix), "--device", "cpu"]
+    )  # fmt: skip
+    result = module.check(args)
+    return {
+        "model": "remediated" if remediated else "original",
+        "findings": result.findings,
+        "extracted_by_tool": result.extracted_by_tool,
+        "extracted_by_generate": result.extracted_by_generate,
+        "disagree": len(result.tool_only) + len(result.generate_only),
+    }
 
 
 def _set_names(record: Any) -> list[str]:
@@ -241,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for the run folders")
     parser.add_argument(
         "--no-check", dest="check", action="store_false",
-        help="skip the independent greedy check (bench/greedy_check.py)",
+        help="skip the independent greedy check (bench/generate_check.py)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     runs = Path(args.out or tempfile.mkdtemp(prefix="transfer-"))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from audit.calibrate import calibrate
-from audit.corpus import CorpusSpec, texts_for_findings
+from audit.corpus import CorpusSpec, excluded, texts_for_findings, verify_findings
 from audit.detectors import select_detectors
 from audit.distributed import LOCAL, Shard, current, device_for
 from audit.errors import CodeEraserError, ExitCode, InputError, Interrupted, PolicyError
@@ -100,6 +100,7 @@ class GateRun:
     force: bool = False  # use an out folder that exists and is not a gate run folder
     resume: bool = False  # reuse the finished stages of an interrupted run in out_dir
     invocation: Sequence[str] = ()
+    findings: Path | None = None  # use this findings file (checked against the data), no scan
 
 
 @dataclass
@@ -156,6 +157,7 @@ def gate_inputs(run: GateRun) -> list[PathOption]:
     return [
         *model_paths("--model", run.model_dir, run.model_hub),
         *data_paths("--data", run.data, run.data_hub),
+        *path_option("--findings", run.findings, "file", "findings file"),
         *(path_option("--policy", source, "file", "policy file") if source.is_file() else []),
         *path_option("scan.baseline", policy.scan.baseline, "file"),
         *path_option("thresholds.unseen (--unseen)", policy.thresholds.unseen, "data"),
@@ -203,7 +205,7 @@ def _open(run: GateRun, shard: Shard) -> RunFolder:
     if shard.is_main:
         inputs = RunInputs.of(
             run.model_dir, run.data, run.policy, device=run.device, dtype=run.dtype,
-            batch_tokens=run.batch_tokens, data_hub=run.data_hub,
+            batch_tokens=run.batch_tokens, findings=run.findings, data_hub=run.data_hub,
         )  # fmt: skip
         folder = RunFolder.open(
             run.out_dir, run.model_dir, inputs, resume=run.resume, force=run.force
@@ -281,6 +283,9 @@ def _scan_here(state: _State) -> None:
     except InputError as exc:
         raise PolicyError(f"{policy.source}: scan.detectors: {exc.message}") from None
     baseline = read_baseline(Path(policy.scan.baseline)) if policy.scan.baseline else Baseline()
+    if run.findings is not None:
+        _use_findings(state, run.findings, detectors, baseline)
+        return
     summary = ScanSummary()
     with state.builder.stage("scan"), ui.progress() as bar:
         task = bar.add_task("Scanning the training data", total=None)
@@ -306,6 +311,29 @@ def _scan_here(state: _State) -> None:
     state.folder.scan_done(counts)
     _set_scan(state, counts)
     _say(f"Scan: {len(state.findings)} secrets in {summary.samples} samples{_skipped(summary)}.")
+
+
+def _use_findings(
+    state: _State, path: Path, detectors: tuple[str, ...] | None, baseline: Baseline
+) -> None:
+    """The scan stage from a findings file (`--findings`, e.g. from a datatrove scan):
+    what the policy's scan would keep of it (its detectors, excludes and baseline), each
+    finding checked against the data (its sample exists, its span has its hash). The
+    corpus was not read whole: its sample count is left unknown."""
+    with state.builder.stage("scan"):
+        found = [
+            f
+            for f in read_findings(path)
+            if (detectors is None or f.detector in detectors)
+            and not excluded(f.origin, state.spec.excludes)
+        ]
+        verify_findings(state.spec, found)
+        state.findings = list(subtract_baseline(found, baseline))
+    write_findings(state.run.out_dir / "findings.jsonl", state.findings)
+    counts = ScanCounts(samples=None, chars=None)
+    state.folder.scan_done(counts)
+    _set_scan(state, counts)
+    _say(f"Scan: {len(state.findings)} secrets from {safe_text(path)} (checked against the data).")
 
 
 def _skipped(summary: ScanSummary) -> str:

