@@ -3,14 +3,15 @@
 The paper's lr (3e-6) is tuned for billion-parameter models: it leaves a small model
 untouched, and a rate that erases a small model breaks a large one. So `auto` measures:
 
-1. **Probe** (before the loop). From the current weights, for each rate on a ladder
-   (`AUTO_LADDER`: 1e-6 to 1e-2, about ×3.16 a rung, ascending), take `auto_probe_steps`
-   steps of the chosen method (forget batch, then retain batch, as the loop does) on
-   the first `auto_probe_windows` forget windows, then measure the KL from the starting
-   model to the stepped one on `AUTO_WATCH` retain windows that were not trained on
-   (nats per token). The weights are put back after each rung. The chosen rate is the
-   largest whose KL stays within `auto_kl`; the ladder stops at the first rung over it
-   (or whose loss is not finite). No rung within: the lowest rung.
+1. **Probe** (before the loop). A rung of the ladder (`AUTO_LADDER`: 1e-6 to 1e-2,
+   ×√10 a rung) is tried by taking `auto_probe_steps` steps of the chosen method
+   (forget batch, then retain batch, as the loop does) on the first
+   `auto_probe_windows` forget windows from the current weights, then measuring the KL
+   from the starting model to the stepped one on `AUTO_WATCH` retain windows that were
+   not stepped on (nats per token); the weights are put back after each rung. A rung is
+   within when that KL is at most `auto_kl` (and the loss stayed finite). The search
+   starts at 1e-4: while within, it climbs until a rung is not; if not, it descends
+   until one is. The chosen rate is the largest rung found within (none: 1e-6).
 2. **Steering** (every epoch, `LrSteer`): the same watch KL is measured after each
    epoch. Over `auto_kl_max` the rate is divided by `AUTO_FACTOR` and that epoch's
    weights are not kept as the best; a second epoch over it in a row stops the loop
@@ -19,16 +20,17 @@ untouched, and a rate that erases a small model breaks a large one. So `auto` me
    multiplied by `AUTO_FACTOR` (at most `AUTO_MAX_RAISE` rungs above the probe's
    choice).
 
-Cost: at most `len(AUTO_LADDER)` × `auto_probe_steps` steps on a small batch (9 × 3 =
-27 steps), plus one forward over the watch windows per rung and per epoch; the
-starting weights are copied once (the trainable ones: with LoRA, the adapters).
+Cost: 2 rungs when 1e-4 is within and 3.2e-4 is not, at most 5 (up to 1e-2 or down
+to 1e-6), of `auto_probe_steps` steps each on a small batch; one forward pass over the
+watch windows per rung and per epoch; one copy of the trainable weights (with LoRA,
+the adapters).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -40,6 +42,7 @@ from gate.unlearn.settings import UnlearnConfig
 from gate.unlearn.trainer import NotFinite, Unlearner
 
 AUTO_LADDER = tuple(10 ** (-6 + k / 2) for k in range(9))  # 1e-6, 3.2e-6, ..., 1e-2
+AUTO_START = 4  # the probe's first rung: 1e-4
 AUTO_WATCH = 8  # retain windows the KL is measured on
 AUTO_FACTOR = math.sqrt(10)  # one rung
 AUTO_MAX_RAISE = 2  # rungs the steering may go above the probe's choice
@@ -89,32 +92,48 @@ def probe_lr(
     started = time.perf_counter()
     windows = list(forget[: config.auto_probe_windows])
     size = min(config.batch_size, len(windows))
+    stepped = list(retain[:size])  # the retain windows the steps use (no cache for others)
     watch = WatchKL(model, watch_windows(retain, size), pad_id)
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.detach().clone() for p in params]
     trials: list[LrTrial] = []
     reference: ReferenceSource | None = None
-    for lr in AUTO_LADDER:
+
+    def within(index: int) -> bool:
+        nonlocal reference
+        lr = AUTO_LADDER[index]
         run = config.model_copy(update={"lr": lr, "batch_size": size})
         unlearner = Unlearner(
-            model, windows, retain, before=before, measure=_no_measure,
+            model, windows, stepped, before=before, measure=_no_measure,
             thresholds=thresholds, config=run, pad_id=pad_id,
         )  # fmt: skip
         reference = reference or unlearner.reference_source()
         kl = _rung(unlearner, reference, watch, lr, config.auto_probe_steps)
         _restore(params, saved)
         trials.append(LrTrial(lr=lr, retain_kl=kl))
-        if kl is None or kl > config.auto_kl:
-            break
-    within = [t.lr for t in trials if t.retain_kl is not None and t.retain_kl <= config.auto_kl]
+        return kl is not None and kl <= config.auto_kl
+
+    _search(within)
+    ok = [t.lr for t in trials if t.retain_kl is not None and t.retain_kl <= config.auto_kl]
     return LrProbe(
-        chosen=max(within) if within else AUTO_LADDER[0],
+        chosen=max(ok) if ok else AUTO_LADDER[0],
         kl_budget=config.auto_kl,
         steps=config.auto_probe_steps,
         windows=len(windows),
         trials=trials,
         seconds=time.perf_counter() - started,
     )
+
+
+def _search(within: Callable[[int], bool]) -> None:
+    """From `AUTO_START` up while the rungs are within the budget, else down until one is."""
+    index = AUTO_START
+    if within(index):
+        while index + 1 < len(AUTO_LADDER) and within(index + 1):
+            index += 1
+        return
+    while index > 0 and not within(index - 1):
+        index -= 1
 
 
 def _rung(
