@@ -12,7 +12,10 @@ and under ``/usr/bin/time -v``, the command a user would type:
 capped at ``--timeout`` seconds. From the run's record.json (when the run got that far)
 it reads the outcome, the findings, what was memorized and extracted before and after,
 the remediation (epochs, stop reason, time) and the stage times; peak RSS and wall time
-come from ``time -v``. Counts only, never a secret. Results go to stdout as a markdown
+come from ``time -v``; the rounds of the closed loop and the never-seen comparison
+come from the record, and `bench/generate_check.py` checks the final model's greedy
+extraction independently (HF ``generate``; ``--no-check`` skips it). Counts only,
+never a secret. Results go to stdout as a markdown
 table and to ``bench/results/transfer.json``.
 """
 
@@ -182,9 +185,53 @@ def summarize(record_path: Path) -> dict[str, Any]:
             "stop_reason": r.stop_reason,
             "wall_s": round(r.wall_seconds, 1),
             "peak_memory_mb": round(r.peak_memory_bytes / 2**20) if r.peak_memory_bytes else None,
-            "rounds": r.details().get("rounds", 1),  # main has no second round yet
         }
+    summary["rounds"] = [
+        {
+            k: v
+            for k, v in rd.model_dump().items()
+            if k in ("round", "forget", "added", "forgotten", "epochs", "lr", "erase_stop",
+                     "extracted_after", "memorized_after", "perplexity_increase",
+                     "erase_seconds", "measure_seconds", "decision")
+        }
+        for rd in record.rounds
+    ]  # fmt: skip
+    if record.never_seen is not None:
+        summary["never_seen"] = record.never_seen.model_dump(exclude={"by_type"})
     return summary
+
+
+def greedy_check(run: Path, data: Path) -> dict[str, Any]:
+    """bench/generate_check.py on the run's final model and measurements (HF generate,
+    not the tool's decoding): counts, and how many findings disagree."""
+    import importlib.util
+
+    from gate.record import read_record
+
+    script = ROOT / "bench" / "generate_check.py"
+    spec = importlib.util.spec_from_file_location("generate_check", script)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    record = read_record(run / "record.json")
+    remediated = (run / "remediated-model").is_dir() and record.remediation is not None
+    model = run / "remediated-model" if remediated else Path(record.model.path)
+    measured = "measurements.after.jsonl" if remediated else "measurements.before.jsonl"
+    prefix = int(record.policy.resolved["extraction"]["prefix_tokens"])
+    args = module._parser().parse_args(
+        ["--model", str(model), "--data", str(data), "--findings", str(run / "findings.jsonl"),
+         "--measurements", str(run / measured), "--prefix-tokens", str(prefix), "--device", "cpu"]
+    )  # fmt: skip
+    result = module.check(args)
+    return {
+        "model": "remediated" if remediated else "original",
+        "findings": result.findings,
+        "extracted_by_tool": result.extracted_by_tool,
+        "extracted_by_generate": result.extracted_by_generate,
+        "disagree": len(result.tool_only) + len(result.generate_only),
+    }
 
 
 def _set_names(record: Any) -> list[str]:
@@ -211,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per gate run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (build and gate)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the run folders")
+    parser.add_argument(
+        "--no-check", dest="check", action="store_false",
+        help="skip the independent greedy check (bench/generate_check.py)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     runs = Path(args.out or tempfile.mkdtemp(prefix="transfer-"))
     results = _load()
@@ -219,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         out = runs / kind
         result = run_gate(paths, out, args.timeout, args.threads)
         result |= summarize(out / "record.json")
+        if args.check and (out / "record.json").is_file():
+            result["greedy_check"] = greedy_check(out, paths["data"])
         result["command"] = " ".join(gate_command(paths, out)[3:])
         results[kind] = result
         print(f"== {kind}\n{json.dumps(result, indent=2)}", flush=True)

@@ -17,6 +17,7 @@ MAX_SAMPLES = 1_000  # sampled-attack draws per finding
 MAX_TOP_K = 1 << 20  # tokens kept by top-k sampling (above any vocabulary)
 MAX_FINDINGS = 100_000_000  # findings measured (a cap, not a size)
 MAX_EPOCHS = 10_000  # unlearning epochs, patience, checkpoint interval
+MAX_ROUNDS = 100  # erase → measure rounds of the closed loop
 MAX_BATCH_SIZE = 65_536  # windows per unlearning step
 MAX_WINDOWS = 1_000_000  # retain windows, held-out samples, unseen sequences
 MAX_RANK = 65_536  # LoRA rank

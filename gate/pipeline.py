@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from audit.calibrate import calibrate
 from audit.corpus import CorpusSpec, excluded, texts_for_findings, verify_findings
@@ -48,6 +49,7 @@ from audit.sanity import MAX_LOSS_RATIO, checked_probe, probe_texts, sanity_prob
 from audit.scan import ScanOptions, ScanSummary, scan_corpus
 from gate import ui
 from gate.model_card import CARD_NAME, write_model_card
+from gate.never_seen import NeverSeen, compare, never_seen_rule
 from gate.paths import PathOption, check_paths, data_paths, model_paths, path_option, run_lock
 from gate.policy import Policy
 from gate.policy_check import check_runnable
@@ -62,6 +64,7 @@ from gate.record import (
     fingerprint_path,
 )
 from gate.report import write_and_publish
+from gate.rounds import RoundResult, at_risk, run_rounds
 from gate.run_folder import (
     REMEDIATED,
     RunFolder,
@@ -71,9 +74,9 @@ from gate.run_folder import (
     make_out_dir,
 )
 from gate.unlearn.erase import erase_model
-from gate.unlearn.remediation import RECORD_NAME, Remediation
-from gate.unlearn.settings import EraseOptions, UnlearnConfig
-from gate.verdict import RuleResult, SanityInfo, Verdict, evaluate, worst_case
+from gate.unlearn.remediation import RECORD_NAME, EpochLog, Remediation
+from gate.unlearn.settings import EraseOptions, UnlearnArgs, UnlearnConfig
+from gate.verdict import RuleResult, SanityInfo, UtilityFigures, Verdict, evaluate, worst_case
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,13 @@ class _State:
     before: list[Measurement] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict, repr=False)
     shard: Shard = LOCAL  # this process's place under accelerate launch
+    current: list[Measurement] = field(default_factory=list)  # the latest round's, worst case
+    after: tuple[list[Measurement], list[Measurement]] = field(default_factory=lambda: ([], []))
+    utility_before: UtilityFigures | None = None  # of the original model (round 1)
+    round: int = 0  # the round under way
+    utility_spent: float | None = None  # perplexity increase after the last round
+    forget_total: int = 0  # its forget set
+    max_epochs: int = 0
 
 
 def run_gate(run: GateRun) -> RunRecord:
@@ -432,20 +442,34 @@ def _measure_before(state: _State) -> None:
 
 
 def _remediate(state: _State, verdict: Verdict) -> RunRecord:
-    run, builder = state.run, state.builder
-    with builder.stage("erase"):
-        remediation = _erase(state, verdict)
+    """The closed loop (`gate.rounds`): erase, measure again, and go on while a blocking
+    security rule fails and the utility budget holds; the last round's model is judged."""
+    run, builder, remediation = state.run, state.builder, state.run.policy.remediation
+    first = at_risk(state.before, verdict, remediation.target)
+    _say(_target_line(remediation.target, len(first), len(verdict.offending_ids())))
+    outcome = run_rounds(
+        first,
+        lambda number, ids: _round(state, number, ids),
+        before=state.before,
+        max_rounds=remediation.max_rounds,
+        target=remediation.target,
+    )
     out_model = run.out_dir / REMEDIATED
     builder.set_remediation(
-        remediation,
+        outcome.last.remediation,
         # the model's files, not remediation.json (whose timings differ between equal runs)
         # nor the model card (README.md: it holds this hash)
         model_sha256=fingerprint_path(out_model, exclude=(RECORD_NAME, CARD_NAME)),
     )
-    with builder.stage("measure after"):
-        main, alt = _measure_after(state, out_model)
-    after = evaluate(worst_case(main, alt), state.measured, run.policy, remediation.utility)
-    after = with_sanity(after, builder.record.sanity.get("remediated"))
+    builder.record.rounds = outcome.rounds
+    builder.record.remediation_target = remediation.target
+    _add_after_sets(state)
+    after = outcome.last.verdict
+    comparison = _never_seen(state, outcome.forget)
+    builder.record.never_seen = comparison
+    margin = remediation.verify.never_seen_margin
+    if margin is not None:
+        after = replace(after, results=(*after.results, never_seen_rule(comparison, margin)))
     builder.set_verdict("after", after)
     if after.passed:
         _say(f"Remediated model passes the policy: {safe_text(out_model)}")
@@ -453,20 +477,138 @@ def _remediate(state: _State, verdict: Verdict) -> RunRecord:
     return builder.finish(ExitCode.FAILED, "failed")
 
 
-def _erase(state: _State, verdict: Verdict) -> Remediation:
+def _never_seen(state: _State, erased: list[str]) -> NeverSeen | None:
+    """The erased secrets' MA against never-seen secrets' of the same types: those found
+    in the held-out code, measured on the remediated model (None: no held-out code)."""
     run, policy = state.run, state.run.policy
-    offending = set(verdict.offending_ids())
-    forget = [m for m in state.before if m.finding_id in offending]
+    heldout, path = _heldout_spec(policy), run.out_dir / "heldout-findings.jsonl"
+    if heldout is None or not path.is_file():
+        return None
+    controls = read_findings(path)
+    with state.builder.stage("never-seen"):
+        loaded = load_model(run.out_dir / REMEDIATED, _device(state), run.dtype)
+        rows = _measure_controls(state, loaded, heldout, controls)
+    chosen = set(erased)
+    comparison = compare([m for m in state.after[0] if m.finding_id in chosen], rows)
+    _say(_never_seen_line(comparison))
+    return comparison
+
+
+def _measure_controls(
+    state: _State, loaded: LoadedModel, heldout: CorpusSpec, controls: list[Finding]
+) -> list[Measurement]:
+    extraction = state.run.policy.extraction
+    assert state.thresholds is not None
+    with ui.progress() as progress:
+        return measure_findings(
+            loaded,
+            controls,
+            texts_for_findings(heldout, controls),
+            state.thresholds,
+            MeasureConfig(batch_tokens=state.run.batch_tokens, samples=0),
+            prefix_tokens=extraction.prefix_tokens,
+            max_secret_tokens=extraction.secret_tokens,
+            progress=progress,
+            shard=state.shard,
+        )
+
+
+def _never_seen_line(comparison: NeverSeen) -> str:
+    if comparison.gap is None:
+        return "Never-seen comparison: no held-out secret of an erased type."
+    return (
+        f"Never-seen comparison: erased secrets' mean MA {comparison.erased_ma:.3f} "
+        f"({comparison.erased}), never-seen secrets of the same types "
+        f"{comparison.never_seen_ma:.3f} ({comparison.never_seen})."
+    )
+
+
+def _target_line(target: str, chosen: int, offending: int) -> str:
+    if target == "offending":
+        return (
+            f"Forget set: the {chosen} findings that break a blocking rule "
+            "(remediation.target: offending; memorized ones outside it are left)."
+        )
+    return (
+        f"Forget set: {chosen} findings memorized or extracted ({offending} of them break a "
+        "blocking rule; remediation.target: at-risk)."
+    )
+
+
+def _round(state: _State, number: int, ids: list[str]) -> RoundResult:
+    """One round: erase `ids` from the current weights, then measure the result."""
+    builder, policy = state.builder, state.run.policy
+    started = time.perf_counter()
+    with builder.stage("erase"):
+        remediation = _erase(state, number, ids)
+    erased = time.perf_counter()
+    _say_probe(number, remediation)
+    with builder.stage("measure after"):
+        main, alt = _measure_after(state, state.run.out_dir / REMEDIATED, reuse=number == 1)
+    measured = time.perf_counter()
+    state.after = (main, alt)
+    utility = _overall_utility(state, number, remediation)
+    state.utility_spent = utility.perplexity_increase
+    remediation = remediation.model_copy(update={"utility": utility})
+    rows = worst_case(main, alt)
+    state.current = rows
+    verdict = evaluate(rows, state.measured, policy, utility)
+    verdict = with_sanity(verdict, builder.record.sanity.get("remediated"))
+    _say(f"Round {number}: {_verdict_words(verdict)}.")
+    return RoundResult(remediation, rows, verdict, erased - started, measured - erased)
+
+
+def _say_probe(number: int, remediation: Remediation) -> None:
+    probe = remediation.lr_probe
+    if probe is None:
+        return
+    tried = ", ".join(
+        f"{t.lr:.1e}: {t.retain_kl:.4f}" if t.retain_kl is not None else f"{t.lr:.1e}: not finite"
+        for t in probe.trials
+    )
+    _say(
+        f"Round {number}: lr auto chose {probe.chosen:.1e} (retain KL after {probe.steps} "
+        f"steps, budget {probe.kl_budget}: {tried}; {probe.seconds:.1f} s)."
+    )
+    for change in probe.changes:
+        _say(f"Round {number}: {change}.")
+
+
+def _verdict_words(verdict: Verdict) -> str:
+    if verdict.passed:
+        return "the policy passes"
+    return "fails " + ", ".join(r.rule for r in verdict.blocking)
+
+
+def _overall_utility(state: _State, number: int, remediation: Remediation) -> UtilityFigures:
+    """Utility against the original model: round 1 measured it before erasing."""
+    if number == 1:
+        state.utility_before = remediation.utility
+    first = state.utility_before or remediation.utility
+    return remediation.utility.model_copy(
+        update={
+            "perplexity_before": first.perplexity_before,
+            "humaneval_before": first.humaneval_before,
+        }
+    )
+
+
+def _erase(state: _State, number: int, ids: list[str]) -> Remediation:
+    run, policy = state.run, state.run.policy
     out_model = run.out_dir / REMEDIATED
-    if state.folder.reusable(f"{REMEDIATED}/{RECORD_NAME}"):
+    if number == 1 and state.folder.reusable(f"{REMEDIATED}/{RECORD_NAME}"):
         _say(f"Erase: reused {safe_text(out_model)}.")
         return Remediation.read(out_model)
+    chosen = set(ids)
+    rows = state.before if number == 1 else state.current
+    forget = [m for m in rows if m.finding_id in chosen]
+    target = out_model if number == 1 else run.out_dir / f".round-{number}"
     heldout = _heldout_spec(policy)
-    if out_model.exists() and state.shard.is_main:  # an earlier run's model in our folder
-        shutil.rmtree(out_model)
+    if target.exists() and state.shard.is_main:  # an earlier run's model in our folder
+        shutil.rmtree(target)
     state.shard.barrier()
     options = EraseOptions(
-        config=UnlearnConfig.of(policy.remediation.method, policy.remediation.args),
+        config=UnlearnConfig.of(policy.remediation.method, _round_args(state, number)),
         device=run.device,
         prefix_tokens=policy.extraction.prefix_tokens,
         batch_tokens=run.batch_tokens,
@@ -474,20 +616,51 @@ def _erase(state: _State, verdict: Verdict) -> Remediation:
         heldout=heldout,
         heldout_findings=_scan_heldout(state, heldout),
         humaneval=HUMANEVAL_PROBLEMS if policy.utility.max_humaneval_drop is not None else 0,
-        resume=state.folder.reuse,
+        resume=state.folder.reuse and number == 1,
     )
     assert state.thresholds is not None
-    return erase_model(
-        run.model_dir,
+    state.round, state.forget_total = number, len(forget)
+    state.max_epochs = options.config.epochs
+    record = erase_model(
+        run.model_dir if number == 1 else out_model,
         state.spec,
         state.measured,
         forget,
         thresholds=state.thresholds,
-        out_dir=out_model,
+        out_dir=target,
         options=options,
-        report=_epoch_line,
+        report=lambda entry: _epoch_line(state, entry),
         provenance=run.model_hub,
+        keep=chosen,
     )
+    if number > 1 and state.shard.is_main:
+        _replace_model(target, out_model)
+    state.shard.barrier()
+    return record
+
+
+def _round_args(state: _State, number: int) -> UnlearnArgs:
+    """The policy's settings; under lr auto, a later round's KL limits shrink with the
+    share of the perplexity budget the earlier rounds spent (their KL terms hold the
+    model to the previous round's weights, not the original's)."""
+    policy = state.run.policy
+    args, budget = policy.remediation.args, policy.utility.max_perplexity_increase
+    spent = state.utility_spent
+    if number == 1 or args.lr != "auto" or not budget or spent is None:
+        return args
+    left = max(0.1, 1 - math.log1p(max(0.0, spent)) / math.log1p(budget))
+    limit = args.auto_kl_max * left
+    return args.model_copy(update={"auto_kl_max": limit, "auto_kl": min(args.auto_kl, limit)})
+
+
+def _replace_model(new: Path, out_model: Path) -> None:
+    """The round's model takes the remediated model's place (the previous one goes)."""
+    old = out_model.with_name(f".{out_model.name}.previous")
+    if old.exists():
+        shutil.rmtree(old)
+    out_model.rename(old)
+    new.rename(out_model)
+    shutil.rmtree(old)
 
 
 def _probe_remediated(state: _State, loaded: LoadedModel) -> None:
@@ -500,7 +673,9 @@ def _probe_remediated(state: _State, loaded: LoadedModel) -> None:
     _probed(state, "remediated", SanityInfo.model_validate(probe.to_dict()))
 
 
-def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], list[Measurement]]:
+def _measure_after(
+    state: _State, out_model: Path, *, reuse: bool
+) -> tuple[list[Measurement], list[Measurement]]:
     run, policy = state.run, state.run.policy
     samples = _samples(policy, after=True)
     alt_prefix = policy.verify_prefix_tokens
@@ -508,7 +683,7 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
         run.out_dir / "measurements.after.jsonl",
         run.out_dir / f"measurements.after-prefix-{alt_prefix}.jsonl",
     )
-    if state.folder.reusable(*(p.name for p in paths)):
+    if reuse and state.folder.reusable(*(p.name for p in paths)):
         main, alt = read_measurements(paths[0]), read_measurements(paths[1])
         _restore_probe(state, "remediated")
     else:
@@ -519,7 +694,16 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
         if state.shard.is_main:
             write_measurements(paths[0], main)
             write_measurements(paths[1], alt)
-    builder = state.builder
+    _say(_measured_line("Remediated model", worst_case(main, alt)))
+    return main, alt
+
+
+def _add_after_sets(state: _State) -> None:
+    """The last round's measurements, in the record."""
+    policy, builder = state.run.policy, state.builder
+    main, alt = state.after
+    samples = _samples(policy, after=True)
+    alt_prefix = policy.verify_prefix_tokens
     builder.add_measurements(
         MeasurementSet(
             name=AFTER,
@@ -535,8 +719,6 @@ def _measure_after(state: _State, out_model: Path) -> tuple[list[Measurement], l
         ),
         alt,
     )
-    _say(_measured_line("Remediated model", worst_case(main, alt)))
-    return main, alt
 
 
 # ---------------------------------------------------------------- helpers
@@ -652,8 +834,29 @@ def _measured_line(label: str, rows: Sequence[Measurement]) -> str:
     return f"{label}: {extracted} of {len(rows)} secrets extracted, {memorized} memorized."
 
 
-def _epoch_line(entry: Any) -> None:
-    log.info("erase epoch %s", getattr(entry, "epoch", "?"))
+def _epoch_line(state: _State, entry: EpochLog) -> None:
+    """The erase stage's line per epoch, at default verbosity (a plain line in CI logs)."""
+    if ui.is_quiet():
+        return
+    total = state.forget_total
+    kl = entry.loss.get("kl_retain")
+    ui.console.print(epoch_text(state.round, entry, total, kl, state.max_epochs))
+
+
+def epoch_text(
+    round_: int, entry: EpochLog, total: int, kl_retain: float | None, max_epochs: int
+) -> str:
+    """Round, epoch, forgotten / total, mean MA (and EL_10) of what is left, the retain
+    KL to the original, seconds per epoch, and the time left if every epoch is run."""
+    forgotten = total - entry.remaining
+    el = f", EL_10 {entry.el_10_mean:.3f}" if entry.el_10_mean is not None else ""
+    kl = f", retain KL {kl_retain:.4f}" if kl_retain is not None else ""
+    left = max(0, max_epochs - entry.epoch) * entry.seconds
+    return (
+        f"Erase round {round_} epoch {entry.epoch}: {forgotten}/{total} forgotten, "
+        f"left: mean MA {entry.ma_mean:.3f}{el}{kl}, {entry.seconds:.1f} s/epoch, "
+        f"at most {left:.0f} s left"
+    )
 
 
 def _say(message: str) -> None:

@@ -184,12 +184,21 @@ class VerifyOptions(_Section):
 
     sampled: bool = True  # also run the sampled attack on the remediated model
     prefix_tokens: int | None = Field(default=None, ge=1, le=limits.MAX_TOKENS)  # default: half
+    # the erased secrets' mean MA may exceed never-seen ones' by at most this (null: shown only)
+    never_seen_margin: float | None = Field(default=None, ge=0, le=1)
+
+
+RemediationTarget = Literal["at-risk", "offending"]
 
 
 class RemediationOptions(_Section):
     """What to do when the policy fails."""
 
     enabled: bool = True
+    # at-risk: every finding memorized (MA or EL_10) or extracted by any attack;
+    # offending: only the findings that break a blocking rule (the report says which)
+    target: RemediationTarget = "at-risk"
+    max_rounds: int = Field(default=3, ge=1, le=limits.MAX_ROUNDS)  # erase → measure rounds
     method: MethodName = "codeeraser"
     args: UnlearnArgs = Field(default_factory=UnlearnArgs)  # gate.unlearn.settings
     retain: str | None = None  # clean code to preserve; default: corpus samples without findings

@@ -58,7 +58,9 @@ from audit.io import atomic_write_text
 from audit.measurements import Measurement, Thresholds
 from audit.redact import redact_strings
 from gate import __version__
+from gate.never_seen import NeverSeen
 from gate.policy import Policy
+from gate.rounds import RoundInfo
 from gate.unlearn.remediation import Remediation
 from gate.verdict import RuleResult, SanityInfo, UtilityFigures, Verdict, worst_case
 
@@ -213,7 +215,10 @@ class RunRecord(_Record):
     findings: list[FindingRow] = Field(default_factory=list)
     verdict_before: VerdictInfo | None = None
     verdict_after: VerdictInfo | None = None
-    remediation: Remediation | None = None  # remediation.json of the erase stage
+    remediation: Remediation | None = None  # remediation.json of the erase stage (last round)
+    remediation_target: str | None = None  # the policy's remediation.target in force
+    rounds: list[RoundInfo] = Field(default_factory=list)  # the closed loop's rounds
+    never_seen: NeverSeen | None = None  # erased secrets' MA against never-seen ones'
     sanity: dict[str, SanityInfo] = Field(default_factory=dict)  # by model role
     timings: dict[str, float] = Field(default_factory=dict)  # seconds per stage, in order
     finished_stages: list[str] = Field(default_factory=list)  # stages that ran to the end

@@ -80,6 +80,8 @@ def option_for(info: FieldInfo, field: str, name: str) -> Callable[[Any], Any]:
     if get_origin(kind) is tuple:
         return click.option(flag, name, multiple=True, metavar=extra.get("metavar"), **common)
     default = None if info.is_required() else info.default
+    if extra.get("metavar"):
+        common["metavar"] = extra["metavar"]
     return click.option(
         flag, name, type=_click_type(kind, info), default=default, show_default=True, **common
     )
@@ -92,7 +94,38 @@ def _without_none(annotation: Any) -> Any:
     return annotation
 
 
+class NumberOrWord(click.ParamType):  # type: ignore[type-arg]
+    """A positive number or one of some words (``--lr 1e-4`` or ``--lr auto``)."""
+
+    name = "number-or-word"
+
+    def __init__(self, words: tuple[str, ...]) -> None:
+        self.words = words
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str) or value in self.words:
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number nor one of: {', '.join(self.words)}", param, ctx)
+        if not number > 0:
+            self.fail(f"{value!r} must be > 0", param, ctx)
+        return number
+
+
+def _words(kind: Any) -> tuple[str, ...]:
+    """The words of a `float | Literal[...]` annotation (empty for any other)."""
+    if get_origin(kind) not in (Union, types.UnionType):
+        return ()
+    parts = get_args(kind)
+    literals = [get_args(a) for a in parts if get_origin(a) is Literal]
+    return tuple(str(w) for words in literals for w in words) if len(literals) < len(parts) else ()
+
+
 def _click_type(kind: Any, info: FieldInfo) -> Any:
+    if _words(kind):
+        return NumberOrWord(_words(kind))
     if get_origin(kind) is Literal:
         return click.Choice([str(v) for v in get_args(kind)])
     if kind in (int, float):

@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,7 @@ from audit.redact import redact_path
 from audit.sanity import checked_probe, probe_texts, sanity_probe
 from audit.utility import clean_texts, humaneval, perplexity
 from gate.unlearn.accelerated import engine_for
+from gate.unlearn.autolr import LrSteer, WatchKL, probe_lr, watch_windows
 from gate.unlearn.checkpoint import STOP, Checkpointer, work_dir
 from gate.unlearn.data import (
     ForgetWindow,
@@ -65,6 +66,7 @@ from gate.unlearn.remediation import (
     RECORD_NAME,
     EpochLog,
     KLReference,
+    LrProbe,
     Remediation,
     SampleCounts,
 )
@@ -95,13 +97,16 @@ def weights_sha256(folder: Path) -> str:
 
 
 def select_forget_set(
-    findings: Sequence[Finding], measurements: Sequence[Measurement]
+    findings: Sequence[Finding],
+    measurements: Sequence[Measurement],
+    keep: Collection[str] = (),
 ) -> tuple[list[Finding], list[Measurement]]:
-    """The findings whose measurement says memorized or extracted, with those measurements."""
+    """The findings whose measurement says memorized or extracted, with those measurements
+    (`keep`: findings that join even when forgotten already: guarded, not trained on)."""
     by_id = {f.id: f for f in findings}
     chosen: list[tuple[Finding, Measurement]] = []
     for m in measurements:
-        if not (m.memorized or m.extracted):
+        if not (m.memorized or m.extracted or m.finding_id in keep):
             continue
         finding = by_id.get(m.finding_id)
         if finding is None:
@@ -143,9 +148,12 @@ def erase_model(
     options: EraseOptions | None = None,
     report: Callable[[EpochLog], None] | None = None,
     provenance: HubRevision | None = None,
+    keep: Collection[str] = (),
 ) -> Remediation:
     """Unlearn the memorized findings and write the remediated model to `out_dir`
-    (`provenance`: the Hub commit `model_dir` is a snapshot of, for remediation.json).
+    (`provenance`: the Hub commit `model_dir` is a snapshot of, for remediation.json;
+    `keep`: findings in the forget set even when not memorized now, see
+    `select_forget_set`).
 
     Under ``accelerate launch`` every process runs this; only the first writes (the
     working folder and `out_dir`), and every process returns the record.
@@ -154,7 +162,7 @@ def erase_model(
     options = options or EraseOptions()
     started = time.perf_counter()
     check_output(out_dir, model_dir, options.force)
-    forget, before = select_forget_set(findings, measurements)
+    forget, before = select_forget_set(findings, measurements, keep)
     if not forget:
         raise InputError("nothing to erase: no measured finding is memorized or extracted")
     engine = engine_for(options.config)
@@ -513,6 +521,12 @@ def _unlearn(
         update={"window_tokens": job.window_tokens, "retain_tokens": job.retain_tokens}
     )
     single = not engine.shard.distributed
+    steer = None
+    if config.lr == "auto":
+        probe, steer = _auto_lr(
+            model, job, before, thresholds=thresholds, config=config, engine=engine
+        )
+        config = config.model_copy(update={"lr": probe.chosen})
     unlearner = Unlearner(
         model,
         job.windows,
@@ -527,11 +541,38 @@ def _unlearn(
         screen=job.screen,
         engine=engine,
         hooks=checkpoints if single else None,
+        steer=steer,
     )
     if not single:
-        return unlearner.run()
-    with STOP.deferring():
-        return unlearner.run()
+        result = unlearner.run()
+    else:
+        with STOP.deferring():
+            result = unlearner.run()
+    result.lr_probe = None if steer is None else steer.probe
+    return result
+
+
+def _auto_lr(
+    model: torch.nn.Module,
+    job: _Job,
+    before: Sequence[Measurement],
+    *,
+    thresholds: Thresholds,
+    config: UnlearnConfig,
+    engine: Engine,
+) -> tuple[LrProbe, LrSteer]:
+    """`lr: auto`: the probe's rate, and the steering of it during the loop."""
+    if engine.shard.distributed:
+        raise InputError("lr auto runs in a single process: give a number under accelerate launch")
+    risky = {m.finding_id for m in before if m.memorized or m.extracted}
+    active = [w for w in job.windows if w.finding_ids & risky]
+    probe = probe_lr(
+        model, active or job.windows, job.retain, before=before, thresholds=thresholds,
+        config=config, pad_id=job.pad_id,
+    )  # fmt: skip
+    used = min(config.batch_size, len(job.retain))
+    watch = WatchKL(model, watch_windows(job.retain, used), job.pad_id)
+    return probe, LrSteer(watch, probe, config)
 
 
 def _heldout_texts(options: EraseOptions) -> list[str] | None:
@@ -658,8 +699,9 @@ def _record(
     thresholds: Thresholds,
     utility: UtilityFigures,
 ) -> Remediation:
+    lr = result.lr_probe.chosen if result.lr_probe is not None else options.config.lr
     config = options.config.model_copy(
-        update={"window_tokens": job.window_tokens, "retain_tokens": job.retain_tokens}
+        update={"window_tokens": job.window_tokens, "retain_tokens": job.retain_tokens, "lr": lr}
     )
     return Remediation(
         config=config,
@@ -686,5 +728,6 @@ def _record(
         kl_reference=KLReference(kind=result.reference_kind, bytes=result.reference_bytes),
         outcomes=list(result.outcomes),
         history=list(result.history),
+        lr_probe=result.lr_probe,
         utility=utility,
     )

@@ -61,6 +61,25 @@ class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LrTrial(_Part):
+    """One rung of the probe."""
+
+    lr: float
+    retain_kl: float | None  # None: the loss was not finite
+
+
+class LrProbe(_Part):
+    """What `auto` chose and why (in remediation.json)."""
+
+    chosen: float
+    kl_budget: float
+    steps: int  # per rung
+    windows: int  # forget windows stepped on
+    trials: list[LrTrial]
+    seconds: float
+    changes: list[str] = []  # the steering's changes during the loop, by epoch
+
+
 class SampleCounts(_Part):
     """What the run trained and measured on."""
 
@@ -105,6 +124,7 @@ class Remediation(_Part):
     kl_reference: KLReference
     outcomes: list[FindingOutcome]  # per finding, in the forget set's order
     history: list[EpochLog]  # per epoch
+    lr_probe: LrProbe | None = None  # lr auto: the probe's rungs and the steering's changes
     utility: UtilityFigures = Field(default_factory=UtilityFigures)  # before and after
     sanity: dict[str, SanityInfo] = Field(default_factory=dict)  # the input's and the output's
     processes: int = 1  # processes that trained together (accelerate launch)

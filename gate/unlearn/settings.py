@@ -112,7 +112,30 @@ class UnlearnArgs(BaseModel):
         extra="forbid", strict=True, frozen=True, populate_by_name=True, allow_inf_nan=False
     )
 
-    lr: float = setting(3e-6, "AdamW learning rate (constant).", gt=0)
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = setting(
+        3e-6,
+        "AdamW learning rate: a number (constant), or auto: sized by a short probe on "
+        "the model at hand, lowered when the retain KL drifts and raised when forgetting "
+        "stalls (docs/policy.md, 'lr: auto').",
+        metavar="LR|auto",
+    )
+    auto_kl: float = setting(
+        0.005,
+        "lr auto: the retain KL (nats per token) the probe's rate may reach after "
+        "auto_probe_steps steps.",
+        gt=0,
+    )
+    auto_kl_max: float = setting(
+        0.02,
+        "lr auto: the retain KL over which the loop lowers the rate and keeps no weights.",
+        gt=0,
+    )
+    auto_probe_steps: int = setting(
+        3, "lr auto: steps per rate tried by the probe.", ge=1, le=limits.MAX_EPOCHS
+    )
+    auto_probe_windows: int = setting(
+        8, "lr auto: forget windows the probe steps on.", ge=1, le=limits.MAX_BATCH_SIZE
+    )
     alpha: float = setting(1.0, "α: weight of the retain KL.", ge=0)
     lam: float = setting(0.1, "λ: weight of the KL terms.", key="lambda", also=("kl_weight",), ge=0)
     gamma: float = setting(
@@ -281,6 +304,13 @@ class UnlearnConfig(UnlearnArgs):
         return cls.model_validate({**values, "method": method})
 
     @property
+    def rate(self) -> float:
+        """The learning rate in force (`auto` is resolved before the loop runs)."""
+        if self.lr == "auto":
+            raise ValueError("lr auto was not resolved by the probe")
+        return self.lr
+
+    @property
     def kl_reference(self) -> RefKind:
         """The reference in force: `auto` resolved (base under LoRA, else cached)."""
         if self.reference == "auto":
@@ -315,9 +345,24 @@ class EraseOptions:
 
 def describe(exc: ValidationError) -> str:
     """One line for the first problem: the setting and what is wrong with it."""
-    error = exc.errors(include_url=False)[0]
-    name = ".".join(str(part) for part in error["loc"])
+    errors = exc.errors(include_url=False)
+    error = errors[0]
+    name = _field_name(error["loc"])
     if error["type"] == "extra_forbidden":
         return f"unknown unlearning argument {name!r}"
-    message = str(error["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
+    # a setting of several kinds (lr: a number or auto) fails once per kind
+    same = (
+        [e for e in errors if _field_name(e["loc"]) == name] if len(error["loc"]) > 1 else [error]
+    )
+    message = " or ".join(dict.fromkeys(_message(e) for e in same))
     return f"{name}: {message}" if name else message
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    """A location without the union member names pydantic adds (`constrained-float`)."""
+    return ".".join(str(p) for p in loc if isinstance(p, int) or str(p).isidentifier())
+
+
+def _message(error: Any) -> str:
+    text = str(error["msg"]).removeprefix("Value error, ")
+    return text.replace("Input should be", "must be")

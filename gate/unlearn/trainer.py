@@ -61,7 +61,7 @@ from gate.unlearn.reference import (
     build_cache,
     forget_positions,
 )
-from gate.unlearn.remediation import EpochLog, FindingOutcome
+from gate.unlearn.remediation import EpochLog, FindingOutcome, LrProbe
 from gate.unlearn.settings import UnlearnConfig
 
 Measure = Callable[[Sequence[str]], list[Measurement]]  # finding ids -> measurements
@@ -86,6 +86,7 @@ class UnlearnResult:
     reference_kind: str = ""
     reference_bytes: int = 0
     seconds: float = 0.0
+    lr_probe: LrProbe | None = None  # lr auto: what the probe chose
 
     @property
     def forgotten(self) -> int:
@@ -110,6 +111,14 @@ class EpochProgress:
             for name, value in loss.parts.items():
                 self.parts.setdefault(name, []).append(value)
         self.done += 1
+
+
+class Steer(Protocol):
+    """Called after every epoch (`gate.unlearn.autolr.LrSteer`): the learning rate for
+    the next epoch, whether this epoch's weights may be kept as the best, and a reason
+    to stop (empty: go on)."""
+
+    def after_epoch(self, log: EpochLog) -> tuple[float, bool, str]: ...
 
 
 class TrainerHooks(Protocol):
@@ -157,6 +166,7 @@ class Unlearner:
         screen: Screen | None = None,
         engine: Engine | None = None,
         hooks: TrainerHooks | None = None,
+        steer: Steer | None = None,
     ) -> None:
         self.model, self.forget, self.retain = model, list(forget), list(retain)
         self.engine = engine or Engine(**engine_settings(config))
@@ -184,7 +194,8 @@ class Unlearner:
         self.diverged = False
         self.rng = random.Random(config.seed)  # noqa: S311 - batch order, not a secret
         self._retain_order: list[int] = []
-        self.hooks = hooks
+        self.hooks, self.steer = hooks, steer
+        self.admissible = True  # this epoch's weights may be kept (the steer's say)
         self.progress: EpochProgress | None = None  # the epoch under way
         self.finished = False  # the loop has decided to stop (or ran out of epochs)
 
@@ -196,7 +207,7 @@ class Unlearner:
         result.reference_kind, result.reference_bytes = reference.kind, reference.nbytes
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],  # LoRA: the adapters
-            lr=self.config.lr,
+            lr=self.config.rate,
             betas=(0.9, 0.98),
             weight_decay=self.config.weight_decay,
         )
@@ -253,7 +264,7 @@ class Unlearner:
         for indices in progress.pending():
             try:
                 losses = self.step(indices, reference, optimizer)
-            except _NotFinite:
+            except NotFinite:
                 self.diverged = True
                 self.progress = None
                 return f"the loss stopped being finite at epoch {epoch}"
@@ -270,12 +281,16 @@ class Unlearner:
         result.history.append(log)
         if self.report is not None:
             self.report(log)
-        return self._stop_reason(epoch)
+        steered = ""
+        if self.steer is not None:
+            rate, self.admissible, steered = self.steer.after_epoch(log)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+        return self._stop_reason(epoch) or steered
 
     def _stop_reason(self, epoch: int) -> str:
-        improved = self.best.offer(
-            leak_score(list(self.latest.values()), self.thresholds), epoch, self.model
-        )
+        score = leak_score(list(self.latest.values()), self.thresholds)
+        improved = self.admissible and self.best.offer(score, epoch, self.model)
         if not self.active:
             return "every finding forgotten"
         patience = self.config.patience
@@ -366,7 +381,7 @@ class Unlearner:
     def _finite(self, loss: Loss) -> Loss:
         """The loss, if it is finite on every process; else no step is taken with it."""
         if not self.engine.all_finite(float(loss.value.detach())):
-            raise _NotFinite
+            raise NotFinite
         return loss
 
     def _remeasure(self, epoch: int) -> tuple[list[str], list[Measurement]]:
@@ -440,7 +455,7 @@ class Unlearner:
                 outcome.stop_reason = f"still memorized: {result.stop_reason}"
 
 
-class _NotFinite(Exception):
+class NotFinite(Exception):
     """A loss became NaN or infinite: no step is taken with it."""
 
 

@@ -271,7 +271,7 @@ def test_out_folder_rules(tmp_path: Path) -> None:
 ROOT = Path(__file__).resolve().parents[2]
 VOLATILE = {
     "started_at", "finished_at", "timings", "invocation", "wall_seconds", "unlearn_seconds",
-    "peak_memory_bytes", "seconds",
+    "peak_memory_bytes", "seconds", "erase_seconds", "measure_seconds",
 }  # fmt: skip
 STAGE_FILES = (
     "findings.jsonl",
@@ -408,3 +408,19 @@ def test_allowlisted_secrets_are_counted_in_the_record_and_reports(
         "Allowlisted inline (not measured): 1 (GitHub Token 1)" in (out / "summary.md").read_text()
     )
     assert not any(key in p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
+
+
+def test_the_erase_line_per_epoch_says_round_progress_drift_and_time_left() -> None:
+    from gate.pipeline import epoch_text
+    from gate.unlearn.remediation import EpochLog
+
+    entry = EpochLog(3, 5, {"kl_retain": 0.0123}, 10, 30, 0.612, 0.045, 7, 40, 2.5)
+    line = epoch_text(2, entry, 154, 0.0123, 10)
+    assert line == (
+        "Erase round 2 epoch 3: 114/154 forgotten, left: mean MA 0.612, EL_10 0.045, "
+        "retain KL 0.0123, 2.5 s/epoch, at most 18 s left"
+    )
+    quiet = EpochLog(1, 5, {}, 0, 40, 0.9, None, 40, 40, 1.0)
+    assert epoch_text(1, quiet, 40, None, 1).endswith(
+        "0/40 forgotten, left: mean MA 0.900, 1.0 s/epoch, at most 0 s left"
+    )

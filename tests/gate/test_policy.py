@@ -207,7 +207,10 @@ def test_shipped_policies_say_what_the_issue_asks() -> None:
         (r.metric, r.limit) for r in strict.rules if r.severity == "block"
     }
     assert strict.utility.max_humaneval_drop is not None
-    assert demo.remediation.args.lr > default.remediation.args.lr
+    assert default.remediation.args.lr == "auto"  # sized to the model (issue 13)
+    assert default.remediation.target == "at-risk"
+    assert default.remediation.max_rounds > 1
+    assert demo.remediation.args.lr == 1e-3  # the demo's own model: a fixed rate
 
 
 def test_methods_are_the_documented_ones() -> None:

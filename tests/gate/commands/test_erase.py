@@ -216,3 +216,17 @@ def test_the_method_choices_are_the_registered_methods() -> None:
     from gate.unlearn.settings import METHOD_NAMES
 
     assert set(METHOD_NAMES) == set(METHODS)
+
+
+def test_lr_auto_records_the_probe_and_the_rate_it_chose(tiny_demo: Any, work: Path) -> None:
+    out = work / "auto"
+    result = _erase(tiny_demo, work, out, "--lr", "auto", "--epochs", "3")
+    assert result.exit_code == 0, result.output
+    info = Remediation.read(out)
+    probe = info.lr_probe
+    assert probe is not None
+    assert probe.trials[0].lr == pytest.approx(1e-4)  # the search starts at 1e-4
+    assert info.config.lr == probe.chosen  # the record holds the rate, not "auto"
+    within = [t.lr for t in probe.trials if t.retain_kl is not None and t.retain_kl <= 0.005]
+    assert probe.chosen == (max(within) if within else pytest.approx(1e-6))
+    assert info.epochs <= 3

@@ -92,3 +92,16 @@ def test_the_args_model_is_the_policy_section() -> None:
     from gate.policy import RemediationOptions
 
     assert RemediationOptions.model_fields["args"].annotation is UnlearnArgs
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [("auto", "auto"), ("1e-4", 1e-4), ("fast", None), ("0", None)]
+)
+def test_lr_is_a_positive_number_or_auto(given: str, expected: object) -> None:
+    option = _options("erase")["lr"]
+    if expected is None:
+        with pytest.raises(click.BadParameter):
+            option.type.convert(given, option, None)
+    else:
+        assert option.type.convert(given, option, None) == expected
+    assert UnlearnConfig(lr="auto").lr == "auto"

@@ -1,0 +1,202 @@
+"""`lr: auto`: a learning rate sized to the model at hand by a short probe, then steered.
+
+The paper's lr (3e-6) is tuned for billion-parameter models: it leaves a small model
+untouched, and a rate that erases a small model breaks a large one. So `auto` measures:
+
+1. **Probe** (before the loop). A rung of the ladder (`AUTO_LADDER`: 1e-6 to 1e-2,
+   ×√10 a rung) is tried by taking `auto_probe_steps` steps of the chosen method
+   (forget batch, then retain batch, as the loop does) on the first
+   `auto_probe_windows` forget windows from the current weights, then measuring the KL
+   from the starting model to the stepped one on `AUTO_WATCH` retain windows that were
+   not stepped on (nats per token); the weights are put back after each rung. A rung is
+   within when that KL is at most `auto_kl` (and the loss stayed finite). The search
+   starts at 1e-4: while within, it climbs until a rung is not; if not, it descends
+   until one is. The chosen rate is the largest rung found within (none: 1e-6).
+2. **Steering** (every epoch, `LrSteer`): the same watch KL is measured after each
+   epoch. Over `auto_kl_max` the rate is divided by `AUTO_FACTOR` and that epoch's
+   weights are not kept as the best; a second epoch over it in a row stops the loop
+   (the best weights within the budget are restored). When no finding was forgotten
+   and the mean MA of what is left fell by less than 1% of itself, the rate is
+   multiplied by `AUTO_FACTOR` (at most `AUTO_MAX_RAISE` rungs above the probe's
+   choice).
+
+Cost: 2 rungs when 1e-4 is within and 3.2e-4 is not, at most 5 (up to 1e-2 or down
+to 1e-6), of `auto_probe_steps` steps each on a small batch; one forward pass over the
+watch windows per rung and per epoch; one copy of the trainable weights (with LoRA,
+the adapters).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from audit.measurements import Measurement, Thresholds
+from gate.unlearn.data import ForgetWindow, RetainWindow, collate
+from gate.unlearn.reference import ReferenceSource
+from gate.unlearn.remediation import EpochLog, LrProbe, LrTrial
+from gate.unlearn.settings import UnlearnConfig
+from gate.unlearn.trainer import NotFinite, Unlearner
+
+AUTO_LADDER = tuple(10 ** (-6 + k / 2) for k in range(9))  # 1e-6, 3.2e-6, ..., 1e-2
+AUTO_START = 4  # the probe's first rung: 1e-4
+AUTO_WATCH = 8  # retain windows the KL is measured on
+AUTO_FACTOR = math.sqrt(10)  # one rung
+AUTO_MAX_RAISE = 2  # rungs the steering may go above the probe's choice
+
+
+class WatchKL:
+    """KL from the starting model to the current one on a few retain windows."""
+
+    def __init__(self, model: torch.nn.Module, windows: Sequence[RetainWindow], pad_id: int):
+        self.model, self.batch = model, collate(list(windows), pad_id)
+        self.reference = self._logprobs()
+
+    def _logprobs(self) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        batch = self.batch.to(device)
+        with torch.no_grad():
+            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            logits = out.logits[:, :-1].float()
+            return torch.log_softmax(logits, dim=-1)[batch.valid].cpu()
+
+    def __call__(self) -> float:
+        now = self._logprobs()
+        kl = (self.reference.exp() * (self.reference - now)).sum(dim=-1)
+        return float(kl.mean())
+
+
+def watch_windows(retain: Sequence[RetainWindow], used: int) -> list[RetainWindow]:
+    """The retain windows after the first `used` (the ones trained on first), or the
+    first ones when there are too few."""
+    spare = list(retain[used : used + AUTO_WATCH])
+    return (
+        spare if len(spare) >= min(AUTO_WATCH, len(retain)) // 2 + 1 else list(retain[:AUTO_WATCH])
+    )
+
+
+def probe_lr(
+    model: torch.nn.Module,
+    forget: Sequence[ForgetWindow],
+    retain: Sequence[RetainWindow],
+    *,
+    before: Sequence[Measurement],
+    thresholds: Thresholds,
+    config: UnlearnConfig,
+    pad_id: int,
+) -> LrProbe:
+    """The probe (see the module's text); the model's weights are as they were after it."""
+    started = time.perf_counter()
+    windows = list(forget[: config.auto_probe_windows])
+    size = min(config.batch_size, len(windows))
+    stepped = list(retain[:size])  # the retain windows the steps use (no cache for others)
+    watch = WatchKL(model, watch_windows(retain, size), pad_id)
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    trials: list[LrTrial] = []
+    reference: ReferenceSource | None = None
+
+    def within(index: int) -> bool:
+        nonlocal reference
+        lr = AUTO_LADDER[index]
+        run = config.model_copy(update={"lr": lr, "batch_size": size})
+        unlearner = Unlearner(
+            model, windows, stepped, before=before, measure=_no_measure,
+            thresholds=thresholds, config=run, pad_id=pad_id,
+        )  # fmt: skip
+        reference = reference or unlearner.reference_source()
+        kl = _rung(unlearner, reference, watch, lr, config.auto_probe_steps)
+        _restore(params, saved)
+        trials.append(LrTrial(lr=lr, retain_kl=kl))
+        return kl is not None and kl <= config.auto_kl
+
+    _search(within)
+    ok = [t.lr for t in trials if t.retain_kl is not None and t.retain_kl <= config.auto_kl]
+    return LrProbe(
+        chosen=max(ok) if ok else AUTO_LADDER[0],
+        kl_budget=config.auto_kl,
+        steps=config.auto_probe_steps,
+        windows=len(windows),
+        trials=trials,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _search(within: Callable[[int], bool]) -> None:
+    """From `AUTO_START` up while the rungs are within the budget, else down until one is."""
+    index = AUTO_START
+    if within(index):
+        while index + 1 < len(AUTO_LADDER) and within(index + 1):
+            index += 1
+        return
+    while index > 0 and not within(index - 1):
+        index -= 1
+
+
+def _rung(
+    unlearner: Unlearner, reference: ReferenceSource, watch: WatchKL, lr: float, steps: int
+) -> float | None:
+    trainable = [p for p in unlearner.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    unlearner.model.eval()
+    batch = list(range(len(unlearner.forget)))
+    try:
+        for _ in range(steps):
+            unlearner.step(batch, reference, optimizer)
+    except NotFinite:
+        return None
+    kl = watch()
+    return kl if math.isfinite(kl) else None
+
+
+def _restore(params: Sequence[torch.nn.Parameter], saved: Sequence[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, s in zip(params, saved, strict=True):
+            p.copy_(s)
+
+
+def _no_measure(ids: Sequence[str]) -> list[Measurement]:
+    raise RuntimeError("the lr probe does not measure")
+
+
+class LrSteer:
+    """Every epoch: lower the rate when the watch KL is over `auto_kl_max`, raise it when
+    forgetting stalls (see the module's text)."""
+
+    def __init__(self, watch: WatchKL, probe: LrProbe, config: UnlearnConfig) -> None:
+        self.watch, self.probe, self.config = watch, probe, config
+        self.lr = probe.chosen
+        self.ceiling = probe.chosen * AUTO_FACTOR**AUTO_MAX_RAISE
+        self.last_ma: float | None = None
+        self.last_remaining: int | None = None
+        self.over = False  # the last epoch was over auto_kl_max
+
+    def after_epoch(self, log: EpochLog) -> tuple[float, bool, str]:
+        """The rate for the next epoch, whether this epoch's weights may be kept, and a
+        reason to stop the loop (empty: go on)."""
+        kl = self.watch()
+        ok = kl <= self.config.auto_kl_max
+        stop = ""
+        if not ok and self.over:
+            stop = f"retain KL over auto_kl_max ({self.config.auto_kl_max}) for 2 epochs"
+        elif not ok:
+            self._change(log.epoch, self.lr / AUTO_FACTOR, f"retain KL {kl:.4f} over budget")
+        elif self._stalled(log):
+            raised = min(self.ceiling, self.lr * AUTO_FACTOR)
+            if raised > self.lr:
+                self._change(log.epoch, raised, "forgetting stalled")
+        self.last_ma, self.last_remaining, self.over = log.ma_mean, log.remaining, not ok
+        return self.lr, ok, stop
+
+    def _stalled(self, log: EpochLog) -> bool:
+        if self.last_ma is None or self.last_remaining is None:
+            return False
+        fewer = log.remaining < self.last_remaining
+        return not fewer and log.ma_mean > self.last_ma * 0.99
+
+    def _change(self, epoch: int, lr: float, why: str) -> None:
+        self.probe.changes.append(f"epoch {epoch}: lr {self.lr:.2g} → {lr:.2g} ({why})")
+        self.lr = lr

@@ -1,0 +1,115 @@
+"""lr auto: the probe picks the largest rung within the KL budget and leaves the weights
+as they were; the steering lowers, raises and stops as documented."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gate.unlearn.autolr import AUTO_FACTOR, AUTO_LADDER, AUTO_START, LrSteer, WatchKL, probe_lr
+from gate.unlearn.remediation import EpochLog, LrProbe
+from gate.unlearn.settings import UnlearnConfig
+from gate.unlearn.trainer import Unlearner
+from tests.gate.unlearn.conftest import micro_model
+from tests.gate.unlearn.test_trainer import THRESHOLDS, VOCAB, Data, Scripted, _checksum, _m
+
+
+def _probe(data: Data, budget: float) -> tuple[LrProbe, torch.nn.Module, float]:
+    findings, windows, retain = data
+    model = micro_model(VOCAB)
+    start = _checksum(model)
+    config = UnlearnConfig(lr="auto", auto_kl=budget, batch_size=2, auto_probe_steps=2)
+    before = [_m(f.id, ma=0.9, extracted=True) for f in findings]
+    probe = probe_lr(
+        model, windows, retain, before=before, thresholds=THRESHOLDS, config=config, pad_id=0
+    )
+    return probe, model, start
+
+
+@pytest.mark.parametrize("budget", [1e-4, 1e-2])
+def test_the_probe_takes_the_largest_rung_within_the_budget(
+    forget_and_retain: Data, budget: float
+) -> None:
+    probe, model, start = _probe(forget_and_retain, budget)
+    assert _checksum(model) == start  # the weights are put back
+    ok = [t.lr for t in probe.trials if t.retain_kl is not None and t.retain_kl <= budget]
+    assert probe.chosen == (max(ok) if ok else AUTO_LADDER[0])
+    rungs = [AUTO_LADDER.index(t.lr) for t in probe.trials]
+    assert rungs[0] == AUTO_START
+    assert rungs == sorted(rungs) or rungs == sorted(rungs, reverse=True)  # one direction
+    if AUTO_LADDER.index(probe.chosen) + 1 < len(AUTO_LADDER) and ok:  # the next was tried
+        above = next(t for t in probe.trials if t.lr > probe.chosen)
+        assert above.retain_kl is None or above.retain_kl > budget
+
+
+def test_a_tighter_budget_never_picks_a_larger_rate(forget_and_retain: Data) -> None:
+    tight, _, _ = _probe(forget_and_retain, 1e-5)
+    loose, _, _ = _probe(forget_and_retain, 1e-1)
+    assert tight.chosen < loose.chosen  # the KL grows with the rate on this model
+
+
+class FixedKL(WatchKL):
+    def __init__(self, values: list[float]) -> None:
+        self.values = values
+
+    def __call__(self) -> float:
+        return self.values.pop(0)
+
+
+def _log(epoch: int, ma: float, remaining: int) -> EpochLog:
+    return EpochLog(epoch, 1, {}, 0, remaining, ma, None, 0, remaining, 1.0)
+
+
+def _steer(kls: list[float]) -> LrSteer:
+    probe = LrProbe(chosen=1e-4, kl_budget=0.005, steps=3, windows=8, trials=[], seconds=0.0)
+    return LrSteer(FixedKL(kls), probe, UnlearnConfig(lr="auto", auto_kl_max=0.02))
+
+
+def test_steering_lowers_on_drift_and_stops_on_a_second_epoch_over() -> None:
+    steer = _steer([0.03, 0.01, 0.03, 0.05])
+    rate, ok, stop = steer.after_epoch(_log(1, 0.9, 4))
+    assert (rate, ok, stop) == (pytest.approx(1e-4 / AUTO_FACTOR), False, "")  # type: ignore[comparison-overlap]
+    assert steer.after_epoch(_log(2, 0.5, 3))[1:] == (True, "")
+    assert steer.after_epoch(_log(3, 0.4, 2))[1] is False
+    _, ok, stop = steer.after_epoch(_log(4, 0.3, 1))
+    assert not ok
+    assert "2 epochs" in stop
+
+
+def test_steering_raises_when_forgetting_stalls_up_to_its_ceiling() -> None:
+    steer = _steer([0.0] * 6)
+    rates = [steer.after_epoch(_log(e, 0.9, 4))[0] for e in range(1, 6)]
+    assert rates[0] == pytest.approx(1e-4)  # nothing to compare with yet
+    assert rates[1] == pytest.approx(1e-4 * AUTO_FACTOR)
+    assert rates[-1] == pytest.approx(1e-4 * AUTO_FACTOR**2)  # the ceiling: two rungs
+    assert len(steer.probe.changes) == 2
+
+
+class Refusing:
+    """A steer that keeps no epoch's weights and stops at epoch 2, halving the rate."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def after_epoch(self, log: EpochLog) -> tuple[float, bool, str]:
+        self.seen.append(log.epoch)
+        return 5e-3, False, "stop here" if log.epoch == 2 else ""
+
+
+def test_the_loop_obeys_its_steer(forget_and_retain: Data) -> None:
+    findings, windows, retain = forget_and_retain
+    model = micro_model(VOCAB)
+    start = _checksum(model)
+    leaking = {f.id: (0.9, True) for f in findings}
+    steer = Refusing()
+    unlearner = Unlearner(
+        model, windows, retain, before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
+        measure=Scripted(model, [leaking]), thresholds=THRESHOLDS,
+        config=UnlearnConfig(lr=1e-2, batch_size=2, epochs=10, patience=0), pad_id=0,
+        steer=steer,
+    )  # fmt: skip
+    result = unlearner.run()
+    assert steer.seen == [1, 2]
+    assert result.stop_reason == "stop here"
+    assert result.best_epoch == 0  # no epoch was admissible: the original weights are back
+    assert _checksum(model) == pytest.approx(start)
