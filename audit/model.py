@@ -33,6 +33,7 @@ import io
 import itertools
 import json
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -509,17 +510,67 @@ def _head_is_split(model: torch.nn.Module, head: torch.nn.Linear) -> bool:
 
 @contextlib.contextmanager
 def bypassed(head: torch.nn.Module) -> Iterator[None]:
-    """Within this block the output layer returns its input: the model's forward then
-    returns the hidden states it would have turned into logits."""
-    own = head.__dict__.get("forward")  # an instance-level forward (a hook's) comes back
-    head.forward = _identity
+    """Within this block, in this thread, the output layer returns its input: the
+    model's forward then returns the hidden states it would have turned into logits.
+    Other threads using the same model meanwhile (ranks run as threads) get logits."""
+    _enter(head)
+    _bypassing().add(id(head))
     try:
         yield
     finally:
+        _bypassing().discard(id(head))
+        _leave(head)
+
+
+_SWITCH_LOCK = threading.Lock()
+_SWITCHED: dict[int, tuple[Any, int]] = {}  # id(head) -> (its own instance forward, users)
+_LOCAL = threading.local()
+
+
+def _bypassing() -> set[int]:
+    """The heads bypassed in this thread."""
+    heads: set[int] | None = getattr(_LOCAL, "heads", None)
+    if heads is None:
+        heads = _LOCAL.heads = set()
+    return heads
+
+
+def _enter(head: torch.nn.Module) -> None:
+    """Put the switch in place of the head's forward (once, however many threads)."""
+    with _SWITCH_LOCK:
+        own, users = _SWITCHED.get(id(head), (head.__dict__.get("forward"), 0))
+        if users == 0:
+            head.forward = _Switch(head, own)
+        _SWITCHED[id(head)] = (own, users + 1)
+
+
+def _leave(head: torch.nn.Module) -> None:
+    """The last user out puts the head's own forward back (a hook's instance forward too)."""
+    with _SWITCH_LOCK:
+        own, users = _SWITCHED[id(head)]
+        if users > 1:
+            _SWITCHED[id(head)] = (own, users - 1)
+            return
+        del _SWITCHED[id(head)]
         if own is None:
             del head.forward
         else:
             head.forward = own
+
+
+class _Switch:
+    """A head's forward: the identity in a thread that bypasses it, else its own."""
+
+    def __init__(self, head: torch.nn.Module, own: Any) -> None:
+        self.head, self.own = head, own
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        if id(self.head) in _bypassing():
+            return hidden
+        if self.own is not None:
+            out: torch.Tensor = self.own(hidden)
+            return out
+        return cast(torch.Tensor, type(self.head).forward(self.head, hidden))
 
 
 def _identity(hidden: torch.Tensor) -> torch.Tensor:

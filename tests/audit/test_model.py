@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM
 
 from audit.errors import InputError, ModelLoadError
 from audit.model import (
+    bypassed,
     check_model_dir,
     chunked_argmax,
     chunked_nll,
@@ -205,3 +207,27 @@ def _near_tie(logits: torch.Tensor, preds: torch.Tensor) -> bool:
     argmax is then one whose logit is within that rounding of the maximum."""
     chosen = logits.gather(-1, preds[:, None]).squeeze(-1)
     return bool(torch.allclose(chosen, logits.max(dim=-1).values, rtol=1e-5, atol=1e-5))
+
+
+def test_the_head_is_bypassed_only_in_the_thread_that_asks() -> None:
+    """Ranks may run as threads on one model: another thread still gets logits."""
+    head = torch.nn.Linear(4, 9)
+    hidden = torch.randn(2, 4)
+    inside, outside = threading.Event(), threading.Event()
+    seen: list[torch.Tensor] = []
+
+    def other() -> None:
+        inside.wait(timeout=10)
+        seen.append(head(hidden))
+        outside.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with bypassed(head):
+        inside.set()
+        outside.wait(timeout=10)
+        assert torch.equal(head(hidden), hidden)  # this thread: the identity
+    thread.join(timeout=10)
+    assert seen
+    assert seen[0].shape == (2, 9)  # the other thread: logits
+    assert "forward" not in head.__dict__  # the layer's own forward is back
