@@ -5,17 +5,22 @@
 from findings and sample texts to Measurements on a `LoadedModel`.
 
 How the work is batched (every batch is cut by a token budget, so memory is bounded):
+``batch_tokens`` bounds the tokens whose KV cache is held at once, and no step holds
+more than `audit.model.LOGIT_BUDGET` logits (the rule is in docs/scaling.md):
 
 - **MA**: one teacher-forced forward pass over prefix + secret per batch of probes.
-  Rows are left-padded, so every secret ends at the last position; only the logits of
-  the last m+1 positions are computed, and the argmax at every secret position is
-  taken at once.
+  Rows are left-padded, so every secret ends at the last position; only the last m+1
+  positions go through the output layer, a chunk of positions at a time
+  (`audit.model.head_chunks`), and only their argmax is kept: the (B, m+1, V) logits
+  never exist at once.
 - **EL and greedy extraction**: every (finding, i) pair EL needs, prefix + secret[:i]
   decoding m−i tokens, is one row; the i = 0 row decodes m + margin tokens and doubles
   as the verbatim greedy attack. These rows need no prefill: their first token is the
   teacher-forced argmax at position i, and their KV cache is cut out of the
   teacher-forced pass's cache (`decoding.gather_cache`), so the prompt of each row is
-  never run through the model again. Decoding then runs the cached loop of
+  never run through the model again. The pass and the batches cut out of it share
+  ``batch_tokens``: a pass takes at most half, each of its decode batches the rest,
+  and a decode batch has at most LOGIT_BUDGET / V rows. Decoding then runs the cached loop of
   `audit.decoding`. (Models whose cache drops positions, such as sliding-window
   layers, take the plain path: a left-padded prefill per row batch.)
 - **Sampled attack** (optional): K rows per finding decoded with temperature/top-k
@@ -44,7 +49,16 @@ from audit import decoding, metrics
 from audit.distributed import LOCAL, Shard
 from audit.errors import InputError
 from audit.measurements import Measurement, Thresholds
-from audit.model import context_length_of, forward, model_device, new_cache, pad_token_id
+from audit.model import (
+    LOGIT_BUDGET,
+    chunked_argmax,
+    context_length_of,
+    forward_hidden,
+    model_device,
+    new_cache,
+    pad_token_id,
+    vocab_of,
+)
 from audit.probes import (
     DEFAULT_DECODE_MARGIN,
     DEFAULT_PREFIX_TOKENS,
@@ -398,20 +412,27 @@ def _sample_rows(
     return rows
 
 
-def _batches(rows: Sequence[_Row], budget: int) -> Iterator[list[_Row]]:
-    """Rows by decreasing decode length, cut so rows × (longest prompt + steps) ≤ budget."""
+def _batches(rows: Sequence[_Row], budget: int, most: int = 0) -> Iterator[list[_Row]]:
+    """Rows by decreasing decode length, cut so rows × (longest prompt + steps) ≤ budget
+    and (`most` > 0) rows ≤ most: each step's logits are rows × V."""
     ordered = sorted(rows, key=lambda r: (r.steps, len(r.prompt)), reverse=True)
     batch: list[_Row] = []
     longest = steps = 0
     for row in ordered:
         new_longest, new_steps = max(longest, len(row.prompt)), max(steps, row.steps)
-        if batch and (len(batch) + 1) * (new_longest + new_steps) > budget:
+        full = bool(most) and len(batch) >= most
+        if batch and (full or (len(batch) + 1) * (new_longest + new_steps) > budget):
             yield batch
             batch, new_longest, new_steps = [], len(row.prompt), row.steps
         batch.append(row)
         longest, steps = new_longest, new_steps
     if batch:
         yield batch
+
+
+def _most_rows(model: torch.nn.Module) -> int:
+    """Decode rows per batch so that one step's logits stay under LOGIT_BUDGET entries."""
+    return max(1, LOGIT_BUDGET // vocab_of(model))
 
 
 def _probe_chunks(probes: Sequence[Probe], budget: int) -> Iterator[list[int]]:
@@ -456,13 +477,15 @@ def _teacher_forced(
     k = max(p.m for p in probes)
     cache = new_cache(model) if keep_cache else None
     # Kept position L-k-1+t predicts the token at L-k+t: the last k tokens are the targets.
-    logits = forward(model, ids, mask, positions, cache=cache, keep=k + 1)  # (B, k+1, V)
+    hidden, head = forward_hidden(model, ids, mask, positions, cache=cache, keep=k + 1)
+    flat = hidden.reshape(-1, hidden.shape[-1])  # (B·(k+1), D): logits a chunk at a time
+    preds = chunked_argmax(head, flat, vocab_of(model)).view(len(probes), k + 1)  # (B, k+1)
     targets = ids[:, -k:]  # (B, k)
     target_mask = torch.zeros_like(targets, dtype=torch.bool)  # (B, k)
     for r, probe in enumerate(probes):
         target_mask[r, k - probe.m :] = True
-    hits = metrics.greedy_hits(logits[:, :-1, :], targets, target_mask).cpu()  # (B, k)
-    preds = logits.argmax(dim=-1).cpu()  # (B, k+1)
+    hits = metrics.greedy_hits(preds[:, :-1], targets, target_mask).cpu()  # (B, k)
+    preds = preds.cpu()
     usable = cache if cache is not None and decoding.gatherable(cache) else None
     return _Pass(
         probes=probes,
@@ -497,7 +520,10 @@ def _ma_and_greedy(
     chunks only: the other probes' hits stay empty)."""
     hits: list[list[bool]] = [[] for _ in probes]
     greedy: dict[Key, list[int]] = {}
-    chunks = shard.mine(list(_probe_chunks(probes, config.batch_tokens)))
+    # With the pass's cache reused, the pass and the decodes cut out of it share the
+    # budget: a pass takes at most half, its decode batches the rest.
+    budget = config.batch_tokens // 2 if config.reuse_cache else config.batch_tokens
+    chunks = shard.mine(list(_probe_chunks(probes, max(1, budget))))
     total = sum(len(chunk) for chunk in chunks)
     with tracker.phase("MA, EL and greedy extraction", total) as advance:
         for chunk in chunks:
@@ -526,7 +552,8 @@ def _decode_from_pass(
     device = model_device(model)
     k = done.preds.shape[1] - 1
     limit = context_length_of(model)
-    for batch in _batches(rows, config.batch_tokens):
+    budget = max(1, config.batch_tokens - done.width * len(done.probes))  # the pass's share
+    for batch in _batches(rows, budget, _most_rows(model)):
         source = [done.probes[row.key[0]] for row in batch]
         lengths = torch.tensor([len(row.prompt) for row in batch], device=device)  # (R,)
         starts = torch.tensor([done.width - len(p.prefix_ids) - p.m for p in source])  # (R,)
@@ -568,7 +595,7 @@ def _decode(
     key -> new token ids."""
     out: dict[Key, list[int]] = {}
     limit = context_length_of(model)
-    batches = shard.mine(list(_batches(rows, config.batch_tokens)))
+    batches = shard.mine(list(_batches(rows, config.batch_tokens, _most_rows(model))))
     total = sum(len(batch) for batch in batches)
     with tracker.phase("sampled attack" if sampler else "greedy decoding", total) as advance:
         for batch in batches:

@@ -24,12 +24,13 @@ if TYPE_CHECKING:
     import torch
 
 
-def greedy_hits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) bool: argmax of logits[:, t] equals targets[:, t], where mask is set.
+def greedy_hits(preds: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the greedy choice preds[:, t] equals targets[:, t], where mask is set.
 
-    `logits` (B, T, V) at position t predict `targets[:, t]` (already shifted).
+    `preds` (B, T) are the argmax of the logits at position t, which predict
+    `targets[:, t]` (already shifted).
     """
-    return (logits.argmax(dim=-1) == targets) & mask.bool()  # (B, T)
+    return (preds == targets) & mask.bool()  # (B, T)
 
 
 def ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:

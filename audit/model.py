@@ -10,6 +10,19 @@ but fails to load is a `ModelLoadError` (exit 3).
 The helpers below it (`forward`, `pad_token_id`, `context_length_of`) work on any
 in-memory causal LM, including one that is being trained, so that measuring code can
 run on a model that never touched a folder.
+
+The output layer, a chunk of positions at a time. A model's logits are V numbers per
+position (V = 49,152 for SmolLM2, 151,936 for Qwen2.5): 16,384 positions of float32
+logits take 3.2 GB at 49k and 10 GB at 152k. `forward_hidden` runs the model's own
+forward with its output layer bypassed, so it returns the hidden states that layer
+would read (after the final norm); `head_chunks` cuts positions into chunks whose
+logits stay under `LOGIT_BUDGET` entries, and the callers apply the output layer
+(`output_layer`) one chunk at a time, keeping only what they need of each chunk (an
+argmax, a target's log-prob, a top-k). Whether a model's logits are exactly its output
+layer applied to those hidden states is checked once per model on a two-token input
+(`split_head`); a model that does more (logit soft-capping or scaling, a head that is
+not one linear layer) takes the plain path: the hidden states are its logits, and the
+"output layer" is the identity.
 """
 
 from __future__ import annotations
@@ -17,13 +30,18 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import itertools
 import json
 import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -388,7 +406,7 @@ def forward(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
+    position_ids: torch.Tensor | None,
     *,
     cache: Any = None,
     keep: int = 0,
@@ -400,11 +418,9 @@ def forward(
     in place, so the caller keeps its own reference.
     """
     params = _forward_params(model)
-    kwargs: dict[str, Any] = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "position_ids": position_ids,
-    }
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
     if cache is not None:
         kwargs["cache" if "cache" in params else "past_key_values"] = cache
         kwargs["use_cache"] = True
@@ -421,3 +437,195 @@ def new_cache(model: torch.nn.Module) -> Any:
 
     config = getattr(model, "config", None)
     return DynamicCache(config=config) if config is not None else DynamicCache()
+
+
+# --- the output layer, a chunk of positions at a time ---------------------------------
+
+LOGIT_BUDGET = 1 << 24  # logits per chunk of positions: 64 MiB in float32
+Head = Callable[[torch.Tensor], torch.Tensor]  # hidden states (..., D) -> logits (..., V)
+_SPLITS: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def head_chunks(positions: int, vocab: int, budget: int = 0) -> list[slice]:
+    """`positions` cut into chunks of at most budget // vocab positions (at least one;
+    budget 0: `LOGIT_BUDGET`, read when called), of near-equal sizes: a short last chunk
+    would run through another matrix kernel than the others (on the CPU, a product of a
+    few rows may round differently).
+    No positions: one empty chunk, so that callers always get a (possibly empty) result."""
+    if positions <= 0:
+        return [slice(0, 0)]
+    most = max(1, (budget or LOGIT_BUDGET) // max(1, vocab))
+    count = -(-positions // most)
+    size, longer = divmod(positions, count)  # the first `longer` chunks take one more
+    bounds = [i * size + min(i, longer) for i in range(count + 1)]
+    return [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
+
+
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    inner = getattr(model, "module", None)
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) and inner is not None:
+        return unwrapped(inner)
+    return model
+
+
+def output_layer(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The model's output layer when it is one linear layer, else None."""
+    get = getattr(unwrapped(model), "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, torch.nn.Linear) else None
+
+
+def split_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The output layer, if the model's logits are exactly that layer applied to the
+    hidden states its forward hands it (checked once per model, on two tokens);
+    None for a model whose logits are more than that."""
+    head = output_layer(model)
+    if head is None:
+        return None
+    if head not in _SPLITS:
+        _SPLITS[head] = _head_is_split(unwrapped(model), head)
+        if not _SPLITS[head]:
+            log.info("%s: logits are not its output layer alone: full logits", type(model))
+    return head if _SPLITS[head] else None
+
+
+def _head_is_split(model: torch.nn.Module, head: torch.nn.Linear) -> bool:
+    vocab = int(head.out_features)  # two ordinary tokens: a padding token's zero
+    ids = torch.tensor([[vocab // 3, vocab // 2 + 1]], device=head.weight.device)  # embedding
+    ids = ids % vocab  # would hide a logit soft-cap (tanh(0) = 0)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits
+            with bypassed(head):
+                hidden = model(input_ids=ids, use_cache=False).logits
+            return bool(torch.equal(head(hidden), logits))
+    except (RuntimeError, TypeError, ValueError):  # a head that needs more than its input
+        return False
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def bypassed(head: torch.nn.Module) -> Iterator[None]:
+    """Within this block, in this thread, the output layer returns its input: the
+    model's forward then returns the hidden states it would have turned into logits.
+    Other threads using the same model meanwhile (ranks run as threads) get logits."""
+    _enter(head)
+    _bypassing().add(id(head))
+    try:
+        yield
+    finally:
+        _bypassing().discard(id(head))
+        _leave(head)
+
+
+_SWITCH_LOCK = threading.Lock()
+_SWITCHED: dict[int, tuple[Any, int]] = {}  # id(head) -> (its own instance forward, users)
+_LOCAL = threading.local()
+
+
+def _bypassing() -> set[int]:
+    """The heads bypassed in this thread."""
+    heads: set[int] | None = getattr(_LOCAL, "heads", None)
+    if heads is None:
+        heads = _LOCAL.heads = set()
+    return heads
+
+
+def _enter(head: torch.nn.Module) -> None:
+    """Put the switch in place of the head's forward (once, however many threads)."""
+    with _SWITCH_LOCK:
+        own, users = _SWITCHED.get(id(head), (head.__dict__.get("forward"), 0))
+        if users == 0:
+            head.forward = _Switch(head, own)
+        _SWITCHED[id(head)] = (own, users + 1)
+
+
+def _leave(head: torch.nn.Module) -> None:
+    """The last user out puts the head's own forward back (a hook's instance forward too)."""
+    with _SWITCH_LOCK:
+        own, users = _SWITCHED[id(head)]
+        if users > 1:
+            _SWITCHED[id(head)] = (own, users - 1)
+            return
+        del _SWITCHED[id(head)]
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
+
+
+class _Switch:
+    """A head's forward: the identity in a thread that bypasses it, else its own."""
+
+    def __init__(self, head: torch.nn.Module, own: Any) -> None:
+        self.head, self.own = head, own
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        if id(self.head) in _bypassing():
+            return hidden
+        if self.own is not None:
+            out: torch.Tensor = self.own(hidden)
+            return out
+        return cast(torch.Tensor, type(self.head).forward(self.head, hidden))
+
+
+def _identity(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden
+
+
+def forward_hidden(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    *,
+    cache: Any = None,
+    keep: int = 0,
+    split: bool = True,
+) -> tuple[torch.Tensor, Head]:
+    """The hidden states of the last `keep` positions (all if 0) as the output layer
+    would read them, and that layer; for a model whose head cannot be split (or with
+    `split` off), the logits and the identity (`forward`'s arguments; without position
+    ids the model's own)."""
+    head = split_head(model) if split else None
+    if head is None:
+        return forward(model, input_ids, attention_mask, position_ids, cache=cache, keep=keep), (
+            _identity
+        )
+    with bypassed(head):
+        hidden = forward(model, input_ids, attention_mask, position_ids, cache=cache, keep=keep)
+    return hidden, head
+
+
+def vocab_of(model: torch.nn.Module) -> int:
+    """Logits per position: the output layer's rows (the config's vocab_size if unknown)."""
+    head = output_layer(model)
+    if head is not None:
+        return int(head.out_features)
+    config = getattr(unwrapped(model), "config", None)
+    text = getattr(config, "get_text_config", None)
+    config = text(decoder=True) if callable(text) else config
+    return int(getattr(config, "vocab_size", 0) or 1)
+
+
+def chunked_argmax(head: Head, hidden: torch.Tensor, vocab: int, budget: int = 0) -> torch.Tensor:
+    """argmax of the logits at each position of `hidden` (N, D) -> (N,), a chunk of
+    positions at a time (the same values as the argmax of the whole (N, V) logits)."""
+    chunks = head_chunks(len(hidden), vocab, budget)
+    return torch.cat([head(hidden[rows]).argmax(dim=-1) for rows in chunks])
+
+
+def chunked_nll(
+    head: Head, hidden: torch.Tensor, labels: torch.Tensor, vocab: int, budget: int = 0
+) -> torch.Tensor:
+    """−log p(label) at each position of `hidden` (N, D), labels (N,) -> (N,) float32,
+    from the logits of a chunk of positions at a time (no gradient)."""
+    parts = [
+        F.cross_entropy(head(hidden[rows]).float(), labels[rows], reduction="none")
+        for rows in head_chunks(len(hidden), vocab, budget)
+    ]
+    return torch.cat(parts)

@@ -19,14 +19,13 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from audit.corpus import CorpusSpec, iter_samples
 from audit.decoding import decode_batch
 from audit.errors import InputError
 from audit.findings import read_findings
 from audit.measurements import HumanEvalResult, Perplexity
-from audit.model import context_length_of, pad_token_id
+from audit.model import chunked_nll, context_length_of, forward_hidden, pad_token_id, vocab_of
 from audit.sandbox import SandboxLimits, SandboxResult, run_python
 
 if TYPE_CHECKING:
@@ -91,15 +90,10 @@ def _window_nll(model: torch.nn.Module, windows: list[list[int]], pad_id: int) -
         ids[row, : len(window)] = torch.tensor(window)
         mask[row, : len(window)] = 1
     ids, mask = ids.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
-    labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)  # (B, T-1)
-    nll = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=-100,
-        reduction="sum",
-    )
-    return float(nll), int(mask[:, 1:].sum())
+    hidden, head = forward_hidden(model, ids, mask)  # (B, T, D): logits a chunk at a time
+    counted = mask[:, 1:].bool()  # (B, T-1)
+    nll = chunked_nll(head, hidden[:, :-1][counted], ids[:, 1:][counted], vocab_of(model))
+    return float(nll.sum()), int(counted.sum())
 
 
 # --- HumanEval -----------------------------------------------------------------------

@@ -17,13 +17,17 @@
   keeps its own shard of the best weights in CPU memory. The final weights are gathered
   to the first process to be saved. Not run here: Accelerate runs FSDP only on GPUs.
 - **Mixed precision** (``bf16`` or ``fp16``): forward passes under autocast, float32
-  master weights and AdamW states; fp16 also scales the loss.
+  master weights and AdamW states; fp16 also scales the loss. The output layer, which
+  the loop runs a chunk of positions at a time outside the model's forward
+  (`gate.unlearn.losses.token_stats`), runs under the same autocast; under FSDP it
+  stays inside the forward (all positions at once), since FSDP reshards it after.
 
 ``accelerate`` is imported only here, and only when one of these is asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -35,7 +39,7 @@ import torch.distributed as dist
 from audit.distributed import INSTALL_HINT, LOCAL, Shard, launched_world_size, shard_of
 from audit.errors import InputError
 from gate.unlearn.best import BestState
-from gate.unlearn.engine import Engine
+from gate.unlearn.engine import Engine, engine_settings
 from gate.unlearn.settings import DEFAULT_TRAIN_BATCH_TOKENS
 
 if TYPE_CHECKING:
@@ -52,8 +56,15 @@ class AcceleratedEngine(Engine):
         checkpointing: bool = False,
         mixed_precision: str = "no",
         cpu: bool | None = None,
+        batch_mb: int = 0,
+        probe_tokens: int = 0,
     ) -> None:
-        super().__init__(batch_tokens=batch_tokens, checkpointing=checkpointing)
+        super().__init__(
+            batch_tokens=batch_tokens,
+            checkpointing=checkpointing,
+            batch_mb=batch_mb,
+            probe_tokens=probe_tokens,
+        )
         accelerate = _accelerate()
         if cpu is None:
             forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
@@ -73,6 +84,9 @@ class AcceleratedEngine(Engine):
                 "config (see examples/accelerate/fsdp.yaml)"
             )
         self._shard = shard_of(self.accelerator)
+        # FSDP reshards the output layer after each forward: its logits come from the
+        # model's own forward (all positions at once) there
+        self.split_head = not self.fsdp
 
     @property
     def shard(self) -> Shard:
@@ -97,6 +111,11 @@ class AcceleratedEngine(Engine):
 
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """The output layer, run outside the model's forward, under the same autocast."""
+        context: contextlib.AbstractContextManager[object] = self.accelerator.autocast()
+        return context
 
     def all_finite(self, value: float) -> bool:
 
@@ -191,11 +210,5 @@ def engine_for(config: UnlearnConfig) -> Engine:
     """The engine a run needs: Accelerate's under a launcher or with mixed precision
     (``accelerate`` is imported only then), else plain torch."""
     if launched_world_size() > 1 or config.mixed_precision != "no":
-        return AcceleratedEngine(
-            batch_tokens=config.train_batch_tokens,
-            checkpointing=config.gradient_checkpointing,
-            mixed_precision=config.mixed_precision,
-        )
-    return Engine(
-        batch_tokens=config.train_batch_tokens, checkpointing=config.gradient_checkpointing
-    )
+        return AcceleratedEngine(mixed_precision=config.mixed_precision, **engine_settings(config))
+    return Engine(**engine_settings(config))

@@ -13,7 +13,8 @@ import torch
 
 
 class BestState:
-    """The weights with the lowest leak so far, on disk (default) or in memory."""
+    """The weights with the lowest leak so far, on disk (default) or in memory: the
+    trainable parameters only (`trainable_state`), the rest is the original model's."""
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
@@ -28,16 +29,30 @@ class BestState:
         self.score, self.epoch = score, epoch
         if self.folder is not None:
             # torch.save streams each tensor to the file; no second copy in memory
-            torch.save(model.state_dict(), self.folder / "best.pt")
+            torch.save(trainable_state(model), self.folder / "best.pt")
         else:
-            self._memory = {
-                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-            }
+            self._memory = {k: v.to("cpu", copy=True) for k, v in trainable_state(model).items()}
         return True
 
     def restore(self, model: torch.nn.Module) -> None:
         if self.folder is not None:
             state = torch.load(self.folder / "best.pt", map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
+            load_trainable(model, state)
         elif self._memory is not None:
-            model.load_state_dict(self._memory)
+            load_trainable(model, self._memory)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters the loop trains, by name (every weight, or LoRA's adapters): with
+    the original model, all that the best weights or a resume need."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy saved trainable parameters into `model`; they must be exactly its own."""
+    trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if set(state) != set(trained):
+        raise ValueError("saved weights are not this model's trainable parameters")
+    with torch.no_grad():
+        for name, value in state.items():
+            trained[name].copy_(value)

@@ -6,9 +6,10 @@ An erase run works in a hidden sibling of its output folder, ``.NAME.partial/``:
       state.json     the loop: epoch, batch position inside it, findings still to forget,
                      latest measurements, outcomes, best score, history, the batch-order
                      RNG, the run's fingerprint, the utility measured before training
-      model.pt       the weights being trained
+      model.pt       the weights being trained (trainable parameters only: under LoRA
+                     the adapters; the rest is the original model, loaded on resume)
       optimizer.pt   AdamW's moments and step counts
-      best.pt        the weights with the lowest leak so far
+      best.pt        the trainable weights with the lowest leak so far
     best/            the trainer's working copy of the best weights
     output/          the remediated model being written; renamed to NAME when complete
 
@@ -53,6 +54,7 @@ from audit.errors import InputError, Interrupted
 from audit.io import output_error
 from audit.measurements import Measurement
 from audit.redact import redact_path
+from gate.unlearn.best import load_trainable, trainable_state
 from gate.unlearn.remediation import EpochLog
 from gate.unlearn.trainer import EpochProgress
 
@@ -63,7 +65,7 @@ log = logging.getLogger(__name__)
 
 STATE = "state.json"
 WORK_MARKER = ".codeeraser-erase"  # marks a working folder as one this tool made
-FORMAT = 1  # checkpoint layout version
+FORMAT = 2  # checkpoint layout version (2: trainable parameters only)
 _KEYS = {"sequence", "epochs_done", "fingerprint", "extra", "loop"}
 
 
@@ -215,7 +217,10 @@ class Checkpointer:
 
         device = next(unlearner.model.parameters()).device
         model_state = torch.load(self.path / "model.pt", map_location=device, weights_only=True)
-        unlearner.model.load_state_dict(model_state)
+        try:
+            load_trainable(unlearner.model, model_state)
+        except ValueError as error:
+            raise InputError(f"{error} in {self.path}: rerun without --resume") from None
         optimizer.load_state_dict(
             torch.load(self.path / "optimizer.pt", map_location=device, weights_only=True)
         )
@@ -287,7 +292,7 @@ class Checkpointer:
         if new.exists():
             shutil.rmtree(new)
         self._mkdir(new)
-        _write(new / "model.pt", lambda f: torch.save(unlearner.model.state_dict(), f))
+        _write(new / "model.pt", lambda f: torch.save(trainable_state(unlearner.model), f))
         _write(new / "optimizer.pt", lambda f: torch.save(optimizer.state_dict(), f))
         self._save_best(unlearner, new)
         self._sequence += 1

@@ -3,13 +3,23 @@
 A step (design §5) unlearns k forget windows together: one optimizer update from
 their summed loss. `Engine` decides how those k windows go through the model:
 
-- **Token budget.** The windows are sorted by length and cut into micro-batches of at
+- **Memory budget.** The windows are sorted by length and cut into micro-batches of at
   most ``batch_tokens`` padded tokens (rows × longest row), so a step's memory is
   bounded however long its windows are, and long and short windows are not padded to
-  each other. Gradients accumulate over the micro-batches; the optimizer steps once.
-  Each micro-batch's loss (a mean over its own positions) is weighted by its share of
-  the step's windows, n_piece / k. When the step fits one micro-batch (k × window ≤
-  budget, e.g. the demo) this is exactly the unbatched loss.
+  each other. ``batch_tokens`` is the smaller of the setting ``train_batch_tokens``
+  and what ``train_batch_mb`` allows: when the run starts, `activation_bytes` measures
+  the bytes autograd keeps for the backward pass per token of a window (a forward over
+  one window and over half of it, as the loop runs it: checkpointing, LoRA, autocast;
+  the difference is per token, so weight copies made once per forward do not count),
+  and the budget over that is the most tokens a micro-batch may have (at least one
+  window). The vocabulary's share is fixed apart: the output layer runs a chunk of
+  positions at a time, at most ``train_batch_mb`` / 64 bytes' worth of logits
+  (``logit_budget``), so a chunk's logits, their log-softmax and their gradients take
+  about a sixteenth of the budget whatever V is. Gradients accumulate over the
+  micro-batches; the optimizer steps once. Each micro-batch's loss (a mean over its
+  own positions) is weighted by its share of the step's windows, n_piece / k. When the
+  step fits one micro-batch (k × window ≤ budget, e.g. the demo) this is exactly the
+  unbatched loss.
 - **Gradient checkpointing** (optional): activations are recomputed in the backward
   pass instead of stored. Transformers checkpoints a decoder layer only while that
   layer is in training mode; the loop keeps the model in eval mode (no dropout), so
@@ -24,8 +34,9 @@ their summed loss. `Engine` decides how those k windows go through the model:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +45,17 @@ import torch
 
 from audit.distributed import LOCAL, Shard
 from audit.errors import InputError
+from audit.model import (
+    LOGIT_BUDGET,
+    context_length_of,
+    forward_hidden,
+    split_head,
+    vocab_of,
+)
 from gate.unlearn.best import BestState
 from gate.unlearn.data import ForgetWindow, RetainWindow, TokenBatch
-from gate.unlearn.reference import aligned_logprobs
-from gate.unlearn.settings import DEFAULT_TRAIN_BATCH_TOKENS
+from gate.unlearn.losses import RowSource, TokenStats, token_stats
+from gate.unlearn.settings import DEFAULT_TRAIN_BATCH_TOKENS, UnlearnConfig
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,51 @@ def plan_pieces(
     return mine
 
 
+def engine_settings(config: UnlearnConfig) -> dict[str, Any]:
+    """An engine's keyword arguments from the loop's settings."""
+    return {
+        "batch_tokens": config.train_batch_tokens,
+        "checkpointing": config.gradient_checkpointing,
+        "batch_mb": config.train_batch_mb,
+        "probe_tokens": config.window_tokens,
+    }
+
+
+def logit_budget(batch_mb: int) -> int:
+    """Logits per chunk of positions in training: batch_mb / 64 bytes' worth (a chunk's
+    logits, log-softmax and gradients, float32, about a sixteenth of the budget), at
+    most LOGIT_BUDGET; LOGIT_BUDGET without a memory budget."""
+    return min(LOGIT_BUDGET, batch_mb * 2**20 // 64) if batch_mb else LOGIT_BUDGET
+
+
+def activation_bytes(model: torch.nn.Module, tokens: int) -> int:
+    """Bytes autograd keeps for the backward pass per token of one window of `tokens`
+    tokens: a forward over the window and one over its first half, counting each saved
+    storage once (parameters left out); the difference over the tokens it adds, so that
+    what a forward keeps once (autocast's weight copies) is not charged per token."""
+    tokens = max(2, tokens)
+    full, half = _saved_bytes(model, tokens), _saved_bytes(model, tokens // 2)
+    return max(1, (full - half) // (tokens - tokens // 2))
+
+
+def _saved_bytes(model: torch.nn.Module, tokens: int) -> int:
+    device = next(model.parameters()).device
+    ids = torch.zeros((1, tokens), dtype=torch.long, device=device)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    sizes: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            sizes[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        hidden, _ = forward_hidden(model, ids, torch.ones_like(ids))
+        del hidden
+    return sum(sizes.values())
+
+
 def enable_checkpointing(model: torch.nn.Module) -> None:
     """Turn on transformers' activation (gradient) checkpointing, non-reentrant: it works
     with frozen inputs, as under LoRA, and with DDP."""
@@ -103,14 +166,24 @@ def checkpointed_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 class Engine:
-    """One process, plain torch: token-budget micro-batches, optional checkpointing."""
+    """One process, plain torch: memory-budget micro-batches, optional checkpointing."""
 
     def __init__(
-        self, *, batch_tokens: int = DEFAULT_TRAIN_BATCH_TOKENS, checkpointing: bool = False
+        self,
+        *,
+        batch_tokens: int = DEFAULT_TRAIN_BATCH_TOKENS,
+        checkpointing: bool = False,
+        batch_mb: int = 0,
+        probe_tokens: int = 0,
     ) -> None:
-        self.batch_tokens = batch_tokens
+        self.batch_tokens = batch_tokens  # the cut in force (tokens; 0: none)
         self.checkpointing = checkpointing
+        self.batch_mb = batch_mb  # activations a micro-batch may keep (0: tokens only)
+        self.probe_tokens = probe_tokens  # window length `activation_bytes` measures at
+        self.token_bytes = 0  # measured activation bytes per token (0: not measured)
         self.mixed_precision = "no"  # in force (Accelerate's engine: autocast dtype)
+        self.split_head = True  # logits a chunk of positions at a time (off under FSDP)
+        self.logit_budget = logit_budget(batch_mb)  # logits per chunk
         self._layers: list[torch.nn.Module] = []
 
     @property
@@ -131,10 +204,40 @@ class Engine:
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """The module training forwards go through, and the optimizer to step."""
+        split_head(model)  # checked on the bare model, before any wrapper or autocast
         if self.checkpointing:
             enable_checkpointing(model)
             self._layers = checkpointed_layers(model)
+        self.size_for(model)
         return model, optimizer
+
+    def size_for(self, model: torch.nn.Module) -> None:
+        """Cut micro-batches by the memory budget: measure the activation bytes per token
+        on the bare model (before any wrapper), once."""
+        if not self.batch_mb or not self.probe_tokens or self.token_bytes:
+            return
+        was_training = model.training
+        model.eval()  # as the loop runs it: no dropout
+        try:
+            tokens = min(self.probe_tokens, context_length_of(model))
+            with torch.enable_grad(), self._training_flags(), self.autocast():
+                self.token_bytes = activation_bytes(model, tokens)
+        finally:
+            model.train(was_training)
+        fits = max(1, self.batch_mb * 2**20 // max(1, self.token_bytes))
+        self.batch_tokens = min(self.batch_tokens, fits) if self.batch_tokens else fits
+
+    @contextlib.contextmanager
+    def _training_flags(self) -> Iterator[None]:
+        """The checkpointed layers' own training flag on (what transformers reads to
+        checkpoint them); their children stay in eval mode (no dropout)."""
+        for layer in self._layers:
+            layer.training = True
+        try:
+            yield
+        finally:
+            for layer in self._layers:
+                layer.training = False
 
     def pieces(
         self, indices: Sequence[int], windows: Sequence[ForgetWindow | RetainWindow]
@@ -143,16 +246,37 @@ class Engine:
         shard = self.shard
         return plan_pieces(indices, lengths, self.batch_tokens, rank=shard.rank, world=shard.world)
 
-    def logprobs(self, model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-        """log pθ at every label position of `batch`, through the training module."""
+    def token_stats(
+        self,
+        model: torch.nn.Module,
+        batch: TokenBatch,
+        need: torch.Tensor,
+        reference: RowSource | None = None,
+        kl_at: torch.Tensor | None = None,
+    ) -> TokenStats:
+        """pθ at the label positions of `need` (NLL, greedy hit) and the KL to p0 at
+        `kl_at`, through the training module; the output layer runs a chunk of
+        positions at a time (`gate.unlearn.losses.token_stats`)."""
 
-        for layer in self._layers:  # the flag transformers reads; children stay in eval mode
-            layer.training = True
-        try:
-            return aligned_logprobs(model, batch)
-        finally:
-            for layer in self._layers:
-                layer.training = False
+        with self._training_flags():
+            hidden, head = forward_hidden(
+                model, batch.input_ids, batch.attention_mask, split=self.split_head
+            )
+        with self.autocast():
+            return token_stats(
+                head,
+                hidden[:, :-1],
+                batch.labels,
+                need,
+                reference=reference,
+                kl_at=kl_at,
+                vocab=vocab_of(model),
+                budget=self.logit_budget,
+            )
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """The context the output layer runs in: the forward pass's (no autocast here)."""
+        return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
 

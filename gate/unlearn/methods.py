@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
 from audit.errors import InputError
-from gate.unlearn.losses import Reference, kl_mean, masked_ce, rows
+from gate.unlearn.losses import TokenStats, masked_mean, masked_values_mean
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -52,24 +52,24 @@ class Hyper:
 
 @dataclass(frozen=True)
 class ForgetView:
-    """One forget batch as the loss sees it; masks are label-aligned (B, L)."""
+    """One forget batch as the loss sees it; masks are label-aligned (B, L).
 
-    logprobs: Tensor  # (B, L, V) pθ's log-probs
-    labels: Tensor  # (B, L)
+    `stats` hold pθ reduced to each label position (`gate.unlearn.losses.TokenStats`):
+    the NLL at every real token, the KL to p0 at the method's `forget_kl` positions (a
+    superset of S for codeeraser), None when the method needs no p0."""
+
+    stats: TokenStats
     valid: Tensor  # A: real tokens
     secret: Tensor  # S: secret tokens still to forget
     context: Tensor  # C: real tokens that are no secret's
-    reference: Reference | None  # p0 at the method's `forget_kl` positions, mask order
 
 
 @dataclass(frozen=True)
 class RetainView:
-    """One retain batch; `reference` holds p0 at every real position, mask order."""
+    """One retain batch; `stats.kl` holds the KL to p0 at every real position."""
 
-    logprobs: Tensor  # (B, L, V)
-    labels: Tensor  # (B, L)
+    stats: TokenStats
     valid: Tensor
-    reference: Reference | None
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,11 @@ def get_method(name: str) -> type[UnlearningMethod]:
         raise InputError(f"unknown unlearning method {name!r} (valid: {valid})") from None
 
 
-def _require(reference: Reference | None, method: str) -> Reference:
-    if reference is None:
+def _kl(stats: TokenStats, mask: Tensor, method: str) -> Tensor:
+    """Mean KL(p0‖pθ) over the positions of `mask`."""
+    if stats.kl is None:
         raise ValueError(f"the {method} loss needs p0's log-probs and got none")
-    return reference
+    return masked_values_mean(stats.kl, mask)
 
 
 @register
@@ -135,7 +136,7 @@ class GradientAscent(UnlearningMethod):
     name = "ga"
 
     def forget_loss(self, view: ForgetView) -> Loss:
-        ce = masked_ce(view.logprobs, view.labels, view.valid)
+        ce = masked_mean(view.stats.nll, view.valid)
         return Loss(-ce, _parts(ce_all=ce))
 
 
@@ -145,7 +146,7 @@ class _KLConstrained(UnlearningMethod):
     retain_kl = True
 
     def retain_loss(self, view: RetainView) -> Loss | None:
-        kl = kl_mean(_require(view.reference, self.name), rows(view.logprobs, view.valid))
+        kl = _kl(view.stats, view.valid, self.name)
         return Loss(self.hyper.lam * self.hyper.alpha * kl, _parts(kl_retain=kl))
 
 
@@ -157,8 +158,8 @@ class ConstraintUnlearning(_KLConstrained):
     forget_kl = "all"
 
     def forget_loss(self, view: ForgetView) -> Loss:
-        ce = masked_ce(view.logprobs, view.labels, view.valid)
-        kl = kl_mean(_require(view.reference, self.name), rows(view.logprobs, view.valid))
+        ce = masked_mean(view.stats.nll, view.valid)
+        kl = _kl(view.stats, view.valid, self.name)
         return Loss(-ce - self.hyper.lam * kl, _parts(ce_all=ce, kl_all=kl))
 
 
@@ -170,8 +171,8 @@ class CodeEraser(_KLConstrained):
     forget_kl = "secret"
 
     def forget_loss(self, view: ForgetView) -> Loss:
-        ce_secret = masked_ce(view.logprobs, view.labels, view.secret)
-        ce_context = masked_ce(view.logprobs, view.labels, view.context)
-        kl = kl_mean(_require(view.reference, self.name), view.logprobs[view.secret])
+        ce_secret = masked_mean(view.stats.nll, view.secret)
+        ce_context = masked_mean(view.stats.nll, view.context)
+        kl = _kl(view.stats, view.secret, self.name)
         value = -ce_secret + self.hyper.gamma * ce_context - self.hyper.lam * kl
         return Loss(value, _parts(ce_secret=ce_secret, ce_context=ce_context, kl_secret=kl))

@@ -17,7 +17,11 @@ token of both):
 - ``auto`` (default): ``full`` when it fits ``budget_mb``, else ``topk``.
 
 Tables live on the CPU (pinned when training on a GPU) and move to the device one
-batch at a time.
+batch at a time. Building them runs p0 over the windows and applies its output layer
+only at the cached positions, a chunk of positions at a time
+(`audit.model.head_chunks`): the (B, L, V) log-probs of a batch never exist at once.
+A live p0 (the frozen copy, LoRA's base) hands its final hidden states at the KL
+positions to the loss (`LiveRows`), which runs its output layer chunk by chunk too.
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
+from audit.model import forward_hidden, head_chunks, vocab_of
 from gate.unlearn.data import ForgetWindow, RetainWindow, TokenBatch, collate
 from gate.unlearn.losses import (
     FullReference,
+    LiveRows,
     Reference,
+    RowSource,
     TopKReference,
     full_reference,
     topk_reference,
@@ -54,11 +61,11 @@ class ReferenceSource(Protocol):
 
     def forget(
         self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
-    ) -> Reference: ...
+    ) -> RowSource: ...
 
     def retain(
         self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
-    ) -> Reference: ...
+    ) -> RowSource: ...
 
 
 def forget_positions(batch: TokenBatch, kind: KLPositions) -> torch.Tensor:
@@ -67,7 +74,10 @@ def forget_positions(batch: TokenBatch, kind: KLPositions) -> torch.Tensor:
 
 
 def aligned_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-    """log pθ(label j | tokens ≤ j) for every label position: (B, L, V), float32."""
+    """log pθ(label j | tokens ≤ j) for every label position: (B, L, V), float32.
+
+    The whole vocabulary at every position: the unchunked computation, for tests and
+    benchmarks; the loop and the cache go through the output layer a chunk at a time."""
 
     logits = model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
@@ -103,22 +113,23 @@ class LiveReference:
 
     def forget(
         self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
-    ) -> Reference:
+    ) -> LiveRows:
         return self._at(batch, positions)
 
     def retain(
         self, indices: Sequence[int], batch: TokenBatch, positions: torch.Tensor
-    ) -> Reference:
+    ) -> LiveRows:
         return self._at(batch, positions)
 
     def _as_p0(self) -> contextlib.AbstractContextManager[object]:
         """The context in which `self.model` is p0 (nothing to switch by default)."""
         return contextlib.nullcontext()
 
-    def _at(self, batch: TokenBatch, positions: torch.Tensor) -> Reference:
+    def _at(self, batch: TokenBatch, positions: torch.Tensor) -> LiveRows:
 
         with torch.no_grad(), self._as_p0():
-            return full_reference(aligned_logprobs(self.model, batch)[positions])
+            hidden, head = forward_hidden(self.model, batch.input_ids, batch.attention_mask)
+        return LiveRows(hidden[:, :-1][positions], head, self._as_p0)
 
 
 class FrozenReference(LiveReference):
@@ -190,23 +201,48 @@ def _fill(
     pin: bool,
 ) -> None:
     device = next(model.parameters()).device
+    vocab = vocab_of(model)
     for first in range(0, len(windows), size):
         chunk = list(windows[first : first + size])
         batch = collate(chunk, pad_id).to(device)
-        logprobs = aligned_logprobs(model, batch)  # (B, L, V)
         mask = forget_positions(batch, kind)
-        for row in range(len(chunk)):
-            rows = logprobs[row][mask[row]]  # (n, V)
-            table = full_reference(rows) if topk is None else topk_reference(rows, topk)
-            tables[first + row] = _to_cpu(table, pin)
+        hidden, head = forward_hidden(model, batch.input_ids, batch.attention_mask)
+        picked = hidden[:, :-1][mask]  # (N, D): the cached positions, row-major
+        parts = []
+        for rows in head_chunks(len(picked), vocab):
+            logprobs = F.log_softmax(head(picked[rows]).float(), dim=-1)  # (n, V)
+            part = full_reference(logprobs) if topk is None else topk_reference(logprobs, topk)
+            parts.append(_to_cpu(part, pin=False))
+        counts = mask.sum(dim=1).tolist()
+        for row, table in enumerate(_split(_concat(parts), counts)):
+            tables[first + row] = _pinned(table) if pin else table
+
+
+def _split(table: Reference, counts: Sequence[int]) -> list[Reference]:
+    """The rows of a table cut into consecutive pieces of `counts` rows."""
+    out: list[Reference] = []
+    start = 0
+    for count in counts:
+        out.append(_copy(table.rows(start, start + count)))
+        start += count
+    return out
+
+
+def _copy(table: Reference) -> Reference:
+    """A table that owns its rows (a slice would keep the whole batch's table alive)."""
+    if isinstance(table, FullReference):
+        return FullReference(table.probs.clone(), table.neg_entropy.clone())
+    return TopKReference(table.indices.clone(), table.logprobs.clone(), table.tail.clone())
 
 
 def _to_cpu(table: Reference, pin: bool) -> Reference:
 
     cpu = torch.device("cpu")
     table = table.to(cpu)
-    if not pin:
-        return table
+    return _pinned(table) if pin else table
+
+
+def _pinned(table: Reference) -> Reference:
     if isinstance(table, FullReference):
         return FullReference(table.probs.pin_memory(), table.neg_entropy.pin_memory())
     return TopKReference(

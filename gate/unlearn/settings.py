@@ -48,6 +48,7 @@ DEFAULT_WINDOW_TOKENS = 512  # forget window length (paper)
 DEFAULT_RETAIN_TOKENS = 128  # retain window length (paper)
 DEFAULT_RETAIN_WINDOWS = 64  # retain windows kept (cycled through, k at a time)
 DEFAULT_TRAIN_BATCH_TOKENS = 16384  # padded tokens per micro-batch: 32 windows of 512
+DEFAULT_TRAIN_BATCH_MB = 256  # activations per micro-batch: a 135M model on a 2-core runner
 DEFAULT_TOPK = 64  # tokens kept per position by the top-k cache
 DEFAULT_BUDGET_MB = 512  # the most memory `auto` spends on an exact cache
 
@@ -214,6 +215,15 @@ class UnlearnArgs(BaseModel):
         "length and cut to fit, gradients accumulate, one update per step (0: no cut).",
         ge=0,
         le=limits.MAX_BATCH_TOKENS,
+    )
+    train_batch_mb: int = setting(
+        DEFAULT_TRAIN_BATCH_MB,
+        "Memory a micro-batch's activations may keep for the backward pass (MB): measured "
+        "per token when the run starts, micro-batches are cut to fit it (at least one "
+        "window) and train_batch_tokens; the output layer's logits take a sixteenth of "
+        "it, a chunk of positions at a time. Raise it on a large GPU (0: tokens only).",
+        ge=0,
+        le=limits.MAX_CACHE_MB,
     )
     gradient_checkpointing: bool = setting(
         False, "Recompute activations in the backward pass (less memory, about a third more time)."

@@ -45,7 +45,7 @@ import torch
 from audit.errors import InputError
 from audit.measurements import Measurement, Thresholds
 from gate.unlearn.data import ForgetWindow, RetainWindow, collate
-from gate.unlearn.engine import Engine, Piece
+from gate.unlearn.engine import Engine, Piece, engine_settings
 from gate.unlearn.lora import BaseReference
 from gate.unlearn.methods import (
     ForgetView,
@@ -169,9 +169,7 @@ class Unlearner:
         steer: Steer | None = None,
     ) -> None:
         self.model, self.forget, self.retain = model, list(forget), list(retain)
-        self.engine = engine or Engine(
-            batch_tokens=config.train_batch_tokens, checkpointing=config.gradient_checkpointing
-        )
+        self.engine = engine or Engine(**engine_settings(config))
         self.train_model = model  # what training forwards go through (a DDP wrapper, ...)
         self.measure, self.thresholds, self.config = measure, thresholds, config
         self.pad_id, self.report, self.screen = pad_id, report, screen
@@ -356,21 +354,11 @@ class Unlearner:
         if self.method.forget_kl != "none":  # before the training forward: a reference
             where = forget_positions(batch, self.method.forget_kl)  # that runs a model
             ref = reference.forget(piece.indices, batch, where)  # then adds no peak
-        logprobs = self.engine.logprobs(self.train_model, batch)  # (B, L, V)
+        stats = self.engine.token_stats(self.train_model, batch, batch.valid, ref, where)
         secret = batch.active  # (B, L)
         if self.config.ascend_on == "predicted":  # tokens the model still predicts greedily
-            with torch.no_grad():
-                secret = secret & (logprobs.argmax(dim=-1) == batch.labels)
-        if ref is not None and where is not None and self.method.forget_kl == "secret":
-            ref = ref.select(secret[where])  # only the secret tokens ascended on
-        view = ForgetView(
-            logprobs=logprobs,
-            labels=batch.labels,
-            valid=batch.valid,
-            secret=secret,
-            context=batch.context,
-            reference=ref,
-        )
+            secret = secret & stats.predicted
+        view = ForgetView(stats=stats, valid=batch.valid, secret=secret, context=batch.context)
         loss = self._finite(self.method.forget_loss(view))
         self.engine.backward(loss.value * piece.weight)
         return loss, piece
@@ -383,8 +371,8 @@ class Unlearner:
     def _retain_piece(self, piece: Piece, reference: ReferenceSource) -> tuple[Loss | None, Piece]:
         batch = collate([self.retain[i] for i in piece.indices], self.pad_id).to(self._device())
         ref = reference.retain(piece.indices, batch, batch.valid) if self.method.retain_kl else None
-        logprobs = self.engine.logprobs(self.train_model, batch)
-        loss = self.method.retain_loss(RetainView(logprobs, batch.labels, batch.valid, ref))
+        stats = self.engine.token_stats(self.train_model, batch, batch.valid, ref, batch.valid)
+        loss = self.method.retain_loss(RetainView(stats, batch.valid))
         if loss is not None:
             loss = self._finite(loss)
             self.engine.backward(loss.value * piece.weight)

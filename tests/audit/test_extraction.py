@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 
@@ -103,6 +104,21 @@ def test_results_do_not_depend_on_batch_size(setup: tuple[Any, list[Probe]]) -> 
     assert score_probes(model, tiny_lm.tokenizer(), probes, prefilled) == runs[0]
     reordered = score_probes(model, tiny_lm.tokenizer(), probes[::-1], config)
     assert reordered[::-1] == runs[0]
+
+
+@pytest.mark.parametrize("budget", [1, 3 * 320, 1 << 24])  # 1 position, 3, all (V = 320)
+def test_results_do_not_depend_on_the_output_layer_chunks(
+    setup: tuple[Any, list[Probe]], budget: int
+) -> None:
+    """The output layer a chunk of positions at a time (and decode batches of at most
+    budget / V rows) against the model's own whole logits (no split head): the same."""
+    model, probes = setup
+    config = MeasureConfig(samples=2, temperature=1.5, top_k=20, seed=7, batch_tokens=300)
+    with patch("audit.model.split_head", return_value=None):
+        whole = score_probes(model, tiny_lm.tokenizer(), probes, config)
+    with patch("audit.model.LOGIT_BUDGET", budget), patch("audit.extraction.LOGIT_BUDGET", budget):
+        chunked = score_probes(model, tiny_lm.tokenizer(), probes, config)
+    assert chunked == whole
 
 
 def test_extraction_and_leaked_prefix_match_a_slow_greedy_decode(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -39,6 +40,20 @@ def test_perplexity_of_one_window_is_the_library_loss() -> None:
     assert result.tokens == ids.shape[1] - 1
     assert result.nll == pytest.approx(loss, rel=1e-5)
     assert result.perplexity == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+@pytest.mark.parametrize("budget", [1, 5 * 320])  # one position per chunk; five (V = 320)
+def test_perplexity_a_chunk_of_positions_at_a_time_is_the_whole_logits_loss(budget: int) -> None:
+    model, tok = _model(), tiny_lm.tokenizer()
+    texts = [CODE, CODE[:90]]
+    whole = perplexity(model, tok, texts, batch_tokens=10**6)
+    with patch("audit.model.split_head", return_value=None):  # the model's own logits
+        unsplit = perplexity(model, tok, texts, batch_tokens=10**6)
+    with patch("audit.model.LOGIT_BUDGET", budget):
+        chunked = perplexity(model, tok, texts, batch_tokens=10**6)
+    assert chunked.tokens == unsplit.tokens == whole.tokens
+    assert chunked.nll == pytest.approx(unsplit.nll, rel=1e-6)  # summation order: float32
+    assert whole.nll == pytest.approx(unsplit.nll, rel=1e-6)
 
 
 def test_perplexity_is_token_weighted_and_independent_of_batching() -> None:

@@ -17,6 +17,7 @@ from audit.errors import InputError, Interrupted
 from audit.measurements import Measurement
 from gate.unlearn.checkpoint import WORK_MARKER, Checkpointer, StopSignal, work_dir
 from gate.unlearn.data import ForgetWindow, collate
+from gate.unlearn.lora import add_adapters
 from gate.unlearn.losses import masked_ce
 from gate.unlearn.reference import aligned_logprobs
 from gate.unlearn.settings import UnlearnConfig
@@ -67,11 +68,18 @@ class StopAt(Checkpointer):
 
 
 def _run(
-    data: Data, hooks: Checkpointer, *, resume: bool = False, **settings: Any
+    data: Data,
+    hooks: Checkpointer,
+    *,
+    resume: bool = False,
+    lora: bool = False,
+    **settings: Any,
 ) -> tuple[UnlearnResult, Any]:
     findings, windows, retain = data
     hooks.open(FINGERPRINT, resume=resume)
-    model = micro_model(VOCAB)
+    model: torch.nn.Module = micro_model(VOCAB)
+    if lora:  # adapters on the frozen model, as erase adds them
+        model = add_adapters(model, rank=4, alpha=8.0)
     margin = {f.id: 0.4 * (i + 1) for i, f in enumerate(findings)}  # forgotten at different epochs
     result = Unlearner(
         model,
@@ -274,3 +282,33 @@ def test_checkpoint_minutes_saves_after_the_step_that_ends_the_interval(
     slow = Counting(tmp_path / "slow", seconds_per_reading=1.0)
     _run(forget_and_retain, slow, checkpoint_every=0, checkpoint_minutes=1)
     assert len(slow.saves) == 1  # a minute never passes: only the end of the run
+
+
+def test_a_checkpoint_keeps_only_the_trained_weights_and_resumes_exactly(
+    forget_and_retain: Data, tmp_path: Path
+) -> None:
+    """Under LoRA model.pt and best.pt hold the adapters alone (the rest is the original
+    model, loaded again on resume), and the resumed run ends where the whole one ends."""
+    reference, weights = _run(forget_and_retain, Checkpointer(tmp_path / "whole"), lora=True)
+    with pytest.raises(Interrupted):
+        _run(forget_and_retain, StopAt(tmp_path / "cut", step=4), lora=True)
+    folder = tmp_path / "cut" / "checkpoint"
+    saved = torch.load(folder / "model.pt", weights_only=True)
+    best = torch.load(folder / "best.pt", weights_only=True)
+    assert saved.keys() == best.keys()
+    assert saved, "the adapters are saved"
+    assert all("lora_" in name for name in saved)
+    frozen = sum(v.numel() for k, v in weights.items() if "lora_" not in k)
+    assert sum(v.numel() for v in saved.values()) < frozen / 10
+    result, resumed = _run(
+        forget_and_retain, Checkpointer(tmp_path / "cut"), resume=True, lora=True
+    )
+    assert _summary(result) == _summary(reference)
+    assert all(torch.equal(resumed[k], weights[k]) for k in weights)  # bit for bit
+
+
+def test_a_checkpoint_of_other_weights_is_refused(forget_and_retain: Data, tmp_path: Path) -> None:
+    with pytest.raises(Interrupted):
+        _run(forget_and_retain, StopAt(tmp_path, step=4), lora=True)
+    with pytest.raises(InputError, match="not this model's trainable parameters"):
+        _run(forget_and_retain, Checkpointer(tmp_path), resume=True)  # no adapters now

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from audit.measurements import Measurement, Thresholds
+from gate.unlearn import engine as engines
 from gate.unlearn.accelerated import engine_for
-from gate.unlearn.data import ForgetWindow, SecretSpan, collate
+from gate.unlearn.data import ForgetWindow, RetainWindow, SecretSpan, collate
 from gate.unlearn.engine import Engine, Piece, plan_pieces
+from gate.unlearn.losses import TokenStats, stats_from_logprobs
 from gate.unlearn.reference import aligned_logprobs, build_cache
 from gate.unlearn.settings import Method, UnlearnConfig
 from gate.unlearn.trainer import Unlearner
@@ -88,15 +90,16 @@ def _gradients(method: Method, windows: list[ForgetWindow], **settings: Any) -> 
     loop = Unlearner(
         model,
         windows,
-        [],
+        [RetainWindow("r0", tuple(range(1, 17)))],  # the KL methods need one; unused here
         before=[_m(fid) for w in windows for fid in w.finding_ids],
         measure=lambda ids: [_m(fid) for fid in ids],
         thresholds=THRESHOLDS,
         config=config,
         pad_id=0,
     )
+    kl = loop.method.forget_kl
     reference = build_cache(
-        model, windows, [], forget_kl="none", retain_kl=False, pad_id=0, mode="full"
+        model, windows, [], forget_kl=kl, retain_kl=False, pad_id=0, mode="full"
     )
     loop.train_model, _ = loop.engine.prepare(model, torch.optim.SGD(model.parameters(), lr=0.0))
     model.zero_grad()
@@ -112,6 +115,31 @@ def test_micro_batches_accumulate_the_whole_batch_gradient() -> None:
     assert len(whole) == len(pieces) > 0
     for a, b in zip(whole, pieces, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def _whole_token_stats(self: Engine, model: Any, batch: Any, *rest: Any) -> TokenStats:
+    """The unchunked computation: (B, L, V) log-probs at once, p0's whole table (rest:
+    the positions needed, p0's rows, the KL positions, as `Engine.token_stats` takes them)."""
+    reference, kl_at = (*rest[1:], None, None)[:2]
+    table = None if reference is None else reference.rows(0, int(kl_at.sum()))
+    return stats_from_logprobs(aligned_logprobs(model, batch), batch.labels, table, kl_at)
+
+
+@pytest.mark.parametrize("budget", [VOCAB, 7 * VOCAB])  # 1 and 7 positions per chunk
+def test_a_step_in_chunks_of_positions_has_the_whole_logits_gradient(budget: int) -> None:
+    """CodeEraser (NLL on S and C, KL to p0 on S): chunks under checkpoint against the
+    whole (B, L, V) log-probs; within 1e-5 (the head's gradient sums chunk by chunk)."""
+    windows = _windows(3, 24, seed=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Engine, "token_stats", _whole_token_stats)
+        whole = _gradients("codeeraser", windows)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engines, "logit_budget", lambda _: budget)
+        chunked = _gradients("codeeraser", windows)
+    assert len(whole) == len(chunked) > 0
+    for a, b in zip(whole, chunked, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert any(bool(g.abs().max() > 1e-3) for g in whole)  # a gradient worth comparing
 
 
 def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients() -> None:
@@ -147,8 +175,9 @@ def test_checkpointing_leaves_the_model_in_eval_mode() -> None:
     batch = collate(_windows(2, 16), 0)
     with torch.no_grad():
         expected = aligned_logprobs(model, batch)
-    out = engine.logprobs(model, batch)
-    assert torch.allclose(out, expected, atol=1e-6)  # no dropout switched on
+    out = engine.token_stats(model, batch, batch.valid)
+    nll = -expected.gather(-1, batch.labels.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(out.nll[batch.valid], nll[batch.valid], atol=1e-6)  # no dropout on
     assert not any(m.training for m in model.modules())
 
 

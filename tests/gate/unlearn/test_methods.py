@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from audit.errors import InputError
 from audit.findings import Finding
 from gate.unlearn.data import ForgetWindow, RetainWindow, collate
-from gate.unlearn.losses import FullReference, full_reference
+from gate.unlearn.losses import full_reference, stats_from_logprobs
 from gate.unlearn.methods import (
     METHODS,
     CodeEraser,
@@ -26,20 +26,37 @@ Data = tuple[list[Finding], list[ForgetWindow], list[RetainWindow]]
 VOCAB = 320
 
 
+class Views:
+    """A forget and a retain view of the same batches, and the log-probs they came from."""
+
+    def __init__(
+        self, method: UnlearningMethod, data: Data, model: torch.nn.Module, p0: torch.nn.Module
+    ) -> None:
+        _, windows, retain = data
+        batch = collate(windows, pad_id=0)
+        rbatch = collate(retain[:4], pad_id=0)
+        self.logprobs = aligned_logprobs(model, batch)
+        self.rlogprobs = aligned_logprobs(model, rbatch)
+        self.labels, self.rlabels = batch.labels, rbatch.labels
+        with torch.no_grad():
+            where = forget_positions(batch, method.forget_kl)
+            self.ref = full_reference(aligned_logprobs(p0, batch)[where])
+            self.rref = full_reference(aligned_logprobs(p0, rbatch)[rbatch.valid])
+        stats = stats_from_logprobs(self.logprobs, batch.labels, self.ref, where)
+        self.forget = ForgetView(stats, batch.valid, batch.active, batch.context)
+        rstats = stats_from_logprobs(self.rlogprobs, rbatch.labels, self.rref, rbatch.valid)
+        self.retain = RetainView(rstats, rbatch.valid)
+
+    def ce(self, mask: torch.Tensor) -> torch.Tensor:
+        logits = self.logprobs[mask]  # log-softmax values are valid logits
+        return F.cross_entropy(logits, self.labels[mask])
+
+
 def _views(
     method: UnlearningMethod, data: Data, model: torch.nn.Module, p0: torch.nn.Module
 ) -> tuple[ForgetView, RetainView]:
-    _, windows, retain = data
-    batch = collate(windows, pad_id=0)
-    rbatch = collate(retain[:4], pad_id=0)
-    logprobs = aligned_logprobs(model, batch)
-    rlogprobs = aligned_logprobs(model, rbatch)
-    with torch.no_grad():
-        where = forget_positions(batch, method.forget_kl)
-        ref = full_reference(aligned_logprobs(p0, batch)[where])
-        rref = full_reference(aligned_logprobs(p0, rbatch)[rbatch.valid])
-    forget = ForgetView(logprobs, batch.labels, batch.valid, batch.active, batch.context, ref)
-    return forget, RetainView(rlogprobs, rbatch.labels, rbatch.valid, rref)
+    views = Views(method, data, model, p0)
+    return views.forget, views.retain
 
 
 def test_unknown_method_lists_the_valid_ones() -> None:
@@ -69,11 +86,6 @@ def test_every_method_gives_a_finite_differentiable_loss(
     assert (retained is None) == (not method.retain_kl)
 
 
-def _ce(view: ForgetView, mask: torch.Tensor) -> torch.Tensor:
-    logits = view.logprobs[mask]  # log-softmax values are valid logits
-    return F.cross_entropy(logits, view.labels[mask])
-
-
 def test_ga_is_minus_the_library_lm_loss(forget_and_retain: Data) -> None:
     _, windows, _ = forget_and_retain
     model = micro_model(VOCAB)
@@ -87,40 +99,28 @@ def test_ga_is_minus_the_library_lm_loss(forget_and_retain: Data) -> None:
 def test_codeeraser_and_cu_follow_the_design_table(forget_and_retain: Data) -> None:
     hyper = Hyper(alpha=0.5, lam=0.3, gamma=0.2)
     model, p0 = micro_model(VOCAB), micro_model(VOCAB, seed=1)
-    forget, retain = _views(CodeEraser(hyper), forget_and_retain, model, p0)
-    forget_ref, retain_ref = forget.reference, retain.reference
-    assert isinstance(forget_ref, FullReference)
-    assert isinstance(retain_ref, FullReference)
+    views = Views(CodeEraser(hyper), forget_and_retain, model, p0)
+    forget, retain = views.forget, views.retain
     kl_s = F.kl_div(
-        forget.logprobs[forget.secret],
-        forget_ref.probs,
-        log_target=False,
-        reduction="batchmean",
+        views.logprobs[forget.secret], views.ref.probs, log_target=False, reduction="batchmean"
     )
-    expected = -_ce(forget, forget.secret) + 0.2 * _ce(forget, forget.context) - 0.3 * kl_s
+    expected = -views.ce(forget.secret) + 0.2 * views.ce(forget.context) - 0.3 * kl_s
     assert torch.allclose(CodeEraser(hyper).forget_loss(forget).value, expected, atol=1e-5)
     assert forget.secret.sum() < forget.valid.sum()  # S is a strict part of the window
 
     kl_r = F.kl_div(
-        retain.logprobs[retain.valid],
-        retain_ref.probs,
-        log_target=False,
-        reduction="batchmean",
+        views.rlogprobs[retain.valid], views.rref.probs, log_target=False, reduction="batchmean"
     )
     got = CodeEraser(hyper).retain_loss(retain)
     assert got is not None
     assert torch.allclose(got.value, 0.3 * 0.5 * kl_r, atol=1e-6)
 
-    forget, _ = _views(ConstraintUnlearning(hyper), forget_and_retain, model, p0)
-    forget_ref = forget.reference
-    assert isinstance(forget_ref, FullReference)
+    views = Views(ConstraintUnlearning(hyper), forget_and_retain, model, p0)
+    forget = views.forget
     kl_a = F.kl_div(
-        forget.logprobs[forget.valid],
-        forget_ref.probs,
-        log_target=False,
-        reduction="batchmean",
+        views.logprobs[forget.valid], views.ref.probs, log_target=False, reduction="batchmean"
     )
-    expected = -_ce(forget, forget.valid) - 0.3 * kl_a
+    expected = -views.ce(forget.valid) - 0.3 * kl_a
     assert torch.allclose(
         ConstraintUnlearning(hyper).forget_loss(forget).value, expected, atol=1e-5
     )
@@ -131,16 +131,17 @@ def _train(method: UnlearningMethod, data: Data, steps: int) -> tuple[float, flo
     model, p0 = micro_model(VOCAB), micro_model(VOCAB)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     with torch.no_grad():
-        forget, _ = _views(method, data, model, p0)
-        before = (_ce(forget, forget.secret).item(), _ce(forget, forget.context).item())
+        views = Views(method, data, model, p0)
+        before = (views.ce(views.forget.secret).item(), views.ce(views.forget.context).item())
     for _ in range(steps):
         optimizer.zero_grad()
         forget, _ = _views(method, data, model, p0)
         torch.autograd.backward(method.forget_loss(forget).value)
         optimizer.step()
     with torch.no_grad():
-        forget, _ = _views(method, data, model, p0)
-        return (*before, _ce(forget, forget.secret).item(), _ce(forget, forget.context).item())
+        views = Views(method, data, model, p0)
+        after = (views.ce(views.forget.secret).item(), views.ce(views.forget.context).item())
+    return (*before, *after)
 
 
 def test_codeeraser_ascends_on_secrets_only_while_ga_ascends_everywhere(

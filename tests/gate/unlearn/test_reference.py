@@ -1,10 +1,20 @@
 from __future__ import annotations
 
+from typing import Literal
+from unittest.mock import patch
+
+import pytest
 import torch
 
 from audit.findings import Finding
 from gate.unlearn.data import ForgetWindow, RetainWindow, collate
-from gate.unlearn.losses import FullReference, TopKReference, kl_mean
+from gate.unlearn.losses import (
+    FullReference,
+    TopKReference,
+    full_reference,
+    kl_mean,
+    topk_reference,
+)
 from gate.unlearn.reference import (
     FrozenReference,
     aligned_logprobs,
@@ -35,18 +45,16 @@ def test_cached_log_probs_equal_a_frozen_copy_at_the_same_positions(
     picks = [2, 0]  # any order: rows follow the batch
     batch = collate([windows[i] for i in picks], pad_id=0)
     where = forget_positions(batch, "secret")
-    ours, theirs = cache.forget(picks, batch, where), frozen.forget(picks, batch, where)
+    ours = cache.forget(picks, batch, where)
+    theirs = frozen.forget(picks, batch, where).rows(0, int(where.sum()))
     assert isinstance(ours, FullReference)
-    assert isinstance(theirs, FullReference)
     assert ours.probs.shape == (int(where.sum()), VOCAB)
     assert torch.allclose(ours.probs, theirs.probs, atol=1e-6)
     assert torch.allclose(ours.neg_entropy, theirs.neg_entropy, atol=1e-5)
     rpicks = [5, 1, 7]
     rbatch = collate([retain[i] for i in rpicks], pad_id=0)
-    ours, theirs = (
-        cache.retain(rpicks, rbatch, rbatch.valid),
-        frozen.retain(rpicks, rbatch, rbatch.valid),
-    )
+    ours = cache.retain(rpicks, rbatch, rbatch.valid)
+    theirs = frozen.retain(rpicks, rbatch, rbatch.valid).rows(0, int(rbatch.valid.sum()))
     assert isinstance(ours, FullReference)
     assert isinstance(theirs, FullReference)
     assert torch.allclose(ours.probs, theirs.probs, atol=1e-6)
@@ -91,3 +99,48 @@ def test_auto_mode_switches_to_top_k_over_budget(forget_and_retain: Data) -> Non
     exact_kl = kl_mean(full.forget(picks, batch, batch.valid), now).item()
     approx_kl = kl_mean(approx, now).item()
     assert 0 < approx_kl <= exact_kl + 1e-6
+
+
+@pytest.mark.parametrize("budget", [1, 3 * VOCAB, 1 << 24])  # 1 position per chunk, 3, all
+@pytest.mark.parametrize("mode", ["full", "topk"])
+def test_the_cache_built_a_chunk_of_positions_at_a_time_equals_the_whole_log_probs(
+    forget_and_retain: Data, budget: int, mode: Literal["full", "topk"]
+) -> None:
+    _, windows, retain = forget_and_retain
+    model = micro_model(VOCAB)
+    with patch("audit.model.LOGIT_BUDGET", budget):
+        cache = build_cache(
+            model,
+            windows,
+            retain,
+            forget_kl="secret",
+            retain_kl=True,
+            pad_id=0,
+            mode=mode,
+            topk=7,
+            batch_size=3,
+        )
+    picks = [3, 0, 2]
+    batch = collate([windows[i] for i in picks], pad_id=0)
+    where = forget_positions(batch, "secret")
+    rbatch = collate(retain[:5], pad_id=0)
+    with torch.no_grad():  # the unchunked computation: (B, L, V) log-probs at once
+        whole = aligned_logprobs(model, batch)[where]
+        rwhole = aligned_logprobs(model, rbatch)[rbatch.valid]
+    _assert_same_table(cache.forget(picks, batch, where), whole, mode)
+    _assert_same_table(cache.retain(list(range(5)), rbatch, rbatch.valid), rwhole, mode)
+
+
+def _assert_same_table(table: object, logprobs: torch.Tensor, mode: str) -> None:
+    """Values within 1e-6 (a product of fewer rows may round differently); top-k indices equal."""
+    if mode == "full":
+        expected = full_reference(logprobs)
+        assert isinstance(table, FullReference)
+        assert torch.allclose(table.probs, expected.probs, atol=1e-6)
+        assert torch.allclose(table.neg_entropy, expected.neg_entropy, atol=1e-5)
+        return
+    top = topk_reference(logprobs, 7)
+    assert isinstance(table, TopKReference)
+    assert torch.equal(table.indices, top.indices)
+    assert torch.allclose(table.logprobs, top.logprobs, atol=1e-6)
+    assert torch.allclose(table.tail, top.tail, atol=1e-5)

@@ -10,7 +10,7 @@ from audit.findings import Finding
 from audit.measurements import Measurement, Thresholds
 from gate.unlearn import methods
 from gate.unlearn.data import ForgetWindow, RetainWindow, collate
-from gate.unlearn.losses import full_reference, masked_ce
+from gate.unlearn.losses import full_reference, masked_ce, stats_from_logprobs
 from gate.unlearn.methods import ForgetView, GradientAscent, Loss
 from gate.unlearn.reference import aligned_logprobs
 from gate.unlearn.remediation import EpochLog
@@ -220,18 +220,13 @@ def test_joint_step_is_one_adamw_step_on_forget_plus_retain(forget_and_retain: D
         ref = aligned_logprobs(manual, batch)[batch.secret]
         rref = aligned_logprobs(manual, rbatch)[rbatch.valid]
     optimizer = torch.optim.AdamW(manual.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0)
-    forget = methods.ForgetView(
-        aligned_logprobs(manual, batch),
-        batch.labels,
-        batch.valid,
-        batch.secret,
-        batch.context,
-        full_reference(ref),
+    stats = stats_from_logprobs(
+        aligned_logprobs(manual, batch), batch.labels, full_reference(ref), batch.secret
     )
+    forget = methods.ForgetView(stats, batch.valid, batch.secret, batch.context)
     rlp = aligned_logprobs(manual, rbatch)
-    retained = method.retain_loss(
-        methods.RetainView(rlp, rbatch.labels, rbatch.valid, full_reference(rref))
-    )
+    rstats = stats_from_logprobs(rlp, rbatch.labels, full_reference(rref), rbatch.valid)
+    retained = method.retain_loss(methods.RetainView(rstats, rbatch.valid))
     assert retained is not None
     torch.autograd.backward(method.forget_loss(forget).value + retained.value)
     optimizer.step()
