@@ -40,19 +40,24 @@ RESULTS = ROOT / "bench" / "results" / "transfer.json"
 KINDS = ("gpt2-alt", "llama-49k", "real")
 
 
+def load_script(name: str) -> Any:
+    """Another script of bench/ as a module, registered under its name (its dataclasses
+    look their module up there)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def build_paths(kind: str, threads: int) -> dict[str, Path]:
     """Model, corpus, unseen and held-out folders of the kind's build (built if needed)."""
     if kind == "real":
-        import importlib.util
-
-        script = ROOT / "bench" / "real_model.py"
-        spec = importlib.util.spec_from_file_location("real_model", script)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        build: Any = module.build_real(threads=threads)
+        build: Any = load_script("real_model").build_real(threads=threads)
     else:
         import torch
 
@@ -204,17 +209,9 @@ def summarize(record_path: Path) -> dict[str, Any]:
 def greedy_check(run: Path, data: Path) -> dict[str, Any]:
     """bench/generate_check.py on the run's final model and measurements (HF generate,
     not the tool's decoding): counts, and how many findings disagree."""
-    import importlib.util
-
     from gate.record import read_record
 
-    script = ROOT / "bench" / "generate_check.py"
-    spec = importlib.util.spec_from_file_location("generate_check", script)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    module = load_script("generate_check")
     record = read_record(run / "record.json")
     remediated = (run / "remediated-model").is_dir() and record.remediation is not None
     model = run / "remediated-model" if remediated else Path(record.model.path)

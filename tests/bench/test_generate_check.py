@@ -4,9 +4,7 @@ measurements file is caught."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -15,21 +13,14 @@ import pytest
 from click.testing import CliRunner
 
 from gate.cli import cli
+from tests.bench import load_script
 
 if TYPE_CHECKING:
     from gate.demo.build import DemoBuild
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "generate_check.py"
-
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_check", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("generate_check")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ CUDA the GPU run refuses cleanly (the GPU run itself needs a lent device machine
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -11,16 +10,11 @@ from types import ModuleType
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_erase.py"
+from tests.bench import load_script
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_erase", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_erase")
 
 
 def test_the_tiny_cpu_run_trains_every_window_and_records_its_figures(tmp_path: Path) -> None:

@@ -4,9 +4,7 @@ builds the model into the user cache, 15-25 minutes on 2 CPU cores)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
@@ -15,19 +13,13 @@ import pytest
 
 from audit.corpus import CorpusSpec, iter_samples
 from audit.findings import Finding, read_findings
+from tests.bench import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "real_model.py"
 pytestmark = pytest.mark.real_model
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("real_model", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("real_model")
 
 
 def _texts(path: Path) -> dict[str, str]:
