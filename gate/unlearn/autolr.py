@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from audit.measurements import Measurement, Thresholds
+from gate import ui
 from gate.unlearn.data import ForgetWindow, RetainWindow, collate
 from gate.unlearn.reference import ReferenceSource
 from gate.unlearn.remediation import EpochLog, LrProbe, LrTrial
@@ -108,9 +109,11 @@ def probe_lr(
             thresholds=thresholds, config=run, pad_id=pad_id,
         )  # fmt: skip
         reference = reference or unlearner.reference_source()
+        rung_started = time.perf_counter()
         kl = _rung(unlearner, reference, watch, lr, config.auto_probe_steps)
         _restore(params, saved)
         trials.append(LrTrial(lr=lr, retain_kl=kl))
+        _say(rung_text(lr, kl, config.auto_kl, time.perf_counter() - rung_started))
         return kl is not None and kl <= config.auto_kl
 
     _search(within)
@@ -123,6 +126,22 @@ def probe_lr(
         trials=trials,
         seconds=time.perf_counter() - started,
     )
+
+
+def rung_text(lr: float, kl: float | None, budget: float, seconds: float) -> str:
+    """The probe's line per rung, at default verbosity: the probe takes minutes on a
+    large model and would otherwise be silent."""
+    verdict = "diverged" if kl is None else f"retain KL {kl:.4f}"
+    within = kl is not None and kl <= budget
+    return (
+        f"lr auto: probe at {lr:.1e}: {verdict}, {'within' if within else 'over'} "
+        f"the budget {budget:g} ({seconds:.1f} s)"
+    )
+
+
+def _say(message: str) -> None:
+    if not ui.is_quiet():
+        ui.console.print(message)
 
 
 def _search(within: Callable[[int], bool]) -> None:

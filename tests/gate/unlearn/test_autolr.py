@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gate.unlearn.autolr import AUTO_FACTOR, AUTO_LADDER, AUTO_START, LrSteer, WatchKL, probe_lr
+from gate.unlearn.autolr import (
+    AUTO_FACTOR,
+    AUTO_LADDER,
+    AUTO_START,
+    LrSteer,
+    WatchKL,
+    probe_lr,
+    rung_text,
+)
 from gate.unlearn.remediation import EpochLog, LrProbe
 from gate.unlearn.settings import UnlearnConfig
 from gate.unlearn.trainer import Unlearner
@@ -113,3 +121,21 @@ def test_the_loop_obeys_its_steer(forget_and_retain: Data) -> None:
     assert result.stop_reason == "stop here"
     assert result.best_epoch == 0  # no epoch was admissible: the original weights are back
     assert _checksum(model) == pytest.approx(start)
+
+
+def test_each_probe_rung_prints_a_line(
+    forget_and_retain: Data, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The probe is not silent: one line per rung tried, with its rate and verdict."""
+    probe, _, _ = _probe(forget_and_retain, 1e-2)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "lr auto: probe" in line]
+    assert len(lines) == len(probe.trials) > 0
+    for line, trial in zip(lines, probe.trials, strict=True):
+        assert f"{trial.lr:.1e}" in line
+        within = trial.retain_kl is not None and trial.retain_kl <= 1e-2
+        assert ("within the budget" in line) is within
+
+
+def test_the_rung_line_says_when_a_rate_diverged() -> None:
+    assert "diverged, over the budget" in rung_text(1e-2, None, 0.005, 1.0)
+    assert "retain KL 0.0010, within the budget 0.005" in rung_text(1e-4, 0.001, 0.005, 1.0)
