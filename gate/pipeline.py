@@ -74,7 +74,7 @@ from gate.run_folder import (
     make_out_dir,
 )
 from gate.unlearn.erase import erase_model
-from gate.unlearn.remediation import RECORD_NAME, EpochLog, Remediation
+from gate.unlearn.remediation import RECORD_NAME, EpochLog, LrTrial, Remediation
 from gate.unlearn.settings import EraseOptions, UnlearnArgs, UnlearnConfig
 from gate.verdict import RuleResult, SanityInfo, UtilityFigures, Verdict, evaluate, worst_case
 
@@ -562,16 +562,22 @@ def _say_probe(number: int, remediation: Remediation) -> None:
     probe = remediation.lr_probe
     if probe is None:
         return
-    tried = ", ".join(
-        f"{t.lr:.1e}: {t.retain_kl:.4f}" if t.retain_kl is not None else f"{t.lr:.1e}: not finite"
-        for t in probe.trials
-    )
+    heldout = probe.gauge != "retain KL"
+    tried = ", ".join(_trial_text(t, heldout=heldout) for t in probe.trials)
+    budget = f"{probe.kl_budget:+.2%}" if heldout else f"{probe.kl_budget}"
     _say(
-        f"Round {number}: lr auto chose {probe.chosen:.1e} (retain KL after {probe.steps} "
-        f"steps, budget {probe.kl_budget}: {tried}; {probe.seconds:.1f} s)."
+        f"Round {number}: lr auto chose {probe.chosen:.1e} ({probe.gauge} after "
+        f"{probe.steps} steps, budget {budget}: {tried}; {probe.seconds:.1f} s)."
     )
     for change in probe.changes:
         _say(f"Round {number}: {change}.")
+
+
+def _trial_text(trial: LrTrial, *, heldout: bool) -> str:
+    value = trial.heldout_change if heldout else trial.retain_kl
+    if value is None:
+        return f"{trial.lr:.1e}: not finite"
+    return f"{trial.lr:.1e}: {value:+.2%}" if heldout else f"{trial.lr:.1e}: {value:.4f}"
 
 
 def _verdict_words(verdict: Verdict) -> str:
@@ -639,17 +645,37 @@ def _erase(state: _State, number: int, ids: list[str]) -> Remediation:
     return record
 
 
+HELDOUT_SHARE = 0.35  # of the perplexity budget left: what one erase round may spend
+
+
 def _round_args(state: _State, number: int) -> UnlearnArgs:
-    """The policy's settings; under lr auto, a later round's KL limits shrink with the
-    share of the perplexity budget the earlier rounds spent (their KL terms hold the
-    model to the previous round's weights, not the original's)."""
+    """The policy's settings for this round (`round_limits`)."""
     policy = state.run.policy
-    args, budget = policy.remediation.args, policy.utility.max_perplexity_increase
-    spent = state.utility_spent
-    if number == 1 or args.lr != "auto" or not budget or spent is None:
+    return round_limits(
+        policy.remediation.args,
+        budget=policy.utility.max_perplexity_increase,
+        spent=state.utility_spent if number > 1 else 0.0,
+        number=number,
+    )
+
+
+def round_limits(
+    args: UnlearnArgs, *, budget: float | None, spent: float | None, number: int
+) -> UnlearnArgs:
+    """Under lr auto with a perplexity budget, the loop is held to `HELDOUT_SHARE` of
+    the budget still left (`auto_ppl_max`, checked on a held-out slice after every
+    epoch, unless the policy sets it); a later round's KL limits shrink with the share of
+    the budget the earlier rounds spent (their KL terms hold the model to the previous
+    round's weights, not the original's)."""
+    if args.lr != "auto" or not budget or spent is None:
         return args
-    left = max(0.1, 1 - math.log1p(max(0.0, spent)) / math.log1p(budget))
-    limit = args.auto_kl_max * left
+    left = max(0.0, (1 + budget) / (1 + max(0.0, spent)) - 1)
+    if args.auto_ppl_max is None and left > 0:
+        args = args.model_copy(update={"auto_ppl_max": HELDOUT_SHARE * left})
+    if number == 1:
+        return args
+    share = max(0.1, 1 - math.log1p(max(0.0, spent)) / math.log1p(budget))
+    limit = args.auto_kl_max * share
     return args.model_copy(update={"auto_kl_max": limit, "auto_kl": min(args.auto_kl, limit)})
 
 
@@ -851,6 +877,8 @@ def epoch_text(
     forgotten = total - entry.remaining
     el = f", EL_10 {entry.el_10_mean:.3f}" if entry.el_10_mean is not None else ""
     kl = f", retain KL {kl_retain:.4f}" if kl_retain is not None else ""
+    if entry.heldout_change is not None:
+        kl += f", held-out ppl {entry.heldout_change:+.2%}"
     left = max(0, max_epochs - entry.epoch) * entry.seconds
     return (
         f"Erase round {round_} epoch {entry.epoch}: {forgotten}/{total} forgotten, "

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -40,7 +41,7 @@ from gate.unlearn.data import ForgetWindow, RetainWindow, collate
 from gate.unlearn.reference import ReferenceSource
 from gate.unlearn.remediation import EpochLog, LrProbe, LrTrial
 from gate.unlearn.settings import UnlearnConfig
-from gate.unlearn.trainer import NotFinite, Unlearner
+from gate.unlearn.trainer import HeldoutCheck, NotFinite, Unlearner
 
 AUTO_LADDER = tuple(10 ** (-6 + k / 2) for k in range(9))  # 1e-6, 3.2e-6, ..., 1e-2
 AUTO_START = 4  # the probe's first rung: 1e-4
@@ -88,13 +89,14 @@ def probe_lr(
     thresholds: Thresholds,
     config: UnlearnConfig,
     pad_id: int,
+    heldout: HeldoutCheck | None = None,
 ) -> LrProbe:
     """The probe (see the module's text); the model's weights are as they were after it."""
     started = time.perf_counter()
     windows = list(forget[: config.auto_probe_windows])
     size = min(config.batch_size, len(windows))
     stepped = list(retain[:size])  # the retain windows the steps use (no cache for others)
-    watch = WatchKL(model, watch_windows(retain, size), pad_id)
+    gauge = _gauge(model, retain, size, pad_id, config=config, heldout=heldout)
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.detach().clone() for p in params]
     trials: list[LrTrial] = []
@@ -110,17 +112,18 @@ def probe_lr(
         )  # fmt: skip
         reference = reference or unlearner.reference_source()
         rung_started = time.perf_counter()
-        kl = _rung(unlearner, reference, watch, lr, config.auto_probe_steps)
+        value = _rung(unlearner, reference, gauge.read, lr, config.auto_probe_steps)
         _restore(params, saved)
-        trials.append(LrTrial(lr=lr, retain_kl=kl))
-        _say(rung_text(lr, kl, config.auto_kl, time.perf_counter() - rung_started))
-        return kl is not None and kl <= config.auto_kl
+        trials.append(gauge.trial(lr, value))
+        _say(rung_text(lr, value, gauge, time.perf_counter() - rung_started))
+        return value is not None and value <= gauge.budget
 
     _search(within)
-    ok = [t.lr for t in trials if t.retain_kl is not None and t.retain_kl <= config.auto_kl]
+    ok = [t.lr for t in trials if (v := gauge.value(t)) is not None and v <= gauge.budget]
     return LrProbe(
         chosen=max(ok) if ok else AUTO_LADDER[0],
-        kl_budget=config.auto_kl,
+        kl_budget=gauge.budget,
+        gauge=gauge.name,
         steps=config.auto_probe_steps,
         windows=len(windows),
         trials=trials,
@@ -128,14 +131,62 @@ def probe_lr(
     )
 
 
-def rung_text(lr: float, kl: float | None, budget: float, seconds: float) -> str:
+@dataclass(frozen=True)
+class Gauge:
+    """What a rung is held to: the held-out perplexity increase (when the loop checks
+    held-out code and `auto_ppl_max` is set; limit: `PROBE_SHARE` of it), else the
+    retain KL (limit: `auto_kl`)."""
+
+    name: str
+    read: Callable[[], float]
+    budget: float
+
+    @property
+    def heldout(self) -> bool:
+        return self.name == HELDOUT_GAUGE
+
+    def trial(self, lr: float, value: float | None) -> LrTrial:
+        if self.heldout:
+            return LrTrial(lr=lr, retain_kl=None, heldout_change=value)
+        return LrTrial(lr=lr, retain_kl=value)
+
+    def value(self, trial: LrTrial) -> float | None:
+        return trial.heldout_change if self.heldout else trial.retain_kl
+
+
+HELDOUT_GAUGE = "held-out perplexity"
+PROBE_SHARE = 0.25  # of auto_ppl_max: what the probe's few steps may spend
+
+
+def _gauge(
+    model: torch.nn.Module,
+    retain: Sequence[RetainWindow],
+    used: int,
+    pad_id: int,
+    *,
+    config: UnlearnConfig,
+    heldout: HeldoutCheck | None,
+) -> Gauge:
+    if heldout is not None and config.auto_ppl_max is not None:
+        return Gauge(HELDOUT_GAUGE, heldout.change, config.auto_ppl_max * PROBE_SHARE)
+    watch = WatchKL(model, watch_windows(retain, used), pad_id)
+    return Gauge("retain KL", watch, config.auto_kl)
+
+
+def rung_text(lr: float, value: float | None, gauge: Gauge, seconds: float) -> str:
     """The probe's line per rung, at default verbosity: the probe takes minutes on a
     large model and would otherwise be silent."""
-    verdict = "diverged" if kl is None else f"retain KL {kl:.4f}"
-    within = kl is not None and kl <= budget
+    if value is None:
+        verdict = "diverged"
+    elif gauge.heldout:
+        verdict = f"held-out perplexity {value:+.2%}"
+    else:
+        verdict = f"retain KL {value:.4f}"
+    within = value is not None and value <= gauge.budget
+    limit = f"{gauge.budget:+.2%}" if gauge.heldout else f"{gauge.budget:g}"
     return (
         f"lr auto: probe at {lr:.1e}: {verdict}, {'within' if within else 'over'} "
-        f"the budget {budget:g} ({seconds:.1f} s)"
+        f"the budget {limit} ({seconds:.1f} s)"
     )
 
 
@@ -156,7 +207,11 @@ def _search(within: Callable[[int], bool]) -> None:
 
 
 def _rung(
-    unlearner: Unlearner, reference: ReferenceSource, watch: WatchKL, lr: float, steps: int
+    unlearner: Unlearner,
+    reference: ReferenceSource,
+    read: Callable[[], float],
+    lr: float,
+    steps: int,
 ) -> float | None:
     trainable = [p for p in unlearner.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
@@ -167,8 +222,8 @@ def _rung(
             unlearner.step(batch, reference, optimizer)
     except NotFinite:
         return None
-    kl = watch()
-    return kl if math.isfinite(kl) else None
+    value = read()
+    return value if math.isfinite(value) else None
 
 
 def _restore(params: Sequence[torch.nn.Parameter], saved: Sequence[torch.Tensor]) -> None:
@@ -185,8 +240,11 @@ class LrSteer:
     """Every epoch: lower the rate when the watch KL is over `auto_kl_max`, raise it when
     forgetting stalls (see the module's text)."""
 
-    def __init__(self, watch: WatchKL, probe: LrProbe, config: UnlearnConfig) -> None:
+    def __init__(
+        self, watch: WatchKL, probe: LrProbe, config: UnlearnConfig, *, heldout: bool = False
+    ) -> None:
         self.watch, self.probe, self.config = watch, probe, config
+        self.by_heldout = heldout and config.auto_ppl_max is not None
         self.lr = probe.chosen
         self.ceiling = probe.chosen * AUTO_FACTOR**AUTO_MAX_RAISE
         self.last_ma: float | None = None
@@ -196,19 +254,27 @@ class LrSteer:
     def after_epoch(self, log: EpochLog) -> tuple[float, bool, str]:
         """The rate for the next epoch, whether this epoch's weights may be kept, and a
         reason to stop the loop (empty: go on)."""
-        kl = self.watch()
-        ok = kl <= self.config.auto_kl_max
+        drift, limit, name = self._drift(log)
+        ok = drift <= limit
         stop = ""
         if not ok and self.over:
-            stop = f"retain KL over auto_kl_max ({self.config.auto_kl_max}) for 2 epochs"
+            stop = f"{name} over {limit:.4g} for 2 epochs"
         elif not ok:
-            self._change(log.epoch, self.lr / AUTO_FACTOR, f"retain KL {kl:.4f} over budget")
+            self._change(log.epoch, self.lr / AUTO_FACTOR, f"{name} {drift:.4f} over budget")
         elif self._stalled(log):
             raised = min(self.ceiling, self.lr * AUTO_FACTOR)
             if raised > self.lr:
                 self._change(log.epoch, raised, "forgetting stalled")
         self.last_ma, self.last_remaining, self.over = log.ma_mean, log.remaining, not ok
         return self.lr, ok, stop
+
+    def _drift(self, log: EpochLog) -> tuple[float, float, str]:
+        """What is held to a limit: the held-out perplexity increase when the loop
+        checks one and `auto_ppl_max` is set, else the retain KL."""
+        if self.by_heldout and log.heldout_change is not None:
+            assert self.config.auto_ppl_max is not None
+            return log.heldout_change, self.config.auto_ppl_max, "held-out perplexity increase"
+        return self.watch(), self.config.auto_kl_max, "retain KL"
 
     def _stalled(self, log: EpochLog) -> bool:
         if self.last_ma is None or self.last_remaining is None:

@@ -61,6 +61,7 @@ from gate.unlearn.data import (
     clamp_tokens,
 )
 from gate.unlearn.engine import Engine
+from gate.unlearn.heldout import HeldoutSlice, heldout_slice
 from gate.unlearn.lora import add_adapters, merged
 from gate.unlearn.remediation import (
     RECORD_NAME,
@@ -245,9 +246,11 @@ def _train(
         )
         run.extra["utility_before"] = before_utility.model_dump(mode="json")
     utility_before = UtilityFigures.model_validate(run.extra["utility_before"])
+    watch = _heldout_watch(run, model, tokenizer, heldout, options.config)
     result = _unlearn(
         model, job, before=before, thresholds=thresholds, config=options.config,
         checkpoints=run, report=report if engine.is_main else None, engine=engine,
+        heldout=watch,
     )  # fmt: skip
     utility = _utility_after(utility_before, model, tokenizer, heldout, options.humaneval)
     record = _record(result, job, options=options, thresholds=thresholds, utility=utility)
@@ -260,6 +263,23 @@ def _train(
     record.mixed_precision = engine.mixed_precision
     record.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, record
+
+
+def _heldout_watch(
+    run: Checkpointer,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str] | None,
+    config: UnlearnConfig,
+) -> HeldoutSlice | None:
+    """The held-out slice checked after every epoch (`gate.unlearn.heldout`); its
+    baseline on the starting weights is kept in the checkpoints."""
+    if not texts or config.heldout_tokens == 0:
+        return None
+    chosen = heldout_slice(texts, tokenizer, config.heldout_tokens)
+    watch = HeldoutSlice(model, tokenizer, chosen, run.extra.get("heldout_slice_before"))
+    run.extra["heldout_slice_before"] = watch.baseline
+    return watch
 
 
 def _train_dtype(options: EraseOptions) -> str:
@@ -513,6 +533,7 @@ def _unlearn(
     checkpoints: Checkpointer,
     report: Callable[[EpochLog], None] | None,
     engine: Engine,
+    heldout: HeldoutSlice | None = None,
 ) -> UnlearnResult:
     """The loop. One process: checkpoints after every epoch, and a first Ctrl-C/SIGTERM
     stops at the next safe point. Several processes: no checkpoints (all would have to
@@ -524,8 +545,9 @@ def _unlearn(
     steer = None
     if config.lr == "auto":
         probe, steer = _auto_lr(
-            model, job, before, thresholds=thresholds, config=config, engine=engine
-        )
+            model, job, before, thresholds=thresholds, config=config, engine=engine,
+            heldout=heldout,
+        )  # fmt: skip
         config = config.model_copy(update={"lr": probe.chosen})
     unlearner = Unlearner(
         model,
@@ -542,6 +564,7 @@ def _unlearn(
         engine=engine,
         hooks=checkpoints if single else None,
         steer=steer,
+        heldout=heldout,
     )
     if not single:
         result = unlearner.run()
@@ -560,6 +583,7 @@ def _auto_lr(
     thresholds: Thresholds,
     config: UnlearnConfig,
     engine: Engine,
+    heldout: HeldoutSlice | None,
 ) -> tuple[LrProbe, LrSteer]:
     """`lr: auto`: the probe's rate, and the steering of it during the loop."""
     if engine.shard.distributed:
@@ -568,11 +592,11 @@ def _auto_lr(
     active = [w for w in job.windows if w.finding_ids & risky]
     probe = probe_lr(
         model, active or job.windows, job.retain, before=before, thresholds=thresholds,
-        config=config, pad_id=job.pad_id,
+        config=config, pad_id=job.pad_id, heldout=heldout,
     )  # fmt: skip
     used = min(config.batch_size, len(job.retain))
     watch = WatchKL(model, watch_windows(job.retain, used), job.pad_id)
-    return probe, LrSteer(watch, probe, config)
+    return probe, LrSteer(watch, probe, config, heldout=heldout is not None)
 
 
 def _heldout_texts(options: EraseOptions) -> list[str] | None:

@@ -55,6 +55,7 @@ class EpochLog:
     extracted: int  # findings extracted greedily, all forget findings (latest measurement)
     remaining: int  # findings still to forget
     seconds: float
+    heldout_change: float | None = None  # held-out slice perplexity vs the erase's start
 
 
 class _Part(BaseModel):
@@ -62,17 +63,20 @@ class _Part(BaseModel):
 
 
 class LrTrial(_Part):
-    """One rung of the probe."""
+    """One rung of the probe: the gauge's figure after its steps (None: the loss was not
+    finite)."""
 
     lr: float
-    retain_kl: float | None  # None: the loss was not finite
+    retain_kl: float | None  # the gauge is the retain KL (nats per token)
+    heldout_change: float | None = None  # the gauge is the held-out perplexity increase
 
 
 class LrProbe(_Part):
     """What `auto` chose and why (in remediation.json)."""
 
     chosen: float
-    kl_budget: float
+    kl_budget: float  # the rung's limit: a retain KL, or a held-out increase (`gauge`)
+    gauge: str = "retain KL"  # or "held-out perplexity"
     steps: int  # per rung
     windows: int  # forget windows stepped on
     trials: list[LrTrial]

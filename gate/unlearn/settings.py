@@ -130,11 +130,24 @@ class UnlearnArgs(BaseModel):
         "lr auto: the retain KL over which the loop lowers the rate and keeps no weights.",
         gt=0,
     )
+    auto_ppl_max: float | None = setting(
+        None,
+        "lr auto: the held-out perplexity increase (0.02: +2%) since the erase started "
+        "over which the loop lowers the rate and keeps no weights; null: the retain KL "
+        "(auto_kl_max) steers. The gate sets it from utility.max_perplexity_increase.",
+        gt=0,
+    )
+    heldout_tokens: int = setting(
+        4096,
+        "Held-out tokens whose perplexity is checked after every epoch (0: none).",
+        ge=0,
+        le=limits.MAX_TOKENS * limits.MAX_BATCH_SIZE,
+    )
     auto_probe_steps: int = setting(
-        3, "lr auto: steps per rate tried by the probe.", ge=1, le=limits.MAX_EPOCHS
+        2, "lr auto: steps per rate tried by the probe.", ge=1, le=limits.MAX_EPOCHS
     )
     auto_probe_windows: int = setting(
-        8, "lr auto: forget windows the probe steps on.", ge=1, le=limits.MAX_BATCH_SIZE
+        4, "lr auto: forget windows the probe steps on.", ge=1, le=limits.MAX_BATCH_SIZE
     )
     alpha: float = setting(1.0, "α: weight of the retain KL.", ge=0)
     lam: float = setting(0.1, "λ: weight of the KL terms.", key="lambda", also=("kl_weight",), ge=0)

@@ -64,6 +64,13 @@ from gate.unlearn.reference import (
 from gate.unlearn.remediation import EpochLog, FindingOutcome, LrProbe
 from gate.unlearn.settings import UnlearnConfig
 
+
+class HeldoutCheck(Protocol):
+    """Held-out perplexity of the current weights against the erase's start."""
+
+    def change(self) -> float: ...
+
+
 Measure = Callable[[Sequence[str]], list[Measurement]]  # finding ids -> measurements
 Screen = Callable[[Sequence[str]], dict[str, tuple[float, bool]]]  # ids -> (MA, extracted)
 
@@ -167,6 +174,7 @@ class Unlearner:
         engine: Engine | None = None,
         hooks: TrainerHooks | None = None,
         steer: Steer | None = None,
+        heldout: HeldoutCheck | None = None,
     ) -> None:
         self.model, self.forget, self.retain = model, list(forget), list(retain)
         self.engine = engine or Engine(**engine_settings(config))
@@ -191,10 +199,11 @@ class Unlearner:
             self.outcomes[fid].forgotten_epoch = 0
             self.outcomes[fid].stop_reason = "not memorized before unlearning"
         self.best = self.engine.best_state(best_dir)
+        self._best_seen = (dict(self.latest), set(self.active))  # measured on the best
         self.diverged = False
         self.rng = random.Random(config.seed)  # noqa: S311 - batch order, not a secret
         self._retain_order: list[int] = []
-        self.hooks, self.steer = hooks, steer
+        self.hooks, self.steer, self.heldout = hooks, steer, heldout
         self.admissible = True  # this epoch's weights may be kept (the steer's say)
         self.progress: EpochProgress | None = None  # the epoch under way
         self.finished = False  # the loop has decided to stop (or ran out of epochs)
@@ -286,11 +295,22 @@ class Unlearner:
             rate, self.admissible, steered = self.steer.after_epoch(log)
             for group in optimizer.param_groups:
                 group["lr"] = rate
-        return self._stop_reason(epoch) or steered
+        reason = self._stop_reason(epoch) or steered
+        if not self.admissible and not reason:
+            self._roll_back()
+        return reason
+
+    def _roll_back(self) -> None:
+        """Back to the best weights within the budget (and what was measured on them):
+        the next epoch, at the lowered rate, does not build on weights over it."""
+        self.best.restore(self.model)
+        self.latest, self.active = dict(self._best_seen[0]), set(self._best_seen[1])
 
     def _stop_reason(self, epoch: int) -> str:
         score = leak_score(list(self.latest.values()), self.thresholds)
         improved = self.admissible and self.best.offer(score, epoch, self.model)
+        if improved:
+            self._best_seen = (dict(self.latest), set(self.active))
         if not self.active:
             return "every finding forgotten"
         patience = self.config.patience
@@ -437,6 +457,7 @@ class Unlearner:
             extracted=sum(m.extracted_greedy for m in self.latest.values()),
             remaining=len(self.active),
             seconds=seconds,
+            heldout_change=self.heldout.change() if self.heldout is not None else None,
         )
 
     def _finish(self, result: UnlearnResult) -> None:

@@ -424,3 +424,25 @@ def test_the_erase_line_per_epoch_says_round_progress_drift_and_time_left() -> N
     assert epoch_text(1, quiet, 40, None, 1).endswith(
         "0/40 forgotten, left: mean MA 0.900, 1.0 s/epoch, at most 0 s left"
     )
+    held = EpochLog(1, 5, {}, 0, 40, 0.9, None, 40, 40, 1.0, 0.0123)
+    assert "mean MA 0.900, held-out ppl +1.23%, 1.0 s/epoch" in epoch_text(1, held, 40, None, 1)
+
+
+def test_under_lr_auto_a_round_is_held_to_a_share_of_the_perplexity_budget_left() -> None:
+    from gate.pipeline import HELDOUT_SHARE, round_limits
+    from gate.unlearn.settings import UnlearnArgs
+
+    auto = UnlearnArgs(lr="auto")
+    first = round_limits(auto, budget=0.05, spent=0.0, number=1)
+    assert first.auto_ppl_max == pytest.approx(HELDOUT_SHARE * 0.05)
+    assert first.auto_kl_max == auto.auto_kl_max
+    later = round_limits(auto, budget=0.05, spent=0.03, number=2)
+    assert later.auto_ppl_max == pytest.approx(HELDOUT_SHARE * (1.05 / 1.03 - 1))
+    assert later.auto_kl_max < auto.auto_kl_max
+    spent = round_limits(auto, budget=0.05, spent=0.06, number=2)
+    assert spent.auto_ppl_max is None  # nothing left: the KL limits alone
+    assert round_limits(auto, budget=None, spent=0.0, number=1) == auto  # no budget
+    fixed = UnlearnArgs(lr=1e-4)
+    assert round_limits(fixed, budget=0.05, spent=0.0, number=1) == fixed
+    chosen = UnlearnArgs(lr="auto", auto_ppl_max=0.01)
+    assert round_limits(chosen, budget=0.05, spent=0.0, number=1).auto_ppl_max == 0.01

@@ -10,6 +10,9 @@ from gate.unlearn.autolr import (
     AUTO_FACTOR,
     AUTO_LADDER,
     AUTO_START,
+    HELDOUT_GAUGE,
+    PROBE_SHARE,
+    Gauge,
     LrSteer,
     WatchKL,
     probe_lr,
@@ -137,5 +140,114 @@ def test_each_probe_rung_prints_a_line(
 
 
 def test_the_rung_line_says_when_a_rate_diverged() -> None:
-    assert "diverged, over the budget" in rung_text(1e-2, None, 0.005, 1.0)
-    assert "retain KL 0.0010, within the budget 0.005" in rung_text(1e-4, 0.001, 0.005, 1.0)
+    kl = Gauge("retain KL", lambda: 0.0, 0.005)
+    assert "diverged, over the budget" in rung_text(1e-2, None, kl, 1.0)
+    assert "retain KL 0.0010, within the budget 0.005" in rung_text(1e-4, 0.001, kl, 1.0)
+    heldout = Gauge(HELDOUT_GAUGE, lambda: 0.0, 0.005)
+    line = rung_text(1e-4, 0.012, heldout, 1.0)
+    assert "held-out perplexity +1.20%, over the budget +0.50%" in line
+
+
+class Drift:
+    """A held-out check whose perplexity rises with how far the weights moved from where
+    they started (as a real model's does, monotone in the rate on this one)."""
+
+    def __init__(self, model: torch.nn.Module, scale: float) -> None:
+        self.model, self.scale = model, scale
+        self.start = [p.detach().clone() for p in model.parameters()]
+        self.calls = 0
+
+    def change(self) -> float:
+        self.calls += 1
+        pairs = zip(self.model.parameters(), self.start, strict=True)
+        moved = sum(float((p.detach() - s).abs().sum()) for p, s in pairs)
+        return self.scale * moved
+
+
+@pytest.mark.parametrize("limit", [1e-3, 1e-1])
+def test_with_held_out_code_the_probe_holds_rungs_to_a_share_of_its_budget(
+    forget_and_retain: Data, limit: float
+) -> None:
+    findings, windows, retain = forget_and_retain
+    model = micro_model(VOCAB)
+    drift = Drift(model, scale=1e-3)
+    config = UnlearnConfig(lr="auto", auto_ppl_max=limit, batch_size=2, auto_probe_steps=2)
+    before = [_m(f.id, ma=0.9, extracted=True) for f in findings]
+    probe = probe_lr(
+        model, windows, retain, before=before, thresholds=THRESHOLDS, config=config, pad_id=0,
+        heldout=drift,
+    )  # fmt: skip
+    assert probe.gauge == HELDOUT_GAUGE
+    assert probe.kl_budget == pytest.approx(limit * PROBE_SHARE)
+    assert drift.calls == len(probe.trials) > 0
+    assert all(t.retain_kl is None and t.heldout_change is not None for t in probe.trials)
+    ok = [t.lr for t in probe.trials if t.heldout_change <= limit * PROBE_SHARE]  # type: ignore[operator]
+    assert probe.chosen == (max(ok) if ok else AUTO_LADDER[0])
+
+
+def test_a_tighter_held_out_budget_never_picks_a_larger_rate(forget_and_retain: Data) -> None:
+    findings, windows, retain = forget_and_retain
+    chosen = []
+    for limit in (1e-4, 1.0):
+        model = micro_model(VOCAB)
+        config = UnlearnConfig(lr="auto", auto_ppl_max=limit, batch_size=2, auto_probe_steps=2)
+        probe = probe_lr(
+            model, windows, retain, before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
+            thresholds=THRESHOLDS, config=config, pad_id=0, heldout=Drift(model, scale=1e-3),
+        )  # fmt: skip
+        chosen.append(probe.chosen)
+    assert chosen[0] < chosen[1]
+
+
+def test_with_held_out_code_the_steering_watches_perplexity_not_the_kl() -> None:
+    probe = LrProbe(chosen=1e-4, kl_budget=0.005, steps=3, windows=8, trials=[], seconds=0.0)
+    config = UnlearnConfig(lr="auto", auto_ppl_max=0.02, auto_kl_max=1e-9)
+    steer = LrSteer(FixedKL([]), probe, config, heldout=True)  # the KL would fail if read
+    rate, ok, stop = steer.after_epoch(_held(1, 0.9, 4, 0.01))
+    assert (ok, stop) == (True, "")
+    rate, ok, stop = steer.after_epoch(_held(2, 0.5, 3, 0.03))
+    assert (rate, ok, stop) == (pytest.approx(1e-4 / AUTO_FACTOR), False, "")  # type: ignore[comparison-overlap]
+    _, ok, stop = steer.after_epoch(_held(3, 0.4, 2, 0.025))
+    assert not ok
+    assert "held-out perplexity increase over 0.02 for 2 epochs" in stop
+
+
+def test_without_a_held_out_figure_the_steering_falls_back_to_the_kl() -> None:
+    probe = LrProbe(chosen=1e-4, kl_budget=0.005, steps=3, windows=8, trials=[], seconds=0.0)
+    config = UnlearnConfig(lr="auto", auto_ppl_max=0.02, auto_kl_max=0.02)
+    steer = LrSteer(FixedKL([0.03]), probe, config, heldout=True)
+    assert steer.after_epoch(_log(1, 0.9, 4))[1] is False  # heldout_change None: the KL
+
+
+def _held(epoch: int, ma: float, remaining: int, change: float) -> EpochLog:
+    return EpochLog(epoch, 1, {}, 0, remaining, ma, None, 0, remaining, 1.0, change)
+
+
+class RefusingOnce:
+    """Keeps no weights of epoch 1 (the rate then 0: epoch 2 changes nothing), then
+    stops; it records the weights it sees at epoch 2."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.seen: list[float] = []
+
+    def after_epoch(self, log: EpochLog) -> tuple[float, bool, str]:
+        self.seen.append(_checksum(self.model))
+        return 0.0, log.epoch != 1, "stop here" if log.epoch == 2 else ""
+
+
+def test_an_epoch_over_the_budget_is_rolled_back(forget_and_retain: Data) -> None:
+    findings, windows, retain = forget_and_retain
+    model = micro_model(VOCAB)
+    start = _checksum(model)
+    steer = RefusingOnce(model)
+    unlearner = Unlearner(
+        model, windows, retain, before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
+        measure=Scripted(model, [{f.id: (0.9, True) for f in findings}]),
+        thresholds=THRESHOLDS,
+        config=UnlearnConfig(lr=1e-2, batch_size=2, epochs=10, patience=0), pad_id=0,
+        steer=steer,
+    )  # fmt: skip
+    unlearner.run()
+    assert steer.seen[0] != pytest.approx(start)  # epoch 1 moved the weights
+    assert steer.seen[1] == pytest.approx(start)  # epoch 2 started from the rolled-back ones
