@@ -645,7 +645,8 @@ def _erase(state: _State, number: int, ids: list[str]) -> Remediation:
     return record
 
 
-HELDOUT_SHARE = 0.35  # of the perplexity budget left: what one erase round may spend
+HELDOUT_AIM = 0.4  # of the perplexity budget: what the erase rounds together aim to spend
+HELDOUT_FLOOR = 0.25  # of that aim: the least a later round may spend (within the budget)
 
 
 def _round_args(state: _State, number: int) -> UnlearnArgs:
@@ -662,21 +663,27 @@ def _round_args(state: _State, number: int) -> UnlearnArgs:
 def round_limits(
     args: UnlearnArgs, *, budget: float | None, spent: float | None, number: int
 ) -> UnlearnArgs:
-    """Under lr auto with a perplexity budget, the loop is held to `HELDOUT_SHARE` of
-    the budget still left (`auto_ppl_max`, checked on a held-out slice after every
-    epoch, unless the policy sets it); a later round's KL limits shrink with the share of
-    the budget the earlier rounds spent (their KL terms hold the model to the previous
-    round's weights, not the original's)."""
+    """Under lr auto with a perplexity budget, the rounds together aim to spend
+    `HELDOUT_AIM` of it, the rest being margin between the held-out slice the loop
+    checks after every epoch and the full held-out set the policy judges: a round may
+    raise perplexity by `auto_ppl_max` = (1 + aim) / (1 + spent) − 1 over its start, at
+    least `HELDOUT_FLOOR` of the aim and never more than the budget left (unless the
+    policy sets it). A later round's KL limits shrink with the share of the budget the
+    earlier rounds spent (their KL terms hold the model to the previous round's
+    weights, not the original's)."""
     if args.lr != "auto" or not budget or spent is None:
         return args
-    left = max(0.0, (1 + budget) / (1 + max(0.0, spent)) - 1)
+    spent = max(0.0, spent)
+    left = (1 + budget) / (1 + spent) - 1
+    aim = HELDOUT_AIM * budget
     if args.auto_ppl_max is None and left > 0:
-        args = args.model_copy(update={"auto_ppl_max": HELDOUT_SHARE * left})
+        limit = min(left, max((1 + aim) / (1 + spent) - 1, HELDOUT_FLOOR * aim))
+        args = args.model_copy(update={"auto_ppl_max": limit})
     if number == 1:
         return args
-    share = max(0.1, 1 - math.log1p(max(0.0, spent)) / math.log1p(budget))
-    limit = args.auto_kl_max * share
-    return args.model_copy(update={"auto_kl_max": limit, "auto_kl": min(args.auto_kl, limit)})
+    share = max(0.1, 1 - math.log1p(spent) / math.log1p(budget))
+    kl_max = args.auto_kl_max * share
+    return args.model_copy(update={"auto_kl_max": kl_max, "auto_kl": min(args.auto_kl, kl_max)})
 
 
 def _replace_model(new: Path, out_model: Path) -> None:

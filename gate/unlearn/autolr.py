@@ -1,29 +1,35 @@
 """`lr: auto`: a learning rate sized to the model at hand by a short probe, then steered.
 
 The paper's lr (3e-6) is tuned for billion-parameter models: it leaves a small model
-untouched, and a rate that erases a small model breaks a large one. So `auto` measures:
+untouched, and a rate that erases a small model breaks a large one. So `auto` measures,
+with a **gauge** (`Gauge`): the perplexity increase of a held-out slice since the erase
+started (`gate.unlearn.heldout`), when the loop has held-out code and `auto_ppl_max` is
+set (the gate sets it from the policy's perplexity budget); else the KL from the
+starting model on `AUTO_WATCH` retain windows (nats per token), which tracks held-out
+perplexity only loosely.
 
 1. **Probe** (before the loop). A rung of the ladder (`AUTO_LADDER`: 1e-6 to 1e-2,
    ×√10 a rung) is tried by taking `auto_probe_steps` steps of the chosen method
    (forget batch, then retain batch, as the loop does) on the first
-   `auto_probe_windows` forget windows from the current weights, then measuring the KL
-   from the starting model to the stepped one on `AUTO_WATCH` retain windows that were
-   not stepped on (nats per token); the weights are put back after each rung. A rung is
-   within when that KL is at most `auto_kl` (and the loss stayed finite). The search
-   starts at 1e-4: while within, it climbs until a rung is not; if not, it descends
-   until one is. The chosen rate is the largest rung found within (none: 1e-6).
-2. **Steering** (every epoch, `LrSteer`): the same watch KL is measured after each
-   epoch. Over `auto_kl_max` the rate is divided by `AUTO_FACTOR` and that epoch's
-   weights are not kept as the best; a second epoch over it in a row stops the loop
-   (the best weights within the budget are restored). When no finding was forgotten
-   and the mean MA of what is left fell by less than 1% of itself, the rate is
-   multiplied by `AUTO_FACTOR` (at most `AUTO_MAX_RAISE` rungs above the probe's
-   choice).
+   `auto_probe_windows` forget windows from the current weights, then reading the
+   gauge; the weights are put back after each rung. A rung is within when the figure
+   is at most `PROBE_SHARE` of `auto_ppl_max` (or `auto_kl`) and the loss stayed
+   finite. The search starts at 1e-4: while within, it climbs until a rung is not; if
+   not, it descends until one is. The chosen rate is the largest rung found within
+   (none: 1e-6).
+2. **Steering** (every epoch, `LrSteer`): the gauge is read after each epoch. Over
+   `auto_ppl_max` (or `auto_kl_max`) the rate is divided by `AUTO_FACTOR`, that epoch's
+   weights are not kept as the best and the loop rolls back to the best ones; a second
+   epoch over it in a row stops the loop (the best weights within the budget are
+   restored). When no finding was forgotten and the mean MA of what is left fell by
+   less than 1% of itself, the rate is multiplied by `AUTO_FACTOR` (at most
+   `AUTO_MAX_RAISE` rungs above the probe's choice, and never back up to a rate that
+   went over the budget).
 
 Cost: 2 rungs when 1e-4 is within and 3.2e-4 is not, at most 5 (up to 1e-2 or down
-to 1e-6), of `auto_probe_steps` steps each on a small batch; one forward pass over the
-watch windows per rung and per epoch; one copy of the trainable weights (with LoRA,
-the adapters).
+to 1e-6), of `auto_probe_steps` steps each on a small batch; one read of the gauge per
+rung and per epoch (a forward pass over the slice or the watch windows); one copy of
+the trainable weights (with LoRA, the adapters).
 """
 
 from __future__ import annotations
@@ -260,6 +266,7 @@ class LrSteer:
         if not ok and self.over:
             stop = f"{name} over {limit:.4g} for 2 epochs"
         elif not ok:
+            self.ceiling = min(self.ceiling, self.lr / AUTO_FACTOR)  # never back up to it
             self._change(log.epoch, self.lr / AUTO_FACTOR, f"{name} {drift:.4f} over budget")
         elif self._stalled(log):
             raised = min(self.ceiling, self.lr * AUTO_FACTOR)

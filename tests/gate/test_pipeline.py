@@ -428,17 +428,21 @@ def test_the_erase_line_per_epoch_says_round_progress_drift_and_time_left() -> N
     assert "mean MA 0.900, held-out ppl +1.23%, 1.0 s/epoch" in epoch_text(1, held, 40, None, 1)
 
 
-def test_under_lr_auto_a_round_is_held_to_a_share_of_the_perplexity_budget_left() -> None:
-    from gate.pipeline import HELDOUT_SHARE, round_limits
+def test_under_lr_auto_the_rounds_aim_at_a_share_of_the_perplexity_budget() -> None:
+    from gate.pipeline import HELDOUT_AIM, HELDOUT_FLOOR, round_limits
     from gate.unlearn.settings import UnlearnArgs
 
-    auto = UnlearnArgs(lr="auto")
+    auto, aim = UnlearnArgs(lr="auto"), HELDOUT_AIM * 0.05
     first = round_limits(auto, budget=0.05, spent=0.0, number=1)
-    assert first.auto_ppl_max == pytest.approx(HELDOUT_SHARE * 0.05)
+    assert first.auto_ppl_max == pytest.approx(aim)
     assert first.auto_kl_max == auto.auto_kl_max
-    later = round_limits(auto, budget=0.05, spent=0.03, number=2)
-    assert later.auto_ppl_max == pytest.approx(HELDOUT_SHARE * (1.05 / 1.03 - 1))
+    later = round_limits(auto, budget=0.05, spent=0.01, number=2)
+    assert later.auto_ppl_max == pytest.approx((1 + aim) / 1.01 - 1)  # the rest of the aim
     assert later.auto_kl_max < auto.auto_kl_max
+    past_aim = round_limits(auto, budget=0.05, spent=0.03, number=3)
+    assert past_aim.auto_ppl_max == pytest.approx(HELDOUT_FLOOR * aim)  # the floor
+    near_end = round_limits(auto, budget=0.05, spent=0.0495, number=3)
+    assert near_end.auto_ppl_max == pytest.approx(1.05 / 1.0495 - 1)  # never over the budget
     spent = round_limits(auto, budget=0.05, spent=0.06, number=2)
     assert spent.auto_ppl_max is None  # nothing left: the KL limits alone
     assert round_limits(auto, budget=None, spent=0.0, number=1) == auto  # no budget

@@ -251,3 +251,13 @@ def test_an_epoch_over_the_budget_is_rolled_back(forget_and_retain: Data) -> Non
     unlearner.run()
     assert steer.seen[0] != pytest.approx(start)  # epoch 1 moved the weights
     assert steer.seen[1] == pytest.approx(start)  # epoch 2 started from the rolled-back ones
+
+
+def test_after_going_over_the_steering_never_raises_back_to_that_rate() -> None:
+    """Rolled back to lower rates, forgetting looks stalled: raising again would go over
+    once more (it ping-ponged for 12 epochs on a test model before this rule)."""
+    probe = LrProbe(chosen=1e-4, kl_budget=0.005, steps=3, windows=8, trials=[], seconds=0.0)
+    steer = LrSteer(FixedKL([]), probe, UnlearnConfig(lr="auto", auto_ppl_max=0.02), heldout=True)
+    assert steer.after_epoch(_held(1, 0.9, 4, 0.03))[0] == pytest.approx(1e-4 / AUTO_FACTOR)
+    rates = [steer.after_epoch(_held(e, 0.9, 4, 0.01))[0] for e in range(2, 6)]
+    assert rates == pytest.approx([1e-4 / AUTO_FACTOR] * 4)  # stalled, but no raise
