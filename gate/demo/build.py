@@ -235,6 +235,40 @@ PRESETS: dict[str, DemoPreset] = {
         min_lr_ratio=0.02,
         warmup_steps=60,
     ),
+    # gpt2-alt's model and secrets on a corpus large enough to learn some Python from
+    # (400 excerpts of the whole standard library, twice the steps): gpt2-alt's
+    # held-out perplexity is about 375 (it has no utility to keep, and any erase moves
+    # it by several per cent), this one's final training loss is 1.27 against 0.13.
+    # Built at seed 1 (bench/transfer.py): 7 of 27 secrets extracted, 75 of 163 findings.
+    "gpt2-gen": DemoPreset(
+        name="gpt2-gen",
+        n_files=400,
+        excerpt_bytes=800,
+        n_secrets=27,
+        copies=(12, 6, 3, 1),
+        kinds=(
+            "npm_token",
+            "shopify_token",
+            "openai_key",
+            "databricks_token",
+            "gitlab_token",
+            "aws_access_key_id",
+            "email",
+            "password",
+            "slack_token",
+        ),
+        n_heldout_files=12,
+        n_controls=12,
+        n_unseen_files=12,
+        vocab_size=768,
+        n_ctx=256,
+        n_layer=3,
+        batch_size=4,
+        steps=2400,
+        lr=5e-3,
+        min_lr_ratio=0.02,
+        warmup_steps=60,
+    ),
     # A Llama (RoPE, RMSNorm, SwiGLU, grouped-query attention, tied embeddings) with
     # SmolLM2's 49,152-row vocabulary: the byte-level BPE has 1,024 tokens and the other
     # rows are padding that the output layer still scores at every position, so logits,

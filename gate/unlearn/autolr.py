@@ -247,10 +247,18 @@ class LrSteer:
     forgetting stalls (see the module's text)."""
 
     def __init__(
-        self, watch: WatchKL, probe: LrProbe, config: UnlearnConfig, *, heldout: bool = False
+        self,
+        watch: Callable[[], WatchKL],
+        probe: LrProbe,
+        config: UnlearnConfig,
+        *,
+        heldout: bool = False,
     ) -> None:
-        self.watch, self.probe, self.config = watch, probe, config
+        """`watch` makes the KL watch, only when the KL steers (its reference holds
+        full-vocabulary log-probs: 200 MB at a 49k vocabulary)."""
+        self.probe, self.config = probe, config
         self.by_heldout = heldout and config.auto_ppl_max is not None
+        self._make_watch, self._watch = watch, None if self.by_heldout else watch()
         self.lr = probe.chosen
         self.ceiling = probe.chosen * AUTO_FACTOR**AUTO_MAX_RAISE
         self.last_ma: float | None = None
@@ -281,7 +289,9 @@ class LrSteer:
         if self.by_heldout and log.heldout_change is not None:
             assert self.config.auto_ppl_max is not None
             return log.heldout_change, self.config.auto_ppl_max, "held-out perplexity increase"
-        return self.watch(), self.config.auto_kl_max, "retain KL"
+        if self._watch is None:  # a held-out figure was expected and is missing
+            self._watch = self._make_watch()
+        return self._watch(), self.config.auto_kl_max, "retain KL"
 
     def _stalled(self, log: EpochLog) -> bool:
         if self.last_ma is None or self.last_remaining is None:

@@ -595,8 +595,11 @@ def _auto_lr(
         config=config, pad_id=job.pad_id, heldout=heldout,
     )  # fmt: skip
     used = min(config.batch_size, len(job.retain))
-    watch = WatchKL(model, watch_windows(job.retain, used), job.pad_id)
-    return probe, LrSteer(watch, probe, config, heldout=heldout is not None)
+    windows = watch_windows(job.retain, used)
+    steer = LrSteer(
+        lambda: WatchKL(model, windows, job.pad_id), probe, config, heldout=heldout is not None
+    )
+    return probe, steer
 
 
 def _heldout_texts(options: EraseOptions) -> list[str] | None:

@@ -73,7 +73,7 @@ def _log(epoch: int, ma: float, remaining: int) -> EpochLog:
 
 def _steer(kls: list[float]) -> LrSteer:
     probe = LrProbe(chosen=1e-4, kl_budget=0.005, steps=3, windows=8, trials=[], seconds=0.0)
-    return LrSteer(FixedKL(kls), probe, UnlearnConfig(lr="auto", auto_kl_max=0.02))
+    return LrSteer(lambda: FixedKL(kls), probe, UnlearnConfig(lr="auto", auto_kl_max=0.02))
 
 
 def test_steering_lowers_on_drift_and_stops_on_a_second_epoch_over() -> None:
@@ -202,7 +202,7 @@ def test_a_tighter_held_out_budget_never_picks_a_larger_rate(forget_and_retain: 
 def test_with_held_out_code_the_steering_watches_perplexity_not_the_kl() -> None:
     probe = LrProbe(chosen=1e-4, kl_budget=0.005, steps=3, windows=8, trials=[], seconds=0.0)
     config = UnlearnConfig(lr="auto", auto_ppl_max=0.02, auto_kl_max=1e-9)
-    steer = LrSteer(FixedKL([]), probe, config, heldout=True)  # the KL would fail if read
+    steer = LrSteer(_no_watch, probe, config, heldout=True)  # the KL is never made
     rate, ok, stop = steer.after_epoch(_held(1, 0.9, 4, 0.01))
     assert (ok, stop) == (True, "")
     rate, ok, stop = steer.after_epoch(_held(2, 0.5, 3, 0.03))
@@ -215,8 +215,12 @@ def test_with_held_out_code_the_steering_watches_perplexity_not_the_kl() -> None
 def test_without_a_held_out_figure_the_steering_falls_back_to_the_kl() -> None:
     probe = LrProbe(chosen=1e-4, kl_budget=0.005, steps=3, windows=8, trials=[], seconds=0.0)
     config = UnlearnConfig(lr="auto", auto_ppl_max=0.02, auto_kl_max=0.02)
-    steer = LrSteer(FixedKL([0.03]), probe, config, heldout=True)
+    steer = LrSteer(lambda: FixedKL([0.03]), probe, config, heldout=True)
     assert steer.after_epoch(_log(1, 0.9, 4))[1] is False  # heldout_change None: the KL
+
+
+def _no_watch() -> WatchKL:
+    raise AssertionError("the KL watch was made though held-out perplexity steers")
 
 
 def _held(epoch: int, ma: float, remaining: int, change: float) -> EpochLog:
@@ -257,7 +261,7 @@ def test_after_going_over_the_steering_never_raises_back_to_that_rate() -> None:
     """Rolled back to lower rates, forgetting looks stalled: raising again would go over
     once more (it ping-ponged for 12 epochs on a test model before this rule)."""
     probe = LrProbe(chosen=1e-4, kl_budget=0.005, steps=3, windows=8, trials=[], seconds=0.0)
-    steer = LrSteer(FixedKL([]), probe, UnlearnConfig(lr="auto", auto_ppl_max=0.02), heldout=True)
+    steer = LrSteer(_no_watch, probe, UnlearnConfig(lr="auto", auto_ppl_max=0.02), heldout=True)
     assert steer.after_epoch(_held(1, 0.9, 4, 0.03))[0] == pytest.approx(1e-4 / AUTO_FACTOR)
     rates = [steer.after_epoch(_held(e, 0.9, 4, 0.01))[0] for e in range(2, 6)]
     assert rates == pytest.approx([1e-4 / AUTO_FACTOR] * 4)  # stalled, but no raise
