@@ -16,6 +16,7 @@ the runs side by side with a check that every tree gives the same measurements.
     PYTHONPATH=. python bench/measure_real.py --model M --data D --findings F --first 20
     python bench/measure_real.py --model M --data D --findings F --first 20 \\
         --tree before=/tmp/before --tree after=. --rounds 2
+    PYTHONPATH=. python bench/measure_real.py --model M --sweep 1 16 64 256
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     rows = measure_probes(model, tok, probes, thresholds, config)
     seconds = time.perf_counter() - start
     result = timing(clock, counter, seconds, peak)  # before the probes below add calls
-    result |= probes_of_machine(model, clock, counter.width)
+    result |= probes_of_machine(model, clock, counter.width, counter.vocab)
     result |= {
         "audit": str(Path(audit.__file__).resolve().parent),
         "label": inputs.label,
@@ -194,16 +195,55 @@ def timing(clock: Clock, counter: FlopCounter, seconds: float, peak: float) -> d
     }
 
 
-def probes_of_machine(model: Any, clock: Clock, width: int) -> dict[str, float]:
-    """After the measure: the matmul rate again (drift under load), a product of a
-    decode step's shape (mean rows × width × width), and a 1-token call's time."""
+def probes_of_machine(model: Any, clock: Clock, width: int, vocab: int) -> dict[str, float]:
+    """After the measure: the matmul rate again (drift under load), the output layer's
+    product at a decode step's mean rows (its weights stream from memory each step), and
+    a 1-token call's time."""
     step = clock.kinds["step"]
     rows = max(1, round(step.rows / step.calls)) if step.calls else 1
     return {
         "matmul_after": matmul_rate(),
-        "step_matmul": matmul_at(rows, width, width),
+        "step_matmul": matmul_at(rows, width, vocab),
         "tiny_call": tiny_call_seconds(model),
     }
+
+
+def step_sweep(args: argparse.Namespace, rows_list: Sequence[int], context: int = 8) -> int:
+    """Decode steps alone at several batch sizes (rows), each on a `context`-token KV
+    cache: seconds per step and the FLOP share against a plain matmul."""
+    torch.set_num_threads(args.threads)
+    model = load_inputs(args).loaded.model
+    counter = FlopCounter(model)
+    peak = matmul_rate()
+    print(f"plain matmul: {peak / 1e9:.1f} GFLOP/s; cache of {context} tokens per row")
+    print("| rows per step | ms per step | GFLOP per step | GFLOP/s | share |")
+    print("|---:|---:|---:|---:|---:|")
+    for rows in rows_list:
+        seconds, flops = time_steps(model, counter, rows, context)
+        print(
+            f"| {rows} | {seconds * 1e3:.0f} | {flops / 1e9:.2f} | {flops / seconds / 1e9:.1f} "
+            f"| {share(flops, seconds, peak):.0%} |"
+        )
+    return 0
+
+
+@torch.no_grad()
+def time_steps(model: Any, counter: FlopCounter, rows: int, context: int) -> tuple[float, float]:
+    """Median seconds and FLOPs of one decode step of `rows` rows after a prefill."""
+    from audit.model import forward, new_cache
+
+    ids = torch.randint(100, 1000, (rows, context))
+    cache = new_cache(model)
+    forward(model, ids, torch.ones_like(ids), None, cache=cache, keep=1)
+    times = []
+    for step in range(4):
+        token = torch.randint(100, 1000, (rows, 1))
+        mask = torch.ones((rows, context + step + 1), dtype=torch.long)
+        counter.reset()
+        start = time.perf_counter()
+        forward(model, token, mask, None, cache=cache, keep=1)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]), counter.flops
 
 
 def run_tree(name: str, tree: Path, argv: Sequence[str], out: Path) -> dict[str, Any]:
@@ -274,9 +314,9 @@ def row(run: dict[str, Any]) -> str:
     return (
         f"| {run['tree']} | {secs:.1f} | {run['findings'] / secs:.3f} | {flops / 1e9:.1f} | "
         f"{flops / secs / 1e9:.2f} | {peak / 1e9:.1f} | {share(flops, secs, peak):.1%} | "
-        f"{kinds['pass']['calls']} / {parts['pass']:.1f} s / "
+        f"{kinds['pass']['calls']} / {parts['pass']:.2f} s / "
         f"{share(kinds['pass']['flops'], parts['pass'], peak):.0%} | "
-        f"{step['calls']} ({mean_rows:.0f} rows) / {parts['step']:.1f} s / "
+        f"{step['calls']} ({mean_rows:.0f} rows) / {parts['step']:.2f} s / "
         f"{share(step['flops'], parts['step'], peak):.0%} | "
         f"{parts['head_outside']:.1f} | {parts['rest']:.1f} |"
     )
@@ -303,7 +343,8 @@ def report(runs: Sequence[dict[str, Any]]) -> int:
     for run in runs:
         print(
             f"{run['tree']}: audit at {run['audit']}; matmul after the measure "
-            f"{run['matmul_after'] / 1e9:.1f} GFLOP/s; a decode-shaped product "
+            f"{run['matmul_after'] / 1e9:.1f} GFLOP/s; the output layer's product at a "
+            f"decode step's rows "
             f"{run['step_matmul'] / 1e9:.1f} GFLOP/s; "
             f"a 1-token call {run['tiny_call'] * 1e3:.1f} ms"
         )
@@ -337,12 +378,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write this run's summary here (one tree, no table)")
     p.add_argument("--tree", action="append", default=[], help="NAME=DIR: run on DIR's audit/")
     p.add_argument("--rounds", type=int, default=2, help="runs per tree with --tree")
+    p.add_argument(
+        "--sweep", type=int, nargs="*", help="time decode steps alone at these rows per step"
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    if args.sweep:
+        return step_sweep(args, args.sweep)
     if args.tree:
         return report(alternate(args, argv))
     result = run_once(args)
