@@ -300,6 +300,40 @@ PRESETS: dict[str, DemoPreset] = {
         batch_size=4,  # 512 positions a step: the 49,152-wide output layer dominates the cost
         steps=300,  # 8/8 extracted at seeds 0 and 1 with a logit margin of 4 or more
     ),
+    # llama-49k's shape (49,152-row vocabulary, grouped-query attention) on a corpus it
+    # can learn some Python from (200 excerpts, 4 times the steps): llama-49k's 12
+    # excerpts leave it no utility to keep. Built at seed 2 (bench/transfer.py): final
+    # loss 0.86 against 0.13, 10 of 16 secrets extracted.
+    "llama-gen": DemoPreset(
+        name="llama-gen",
+        n_files=200,
+        excerpt_bytes=500,
+        n_secrets=16,
+        copies=(12, 6, 3, 1),
+        kinds=(
+            "aws_access_key_id",
+            "github_token",
+            "stripe_key",
+            "email",
+            "db_password",
+            "hf_token",
+            "google_api_key",
+            "npm_token",
+        ),
+        n_heldout_files=12,
+        n_controls=8,
+        n_unseen_files=12,
+        arch="llama",
+        vocab_size=1024,
+        embedding_rows=49152,
+        n_embd=64,
+        n_head=4,
+        n_kv_head=2,
+        batch_size=4,
+        steps=1200,
+        min_lr_ratio=0.02,
+        warmup_steps=60,
+    ),
 }
 
 
