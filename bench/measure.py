@@ -84,14 +84,18 @@ class FlopCounter:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             return
+        self.flops += self.call_flops(ids, kwargs)
+        self.calls += 1
+
+    def call_flops(self, ids: torch.Tensor, kwargs: dict[str, Any]) -> float:
+        """FLOPs of one forward call on `ids` (B, T) with these keyword arguments."""
         rows, new = ids.shape
         mask = kwargs.get("attention_mask")
         attended = mask.shape[1] if mask is not None else new
         kept = kwargs.get("logits_to_keep") or new
-        self.flops += 2 * self.dense * rows * new
-        self.flops += 4 * self.layers * self.width * rows * new * attended
-        self.flops += 2 * self.width * self.vocab * rows * kept
-        self.calls += 1
+        flops = 2 * self.dense * rows * new
+        flops += 4 * self.layers * self.width * rows * new * attended
+        return float(flops + 2 * self.width * self.vocab * rows * kept)
 
     def reset(self) -> None:
         self.flops, self.calls = 0.0, 0
