@@ -295,14 +295,16 @@ class Unlearner:
             rate, self.admissible, steered = self.steer.after_epoch(log)
             for group in optimizer.param_groups:
                 group["lr"] = rate
-        reason = self._stop_reason(epoch) or steered
-        if not self.admissible and not reason:
-            self._roll_back()
-        return reason
+        if not self.admissible and not steered:
+            self._roll_back()  # even when this epoch forgot everything: not within budget
+            return ""
+        return self._stop_reason(epoch) or steered
 
     def _roll_back(self) -> None:
         """Back to the best weights within the budget (and what was measured on them):
-        the next epoch, at the lowered rate, does not build on weights over it."""
+        the next epoch, at the lowered rate, does not build on weights over it. An epoch
+        that forgot every finding over the budget does not end the loop: it goes on from
+        the weights before it (a new round would cost a reload and a probe)."""
         self.best.restore(self.model)
         self.latest, self.active = dict(self._best_seen[0]), set(self._best_seen[1])
 

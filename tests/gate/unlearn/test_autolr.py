@@ -265,3 +265,33 @@ def test_after_going_over_the_steering_never_raises_back_to_that_rate() -> None:
     assert steer.after_epoch(_held(1, 0.9, 4, 0.03))[0] == pytest.approx(1e-4 / AUTO_FACTOR)
     rates = [steer.after_epoch(_held(e, 0.9, 4, 0.01))[0] for e in range(2, 6)]
     assert rates == pytest.approx([1e-4 / AUTO_FACTOR] * 4)  # stalled, but no raise
+
+
+class OverOnFirst:
+    """Epoch 1 is over the budget, later ones within."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def after_epoch(self, log: EpochLog) -> tuple[float, bool, str]:
+        self.seen.append(log.epoch)
+        return 1e-2, log.epoch != 1, ""
+
+
+def test_an_epoch_that_forgets_everything_over_the_budget_does_not_end_the_loop(
+    forget_and_retain: Data,
+) -> None:
+    findings, windows, retain = forget_and_retain
+    model = micro_model(VOCAB)
+    forgotten = {f.id: (0.1, False) for f in findings}
+    steer = OverOnFirst()
+    unlearner = Unlearner(
+        model, windows, retain, before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
+        measure=Scripted(model, [forgotten]), thresholds=THRESHOLDS,
+        config=UnlearnConfig(lr=1e-2, batch_size=2, epochs=10, patience=0), pad_id=0,
+        steer=steer,
+    )  # fmt: skip
+    result = unlearner.run()
+    assert steer.seen == [1, 2]  # epoch 1 forgot all over the budget: rolled back, went on
+    assert result.stop_reason == "every finding forgotten"
+    assert result.best_epoch == 2
