@@ -450,3 +450,39 @@ def test_under_lr_auto_the_rounds_aim_at_a_share_of_the_perplexity_budget() -> N
     assert round_limits(fixed, budget=0.05, spent=0.0, number=1) == fixed
     chosen = UnlearnArgs(lr="auto", auto_ppl_max=0.01)
     assert round_limits(chosen, budget=0.05, spent=0.0, number=1).auto_ppl_max == 0.01
+
+
+def test_a_stage_frees_what_it_dropped_even_in_reference_cycles() -> None:
+    """A loaded Transformers model sits in reference cycles: the stage collects them, so
+    the next stage does not load its model beside the last one."""
+    import gc
+    import weakref
+
+    from gate.pipeline import _stage
+    from gate.policy import load_policy
+    from gate.record import CorpusInfo, RecordBuilder
+
+    class Held:
+        def __init__(self) -> None:
+            self.me = self  # a cycle, as a model's is
+
+    builder = RecordBuilder(
+        model_path=Path("/models/tiny"),
+        corpus=CorpusInfo(path="/data/corpus", format="dir", samples=1),
+        policy=load_policy("default"),
+        invocation=["codeeraser", "gate"],
+        model_sha256="0" * 64,
+    )
+    enabled = gc.isenabled()
+    gc.disable()  # only the stage may collect
+    try:
+        with _stage(builder, "measure"):
+            held = Held()
+            gone = weakref.ref(held)
+            del held
+            assert gone() is not None  # refcounting alone does not free a cycle
+        assert gone() is None
+    finally:
+        if enabled:
+            gc.enable()
+    assert "measure" in builder.record.timings
