@@ -290,14 +290,20 @@ class Unlearner:
         result.history.append(log)
         if self.report is not None:
             self.report(log)
+        return self._decide(epoch, log, optimizer)
+
+    def _decide(self, epoch: int, log: EpochLog, optimizer: torch.optim.Optimizer) -> str:
+        """After an epoch: the steer's say (rate, weights kept or rolled back), then why
+        to stop, if at all."""
         steered = ""
         if self.steer is not None:
             rate, self.admissible, steered = self.steer.after_epoch(log)
             for group in optimizer.param_groups:
                 group["lr"] = rate
-        if not self.admissible and not steered:
-            self._roll_back()  # even when this epoch forgot everything: not within budget
-            return ""
+        if not self.admissible:  # over the budget, even if it forgot everything
+            if not steered:
+                self._roll_back()
+            return steered  # a stop here restores the best weights: say why, not "forgotten"
         return self._stop_reason(epoch) or steered
 
     def _roll_back(self) -> None:

@@ -295,3 +295,28 @@ def test_an_epoch_that_forgets_everything_over_the_budget_does_not_end_the_loop(
     assert steer.seen == [1, 2]  # epoch 1 forgot all over the budget: rolled back, went on
     assert result.stop_reason == "every finding forgotten"
     assert result.best_epoch == 2
+
+
+class OverTwice:
+    """Every epoch over the budget; the second one stops."""
+
+    def after_epoch(self, log: EpochLog) -> tuple[float, bool, str]:
+        return 1e-2, False, "over for 2 epochs" if log.epoch == 2 else ""
+
+
+def test_a_stop_over_the_budget_gives_the_steer_s_reason_not_forgotten(
+    forget_and_retain: Data,
+) -> None:
+    """The weights that forgot everything are not kept: the run must not say they were."""
+    findings, windows, retain = forget_and_retain
+    model = micro_model(VOCAB)
+    unlearner = Unlearner(
+        model, windows, retain, before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
+        measure=Scripted(model, [{f.id: (0.1, False) for f in findings}]),
+        thresholds=THRESHOLDS,
+        config=UnlearnConfig(lr=1e-2, batch_size=2, epochs=10, patience=0), pad_id=0,
+        steer=OverTwice(),
+    )  # fmt: skip
+    result = unlearner.run()
+    assert result.stop_reason == "over for 2 epochs"
+    assert result.best_epoch == 0
