@@ -29,7 +29,7 @@ def test_ratio_meets_the_target_at_equal_or_better_utility() -> None:
         _run("default", 10, 10, 2.02), _run("reference-default", 60, 10, 2.04)
     )
     assert lines[0].endswith("6.00× (meets 3×)")
-    assert "+1.00% against reference +2.00%" in lines[1]
+    assert "+1.00% against reference at lr 0.00032 +2.00%" in lines[1]
     assert lines[1].endswith("equal or better")
 
 
@@ -57,3 +57,11 @@ def test_table_has_a_row_per_loop() -> None:
     assert len(rows) == 3  # header and two loops
     assert "| 5/10 | 5 | +0.00% | 60.0 | 12.000 |" in rows[2]
     assert "12.00× (meets 3×)" in table
+
+
+def test_table_gives_a_verdict_per_reference_run() -> None:
+    slower = {**_run("reference-default", 90, 5, 2.0), "lr": 1e-3}
+    runs = [_run("default", 10, 10, 2.02), _run("reference-default", 60, 5, 2.0), slower]
+    table = erase.default_table(runs)
+    assert "reference at lr 0.00032 / default, s per forgotten sample: 12.00×" in table
+    assert "reference at lr 0.001 / default, s per forgotten sample: 18.00×" in table
