@@ -936,7 +936,7 @@ def default_table(runs: list[dict[str, Any]]) -> str:
     lines = [
         f"{RUN['kind']}:",
         "",
-        "| loop | lr | epochs | stop | forgotten | extracted after (greedy) | "
+        "| loop | lr | epochs | stop | forgotten | extracted after: greedy, sampled | "
         "held-out ppl change | s total | s / forgotten sample |",
         "|" + "---|" * 9,
     ]
@@ -945,7 +945,8 @@ def default_table(runs: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {DEFAULT_LOOPS[r['variant']]} | {r['lr']:.2g} | {r['epochs']} | "
             f"{r['stop_reason']} | {r['forgotten']}/{r['after']['findings']} | "
-            f"{r['after']['extracted_greedy']} | {ppl_change(r):+.2%} | {r['seconds']:.1f} | "
+            f"{r['after']['extracted_greedy']}, {r['after']['extracted_sampled']} | "
+            f"{ppl_change(r):+.2%} | {r['seconds']:.1f} | "
             f"{f'{per:.3f}' if per else '-'} |"
         )
     verdicts = [line for r in runs[1:] for line in default_verdict(runs[0], r)]

@@ -16,7 +16,7 @@ def _run(variant: str, seconds: float, forgotten: int, ppl_after: float) -> dict
         "epochs": 4,
         "stop_reason": "every finding forgotten",
         "forgotten": forgotten,
-        "after": {"findings": 10, "extracted_greedy": 10 - forgotten},
+        "after": {"findings": 10, "extracted_greedy": 10 - forgotten, "extracted_sampled": 1},
         "perplexity_before": 2.0,
         "perplexity_after": ppl_after,
         "seconds": seconds,
@@ -55,7 +55,7 @@ def test_table_has_a_row_per_loop() -> None:
     table = erase.default_table(runs)
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == 3  # header and two loops
-    assert "| 5/10 | 5 | +0.00% | 60.0 | 12.000 |" in rows[2]
+    assert "| 5/10 | 5, 1 | +0.00% | 60.0 | 12.000 |" in rows[2]
     assert "12.00× (meets 3×)" in table
 
 
