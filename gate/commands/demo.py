@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from gate.demo.build import DemoBuild
 
 # gate.demo.build.PRESETS, listed here to keep --help free of torch
-PRESET_NAMES = ("tiny", "demo", "gpt2-alt", "llama-49k")
+PRESET_NAMES = ("tiny", "demo", "gpt2-alt", "llama-49k", "gpt2-gen", "llama-gen")
 
 
 @click.command("demo")
