@@ -246,7 +246,11 @@ def _train(
         )
         run.extra["utility_before"] = before_utility.model_dump(mode="json")
     utility_before = UtilityFigures.model_validate(run.extra["utility_before"])
-    watch = _heldout_watch(run, model, tokenizer, heldout, options.config)
+    watch = (
+        None
+        if engine.shard.distributed
+        else _heldout_watch(run, model, tokenizer, heldout, options.config)
+    )
     result = _unlearn(
         model, job, before=before, thresholds=thresholds, config=options.config,
         checkpoints=run, report=report if engine.is_main else None, engine=engine,
@@ -273,7 +277,9 @@ def _heldout_watch(
     config: UnlearnConfig,
 ) -> HeldoutSlice | None:
     """The held-out slice checked after every epoch (`gate.unlearn.heldout`); its
-    baseline on the starting weights is kept in the checkpoints."""
+    baseline on the starting weights is kept in the checkpoints. One process only: under
+    DDP/FSDP the bare module's forward would bypass the wrapper (and `lr: auto`, the
+    slice's user, is refused there)."""
     if not texts or config.heldout_tokens == 0:
         return None
     chosen = heldout_slice(texts, tokenizer, config.heldout_tokens)
