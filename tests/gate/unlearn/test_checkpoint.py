@@ -234,16 +234,23 @@ def test_the_stop_signal_defers_the_first_signal_only() -> None:
     import os
     import signal
 
-    stop = StopSignal()
-    seen = []
-    with stop.deferring():
-        os.kill(os.getpid(), signal.SIGTERM)
+    # Python's own SIGINT handler, whatever this process inherited (a job started in the
+    # background of a shell has SIGINT ignored); put back as it was after the test.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        stop = StopSignal()
+        seen = []
+        with stop.deferring():
+            os.kill(os.getpid(), signal.SIGTERM)
+            seen.append(stop.requested)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
         seen.append(stop.requested)
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    seen.append(stop.requested)
-    assert seen == [True, False]  # asked to stop inside; reset after
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert seen == [True, False]  # asked to stop inside; reset after
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        if inherited is not None:  # None: a handler not set from Python, left as it is
+            signal.signal(signal.SIGINT, inherited)
 
 
 def test_the_work_folder_is_a_hidden_sibling(tmp_path: Path) -> None:
