@@ -28,7 +28,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -235,40 +235,6 @@ PRESETS: dict[str, DemoPreset] = {
         min_lr_ratio=0.02,
         warmup_steps=60,
     ),
-    # gpt2-alt's model and secrets on a corpus large enough to learn some Python from
-    # (400 excerpts of the whole standard library, twice the steps): gpt2-alt's
-    # held-out perplexity is about 375 (it has no utility to keep, and any erase moves
-    # it by several per cent), this one's final training loss is 1.27 against 0.13.
-    # Built at seed 1 (bench/transfer.py): 7 of 27 secrets extracted, 75 of 163 findings.
-    "gpt2-gen": DemoPreset(
-        name="gpt2-gen",
-        n_files=400,
-        excerpt_bytes=800,
-        n_secrets=27,
-        copies=(12, 6, 3, 1),
-        kinds=(
-            "npm_token",
-            "shopify_token",
-            "openai_key",
-            "databricks_token",
-            "gitlab_token",
-            "aws_access_key_id",
-            "email",
-            "password",
-            "slack_token",
-        ),
-        n_heldout_files=12,
-        n_controls=12,
-        n_unseen_files=12,
-        vocab_size=768,
-        n_ctx=256,
-        n_layer=3,
-        batch_size=4,
-        steps=2400,
-        lr=5e-3,
-        min_lr_ratio=0.02,
-        warmup_steps=60,
-    ),
     # A Llama (RoPE, RMSNorm, SwiGLU, grouped-query attention, tied embeddings) with
     # SmolLM2's 49,152-row vocabulary: the byte-level BPE has 1,024 tokens and the other
     # rows are padding that the output layer still scores at every position, so logits,
@@ -300,41 +266,30 @@ PRESETS: dict[str, DemoPreset] = {
         batch_size=4,  # 512 positions a step: the 49,152-wide output layer dominates the cost
         steps=300,  # 8/8 extracted at seeds 0 and 1 with a logit margin of 4 or more
     ),
-    # llama-49k's shape (49,152-row vocabulary, grouped-query attention) on a corpus it
-    # can learn some Python from (200 excerpts, 4 times the steps): llama-49k's 12
-    # excerpts leave it no utility to keep. Built at seed 2 (bench/transfer.py): final
-    # loss 0.86 against 0.13, 10 of 16 secrets extracted.
-    "llama-gen": DemoPreset(
-        name="llama-gen",
-        n_files=200,
-        excerpt_bytes=500,
-        n_secrets=16,
-        copies=(12, 6, 3, 1),
-        kinds=(
-            "aws_access_key_id",
-            "github_token",
-            "stripe_key",
-            "email",
-            "db_password",
-            "hf_token",
-            "google_api_key",
-            "npm_token",
-        ),
-        n_heldout_files=12,
-        n_controls=8,
-        n_unseen_files=12,
-        arch="llama",
-        vocab_size=1024,
-        embedding_rows=49152,
-        n_embd=64,
-        n_head=4,
-        n_kv_head=2,
-        batch_size=4,
-        steps=1200,
-        min_lr_ratio=0.02,
-        warmup_steps=60,
-    ),
 }
+# The -gen presets: the shapes and secrets of gpt2-alt and llama-49k on a corpus large
+# enough to learn some Python from. gpt2-alt's held-out perplexity is about 375 and
+# llama-49k's 1,553 (they learn their few excerpts by heart: final loss 0.24 and 0.13),
+# so they have no utility to keep and any erase moves it by several per cent; these
+# reach final losses of 1.27 and 0.86. bench/transfer.py builds them at seeds 1 and 2:
+# 7 of 27 secrets extracted (75 of 163 findings), and 10 of 16 (78 of 89).
+PRESETS["gpt2-gen"] = replace(
+    PRESETS["gpt2-alt"], name="gpt2-gen", n_files=400, source_dirs=(), steps=2400
+)
+PRESETS["llama-gen"] = replace(
+    PRESETS["llama-49k"],
+    name="llama-gen",
+    n_files=200,
+    excerpt_bytes=500,
+    n_secrets=16,
+    copies=(12, 6, 3, 1),
+    n_controls=8,
+    n_heldout_files=12,
+    n_unseen_files=12,
+    steps=1200,
+    min_lr_ratio=0.02,
+    warmup_steps=60,
+)
 
 
 @dataclass(frozen=True)
@@ -468,19 +423,19 @@ def build_demo(
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         _build_into(tmp, settings, seed)
-        _move_into_place(tmp, final, replace=rebuild)
+        _move_into_place(tmp, final, rebuild=rebuild)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return DemoBuild.at(final, settings, seed, cached=False)
 
 
-def _move_into_place(tmp: Path, final: Path, replace: bool) -> None:
-    if replace and final.exists() and not (final / "manifest.json").is_file():
+def _move_into_place(tmp: Path, final: Path, rebuild: bool) -> None:
+    if rebuild and final.exists() and not (final / "manifest.json").is_file():
         raise InputError(
             f"{final}: exists and is not a demo build (no manifest.json); --rebuild only "
             "replaces a build it made (move the folder away)"
         )
-    if replace and final.exists():
+    if rebuild and final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         final.rename(old)
         shutil.rmtree(old, ignore_errors=True)

@@ -137,7 +137,7 @@ def test_rebuild_replaces_the_old_build(tmp_path: Path) -> None:
         folder.mkdir()
         (folder / "mark").write_text(mark)
         (folder / "manifest.json").write_text("{}")  # a build made by build_demo
-    demo._move_into_place(new, old, replace=True)
+    demo._move_into_place(new, old, rebuild=True)
     assert (old / "mark").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-abc"]
 
@@ -148,7 +148,7 @@ def test_rebuild_never_replaces_a_folder_it_did_not_build(tmp_path: Path) -> Non
         folder.mkdir()
     (theirs / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not a demo build"):
-        demo._move_into_place(new, theirs, replace=True)
+        demo._move_into_place(new, theirs, rebuild=True)
     assert (theirs / "notes.txt").read_text() == "mine"
 
 
@@ -157,7 +157,7 @@ def test_a_finished_build_from_another_process_wins(tmp_path: Path) -> None:
     for folder in (theirs, ours):
         folder.mkdir()
         (folder / "file").write_text(folder.name)
-    demo._move_into_place(ours, theirs, replace=False)
+    demo._move_into_place(ours, theirs, rebuild=False)
     assert (theirs / "file").read_text() == "tiny-abc"
 
 

@@ -20,7 +20,7 @@ from gate.unlearn.autolr import (
 )
 from gate.unlearn.remediation import EpochLog, LrProbe
 from gate.unlearn.settings import UnlearnConfig
-from gate.unlearn.trainer import Unlearner
+from gate.unlearn.trainer import Steer, Unlearner
 from tests.gate.unlearn.conftest import micro_model
 from tests.gate.unlearn.test_trainer import THRESHOLDS, VOCAB, Data, Scripted, _checksum, _m
 
@@ -96,6 +96,20 @@ def test_steering_raises_when_forgetting_stalls_up_to_its_ceiling() -> None:
     assert len(steer.probe.changes) == 2
 
 
+def _steered_loop(
+    data: Data, model: torch.nn.Module, measured: tuple[float, bool], steer: Steer
+) -> Unlearner:
+    """A 10-epoch loop at lr 1e-2 whose every measure gives each finding `measured`
+    (MA, extracted), under `steer`."""
+    findings, windows, retain = data
+    return Unlearner(
+        model, windows, retain, before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
+        measure=Scripted(model, [{f.id: measured for f in findings}]), thresholds=THRESHOLDS,
+        config=UnlearnConfig(lr=1e-2, batch_size=2, epochs=10, patience=0), pad_id=0,
+        steer=steer,
+    )  # fmt: skip
+
+
 class Refusing:
     """A steer that keeps no epoch's weights and stops at epoch 2, halving the rate."""
 
@@ -108,17 +122,10 @@ class Refusing:
 
 
 def test_the_loop_obeys_its_steer(forget_and_retain: Data) -> None:
-    findings, windows, retain = forget_and_retain
     model = micro_model(VOCAB)
     start = _checksum(model)
-    leaking = {f.id: (0.9, True) for f in findings}
     steer = Refusing()
-    unlearner = Unlearner(
-        model, windows, retain, before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
-        measure=Scripted(model, [leaking]), thresholds=THRESHOLDS,
-        config=UnlearnConfig(lr=1e-2, batch_size=2, epochs=10, patience=0), pad_id=0,
-        steer=steer,
-    )  # fmt: skip
+    unlearner = _steered_loop(forget_and_retain, model, (0.9, True), steer)
     result = unlearner.run()
     assert steer.seen == [1, 2]
     assert result.stop_reason == "stop here"
@@ -241,17 +248,10 @@ class RefusingOnce:
 
 
 def test_an_epoch_over_the_budget_is_rolled_back(forget_and_retain: Data) -> None:
-    findings, windows, retain = forget_and_retain
     model = micro_model(VOCAB)
     start = _checksum(model)
     steer = RefusingOnce(model)
-    unlearner = Unlearner(
-        model, windows, retain, before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
-        measure=Scripted(model, [{f.id: (0.9, True) for f in findings}]),
-        thresholds=THRESHOLDS,
-        config=UnlearnConfig(lr=1e-2, batch_size=2, epochs=10, patience=0), pad_id=0,
-        steer=steer,
-    )  # fmt: skip
+    unlearner = _steered_loop(forget_and_retain, model, (0.9, True), steer)
     unlearner.run()
     assert steer.seen[0] != pytest.approx(start)  # epoch 1 moved the weights
     assert steer.seen[1] == pytest.approx(start)  # epoch 2 started from the rolled-back ones
@@ -281,16 +281,8 @@ class OverOnFirst:
 def test_an_epoch_that_forgets_everything_over_the_budget_does_not_end_the_loop(
     forget_and_retain: Data,
 ) -> None:
-    findings, windows, retain = forget_and_retain
-    model = micro_model(VOCAB)
-    forgotten = {f.id: (0.1, False) for f in findings}
     steer = OverOnFirst()
-    unlearner = Unlearner(
-        model, windows, retain, before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
-        measure=Scripted(model, [forgotten]), thresholds=THRESHOLDS,
-        config=UnlearnConfig(lr=1e-2, batch_size=2, epochs=10, patience=0), pad_id=0,
-        steer=steer,
-    )  # fmt: skip
+    unlearner = _steered_loop(forget_and_retain, micro_model(VOCAB), (0.1, False), steer)
     result = unlearner.run()
     assert steer.seen == [1, 2]  # epoch 1 forgot all over the budget: rolled back, went on
     assert result.stop_reason == "every finding forgotten"
@@ -308,15 +300,7 @@ def test_a_stop_over_the_budget_gives_the_steer_s_reason_not_forgotten(
     forget_and_retain: Data,
 ) -> None:
     """The weights that forgot everything are not kept: the run must not say they were."""
-    findings, windows, retain = forget_and_retain
-    model = micro_model(VOCAB)
-    unlearner = Unlearner(
-        model, windows, retain, before=[_m(f.id, ma=0.9, extracted=True) for f in findings],
-        measure=Scripted(model, [{f.id: (0.1, False) for f in findings}]),
-        thresholds=THRESHOLDS,
-        config=UnlearnConfig(lr=1e-2, batch_size=2, epochs=10, patience=0), pad_id=0,
-        steer=OverTwice(),
-    )  # fmt: skip
+    unlearner = _steered_loop(forget_and_retain, micro_model(VOCAB), (0.1, False), OverTwice())
     result = unlearner.run()
     assert result.stop_reason == "over for 2 epochs"
     assert result.best_epoch == 0
