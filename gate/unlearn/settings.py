@@ -141,7 +141,7 @@ class UnlearnArgs(BaseModel):
         4096,
         "Held-out tokens whose perplexity is checked after every epoch (0: none).",
         ge=0,
-        le=limits.MAX_TOKENS * limits.MAX_BATCH_SIZE,
+        le=limits.MAX_TOKENS,
     )
     auto_probe_steps: int = setting(
         2, "lr auto: steps per rate tried by the probe.", ge=1, le=limits.MAX_EPOCHS
