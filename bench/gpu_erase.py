@@ -221,14 +221,12 @@ def _engine(options: argparse.Namespace, config: Any) -> Any:
     from gate.unlearn.engine import Engine
 
     if config.mixed_precision == "no":
-        return Engine(
-            batch_tokens=config.train_batch_tokens, checkpointing=config.gradient_checkpointing
-        )
+        return Engine(batch_tokens=config.train_batch_tokens, checkpointing=options.checkpointing)
     from gate.unlearn.accelerated import AcceleratedEngine
 
     return AcceleratedEngine(
         batch_tokens=config.train_batch_tokens,
-        checkpointing=config.gradient_checkpointing,
+        checkpointing=options.checkpointing,
         mixed_precision=config.mixed_precision,
         cpu=not options.device.startswith("cuda"),
     )

@@ -53,7 +53,7 @@ class AcceleratedEngine(Engine):
         self,
         *,
         batch_tokens: int = DEFAULT_TRAIN_BATCH_TOKENS,
-        checkpointing: bool = False,
+        checkpointing: bool | str = False,
         mixed_precision: str = "no",
         cpu: bool | None = None,
         batch_mb: int = 0,

@@ -29,7 +29,8 @@ perplexity only loosely.
 Cost: 2 rungs when 1e-4 is within and 3.2e-4 is not, at most 5 (up to 1e-2 or down
 to 1e-6), of `auto_probe_steps` steps each on a small batch; one read of the gauge per
 rung and per epoch (a forward pass over the slice or the watch windows); one copy of
-the trainable weights (with LoRA, the adapters).
+the trainable weights (with LoRA, the adapters), on disk when they are on the CPU
+(`gate.unlearn.spill`).
 """
 
 from __future__ import annotations
@@ -38,15 +39,18 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from audit.measurements import Measurement, Thresholds
 from gate import ui
 from gate.unlearn.data import ForgetWindow, RetainWindow, collate
+from gate.unlearn.engine import Engine, engine_settings
 from gate.unlearn.reference import ReferenceSource
 from gate.unlearn.remediation import EpochLog, LrProbe, LrTrial
 from gate.unlearn.settings import UnlearnConfig
+from gate.unlearn.spill import WeightCopy
 from gate.unlearn.trainer import HeldoutCheck, NotFinite, Unlearner
 
 AUTO_LADDER = tuple(10 ** (-6 + k / 2) for k in range(9))  # 1e-6, 3.2e-6, ..., 1e-2
@@ -96,15 +100,19 @@ def probe_lr(
     config: UnlearnConfig,
     pad_id: int,
     heldout: HeldoutCheck | None = None,
+    spill: Path | None = None,
 ) -> LrProbe:
-    """The probe (see the module's text); the model's weights are as they were after it."""
+    """The probe (see the module's text); the model's weights are as they were after it.
+    `spill`: a folder for the copy of the weights the rungs start from (`WeightCopy`: on
+    disk on the CPU, so the copy costs no memory); none: in memory."""
     started = time.perf_counter()
     windows = list(forget[: config.auto_probe_windows])
     size = min(config.batch_size, len(windows))
     stepped = list(retain[:size])  # the retain windows the steps use (no cache for others)
     gauge = _gauge(model, retain, size, pad_id, config=config, heldout=heldout)
-    params = [p for p in model.parameters() if p.requires_grad]
-    saved = [p.detach().clone() for p in params]
+    saved = WeightCopy([p for p in model.parameters() if p.requires_grad], spill)
+    engine = Engine(**engine_settings(config))  # the loop's micro-batches and checkpointing
+    engine.ready(model)
     trials: list[LrTrial] = []
     reference: ReferenceSource | None = None
 
@@ -114,17 +122,20 @@ def probe_lr(
         run = config.model_copy(update={"lr": lr, "batch_size": size})
         unlearner = Unlearner(
             model, windows, stepped, before=before, measure=_no_measure,
-            thresholds=thresholds, config=run, pad_id=pad_id,
+            thresholds=thresholds, config=run, pad_id=pad_id, engine=engine,
         )  # fmt: skip
         reference = reference or unlearner.reference_source()
         rung_started = time.perf_counter()
         value = _rung(unlearner, reference, gauge.read, lr, config.auto_probe_steps)
-        _restore(params, saved)
+        saved.restore()
         trials.append(gauge.trial(lr, value))
         _say(rung_text(lr, value, gauge, time.perf_counter() - rung_started))
         return value is not None and value <= gauge.budget
 
-    _search(within)
+    try:
+        _search(within)
+    finally:
+        saved.close()
     ok = [t.lr for t in trials if (v := gauge.value(t)) is not None and v <= gauge.budget]
     return LrProbe(
         chosen=max(ok) if ok else AUTO_LADDER[0],
@@ -219,8 +230,7 @@ def _rung(
     lr: float,
     steps: int,
 ) -> float | None:
-    trainable = [p for p in unlearner.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    optimizer = unlearner.optimizer(lr, weight_decay=0.0)
     unlearner.model.eval()
     batch = list(range(len(unlearner.forget)))
     try:
@@ -230,12 +240,6 @@ def _rung(
         return None
     value = read()
     return value if math.isfinite(value) else None
-
-
-def _restore(params: Sequence[torch.nn.Parameter], saved: Sequence[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for p, s in zip(params, saved, strict=True):
-            p.copy_(s)
 
 
 def _no_measure(ids: Sequence[str]) -> list[Measurement]:

@@ -63,6 +63,7 @@ from gate.unlearn.data import (
 from gate.unlearn.engine import Engine
 from gate.unlearn.heldout import HeldoutSlice, heldout_slice
 from gate.unlearn.lora import add_adapters, merged
+from gate.unlearn.optim import states_dtype
 from gate.unlearn.remediation import (
     RECORD_NAME,
     EpochLog,
@@ -265,7 +266,10 @@ def _train(
     }
     record.processes = engine.shard.world
     record.mixed_precision = engine.mixed_precision
-    record.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    record.trainable_parameters = sum(p.numel() for p in trained)
+    record.optimizer_states = states_dtype(options.config.optimizer_states, trained)
+    record.gradient_checkpointing = engine.checkpoints
     return model, record
 
 
@@ -552,7 +556,7 @@ def _unlearn(
     if config.lr == "auto":
         probe, steer = _auto_lr(
             model, job, before, thresholds=thresholds, config=config, engine=engine,
-            heldout=heldout,
+            heldout=heldout, spill=checkpoints.folder,
         )  # fmt: skip
         config = config.model_copy(update={"lr": probe.chosen})
     unlearner = Unlearner(
@@ -590,6 +594,7 @@ def _auto_lr(
     config: UnlearnConfig,
     engine: Engine,
     heldout: HeldoutSlice | None,
+    spill: Path,
 ) -> tuple[LrProbe, LrSteer]:
     """`lr: auto`: the probe's rate, and the steering of it during the loop."""
     if engine.shard.distributed:
@@ -598,7 +603,7 @@ def _auto_lr(
     active = [w for w in job.windows if w.finding_ids & risky]
     probe = probe_lr(
         model, active or job.windows, job.retain, before=before, thresholds=thresholds,
-        config=config, pad_id=job.pad_id, heldout=heldout,
+        config=config, pad_id=job.pad_id, heldout=heldout, spill=spill,
     )  # fmt: skip
     used = min(config.batch_size, len(job.retain))
     windows = watch_windows(job.retain, used)

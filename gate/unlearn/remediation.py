@@ -134,6 +134,8 @@ class Remediation(_Part):
     processes: int = 1  # processes that trained together (accelerate launch)
     mixed_precision: str = "no"  # autocast in force (the option, or the launcher's config)
     trainable_parameters: int = 0  # parameters updated (LoRA: the adapters only)
+    optimizer_states: str = "float32"  # dtype of AdamW's moments (`optimizer_states` resolved)
+    gradient_checkpointing: bool = False  # layers recomputed in the backward pass (as decided)
     tool: str = f"codeeraser {__version__}"
 
     @property

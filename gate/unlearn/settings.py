@@ -28,6 +28,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -43,6 +44,8 @@ AscendOn = Literal["predicted", "all"]
 RefKind = Literal["auto", "cached", "frozen", "base"]
 CacheMode = Literal["auto", "full", "topk"]
 MixedPrecision = Literal["no", "bf16", "fp16"]
+StatesDtype = Literal["auto", "float32", "bfloat16"]
+Checkpointing = Literal["auto", "on", "off"]
 
 DEFAULT_WINDOW_TOKENS = 512  # forget window length (paper)
 DEFAULT_RETAIN_TOKENS = 128  # retain window length (paper)
@@ -222,6 +225,12 @@ class UnlearnArgs(BaseModel):
     )
     max_grad_norm: float = setting(1.0, "Gradient clipping (0: off).", ge=0)
     weight_decay: float = setting(0.0, "AdamW weight decay (the reference's: 0).", ge=0)
+    optimizer_states: StatesDtype = setting(
+        "auto",
+        "dtype of AdamW's two moments: float32, or bfloat16 (half the memory, the update "
+        "still computed in float32); auto: bfloat16 from 20M trainable weights, where the "
+        "states are the largest thing the erase holds, else float32.",
+    )
     train_batch_tokens: int = setting(
         DEFAULT_TRAIN_BATCH_TOKENS,
         "Padded tokens per forward/backward micro-batch: a step's k windows are sorted by "
@@ -238,8 +247,12 @@ class UnlearnArgs(BaseModel):
         ge=0,
         le=limits.MAX_CACHE_MB,
     )
-    gradient_checkpointing: bool = setting(
-        False, "Recompute activations in the backward pass (less memory, about a third more time)."
+    gradient_checkpointing: Checkpointing = setting(
+        "auto",
+        "Recompute activations in the backward pass (less memory, about a third more "
+        "time): on, off, or auto: on when one window's activations are over "
+        "train_batch_mb (the cut cannot go below one window), as measured when the run "
+        "starts. true/false in a policy mean on/off.",
     )
     mixed_precision: MixedPrecision = setting(
         "no",
@@ -283,6 +296,12 @@ class UnlearnArgs(BaseModel):
         fields = type(self).model_fields
         kept = {n for n, f in fields.items() if not _extra(f.json_schema_extra, "bookkeeping")}
         return self.model_dump(include=kept)
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        """A policy's true/false (the setting was a switch) as on/off."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _base_needs_lora(self) -> UnlearnArgs:

@@ -55,6 +55,7 @@ from gate.unlearn.methods import (
     UnlearningMethod,
     get_method,
 )
+from gate.unlearn.optim import make_optimizer, states_dtype
 from gate.unlearn.reference import (
     FrozenReference,
     ReferenceSource,
@@ -214,12 +215,7 @@ class Unlearner:
         result = UnlearnResult(list(self.outcomes.values()))
         reference = self.reference_source()
         result.reference_kind, result.reference_bytes = reference.kind, reference.nbytes
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad],  # LoRA: the adapters
-            lr=self.config.rate,
-            betas=(0.9, 0.98),
-            weight_decay=self.config.weight_decay,
-        )
+        optimizer = self.optimizer(self.config.rate, self.config.weight_decay)
         self.train_model, optimizer = self.engine.prepare(self.model, optimizer)
         self.best.offer(leak_score(list(self.latest.values()), self.thresholds), 0, self.model)
         self.model.eval()  # no dropout: the losses compare deterministic distributions
@@ -237,6 +233,13 @@ class Unlearner:
         self._finish(result)
         result.seconds = time.perf_counter() - start
         return result
+
+    def optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """AdamW over the trained weights (LoRA: the adapters), its moments in the
+        dtype `optimizer_states` resolves to for this model."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        states = states_dtype(self.config.optimizer_states, params)
+        return make_optimizer(params, lr=lr, weight_decay=weight_decay, states=states)
 
     def reference_source(self) -> ReferenceSource:
         """p0 for the KL terms: the cache built now, a frozen copy of the model, or (LoRA)
@@ -361,6 +364,7 @@ class Unlearner:
                 self._update(optimizer)
         if joint:
             self._update(optimizer)
+        optimizer.zero_grad(set_to_none=True)  # no gradients held through a re-measure
         return losses
 
     def _update(self, optimizer: torch.optim.Optimizer) -> None:

@@ -16,7 +16,7 @@ from gate.unlearn.data import ForgetWindow, RetainWindow, SecretSpan, collate
 from gate.unlearn.engine import Engine, Piece, plan_pieces
 from gate.unlearn.losses import TokenStats, stats_from_logprobs
 from gate.unlearn.reference import aligned_logprobs, build_cache
-from gate.unlearn.settings import Method, UnlearnConfig
+from gate.unlearn.settings import DEFAULT_TRAIN_BATCH_TOKENS, Method, UnlearnConfig
 from gate.unlearn.trainer import Unlearner
 from tests.gate.unlearn.conftest import micro_model
 
@@ -185,7 +185,49 @@ def test_the_plain_engine_is_chosen_without_a_launcher_or_mixed_precision(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    engine = engine_for(UnlearnConfig(train_batch_tokens=123, gradient_checkpointing=True))
+    engine = engine_for(UnlearnConfig(train_batch_tokens=123, gradient_checkpointing="on"))
     assert type(engine) is Engine
     assert engine.batch_tokens == 123
-    assert engine.checkpointing
+    assert engine.checkpointing is True
+
+
+def _wide_model() -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCAB, n_positions=512, n_embd=64, n_layer=2, n_head=2)
+    model: torch.nn.Module = GPT2LMHeadModel(config)
+    model.eval()
+    return model
+
+
+@pytest.mark.parametrize(
+    ("setting", "batch_mb", "expected"),
+    [("auto", 1, True), ("auto", 256, False), (False, 1, False), (True, 256, True)],
+)
+def test_auto_checkpoints_only_when_one_window_is_over_the_memory_budget(
+    setting: bool | str, batch_mb: int, expected: bool
+) -> None:
+    plain = Engine(batch_mb=batch_mb, probe_tokens=512)
+    plain.ready(_wide_model())
+    assert plain.token_bytes * 512 > 2**20  # one window keeps more than 1 MB
+    engine = Engine(checkpointing=setting, batch_mb=batch_mb, probe_tokens=512)
+    engine.ready(_wide_model())
+    assert engine.checkpoints is expected
+    if expected:  # measured again as it runs: less per token, more tokens a micro-batch
+        assert engine.token_bytes < plain.token_bytes / 2
+        assert (
+            engine.batch_tokens > plain.batch_tokens
+            or engine.batch_tokens == DEFAULT_TRAIN_BATCH_TOKENS
+        )
+    else:
+        assert engine.token_bytes == plain.token_bytes
+
+
+def test_an_engine_is_set_up_once_for_the_probe_and_the_loop() -> None:
+    model, engine = _wide_model(), Engine(checkpointing="auto", batch_mb=1, probe_tokens=512)
+    engine.ready(model)
+    measured = engine.token_bytes
+    engine.token_bytes = measured + 1  # a second setup would measure again
+    engine.prepare(model, torch.optim.SGD(model.parameters(), lr=0.0))
+    assert engine.token_bytes == measured + 1

@@ -17,6 +17,7 @@ from gate.unlearn.losses import (
 )
 from gate.unlearn.reference import (
     FrozenReference,
+    _concat,
     aligned_logprobs,
     build_cache,
     forget_positions,
@@ -45,7 +46,7 @@ def test_cached_log_probs_equal_a_frozen_copy_at_the_same_positions(
     picks = [2, 0]  # any order: rows follow the batch
     batch = collate([windows[i] for i in picks], pad_id=0)
     where = forget_positions(batch, "secret")
-    ours = cache.forget(picks, batch, where)
+    ours = cache.forget(picks, batch, where).whole()
     theirs = frozen.forget(picks, batch, where).rows(0, int(where.sum()))
     assert isinstance(ours, FullReference)
     assert ours.probs.shape == (int(where.sum()), VOCAB)
@@ -53,7 +54,7 @@ def test_cached_log_probs_equal_a_frozen_copy_at_the_same_positions(
     assert torch.allclose(ours.neg_entropy, theirs.neg_entropy, atol=1e-5)
     rpicks = [5, 1, 7]
     rbatch = collate([retain[i] for i in rpicks], pad_id=0)
-    ours = cache.retain(rpicks, rbatch, rbatch.valid)
+    ours = cache.retain(rpicks, rbatch, rbatch.valid).whole()
     theirs = frozen.retain(rpicks, rbatch, rbatch.valid).rows(0, int(rbatch.valid.sum()))
     assert isinstance(ours, FullReference)
     assert isinstance(theirs, FullReference)
@@ -69,7 +70,7 @@ def test_cached_kl_is_zero_before_training_and_grows_after(forget_and_retain: Da
     cache = build_cache(model, windows, [], forget_kl="all", retain_kl=False, pad_id=0)
     picks = list(range(len(windows)))
     batch = collate(windows, pad_id=0)
-    ref = cache.forget(picks, batch, batch.valid)
+    ref = cache.forget(picks, batch, batch.valid).whole()
     with torch.no_grad():
         assert kl_mean(ref, aligned_logprobs(model, batch)[batch.valid]).item() < 1e-6
         for param in model.parameters():
@@ -89,14 +90,14 @@ def test_auto_mode_switches_to_top_k_over_budget(forget_and_retain: Data) -> Non
     assert top.nbytes * 10 < full.nbytes
     batch = collate(windows, pad_id=0)
     picks = list(range(len(windows)))
-    approx = top.forget(picks, batch, batch.valid)
+    approx = top.forget(picks, batch, batch.valid).whole()
     assert isinstance(approx, TopKReference)
     assert approx.indices.shape == (int(batch.valid.sum()), 8)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.05 * torch.randn_like(param))
         now = aligned_logprobs(model, batch)[batch.valid]
-    exact_kl = kl_mean(full.forget(picks, batch, batch.valid), now).item()
+    exact_kl = kl_mean(full.forget(picks, batch, batch.valid).whole(), now).item()
     approx_kl = kl_mean(approx, now).item()
     assert 0 < approx_kl <= exact_kl + 1e-6
 
@@ -127,8 +128,8 @@ def test_the_cache_built_a_chunk_of_positions_at_a_time_equals_the_whole_log_pro
     with torch.no_grad():  # the unchunked computation: (B, L, V) log-probs at once
         whole = aligned_logprobs(model, batch)[where]
         rwhole = aligned_logprobs(model, rbatch)[rbatch.valid]
-    _assert_same_table(cache.forget(picks, batch, where), whole, mode)
-    _assert_same_table(cache.retain(list(range(5)), rbatch, rbatch.valid), rwhole, mode)
+    _assert_same_table(cache.forget(picks, batch, where).whole(), whole, mode)
+    _assert_same_table(cache.retain(list(range(5)), rbatch, rbatch.valid).whole(), rwhole, mode)
 
 
 def _assert_same_table(table: object, logprobs: torch.Tensor, mode: str) -> None:
@@ -144,3 +145,28 @@ def _assert_same_table(table: object, logprobs: torch.Tensor, mode: str) -> None
     assert torch.equal(table.indices, top.indices)
     assert torch.allclose(table.logprobs, top.logprobs, atol=1e-6)
     assert torch.allclose(table.tail, top.tail, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["full", "topk"])
+def test_stacked_rows_cut_any_range_out_of_the_windows_tables_like_the_joined_table(
+    forget_and_retain: Data, mode: Literal["full", "topk"]
+) -> None:
+    _, windows, _ = forget_and_retain
+    model = micro_model(VOCAB)
+    cache = build_cache(model, windows, [], forget_kl="all", retain_kl=False, pad_id=0, mode=mode)
+    picks = [3, 1, 2]
+    batch = collate([windows[i] for i in picks], pad_id=0)
+    stacked = cache.forget(picks, batch, batch.valid)
+    joined = _concat([cache.forget_tables[i] for i in picks])
+    total = int(batch.valid.sum())
+    for start, stop in [(0, total), (0, 1), (5, 37), (total - 3, total), (17, 17)]:
+        ours, theirs = stacked.rows(start, stop), joined.rows(start, stop)
+        for a, b in zip(_tensors(ours), _tensors(theirs), strict=True):
+            assert torch.equal(a, b)
+
+
+def _tensors(table: object) -> list[torch.Tensor]:
+    if isinstance(table, FullReference):
+        return [table.probs, table.neg_entropy]
+    assert isinstance(table, TopKReference)
+    return [table.indices, table.logprobs, table.tail]

@@ -60,3 +60,10 @@ def test_the_method_names_are_the_registered_methods() -> None:
     from gate.unlearn.methods import METHODS
 
     assert set(METHOD_NAMES) == set(METHODS)
+
+
+@pytest.mark.parametrize(("given", "kept"), [(True, "on"), (False, "off"), ("auto", "auto")])
+def test_a_policys_checkpointing_switch_still_reads_as_on_or_off(given: object, kept: str) -> None:
+    args = UnlearnArgs.model_validate({"gradient_checkpointing": given})
+    assert args.gradient_checkpointing == kept
+    assert UnlearnArgs().gradient_checkpointing == "auto"

@@ -12,6 +12,7 @@ from gate.unlearn import methods
 from gate.unlearn.data import ForgetWindow, RetainWindow, collate
 from gate.unlearn.losses import full_reference, masked_ce, stats_from_logprobs
 from gate.unlearn.methods import ForgetView, GradientAscent, Loss
+from gate.unlearn.optim import BF16AdamW
 from gate.unlearn.reference import aligned_logprobs
 from gate.unlearn.remediation import EpochLog
 from gate.unlearn.settings import UnlearnConfig
@@ -367,3 +368,32 @@ def test_ascending_on_predicted_tokens_skips_the_ones_already_forgotten(
     assert parts["all"]["ce_secret"] > parts["predicted"]["ce_secret"]
     with pytest.raises(InputError, match="ascend_on"):
         UnlearnConfig(ascend_on="some")  # type: ignore[arg-type]
+
+
+def test_no_gradient_is_held_while_the_loop_measures(forget_and_retain: Data) -> None:
+    model = micro_model(VOCAB)
+    held: list[bool] = []
+
+    def measure(ids: Sequence[str]) -> list[Measurement]:
+        held.append(any(p.grad is not None for p in model.parameters()))
+        return [_m(fid, ma=0.9) for fid in ids]
+
+    _run(forget_and_retain, measure, model, epochs=2)
+    assert held
+    assert not any(held)
+
+
+@pytest.mark.parametrize(
+    ("setting", "kind"), [("auto", torch.optim.AdamW), ("bfloat16", BF16AdamW)]
+)
+def test_the_loop_optimizer_keeps_its_moments_as_set(
+    forget_and_retain: Data, setting: str, kind: type
+) -> None:
+    findings, windows, retain = forget_and_retain
+    config = UnlearnConfig(lr=1e-3, optimizer_states=setting)  # type: ignore[arg-type]
+    before = [_m(f.id, ma=0.9) for f in findings]
+    unlearner = Unlearner(
+        micro_model(VOCAB), windows, retain, before=before, measure=lambda ids: [],
+        thresholds=THRESHOLDS, config=config, pad_id=0,
+    )  # fmt: skip
+    assert type(unlearner.optimizer(1e-3, 0.0)) is kind  # auto: a micro model is float32
