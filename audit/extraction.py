@@ -18,17 +18,22 @@ more than `audit.model.LOGIT_BUDGET` logits (the rule is in docs/scaling.md):
   as the verbatim greedy attack. These rows need no prefill: their first token is the
   teacher-forced argmax at position i, and their KV cache is cut out of the
   teacher-forced pass's cache (`decoding.gather_cache`), so the prompt of each row is
-  never run through the model again. The pass and the batches cut out of it share
-  ``batch_tokens``: a pass takes at most half, each of its decode batches the rest,
-  and a decode batch has at most LOGIT_BUDGET / V rows. Decoding then runs the cached loop of
-  `audit.decoding`. (Models whose cache drops positions, such as sliding-window
-  layers, take the plain path: a left-padded prefill per row batch.)
+  never run through the model again. Consecutive passes whose caches hold at most
+  half of ``batch_tokens`` together form a group, and the rows of a group's passes
+  are decoded together, in batches that mix passes (`decoding.gather_caches`): a
+  decode step then runs the rows of many short passes at once instead of a few (each
+  step reads every weight of the model, whatever its rows). The group's passes and
+  the batches cut out of them share ``batch_tokens``: the passes take at most half,
+  each decode batch the rest, and a decode batch has at most LOGIT_BUDGET / V rows.
+  Decoding then runs the cached loop of `audit.decoding`. (Models whose cache drops
+  positions, such as sliding-window layers, take the plain path: a left-padded
+  prefill per row batch, a group's rows together.)
 - **Sampled attack** (optional): K rows per finding decoded with temperature/top-k
   sampling (Gumbel-max); each row draws from its own generator seeded by (seed,
   finding id, draw), so results do not depend on batch size or order.
 
 Under ``accelerate launch`` (`audit.distributed.Shard`) every process plans the same
-batches and runs every world-th one; the per-probe scores (and per-draw hits of the
+groups of passes (and sampled batches) and runs every world-th one; the per-probe scores (and per-draw hits of the
 sampled attack) are gathered to every process. A batch holds the same rows whatever
 the number of processes, so the results are the same as a single process's.
 
