@@ -33,9 +33,10 @@ more than `audit.model.LOGIT_BUDGET` logits (the rule is in docs/scaling.md):
   finding id, draw), so results do not depend on batch size or order.
 
 Under ``accelerate launch`` (`audit.distributed.Shard`) every process plans the same
-groups of passes (and sampled batches) and runs every world-th one; the per-probe scores (and per-draw hits of the
-sampled attack) are gathered to every process. A batch holds the same rows whatever
-the number of processes, so the results are the same as a single process's.
+groups of passes (and sampled batches) and runs every world-th one; the per-probe
+scores (and per-draw hits of the sampled attack) are gathered to every process. A
+batch holds the same rows whatever the number of processes, so the results are the
+same as a single process's.
 
 Batched results equal unbatched ones: padding is masked out and positions are the
 ones the unpadded sequence would have (tests/audit/test_extraction.py checks it).
