@@ -147,17 +147,53 @@ def gather_cache(
     The keys already carry their positions (rotary or learned), which stay the ones
     the rows had in the source pass: 0..length-1 from each row's first real token.
     """
+    sources = torch.zeros_like(rows)
+    return gather_caches(model, [cache], sources=sources, rows=rows, starts=starts, lengths=lengths)
+
+
+def gather_caches(
+    model: torch.nn.Module,
+    caches: Sequence[Any],
+    *,
+    sources: torch.Tensor,
+    rows: torch.Tensor,
+    starts: torch.Tensor,
+    lengths: torch.Tensor,
+) -> tuple[Any, torch.Tensor]:
+    """`gather_cache` over several source caches (passes over other rows, of other
+    widths): row r is cut out of caches[sources[r]]. Each row holds the same values as
+    if it had been cut out of its own cache alone."""
 
     width = int(lengths.max())
     offset = torch.arange(width, device=rows.device)[None, :] - (width - lengths[:, None])  # (R, W)
     mask = (offset >= 0).long()  # (R, W)
-    source = (starts[:, None] + offset.clamp(min=0)).clamp(max=cache.layers[0].keys.shape[2] - 1)
+    positions = starts[:, None] + offset.clamp(min=0)  # (R, W) in each row's source
+    picks = [(sources == c).nonzero().squeeze(1) for c in range(len(caches))]  # rows per source
     gathered = new_cache(model)
-    for index, layer in enumerate(cache.layers):
-        keys = layer.keys[rows[:, None], :, source, :].transpose(1, 2)  # (R, H, W, D)
-        values = layer.values[rows[:, None], :, source, :].transpose(1, 2)  # (R, H, W, D)
-        gathered.update(keys.contiguous(), values.contiguous(), index)
+    for index in range(len(caches[0].layers)):
+        layers = [cache.layers[index] for cache in caches]
+        keys = _gather_layer([layer.keys for layer in layers], picks, rows, positions)
+        values = _gather_layer([layer.values for layer in layers], picks, rows, positions)
+        gathered.update(keys, values, index)
     return gathered, mask
+
+
+def _gather_layer(
+    sources: Sequence[torch.Tensor],
+    picks: Sequence[torch.Tensor],
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """(R, H, W, D): row r is sources[c][rows[r], :, positions[r], :] for the c whose
+    picks hold r (positions past a source's end are clamped: they are masked out)."""
+    first = sources[0]
+    heads, dim = first.shape[1], first.shape[3]
+    out = first.new_empty((len(rows), positions.shape[1], heads, dim))  # (R, W, H, D)
+    for source, pick in zip(sources, picks, strict=True):
+        if len(pick):
+            where = positions[pick].clamp(max=source.shape[2] - 1)  # (n, W)
+            out[pick] = source[rows[pick][:, None], :, where, :]  # (n, W, H, D)
+    return out.transpose(1, 2).contiguous()  # (R, H, W, D)
 
 
 # --- sampling -------------------------------------------------------------------------

@@ -18,19 +18,25 @@ more than `audit.model.LOGIT_BUDGET` logits (the rule is in docs/scaling.md):
   as the verbatim greedy attack. These rows need no prefill: their first token is the
   teacher-forced argmax at position i, and their KV cache is cut out of the
   teacher-forced pass's cache (`decoding.gather_cache`), so the prompt of each row is
-  never run through the model again. The pass and the batches cut out of it share
-  ``batch_tokens``: a pass takes at most half, each of its decode batches the rest,
-  and a decode batch has at most LOGIT_BUDGET / V rows. Decoding then runs the cached loop of
-  `audit.decoding`. (Models whose cache drops positions, such as sliding-window
-  layers, take the plain path: a left-padded prefill per row batch.)
+  never run through the model again. Consecutive passes whose caches hold at most
+  half of ``batch_tokens`` together form a group, and the rows of a group's passes
+  are decoded together, in batches that mix passes (`decoding.gather_caches`): a
+  decode step then runs the rows of many short passes at once instead of a few (each
+  step reads every weight of the model, whatever its rows). The group's passes and
+  the batches cut out of them share ``batch_tokens``: the passes take at most half,
+  each decode batch the rest, and a decode batch has at most LOGIT_BUDGET / V rows.
+  Decoding then runs the cached loop of `audit.decoding`. (Models whose cache drops
+  positions, such as sliding-window layers, take the plain path: a left-padded
+  prefill per row batch, a group's rows together.)
 - **Sampled attack** (optional): K rows per finding decoded with temperature/top-k
   sampling (Gumbel-max); each row draws from its own generator seeded by (seed,
   finding id, draw), so results do not depend on batch size or order.
 
 Under ``accelerate launch`` (`audit.distributed.Shard`) every process plans the same
-batches and runs every world-th one; the per-probe scores (and per-draw hits of the
-sampled attack) are gathered to every process. A batch holds the same rows whatever
-the number of processes, so the results are the same as a single process's.
+groups of passes (and sampled batches) and runs every world-th one; the per-probe
+scores (and per-draw hits of the sampled attack) are gathered to every process. A
+batch holds the same rows whatever the number of processes, so the results are the
+same as a single process's.
 
 Batched results equal unbatched ones: padding is masked out and positions are the
 ones the unpadded sequence would have (tests/audit/test_extraction.py checks it).
@@ -516,66 +522,126 @@ def _ma_and_greedy(
     *,
     shard: Shard = LOCAL,
 ) -> tuple[list[list[bool]], dict[Key, list[int]]]:
-    """MA hits and every greedy row's decode, chunk by chunk of probes (this shard's
-    chunks only: the other probes' hits stay empty)."""
+    """MA hits and every greedy row's decode, group by group of passes (this shard's
+    groups only: the other probes' hits stay empty)."""
     hits: list[list[bool]] = [[] for _ in probes]
     greedy: dict[Key, list[int]] = {}
-    # With the pass's cache reused, the pass and the decodes cut out of it share the
-    # budget: a pass takes at most half, its decode batches the rest.
-    budget = config.batch_tokens // 2 if config.reuse_cache else config.batch_tokens
-    chunks = shard.mine(list(_probe_chunks(probes, max(1, budget))))
-    total = sum(len(chunk) for chunk in chunks)
+    # With the passes' caches reused, a group of passes and the decodes cut out of them
+    # share the budget: the group's passes take at most half, its decode batches the rest.
+    budget = max(1, config.batch_tokens // 2 if config.reuse_cache else config.batch_tokens)
+    groups = shard.mine(list(_pass_groups(list(_probe_chunks(probes, budget)), probes, budget)))
+    total = sum(len(chunk) for group in groups for chunk in group)
     with tracker.phase("MA, EL and greedy extraction", total) as advance:
-        for chunk in chunks:
-            done = _teacher_forced(
-                model, [probes[j] for j in chunk], pad_id, keep_cache=config.reuse_cache
-            )
-            rows = _greedy_rows(model, done.probes, config)  # keys index the chunk
-            if done.cache is not None:
-                decoded = _decode_from_pass(model, done, rows, config)
-            else:
-                decoded = _decode(model, rows, pad_id, config, _Tracker(None))
-            for (r, i), tokens in decoded.items():
-                greedy[(chunk[r], i)] = tokens
-            for j, row in zip(chunk, done.hits, strict=True):
-                hits[j] = row
-            advance(len(chunk))
+        for group in groups:
+            passes = [
+                _teacher_forced(
+                    model, [probes[j] for j in chunk], pad_id, keep_cache=config.reuse_cache
+                )
+                for chunk in group
+            ]
+            greedy.update(_greedy_of_passes(model, group, passes, pad_id, config))
+            for chunk, done in zip(group, passes, strict=True):
+                for j, row in zip(chunk, done.hits, strict=True):
+                    hits[j] = row
+                advance(len(chunk))
     return hits, greedy
 
 
-def _decode_from_pass(
-    model: torch.nn.Module, done: _Pass, rows: Sequence[_Row], config: MeasureConfig
+def _pass_groups(
+    chunks: Sequence[list[int]], probes: Sequence[Probe], budget: int
+) -> Iterator[list[list[int]]]:
+    """Consecutive chunks of probes whose passes hold at most `budget` tokens together
+    (rows × width each): their greedy rows are decoded together, so that each decode
+    step runs more rows."""
+    group: list[list[int]] = []
+    held = 0
+    for chunk in chunks:
+        tokens = len(chunk) * max(len(probes[j].prefix_ids) + probes[j].m for j in chunk)
+        if group and held + tokens > budget:
+            yield group
+            group, held = [], 0
+        group.append(chunk)
+        held += tokens
+    if group:
+        yield group
+
+
+def _greedy_of_passes(
+    model: torch.nn.Module,
+    group: Sequence[list[int]],
+    passes: Sequence[_Pass],
+    pad_id: int,
+    config: MeasureConfig,
 ) -> dict[Key, list[int]]:
-    """Decode greedy rows whose prompts are prefixes of the pass's rows, from its cache."""
+    """Every greedy row of a group of passes, decoded together: from the passes' caches
+    when rows can be cut out of them, else by prefilled decoding. Keys are (probe
+    index, i)."""
+    where: dict[int, tuple[int, int]] = {}  # probe index -> (pass, its row in the pass)
+    rows: list[_Row] = []
+    for p, (chunk, done) in enumerate(zip(group, passes, strict=True)):
+        for row in _greedy_rows(model, done.probes, config):  # keys index the chunk
+            r, i = row.key
+            where[chunk[r]] = (p, r)
+            rows.append(replace(row, key=(chunk[r], i)))
+    if all(done.cache is not None for done in passes):
+        return _decode_from_passes(model, passes, where, rows, config)
+    return _decode(model, rows, pad_id, config, _Tracker(None))
+
+
+def _decode_from_passes(
+    model: torch.nn.Module,
+    passes: Sequence[_Pass],
+    where: Mapping[int, tuple[int, int]],
+    rows: Sequence[_Row],
+    config: MeasureConfig,
+) -> dict[Key, list[int]]:
+    """Decode greedy rows whose prompts are prefixes of the passes' rows (probe j is row
+    where[j][1] of pass where[j][0]), from the passes' caches, in batches that mix
+    passes."""
 
     out: dict[Key, list[int]] = {}
     device = model_device(model)
-    k = done.preds.shape[1] - 1
-    limit = context_length_of(model)
-    budget = max(1, config.batch_tokens - done.width * len(done.probes))  # the pass's share
+    held = sum(done.width * len(done.probes) for done in passes)
+    budget = max(1, config.batch_tokens - held)  # the passes' share
     for batch in _batches(rows, budget, _most_rows(model)):
-        source = [done.probes[row.key[0]] for row in batch]
+        firsts, sources, starts = _sources(passes, where, batch)
         lengths = torch.tensor([len(row.prompt) for row in batch], device=device)  # (R,)
-        starts = torch.tensor([done.width - len(p.prefix_ids) - p.m for p in source])  # (R,)
-        first = torch.tensor(
-            [
-                int(done.preds[r, k - p.m + i])
-                for (r, i), p in zip((b.key for b in batch), source, strict=True)
-            ]
-        )  # (R,): the argmax after prefix + secret[:i]
-        rows_t = torch.tensor([row.key[0] for row in batch], device=device)
-        cache, mask = decoding.gather_cache(model, done.cache, rows_t, starts.to(device), lengths)
+        cache, mask = decoding.gather_caches(
+            model,
+            [done.cache for done in passes],
+            sources=sources[:, 0].to(device),
+            rows=sources[:, 1].to(device),
+            starts=starts.to(device),
+            lengths=lengths,
+        )
         decoded = decoding.continue_decoding(
             model,
             cache,
             mask,
             lengths[:, None],
-            first,
+            firsts,
             steps=[row.steps for row in batch],
-            context_length=limit,
+            context_length=context_length_of(model),
         )
         out.update(zip((row.key for row in batch), decoded, strict=True))
     return out
+
+
+def _sources(
+    passes: Sequence[_Pass], where: Mapping[int, tuple[int, int]], batch: Sequence[_Row]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each row of a batch (continuing prefix + secret[:i] of probe j): its first new
+    token (the pass's argmax after it) (R,), its (pass, row in the pass) (R, 2), and
+    where that row's real tokens start in its pass (R,)."""
+    firsts, sources, starts = [], [], []
+    for row in batch:
+        (p, r), i = where[row.key[0]], row.key[1]
+        done = passes[p]
+        probe, k = done.probes[r], done.preds.shape[1] - 1
+        firsts.append(int(done.preds[r, k - probe.m + i]))
+        sources.append((p, r))
+        starts.append(done.width - len(probe.prefix_ids) - probe.m)
+    return torch.tensor(firsts), torch.tensor(sources).view(-1, 2), torch.tensor(starts)
 
 
 # --- prefilled decoding (sampled attack; models whose cache cannot be cut) ------------

@@ -17,11 +17,17 @@ the runs side by side with a check that every tree gives the same measurements.
     python bench/measure_real.py --model M --data D --findings F --first 20 \\
         --tree before=/tmp/before --tree after=. --rounds 2
     PYTHONPATH=. python bench/measure_real.py --model M --sweep 1 16 64 256
+    PYTHONPATH=. python bench/measure_real.py --model M --data D --findings F --variants
+
+With --variants, one process measures alternately with each pass's greedy rows decoded
+on their own (the measure before issue 14's merge) and with the rows of a group of
+passes decoded together (now), against the same loaded model.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -29,15 +35,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import torch
 from measure import FlopCounter, load_inputs, matmul_rate, timed  # bench/measure.py
 
 import audit
+from audit import extraction
 from audit.extraction import MeasureConfig, measure_probes
 from audit.measurements import Thresholds
 
@@ -154,6 +162,27 @@ def share(flops: float, seconds: float, peak: float) -> float:
 
 def run_once(args: argparse.Namespace) -> dict[str, Any]:
     """One full measure in this process, with its timing breakdown."""
+    return run_variants(args, [("this", contextlib.nullcontext)])[0]
+
+
+def per_pass() -> contextlib.AbstractContextManager[Any]:
+    """The measure as it was before the passes' rows were decoded together: each
+    teacher-forced pass's greedy rows in their own decode loop (a group per pass)."""
+    return patch.object(extraction, "_pass_groups", lambda chunks, *_: ([c] for c in chunks))
+
+
+VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
+    "per-pass": per_pass,
+    "merged": contextlib.nullcontext,
+}
+
+
+def run_variants(
+    args: argparse.Namespace,
+    variants: Sequence[tuple[str, Callable[[], contextlib.AbstractContextManager[Any]]]],
+) -> list[dict[str, Any]]:
+    """Full measures in this process, one per variant (a context the measure runs in),
+    each timed on its own against a matmul timed just before it."""
     torch.set_num_threads(args.threads)
     inputs = load_inputs(args)
     probes = inputs.probes[: args.first] if args.first else inputs.probes
@@ -163,23 +192,28 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     config = MeasureConfig(samples=args.samples)
     thresholds = Thresholds(0.5, 0.1, "bench")
     measure_probes(model, tok, probes[:1], thresholds, config)  # warm-up: kernel set-up
-    peak = matmul_rate()
-    counter.reset()
-    clock.reset()
-    start = time.perf_counter()
-    rows = measure_probes(model, tok, probes, thresholds, config)
-    seconds = time.perf_counter() - start
-    result = timing(clock, counter, seconds, peak)  # before the probes below add calls
-    result |= probes_of_machine(model, clock, counter.width, counter.vocab)
-    result |= {
-        "audit": str(Path(audit.__file__).resolve().parent),
-        "label": inputs.label,
-        "findings": len(probes),
-        "secret_tokens": [p.m for p in probes],
-        "measurements": [r.to_dict() for r in rows],
-        "threads": args.threads,
-    }
-    return result
+    runs = []
+    for name, variant in variants:
+        peak = matmul_rate()
+        counter.reset()
+        clock.reset()
+        with variant():
+            start = time.perf_counter()
+            rows = measure_probes(model, tok, probes, thresholds, config)
+            seconds = time.perf_counter() - start
+        result = timing(clock, counter, seconds, peak)  # before the probes below add calls
+        result |= probes_of_machine(model, clock, counter.width, counter.vocab)
+        result |= {
+            "tree": name,
+            "audit": str(Path(audit.__file__).resolve().parent),
+            "label": inputs.label,
+            "findings": len(probes),
+            "secret_tokens": [p.m for p in probes],
+            "measurements": [r.to_dict() for r in rows],
+            "threads": args.threads,
+        }
+        runs.append(result)
+    return runs
 
 
 def timing(clock: Clock, counter: FlopCounter, seconds: float, peak: float) -> dict[str, Any]:
@@ -377,7 +411,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=0, help="sampled attack draws (0: off)")
     p.add_argument("--json", help="write this run's summary here (one tree, no table)")
     p.add_argument("--tree", action="append", default=[], help="NAME=DIR: run on DIR's audit/")
-    p.add_argument("--rounds", type=int, default=2, help="runs per tree with --tree")
+    p.add_argument("--rounds", type=int, default=2, help="runs per tree (or variant)")
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="in this one process, alternate the per-pass decode (before issue 14's merge) "
+        "and the merged one, --rounds times each",
+    )
     p.add_argument(
         "--sweep", type=int, nargs="*", help="time decode steps alone at these rows per step"
     )
@@ -391,11 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return step_sweep(args, args.sweep)
     if args.tree:
         return report(alternate(args, argv))
+    if args.variants:
+        return report(run_variants(args, list(VARIANTS.items()) * args.rounds))
     result = run_once(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result))
         return 0
-    result["tree"] = "this"
     return report([result])
 
 

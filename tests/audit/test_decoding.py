@@ -10,6 +10,7 @@ from audit.decoding import (
     continue_decoding,
     decode_batch,
     gather_cache,
+    gather_caches,
     gatherable,
     left_pad,
     row_seed,
@@ -71,6 +72,38 @@ def test_a_cache_cut_out_of_a_longer_pass_decodes_like_a_prefill(kind: str) -> N
         model, gathered, gmask, lengths[:, None], first, steps=steps, context_length=128
     )
     assert got == [slow_greedy(model, h, s) for h, s in zip(heads, steps, strict=True)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@torch.no_grad()
+def test_rows_cut_out_of_several_passes_equal_rows_cut_out_of_each_alone(kind: str) -> None:
+    """Passes of different widths (two groups of prompts): a row gathered together with
+    rows of the other pass holds the same keys and values as gathered alone."""
+    model: Any = tiny_lm.model(kind)
+    groups = [prompts()[:2], prompts()[2:]]
+    caches, widths = [], []
+    for group in groups:
+        ids, mask, positions = left_pad(group, 0, torch.device("cpu"))
+        cache = new_cache(model)
+        forward(model, ids, mask, positions, cache=cache)
+        caches.append(cache)
+        widths.append(ids.shape[1])
+    cuts = [(1, 0, 30), (0, 1, 4), (1, 2, 25), (0, 0, 1), (1, 1, 9)]  # (pass, row, length)
+    sources, rows, lengths = (torch.tensor(column) for column in zip(*cuts, strict=True))
+    starts = torch.tensor([widths[p] - len(groups[p][r]) for p, r, _ in cuts])
+    together, mask = gather_caches(
+        model, caches, sources=sources, rows=rows, starts=starts, lengths=lengths
+    )
+    width = int(lengths.max())
+    for out, (p, r, n) in enumerate(cuts):
+        alone, alone_mask = gather_cache(
+            model, caches[p], torch.tensor([r]), starts[out : out + 1], torch.tensor([n])
+        )
+        assert mask[out, width - n :].tolist() == alone_mask[0].tolist()
+        assert not mask[out, : width - n].any()
+        for mixed, single in zip(together.layers, alone.layers, strict=True):
+            assert torch.equal(mixed.keys[out, :, width - n :], single.keys[0])
+            assert torch.equal(mixed.values[out, :, width - n :], single.values[0])
 
 
 def test_gumbel_sampling_is_per_row_and_top_1_is_greedy() -> None:

@@ -3,14 +3,18 @@ obviously-correct per-position and per-prefix loops on tiny GPT-2 and Llama mode
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from audit import metrics
+from audit import extraction, metrics
 from audit.corpus import CorpusSpec, load_texts
 from audit.errors import InputError
 from audit.extraction import (
@@ -23,7 +27,7 @@ from audit.extraction import (
 )
 from audit.findings import read_findings
 from audit.measurements import Thresholds
-from audit.model import LoadedModel, load_model
+from audit.model import LOGIT_BUDGET, LoadedModel, load_model, vocab_of
 from audit.probes import Probe, build_probes
 from tests.audit import tiny_lm
 from tests.audit.tiny_lm import slow_greedy, slow_ma_hits
@@ -232,6 +236,103 @@ def test_probe_scores_hold_no_secret() -> None:
         if len(probe.secret) >= 8:  # long enough not to occur in a repr by chance
             assert probe.secret not in repr(score)
             assert probe.secret not in repr(probe)
+
+
+# --- decoding the rows of several passes together ------------------------------------
+
+CODE_IDS = tiny_lm.tokenizer()(tiny_lm.CODE, add_special_tokens=False)["input_ids"]
+SHAPES = st.lists(  # (start in the code, prefix tokens, secret tokens) per probe
+    st.tuples(st.integers(0, 150), st.integers(1, 45), st.integers(1, 24)), min_size=1, max_size=9
+)
+
+
+def random_probes(shapes: list[tuple[int, int, int]]) -> list[Probe]:
+    probes = []
+    for k, (start, p, m) in enumerate(shapes):
+        prefix, secret = CODE_IDS[start : start + p], CODE_IDS[start + p : start + p + m]
+        probes.append(
+            Probe(f"f{k}", "s", "test", tuple(prefix), tuple(secret), False, tiny_lm.decode(secret))
+        )
+    return probes
+
+
+def greedy_decodes(model: Any, probes: list[Probe], config: MeasureConfig) -> Any:
+    """MA hits and every greedy row's decode, as the measure computes them."""
+    with torch.no_grad():
+        return extraction._ma_and_greedy(model, probes, 0, config, extraction._Tracker(None))
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.sampled_from(KINDS),
+    SHAPES,
+    st.integers(8, 4000),
+    st.booleans(),
+    st.sampled_from([1, 3 * 320, LOGIT_BUDGET]),
+)
+def test_rows_of_several_passes_decode_like_each_pass_alone(
+    kind: str, shapes: list[tuple[int, int, int]], tokens: int, reuse: bool, logits: int
+) -> None:
+    """The greedy rows of a group of passes decoded together (batches that mix passes,
+    cut by the token and logit budgets) give the same tokens as each pass's rows decoded
+    on their own, as the measure did before; random probe shapes, budgets and cache
+    reuse (the prefill path), on GPT-2 and Llama."""
+    model, probes = tiny_lm.model(kind), random_probes(shapes)
+    config = MeasureConfig(batch_tokens=tokens, reuse_cache=reuse)
+    with patch("audit.extraction.LOGIT_BUDGET", logits):
+        merged = greedy_decodes(model, probes, config)
+        with patch.object(extraction, "_pass_groups", lambda chunks, *_: ([c] for c in chunks)):
+            alone = greedy_decodes(model, probes, config)
+    assert merged == alone
+    assert set(merged[1]) == {
+        (j, i) for j, p in enumerate(probes) for i in metrics.el_offsets(p.m, config.el_ns)
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(SHAPES, st.integers(1, 3000))
+def test_pass_groups_hold_each_chunk_once_within_half_the_budget(
+    shapes: list[tuple[int, int, int]], tokens: int
+) -> None:
+    probes = random_probes(shapes)
+    chunks = list(extraction._probe_chunks(probes, tokens))
+    groups = list(extraction._pass_groups(chunks, probes, tokens))
+    assert [c for group in groups for c in group] == chunks  # every chunk once, in order
+
+    def held(group: list[list[int]]) -> int:  # tokens of the group's passes
+        return sum(len(c) * max(len(probes[j].prefix_ids) + probes[j].m for j in c) for c in group)
+
+    for group in groups:
+        assert held(group) <= tokens or len(group) == 1  # a lone chunk may be over (one probe)
+    for one, two in itertools.pairwise(groups):  # cut only where the next chunk overflows
+        assert held([*one, two[0]]) > tokens
+
+
+def test_merged_decode_batches_stay_within_the_budgets() -> None:
+    """Each decode batch cut out of a group of passes holds rows × (longest prompt +
+    steps) ≤ the tokens the passes leave, and at most LOGIT_BUDGET / V rows; and the
+    rows of several passes do share batches."""
+    model = tiny_lm.model("llama")
+    probes = random_probes([(s, 5 + 7 * s % 30, 3 + s % 17) for s in range(0, 140, 11)])
+    config = MeasureConfig(batch_tokens=2400)
+    seen: list[tuple[int, int, int]] = []  # (rows, longest prompt, most steps)
+    real = extraction._batches
+
+    def spying(rows: Any, budget: int, most: int = 0) -> Any:
+        for batch in real(rows, budget, most):
+            longest = max(len(r.prompt) for r in batch) + max(r.steps for r in batch)
+            assert len(batch) * longest <= budget or len(batch) == 1
+            assert len(batch) <= max(1, LOGIT_BUDGET // vocab_of(model))
+            assert budget <= config.batch_tokens
+            seen.append((len(batch), len({r.key[0] for r in batch}), longest))
+            yield batch
+
+    with patch.object(extraction, "_batches", spying):
+        greedy_decodes(model, probes, config)
+    chunks = list(extraction._probe_chunks(probes, config.batch_tokens // 2))
+    assert len(chunks) > 2  # several passes ...
+    assert len(seen) < len(chunks)  # ... whose rows share fewer decode batches
+    assert max(probes_in for _, probes_in, _ in seen) > max(len(c) for c in chunks)
 
 
 # --- on the tiny demo model (a GPT-2 that memorized its planted secrets) --------------
