@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -231,3 +232,20 @@ def test_an_engine_is_set_up_once_for_the_probe_and_the_loop() -> None:
     engine.token_bytes = measured + 1  # a second setup would measure again
     engine.prepare(model, torch.optim.SGD(model.parameters(), lr=0.0))
     assert engine.token_bytes == measured + 1
+
+
+def test_measuring_the_activations_leaves_no_tensor_behind() -> None:
+    model = micro_model(VOCAB)
+    model.eval()
+
+    def alive() -> int:
+        gc.collect()
+        return sum(
+            o.untyped_storage().nbytes()
+            for o in gc.get_objects()
+            if issubclass(type(o), torch.Tensor) and type(o) is not torch.nn.Parameter
+        )
+
+    before = alive()
+    assert engines.activation_bytes(model, 64) > 0
+    assert alive() == before  # the graph it built is freed, not kept by a cycle
