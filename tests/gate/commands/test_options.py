@@ -51,7 +51,7 @@ def _parsed(arguments: list[str]) -> dict[str, Any]:
 def test_settings_written_as_options_parse_back_to_the_same_config() -> None:
     config = UnlearnConfig(
         method="cu", lr=1e-3, lam=0.3, epochs=9, reference="base", lora=True,
-        lora_targets=("c_attn", "c_fc"), gradient_checkpointing=True, checkpoint_every=0,
+        lora_targets=("c_attn", "c_fc"), gradient_checkpointing="on", checkpoint_every=0,
     )  # fmt: skip
     parsed = _parsed([*as_arguments(config)])
     assert UnlearnConfig.model_validate(values_of(UnlearnConfig, parsed)) == config

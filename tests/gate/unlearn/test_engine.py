@@ -235,7 +235,7 @@ def test_an_engine_is_set_up_once_for_the_probe_and_the_loop() -> None:
 
 
 def test_measuring_the_activations_leaves_no_tensor_behind() -> None:
-    model = micro_model(VOCAB)
+    model: torch.nn.Module = micro_model(VOCAB)
     model.eval()
 
     def alive() -> int:

@@ -21,7 +21,7 @@ def _train(optimizer_for: type[torch.optim.Optimizer] | str, steps: int = 20) ->
     optimizer = make_optimizer([weight], lr=1e-2, weight_decay=0.1, states=states)
     for _ in range(steps):
         optimizer.zero_grad()
-        ((weight - target) ** 2).sum().backward()
+        torch.autograd.backward(((weight - target) ** 2).sum())
         optimizer.step()
     return weight.detach()
 
