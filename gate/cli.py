@@ -32,6 +32,7 @@ from typing import Any
 
 import click
 
+from audit.allocator import release_freed_memory
 from audit.errors import CodeEraserError, ExitCode
 from audit.redact import safe_text
 from gate import __version__, ui
@@ -229,6 +230,7 @@ def cli(verbose: int, quiet: bool) -> None:
     Exit codes: 0 passed, 1 policy failed, 2 usage/policy/input error, 3 internal error.
     """
 
+    release_freed_memory()
     ui.configure(verbose, quiet)
 
 
