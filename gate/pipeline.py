@@ -618,6 +618,7 @@ def _erase(state: _State, number: int, ids: list[str]) -> Remediation:
         config=UnlearnConfig.of(policy.remediation.method, _round_args(state, number)),
         device=run.device,
         prefix_tokens=policy.extraction.prefix_tokens,
+        also_prefix_tokens=policy.verify_prefix_tokens,
         batch_tokens=run.batch_tokens,
         retain=CorpusSpec(Path(policy.remediation.retain)) if policy.remediation.retain else None,
         heldout=heldout,

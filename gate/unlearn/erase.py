@@ -73,8 +73,8 @@ from gate.unlearn.remediation import (
     SampleCounts,
 )
 from gate.unlearn.settings import EraseOptions, UnlearnConfig
-from gate.unlearn.trainer import Unlearner, UnlearnResult
-from gate.verdict import SanityInfo, UtilityFigures
+from gate.unlearn.trainer import Measure, Screen, Unlearner, UnlearnResult
+from gate.verdict import SanityInfo, UtilityFigures, worst_case
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -333,6 +333,7 @@ def _fingerprint(
         "device": options.device,
         "dtype": options.dtype,
         "prefix_tokens": options.prefix_tokens,
+        "also_prefix_tokens": options.also_prefix_tokens,
         "batch_tokens": options.batch_tokens,
         "humaneval": options.humaneval,
         "retain": redact_path(options.retain.path) if options.retain else None,
@@ -434,8 +435,35 @@ def _prepare(
     )
     measure, distinct = measure_by_id(model, tokenizer, probes, measure_config, shard=shard)
     screen = screen_by_id(model, tokenizer, probes, measure_config, shard=shard)
+    also = options.also_prefix_tokens
+    if also and also != options.prefix_tokens:  # forgotten means forgotten from both
+        more = build_probes(
+            forget, texts, tokenizer, context_length=context, prefix_tokens=also,
+            decode_margin=measure_config.decode_margin,
+        )  # fmt: skip
+        second, _ = measure_by_id(model, tokenizer, more, measure_config, shard=shard)
+        measure = _worst_of(measure, second)
+        screen = _worst_screen(
+            screen, screen_by_id(model, tokenizer, more, measure_config, shard=shard)
+        )
     pad_id = pad_token_id(tokenizer, model)
     return _Job(windows, retain, probes, measure, screen, window, retain_tokens, distinct, pad_id)
+
+
+def _worst_of(first: Measure, second: Measure) -> Measure:
+    """Both measures of the same findings (two prompt lengths), the worse of each: the
+    loop then calls a finding forgotten only when it is forgotten from both, as the
+    gate's verify step judges it; else a finding memorized from the shorter prompt
+    alone would count as forgotten at once, and its round would end after one epoch."""
+    return lambda ids: worst_case(first(ids), second(ids))
+
+
+def _worst_screen(first: Screen, second: Screen) -> Screen:
+    def screen(ids: Sequence[str]) -> dict[str, tuple[float, bool]]:
+        a, b = first(ids), second(ids)
+        return {fid: (max(a[fid][0], b[fid][0]), a[fid][1] or b[fid][1]) for fid in ids}
+
+    return screen
 
 
 def _retain_texts(

@@ -366,6 +366,7 @@ class EraseOptions:
     device: str = "auto"
     dtype: str = "auto"
     prefix_tokens: int = 128  # the attacker's prompt, as in `measure`
+    also_prefix_tokens: int = 0  # a second prompt length the loop measures too (0: none)
     batch_tokens: int = 16384  # padded tokens per measuring batch
     retain: CorpusSpec | None = None  # clean code; default: corpus samples with no finding
     heldout: CorpusSpec | None = None  # held-out code for perplexity before and after
