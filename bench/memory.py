@@ -458,8 +458,11 @@ def checkpoint_sizes(args: argparse.Namespace) -> dict[str, Any]:
 def _sizes(model: Any, trainable_state: Callable[[Any], Any]) -> dict[str, int]:
     import torch
 
+    from gate.unlearn.optim import make_optimizer, states_dtype
+
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=1e-4)
+    states = states_dtype("auto", trained)  # the loop's default: bf16 moments at 135M
+    optimizer = make_optimizer(trained, lr=1e-4, weight_decay=0.0, states=states)
     for p in trained:  # one step on zero gradients: AdamW's states exist, as after training
         p.grad = torch.zeros_like(p)
     optimizer.step()
@@ -469,6 +472,7 @@ def _sizes(model: Any, trainable_state: Callable[[Any], Any]) -> dict[str, int]:
             "trainable (now)": _saved(trainable_state(model), Path(folder)),
             "optimizer": _saved(optimizer.state_dict(), Path(folder)),
         }
+    print(f"  optimizer states: {states}")
     before = 2 * sizes["state_dict (before)"] + sizes["optimizer"]  # model.pt + best.pt
     now = 2 * sizes["trainable (now)"] + sizes["optimizer"]
     return {**sizes, "checkpoint before": before, "checkpoint now": now}
