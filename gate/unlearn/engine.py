@@ -147,14 +147,20 @@ def _saved_bytes(model: torch.nn.Module, tokens: int) -> int:
     return sum(sizes.values())
 
 
+def can_checkpoint(model: torch.nn.Module) -> bool:
+    """Whether transformers can checkpoint this model's layers (`auto` leaves it off
+    for a model that cannot; `on` is an error there)."""
+    return bool(getattr(model, "supports_gradient_checkpointing", False))
+
+
 def enable_checkpointing(model: torch.nn.Module) -> None:
     """Turn on transformers' activation (gradient) checkpointing, non-reentrant: it works
     with frozen inputs, as under LoRA, and with DDP."""
 
-    if not getattr(model, "supports_gradient_checkpointing", False):
+    if not can_checkpoint(model):
         raise InputError(
             f"{type(model).__name__} does not support gradient checkpointing "
-            "(leave --gradient-checkpointing off)"
+            "(give --gradient-checkpointing off or auto)"
         )
     enable = getattr(model, "activation_checkpointing_enable", None)  # transformers ≥ 5.2x
     if callable(enable):
@@ -224,7 +230,7 @@ class Engine:
         if self.checkpointing is True:
             self._checkpoint(model)
         self.size_for(model)
-        if self.checkpointing == "auto" and self._window_over_budget():
+        if self.checkpointing == "auto" and self._window_over_budget() and can_checkpoint(model):
             self._checkpoint(model)
             self.token_bytes = 0
             self.batch_tokens = self._asked_tokens

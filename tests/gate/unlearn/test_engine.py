@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from audit.errors import InputError
 from audit.measurements import Measurement, Thresholds
 from gate.unlearn import engine as engines
 from gate.unlearn.accelerated import engine_for
@@ -249,3 +250,15 @@ def test_measuring_the_activations_leaves_no_tensor_behind() -> None:
     before = alive()
     assert engines.activation_bytes(model, 64) > 0
     assert alive() == before  # the graph it built is freed, not kept by a cycle
+
+
+def test_auto_leaves_checkpointing_off_on_a_model_that_cannot_and_on_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = _wide_model()
+    monkeypatch.setattr(type(model), "supports_gradient_checkpointing", False)
+    engine = Engine(checkpointing="auto", batch_mb=1, probe_tokens=512)
+    engine.ready(model)  # one window is over the budget, as above
+    assert not engine.checkpoints
+    with pytest.raises(InputError, match="does not support gradient checkpointing"):
+        Engine(checkpointing=True, batch_mb=1, probe_tokens=512).ready(model)
