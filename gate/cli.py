@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import os
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Iterator
@@ -236,4 +237,17 @@ def cli(verbose: int, quiet: bool) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="codeeraser")
+    try:
+        cli(prog_name="codeeraser")
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Under a launcher, leave the process group before the interpreter exits: a
+    process that exits with its gloo threads still running can abort ("terminate
+    called without an active exception", SIGABRT) after its work is done, and the
+    launcher then fails the whole run. torch is not imported here for this."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

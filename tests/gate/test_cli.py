@@ -118,3 +118,17 @@ def test_the_command_list_reads_each_short_help_as_click_makes_it(limit: int) ->
         assert short_help(target, limit) == command.get_short_help_str(limit), name
     listing = CliRunner().invoke(cli, ["--help"]).output
     assert all(f"  {name} " in listing for name in COMMANDS)
+
+
+def test_a_launched_run_leaves_its_process_group_before_exiting(tmp_path: Path) -> None:
+    import torch.distributed as dist
+    from torch._C._distributed_c10d import FileStore
+
+    from gate.cli import close_process_group
+
+    store = FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    assert dist.is_initialized()
+    close_process_group()
+    assert not dist.is_initialized()
+    close_process_group()  # nothing to leave: no error
